@@ -1,0 +1,197 @@
+//! Wire types of the agent API v1 and the operator API v1.
+//!
+//! Requests are strict (`deny_unknown_fields`: a typo is an error, not a
+//! silently ignored field); responses are lenient so an older agent can read
+//! a newer coordinator. docs/openapi.yaml describes the same shapes.
+
+use crate::types::{AgentStatus, Command, Event, GroupConfig, Role};
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: u32 = 1;
+/// Longest long-poll the coordinator holds (the agent asks for less).
+pub const MAX_POLL_WAIT_MS: u64 = 30_000;
+/// Largest request body accepted by the coordinator.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest events batch.
+pub const MAX_EVENTS_PER_BATCH: usize = 500;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub availability_zone: String,
+    pub region: String,
+    /// `spot` or `on-demand`.
+    pub lifecycle: String,
+    pub group: String,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub agent_id: String,
+    pub token: String,
+    pub heartbeat_interval_ms: u64,
+    /// How long the PRIMARY's lease lasts after a heartbeat is sent.
+    pub lease_ms: u64,
+    pub api_version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub instance_id: String,
+    /// Role as the agent believes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// Highest group epoch the agent has accepted.
+    pub highest_epoch: u64,
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_detail: Option<String>,
+    /// Events journaled but not yet acknowledged.
+    pub backlog: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub status: AgentStatus,
+    /// Role as the coordinator records it.
+    pub role: Role,
+    pub epoch: u64,
+    pub lease_ms: u64,
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollResponse {
+    pub commands: Vec<Command>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsRequest {
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventsResponse {
+    /// Every event id of the batch, new or already known: the agent may
+    /// delete them from its outbox.
+    pub acked: Vec<String>,
+    pub applied: usize,
+    pub duplicates: usize,
+}
+
+/// Every error answer of both APIs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `version_conflict`.
+    pub code: String,
+    pub message: String,
+    /// For `illegal_transition` and rule violations: the rule broken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    pub name: String,
+    #[serde(default)]
+    pub config: GroupConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroupRequest {
+    pub config: GroupConfig,
+    /// The version read; a concurrent change makes this a 409.
+    pub version: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    pub instance_id: String,
+    /// The group epoch the operator decided against.
+    pub expected_epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAgentRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupView {
+    pub name: String,
+    pub config: GroupConfig,
+    pub epoch: u64,
+    pub version: i64,
+    #[serde(default)]
+    pub primary: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub instance_id: String,
+    pub group: String,
+    pub role: Role,
+    pub agent_id: Option<String>,
+    pub instance_type: String,
+    pub availability_zone: String,
+    pub version: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub agent_id: String,
+    pub instance_id: String,
+    pub group: String,
+    pub status: AgentStatus,
+    pub registered_at_ms: i64,
+    pub last_heartbeat_ms: Option<i64>,
+    pub reported_role: Option<Role>,
+    pub highest_epoch: u64,
+    pub healthy: bool,
+    pub backlog: u64,
+    pub replaced_by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandView {
+    pub command: Command,
+    pub agent_id: String,
+    pub state: String,
+    pub created_at_ms: i64,
+    pub result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub entity: String,
+    pub action: String,
+    pub pre_state: serde_json::Value,
+    pub post_state: serde_json::Value,
+}

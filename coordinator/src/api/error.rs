@@ -1,0 +1,154 @@
+//! API errors: every refusal is a JSON `ErrorBody` with a stable `code`.
+
+use crate::live::AuthError;
+use crate::store::StoreError;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spot_common::wire::ErrorBody;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub rule: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            rule: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
+            rule: self.rule,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::Unauthorized => ApiError::unauthorized(),
+            AuthError::Forbidden => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token belongs to another agent",
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        use StoreError as S;
+        match e {
+            S::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            S::AlreadyExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
+            }
+            S::VersionConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "version_conflict", e.to_string())
+            }
+            S::Transition(ref t) => {
+                let code = match t {
+                    spot_common::TransitionError::StaleEpoch { .. } => "stale_epoch",
+                    spot_common::TransitionError::UnknownInstance(_) => "not_found",
+                    spot_common::TransitionError::Illegal { .. } => "illegal_transition",
+                };
+                let status = if code == "not_found" {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::CONFLICT
+                };
+                ApiError {
+                    status,
+                    code,
+                    message: t.to_string(),
+                    rule: Some(t.rule().to_owned()),
+                }
+            }
+            S::Rule(ref r) => ApiError {
+                status: StatusCode::CONFLICT,
+                code: "rule_violation",
+                message: r.to_string(),
+                rule: Some(
+                    match r {
+                        spot_common::ConfigRuleError::AutoSwitchWithManualReplica => {
+                            "auto_switch_excludes_manual_replica"
+                        }
+                        spot_common::ConfigRuleError::DuplicatePool(_) => "pools_are_unique",
+                        spot_common::ConfigRuleError::BadGroupName(_) => "group_name_format",
+                    }
+                    .to_owned(),
+                ),
+            },
+            S::RequestIdReuse { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "request_id_reused", e.to_string())
+            }
+            S::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", m),
+            S::Sqlite(_) | S::Json(_) | S::Join(_) => {
+                tracing::error!(error = %crate::error_chain(&e), "store failure");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the coordinator log",
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        let status = r.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+            _ => "malformed_json",
+        };
+        let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
+        } else {
+            status
+        };
+        ApiError::new(status, code, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+    }
+}

@@ -1,0 +1,191 @@
+//! HTTP API v1: the agent API under `/v1/agents` (per-agent bearer tokens),
+//! the operator API (admin token), `/healthz` and `/metrics`.
+//!
+//! Bodies are capped at 1 MiB; JSON, query and path errors are turned into
+//! the same `ErrorBody` as every other refusal.
+
+mod agent;
+mod error;
+mod operator;
+
+pub use error::ApiError;
+
+use crate::AppState;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `Json` whose rejection is an `ApiError`.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(v))
+    }
+}
+
+/// `Query` whose rejection is an `ApiError`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(v) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(v))
+    }
+}
+
+/// `Path` whose rejection is an `ApiError`.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(v) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiPath(v))
+    }
+}
+
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Constant-time comparison of a presented token's hash with the expected
+/// one, so response timing leaks nothing about the admin token.
+pub fn token_matches(presented: Option<&str>, expected_hash: &str) -> bool {
+    let Some(t) = presented else { return false };
+    let h = spot_common::token_hash(t);
+    h.len() == expected_hash.len()
+        && h.bytes()
+            .zip(expected_hash.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let agent_api = Router::new()
+        .route("/v1/agents/register", post(agent::register))
+        .route("/v1/agents/{agent_id}/heartbeat", post(agent::heartbeat))
+        .route("/v1/agents/{agent_id}/commands", get(agent::poll_commands))
+        .route("/v1/agents/{agent_id}/events", post(agent::events));
+    let operator_api = Router::new()
+        .route(
+            "/v1/groups",
+            get(operator::list_groups).post(operator::create_group),
+        )
+        .route(
+            "/v1/groups/{name}",
+            get(operator::get_group).put(operator::update_group),
+        )
+        .route("/v1/groups/{name}/promote", post(operator::promote))
+        .route("/v1/instances", get(operator::list_instances))
+        .route("/v1/instances/{instance_id}", get(operator::get_instance))
+        .route("/v1/agents", get(operator::list_agents))
+        .route(
+            "/v1/agents/{agent_id}",
+            get(operator::get_agent).delete(operator::delete_agent),
+        )
+        .route("/v1/commands", get(operator::list_commands))
+        .route("/v1/audit", get(operator::audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .merge(agent_api)
+        .merge(operator_api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track_latency))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            spot_common::wire::MAX_BODY_BYTES,
+        ))
+        .with_state(state)
+}
+
+async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if token_matches(bearer(&headers), &state.admin_token_hash) {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+async fn track_latency(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&crate::metrics::HttpLabels { route, method })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let version = state.db.read(|s| s.schema_version()).await?;
+    Ok(Json(serde_json::json!({
+        "status": "ok",
+        "schema_version": version,
+        "uptime_s": state.started.elapsed().as_secs(),
+    })))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.set_agent_counts(&state.live.counts());
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

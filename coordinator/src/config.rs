@@ -1,0 +1,260 @@
+//! Coordinator configuration: defaults < TOML file < environment < flags.
+//!
+//! Flags and environment variables come from clap (a flag beats its env
+//! var); the TOML file fills what neither gave; defaults fill the rest. An
+//! unknown key in the file is an error, so a typo never silently falls back
+//! to a default.
+
+use clap::Args;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Options of `serve` and `validate`. Every option is optional here so that
+/// the file can fill what the command line and environment left out.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file; keys are the long option names with `_` for `-`.
+    #[arg(long, env = "SPOT_COORDINATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]. Port 0 picks a free
+    /// port; the chosen address is logged and written to
+    /// <data-dir>/listen.addr.
+    #[arg(long, env = "SPOT_COORDINATOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the database, tokens and listen.addr [default: ./data].
+    #[arg(long, env = "SPOT_COORDINATOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Fleet enrollment token agents register with. Generated, printed once
+    /// and kept in <data-dir>/enrollment.token when absent.
+    #[arg(
+        long,
+        env = "SPOT_COORDINATOR_ENROLLMENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub enrollment_token: Option<String>,
+    /// Operator API token. Generated, printed once and kept in
+    /// <data-dir>/admin.token when absent.
+    #[arg(long, env = "SPOT_COORDINATOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Interval agents are told to heartbeat at [default: 5s].
+    #[arg(long, env = "SPOT_COORDINATOR_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Heartbeats missed in a row before an agent is OFFLINE [default: 3].
+    #[arg(long, env = "SPOT_COORDINATOR_MISSED_HEARTBEATS")]
+    pub missed_heartbeats: Option<u32>,
+    /// PRIMARY lease granted by each heartbeat [default: 15s].
+    #[arg(long, env = "SPOT_COORDINATOR_LEASE", value_parser = humantime::parse_duration)]
+    pub lease: Option<Duration>,
+    /// A delivered command with no result is handed out again after this
+    /// [default: 30s].
+    #[arg(long, env = "SPOT_COORDINATOR_REDELIVER_AFTER", value_parser = humantime::parse_duration)]
+    pub redeliver_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    enrollment_token: Option<String>,
+    admin_token: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    heartbeat_interval: Option<Duration>,
+    missed_heartbeats: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    lease: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    redeliver_after: Option<Duration>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub enrollment_token: Option<String>,
+    pub admin_token: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub missed_heartbeats: u32,
+    pub lease: Duration,
+    pub redeliver_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            enrollment_token: None,
+            admin_token: None,
+            // 5 s: an emergency still reaches the agent at once through the
+            // long-poll; heartbeats only carry liveness and the lease.
+            heartbeat_interval: Duration::from_secs(5),
+            // 3: one lost packet must not mark an agent offline.
+            missed_heartbeats: 3,
+            // Three heartbeats: a PRIMARY survives two lost renewals.
+            lease: Duration::from_secs(15),
+            redeliver_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let c = Config {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir),
+            enrollment_token: args.enrollment_token.clone().or(file.enrollment_token),
+            admin_token: args.admin_token.clone().or(file.admin_token),
+            heartbeat_interval: args
+                .heartbeat_interval
+                .or(file.heartbeat_interval)
+                .unwrap_or(d.heartbeat_interval),
+            missed_heartbeats: args
+                .missed_heartbeats
+                .or(file.missed_heartbeats)
+                .unwrap_or(d.missed_heartbeats),
+            lease: args.lease.or(file.lease).unwrap_or(d.lease),
+            redeliver_after: args
+                .redeliver_after
+                .or(file.redeliver_after)
+                .unwrap_or(d.redeliver_after),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return bad("heartbeat_interval must be at least 100ms");
+        }
+        if self.missed_heartbeats == 0 {
+            return bad("missed_heartbeats must be at least 1");
+        }
+        if self.lease < self.heartbeat_interval {
+            return bad("lease must be at least one heartbeat_interval");
+        }
+        for (name, t) in [
+            ("enrollment_token", &self.enrollment_token),
+            ("admin_token", &self.admin_token),
+        ] {
+            if let Some(t) = t
+                && t.len() < 16
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at least 16 characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Silence after which an agent is OFFLINE.
+    pub fn offline_after(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn defaults_run_with_no_config() {
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.offline_after(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let (_d, p) = write("listen = \"127.0.0.1:9000\"\nheartbeat_interval = \"2s\"\n");
+        let args = ServeArgs {
+            config: Some(p),
+            listen: Some("127.0.0.1:9999".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let (_d, p) = write("hearbeat_interval = \"2s\"\n");
+        let err = Config::load(&ServeArgs {
+            config: Some(p),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        let chain = format!("{:?}", anyhow_chain(&err));
+        assert!(chain.contains("hearbeat_interval"), "{chain}");
+    }
+
+    #[test]
+    fn short_token_is_refused() {
+        let args = ServeArgs {
+            admin_token: Some("short".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(Config::load(&args), Err(ConfigError::Invalid(_))));
+    }
+
+    fn anyhow_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut src = e.source();
+        while let Some(x) = src {
+            s.push_str(&format!(": {x}"));
+            src = x.source();
+        }
+        s
+    }
+}

@@ -1,0 +1,205 @@
+//! spot-coordinator: holds the fleet's state, arbitrates PRIMARY per group,
+//! serves the agent and operator APIs.
+//!
+//! `run` takes an already bound listener and a shutdown future, so tests
+//! bind `127.0.0.1:0` and own shutdown.
+
+pub mod api;
+pub mod config;
+pub mod live;
+pub mod metrics;
+pub mod monitor;
+pub mod store;
+pub mod telemetry;
+
+use anyhow::Context;
+use config::Config;
+use live::Live;
+use metrics::Metrics;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::Db;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Shared by every handler and background task.
+pub struct AppState {
+    pub config: Config,
+    pub db: Db,
+    pub live: Live,
+    pub metrics: Metrics,
+    pub enrollment_token_hash: String,
+    pub admin_token_hash: String,
+    pub started: Instant,
+    /// Released on shutdown so long-polls answer at once.
+    pub shutdown: Notify,
+}
+
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// 256 random bits, hex.
+pub fn random_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// `error: cause: cause` on one line, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// Use the configured token, else the one kept in the data dir, else a new
+/// one (printed once, then kept with mode 0600).
+fn resolve_token(data_dir: &Path, name: &str, configured: Option<&str>) -> anyhow::Result<String> {
+    if let Some(t) = configured {
+        return Ok(t.to_owned());
+    }
+    let path = data_dir.join(format!("{name}.token"));
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = random_token();
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    // Printed on stdout once, on purpose: this is how the operator learns it.
+    println!(
+        "generated {name} token (kept in {}): {token}",
+        path.display()
+    );
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Open the data dir and the store; everything `serve` needs before it
+/// accepts connections.
+pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let enrollment = resolve_token(
+        &config.data_dir,
+        "enrollment",
+        config.enrollment_token.as_deref(),
+    )?;
+    let admin = resolve_token(&config.data_dir, "admin", config.admin_token.as_deref())?;
+    let db_path = config.data_dir.join("coordinator.db");
+    let db = Db::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let agents = {
+        let guard_db = db.clone();
+        // Blocking is fine here: we are not serving yet.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(guard_db.read(|s| s.active_agents()))
+                        .map_err(anyhow::Error::from)
+                })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("loading agents panicked"))??
+    };
+    Ok(Arc::new(AppState {
+        live: Live::from_store(agents),
+        metrics: Metrics::new(),
+        enrollment_token_hash: spot_common::token_hash(&enrollment),
+        admin_token_hash: spot_common::token_hash(&admin),
+        started: Instant::now(),
+        shutdown: Notify::new(),
+        config,
+        db,
+    }))
+}
+
+/// Serve until `shutdown` resolves, then drain: long-polls answer, the
+/// last heartbeats are persisted.
+pub async fn run(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr().context("reading bound address")?;
+    write_private(
+        &state.config.data_dir.join("listen.addr"),
+        &addr.to_string(),
+    )
+    .context("writing listen.addr")?;
+    tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "coordinator listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let monitor = tokio::spawn(monitor::run(Arc::clone(&state), stop_rx));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let app = api::router(Arc::clone(&state));
+    let drain_state = Arc::clone(&state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: answering long-polls, persisting heartbeats");
+            drain_state.shutdown.notify_waiters();
+        })
+        .await
+        .context("serving HTTP")?;
+
+    let _ = stop_tx.send(true);
+    // The monitor flushes once more on its way out; give it 5 s at most.
+    match tokio::time::timeout(Duration::from_secs(5), monitor).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "monitor task failed"),
+        Err(_) => tracing::error!("monitor did not stop within 5 s"),
+    }
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Prometheus metrics of the coordinator, named per Prometheus conventions:
+//! base units, `_total` for counters, small fixed label sets.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use spot_common::AgentStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum EventResult {
+    Applied,
+    Duplicate,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub result: EventResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub agents: Family<StatusLabel, Gauge>,
+    pub heartbeats: Counter,
+    pub http_duration: Family<HttpLabels, Histogram>,
+    pub events: Family<EventLabels, Counter>,
+    pub promotions: Family<OutcomeLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("spot_coordinator");
+        let agents = Family::<StatusLabel, Gauge>::default();
+        registry.register("agents", "Agents by status", agents.clone());
+        let heartbeats = Counter::default();
+        registry.register("heartbeats", "Heartbeats received", heartbeats.clone());
+        // 0.5 ms .. ~4 s: the p99 target is 50 ms, so the buckets are dense
+        // below it.
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0005, 2.0, 14,
+            ))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "API request latency",
+            http_duration.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register("events", "Agent events received", events.clone());
+        let promotions = Family::<OutcomeLabel, Counter>::default();
+        registry.register("promotions", "Promotions by outcome", promotions.clone());
+        Metrics {
+            registry,
+            agents,
+            heartbeats,
+            http_duration,
+            events,
+            promotions,
+        }
+    }
+
+    pub fn set_agent_counts(&self, counts: &[(AgentStatus, i64)]) {
+        for (status, n) in counts {
+            self.agents
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .set(*n);
+        }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

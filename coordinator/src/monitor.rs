@@ -1,0 +1,84 @@
+//! Background monitor: marks silent agents OFFLINE (missed heartbeats),
+//! persists heartbeats in batches, prunes old idempotency answers, and
+//! feeds the systemd watchdog.
+//!
+//! It is the only writer of ONLINE/OFFLINE to the store. A store failure is
+//! logged and retried on the next tick: memory keeps the truth meanwhile.
+
+use crate::AppState;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Idempotency answers are kept a day: long enough for any client retry.
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    // A fifth of the heartbeat interval, capped at 1 s: OFFLINE is seen
+    // within 20 % of an interval of the third missed heartbeat.
+    let period = (state.config.heartbeat_interval / 5).min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut last_prune = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => {
+                flush(&state).await;
+                return;
+            }
+        }
+        sweep(&state).await;
+        flush(&state).await;
+        if last_prune.elapsed() > Duration::from_secs(3600) {
+            last_prune = Instant::now();
+            let before = crate::now_ms() - IDEMPOTENCY_TTL_MS;
+            match state.db.write(move |s| s.prune_idempotency(before)).await {
+                Ok(n) => tracing::debug!(pruned = n, "idempotency answers pruned"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "pruning idempotency answers")
+                }
+            }
+        }
+        if watchdog.is_some() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }
+}
+
+async fn sweep(state: &AppState) {
+    let changes = state
+        .live
+        .sweep(Instant::now(), state.config.offline_after());
+    for change in changes {
+        let now = crate::now_ms();
+        let c = change.clone();
+        match state
+            .db
+            .write(move |s| s.set_agent_status(&c.agent_id, c.from, c.to, now))
+            .await
+        {
+            Ok(applied) => {
+                tracing::info!(agent_id = %change.agent_id, from = ?change.from, to = ?change.to, "agent status changed");
+                state.live.persisted(&change, applied);
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), agent_id = %change.agent_id, "persisting agent status; will retry")
+            }
+        }
+    }
+}
+
+async fn flush(state: &AppState) {
+    let batch = state.live.take_pending();
+    if batch.is_empty() {
+        return;
+    }
+    let n = batch.len();
+    if let Err(e) = state.db.write(move |s| s.flush_heartbeats(&batch)).await {
+        // Liveness is decided in memory; a lost batch only delays the
+        // last_heartbeat_ms column until the next heartbeat.
+        tracing::warn!(error = %crate::error_chain(&e), heartbeats = n, "persisting heartbeats");
+    }
+}

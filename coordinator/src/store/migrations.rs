@@ -1,0 +1,171 @@
+//! Schema migrations: a `PRAGMA user_version` ladder. Each step runs in one
+//! transaction at start-up, so a crash mid-migration leaves the previous
+//! version intact.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Step N brings the schema from version N to N+1.
+const STEPS: &[&str] = &[
+    // 0 -> 1: the fleet's state.
+    r#"
+    CREATE TABLE groups (
+        name          TEXT PRIMARY KEY,
+        config        TEXT NOT NULL,
+        epoch         INTEGER NOT NULL DEFAULT 0 CHECK (epoch >= 0),
+        version       INTEGER NOT NULL DEFAULT 1,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE agents (
+        agent_id          TEXT PRIMARY KEY,
+        token_hash        TEXT NOT NULL UNIQUE,
+        instance_id       TEXT NOT NULL,
+        group_name        TEXT NOT NULL REFERENCES groups(name),
+        instance_type     TEXT NOT NULL,
+        availability_zone TEXT NOT NULL,
+        region            TEXT NOT NULL,
+        lifecycle         TEXT NOT NULL,
+        agent_version     TEXT NOT NULL,
+        status            TEXT NOT NULL
+            CHECK (status IN ('online', 'offline', 'replaced', 'deleted')),
+        registered_at_ms  INTEGER NOT NULL,
+        last_heartbeat_ms INTEGER,
+        reported_role     TEXT,
+        highest_epoch     INTEGER NOT NULL DEFAULT 0,
+        healthy           INTEGER NOT NULL DEFAULT 0,
+        backlog           INTEGER NOT NULL DEFAULT 0,
+        replaced_by       TEXT REFERENCES agents(agent_id)
+    ) STRICT;
+    CREATE INDEX agents_by_instance ON agents(instance_id);
+
+    CREATE TABLE instances (
+        instance_id       TEXT PRIMARY KEY,
+        group_name        TEXT NOT NULL REFERENCES groups(name),
+        role              TEXT NOT NULL CHECK (role IN
+            ('launching', 'replica', 'primary', 'zombie', 'failed', 'terminated')),
+        agent_id          TEXT REFERENCES agents(agent_id),
+        instance_type     TEXT NOT NULL,
+        availability_zone TEXT NOT NULL,
+        version           INTEGER NOT NULL DEFAULT 1,
+        created_at_ms     INTEGER NOT NULL,
+        updated_at_ms     INTEGER NOT NULL
+    ) STRICT;
+    -- Invariant 1, enforced by the database itself.
+    CREATE UNIQUE INDEX one_primary_per_group ON instances(group_name) WHERE role = 'primary';
+    CREATE INDEX instances_by_group ON instances(group_name, role);
+
+    CREATE TABLE commands (
+        request_id      TEXT PRIMARY KEY,
+        agent_id        TEXT NOT NULL REFERENCES agents(agent_id),
+        group_name      TEXT NOT NULL REFERENCES groups(name),
+        kind            TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        priority        INTEGER NOT NULL,
+        epoch           INTEGER NOT NULL,
+        deadline_ms     INTEGER NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN
+            ('queued', 'delivered', 'done', 'failed', 'stale', 'expired', 'cancelled')),
+        created_at_ms   INTEGER NOT NULL,
+        delivered_at_ms INTEGER,
+        finished_at_ms  INTEGER,
+        result          TEXT
+    ) STRICT;
+    CREATE INDEX commands_pending ON commands(agent_id, state, priority DESC, created_at_ms);
+
+    CREATE TABLE events (
+        event_id       TEXT PRIMARY KEY,
+        agent_id       TEXT NOT NULL REFERENCES agents(agent_id),
+        seq            INTEGER NOT NULL,
+        kind           TEXT NOT NULL,
+        body           TEXT NOT NULL,
+        at_ms          INTEGER NOT NULL,
+        received_at_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX events_by_agent ON events(agent_id, seq);
+
+    CREATE TABLE notices (
+        id              INTEGER PRIMARY KEY,
+        event_id        TEXT NOT NULL UNIQUE REFERENCES events(event_id),
+        agent_id        TEXT NOT NULL REFERENCES agents(agent_id),
+        instance_id     TEXT NOT NULL,
+        group_name      TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        effective_at_ms INTEGER,
+        seen_at_ms      INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE switches (
+        id                INTEGER PRIMARY KEY,
+        group_name        TEXT NOT NULL REFERENCES groups(name),
+        request_id        TEXT,
+        from_instance     TEXT,
+        to_instance       TEXT,
+        target_pool       TEXT NOT NULL,
+        state             TEXT NOT NULL,
+        started_at_ms     INTEGER NOT NULL,
+        demote_started_ms INTEGER,
+        promote_done_ms   INTEGER,
+        downtime_ms       INTEGER
+    ) STRICT;
+
+    CREATE TABLE audit (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms      INTEGER NOT NULL,
+        actor      TEXT NOT NULL,
+        request_id TEXT,
+        entity     TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        pre_state  TEXT NOT NULL,
+        post_state TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_entity ON audit(entity, id);
+
+    CREATE TABLE idempotency (
+        request_id    TEXT PRIMARY KEY,
+        scope         TEXT NOT NULL,
+        response      TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    ) STRICT;
+
+    -- Room for the pricing pipeline: raw reports as agents send them.
+    CREATE TABLE price_staging (
+        id                  INTEGER PRIMARY KEY,
+        instance_type       TEXT NOT NULL,
+        availability_zone   TEXT NOT NULL,
+        product_description TEXT NOT NULL,
+        aws_timestamp_ms    INTEGER NOT NULL,
+        price_micros        INTEGER NOT NULL,
+        reporter_agent      TEXT NOT NULL REFERENCES agents(agent_id),
+        reporter_role       TEXT NOT NULL,
+        received_at_ms      INTEGER NOT NULL,
+        UNIQUE (instance_type, availability_zone, product_description,
+                aws_timestamp_ms, price_micros, reporter_agent)
+    ) STRICT;
+    "#,
+];
+
+pub const LATEST: i64 = STEPS.len() as i64;
+
+/// Bring the database to the latest schema version.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version >= LATEST {
+            return Ok(version);
+        }
+        let step = usize::try_from(version).unwrap_or(usize::MAX);
+        let Some(sql) = STEPS.get(step) else {
+            return Ok(version);
+        };
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        tracing::info!(
+            from = version,
+            to = version + 1,
+            "migrated coordinator schema"
+        );
+    }
+}
