@@ -157,7 +157,6 @@ pub enum HealthCheck {
     None,
 }
 
-
 /// Per-group configuration, held by the coordinator and edited by operators.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,7 +180,6 @@ pub struct GroupConfig {
     #[serde(default)]
     pub auto_terminate: bool,
 }
-
 
 /// A group configuration that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,228 @@
+//! Start real `spot-coordinator` / `spot-agent` processes for tests and the
+//! simulator, on port 0, and read the chosen address back.
+//!
+//! Binaries are looked up next to the running executable (cargo puts test
+//! executables in `target/<profile>/deps` and binaries in
+//! `target/<profile>`), so tests drive exactly the binaries the test command
+//! built.
+
+use anyhow::{Context, Result, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built alongside the current executable.
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        let candidate = d.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        if d.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    bail!(
+        "binary {name} not found near {}: run `cargo build --workspace --bins` first",
+        exe.display()
+    )
+}
+
+/// Wait for a file written by a starting process.
+pub fn wait_for_file(path: &Path, timeout: Duration) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return Ok(s.trim().to_owned());
+        }
+        if start.elapsed() > timeout {
+            bail!("{} did not appear within {timeout:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running coordinator process with its own data dir.
+pub struct Coordinator {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub base: String,
+    pub admin_token: String,
+    pub enrollment_token: String,
+    extra: Vec<String>,
+    pub log: PathBuf,
+}
+
+pub const TEST_ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+pub const TEST_ENROLLMENT_TOKEN: &str = "enrollment-token-for-tests-012345";
+
+impl Coordinator {
+    /// Start in `data_dir` with fixed test tokens and `extra` flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Result<Coordinator> {
+        let mut c = Coordinator {
+            child: None,
+            data_dir: data_dir.to_owned(),
+            base: String::new(),
+            admin_token: TEST_ADMIN_TOKEN.to_owned(),
+            enrollment_token: TEST_ENROLLMENT_TOKEN.to_owned(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            log: data_dir.join("coordinator.log"),
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let addr_file = self.data_dir.join("listen.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(bin_path("spot-coordinator")?)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--admin-token")
+            .arg(&self.admin_token)
+            .arg("--enrollment-token")
+            .arg(&self.enrollment_token)
+            .args(&self.extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting spot-coordinator")?;
+        self.child = Some(child);
+        let addr = wait_for_file(&addr_file, Duration::from_secs(30))?;
+        self.base = format!("http://{addr}");
+        Ok(())
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        let pid = i32::try_from(c.id())?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        let start = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st);
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = c.kill();
+                bail!("coordinator ignored SIGTERM for 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start again on the same data dir (a new port).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.base)
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Small JSON client for tests.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.to_owned(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {path}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, v))
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, v))
+    }
+}

@@ -1,0 +1,734 @@
+//! Drives the real `spot-coordinator` binary over HTTP on a random loopback
+//! port: register -> heartbeat -> long-poll -> events, and every bad input
+//! the agent and operator APIs must refuse without changing anything.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use spot_tests::harness::{Api, Coordinator};
+use std::time::{Duration, Instant};
+
+struct Agent {
+    id: String,
+    token: String,
+}
+
+async fn create_group(api: &Api, c: &Coordinator, name: &str) {
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&c.admin_token),
+            Some(&json!({"name": name, "config": {"pools": [
+                {"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CREATED);
+}
+
+fn reg_body(instance: &str, group: &str) -> Value {
+    json!({"instance_id": instance, "instance_type": "m5.large",
+           "availability_zone": "us-east-1a", "region": "us-east-1",
+           "lifecycle": "spot", "group": group})
+}
+
+async fn register(api: &Api, c: &Coordinator, instance: &str, group: &str) -> Agent {
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/agents/register",
+            Some(&c.enrollment_token),
+            Some(&reg_body(instance, group)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    Agent {
+        id: v["agent_id"].as_str().unwrap().to_owned(),
+        token: v["token"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn heartbeat(api: &Api, a: &Agent, instance: &str) -> (StatusCode, Value) {
+    api.call(
+        Method::POST,
+        &format!("/v1/agents/{}/heartbeat", a.id),
+        Some(&a.token),
+        Some(&json!({"instance_id": instance, "highest_epoch": 0, "healthy": true, "backlog": 0})),
+    )
+    .await
+    .unwrap()
+}
+
+async fn snapshot(api: &Api, c: &Coordinator) -> Value {
+    let mut out = serde_json::Map::new();
+    for p in ["/v1/groups", "/v1/agents", "/v1/instances", "/v1/commands"] {
+        let (_, v) = api
+            .call(Method::GET, p, Some(&c.admin_token), None)
+            .await
+            .unwrap();
+        out.insert(p.to_owned(), v);
+    }
+    let (_, audit) = api
+        .call(
+            Method::GET,
+            "/v1/audit?limit=1000",
+            Some(&c.admin_token),
+            None,
+        )
+        .await
+        .unwrap();
+    out.insert("audit_len".into(), json!(audit.as_array().map(Vec::len)));
+    Value::Object(out)
+}
+
+#[tokio::test]
+async fn register_heartbeat_poll_events_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let a = register(&api, &c, "i-1", "db").await;
+
+    let (st, hb) = heartbeat(&api, &a, "i-1").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(hb["status"], "online");
+    assert_eq!(
+        hb["role"], "replica",
+        "healthy heartbeat makes a launching instance a replica"
+    );
+
+    // Long-poll with nothing queued waits, then answers empty.
+    let t = Instant::now();
+    let (st, v) = api
+        .call(
+            Method::GET,
+            &format!("/v1/agents/{}/commands?wait_ms=500", a.id),
+            Some(&a.token),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["commands"], json!([]));
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A command queued during the wait is returned at once.
+    let poll = {
+        let (api, id, tok) = (api.clone(), a.id.clone(), a.token.clone());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/agents/{id}/commands?wait_ms=20000"),
+                    Some(&tok),
+                    None,
+                )
+                .await
+                .unwrap();
+            (r, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, p) = api
+        .call(
+            Method::POST,
+            "/v1/groups/db/promote",
+            Some(&c.admin_token),
+            Some(&json!({"instance_id": "i-1", "expected_epoch": 0})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{p}");
+    let ((st, v), waited) = poll.await.unwrap();
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        waited < Duration::from_secs(5),
+        "long-poll was not woken: {waited:?}"
+    );
+    let cmd = &v["commands"][0];
+    assert_eq!(cmd["action"]["kind"], "promote");
+    assert_eq!(cmd["epoch"], 1);
+    let rid = cmd["request_id"].as_str().unwrap();
+
+    // Report the result twice: applied once, acknowledged twice.
+    let batch = json!({"events": [
+        {"event_id": format!("{}:1", a.id), "seq": 1, "at_ms": 1,
+         "body": {"type": "command_result", "request_id": rid, "outcome": "done"}},
+        {"event_id": format!("{}:2", a.id), "seq": 2, "at_ms": 2,
+         "body": {"type": "notice", "notice": "rebalance", "raw": "{}"}}]});
+    let path = format!("/v1/agents/{}/events", a.id);
+    let (st, r1) = api
+        .call(Method::POST, &path, Some(&a.token), Some(&batch))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{r1}");
+    assert_eq!(r1["applied"], 2);
+    let before = snapshot(&api, &c).await;
+    let (_, r2) = api
+        .call(Method::POST, &path, Some(&a.token), Some(&batch))
+        .await
+        .unwrap();
+    assert_eq!(r2["applied"], 0);
+    assert_eq!(r2["duplicates"], 2);
+    assert_eq!(r2["acked"].as_array().unwrap().len(), 2);
+    assert_eq!(snapshot(&api, &c).await, before);
+
+    let (_, cmds) = api
+        .call(
+            Method::GET,
+            &format!("/v1/commands?agent_id={}", a.id),
+            Some(&c.admin_token),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(cmds[0]["state"], "done");
+    let (_, g) = api
+        .call(Method::GET, "/v1/groups/db", Some(&c.admin_token), None)
+        .await
+        .unwrap();
+    assert_eq!(g["primary"], "i-1");
+    assert_eq!(g["epoch"], 1);
+
+    let (st, m) = api.call(Method::GET, "/metrics", None, None).await.unwrap();
+    assert_eq!(st, StatusCode::OK);
+    let m = m.as_str().unwrap();
+    assert!(m.contains("spot_coordinator_heartbeats_total 1"), "{m}");
+    assert!(m.contains("spot_coordinator_agents{status=\"online\"} 1"));
+    assert!(m.contains("spot_coordinator_http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn tokens_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let a = register(&api, &c, "i-1", "db").await;
+    let b = register(&api, &c, "i-2", "db").await;
+    let hb = json!({"instance_id": "i-1", "highest_epoch": 0, "healthy": true, "backlog": 0});
+    let path = format!("/v1/agents/{}/heartbeat", a.id);
+    for (token, want, code) in [
+        (None, StatusCode::UNAUTHORIZED, "unauthorized"),
+        (Some("wrong"), StatusCode::UNAUTHORIZED, "unauthorized"),
+        (Some(b.token.as_str()), StatusCode::FORBIDDEN, "forbidden"),
+        (
+            Some(c.admin_token.as_str()),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+    ] {
+        let (st, v) = api
+            .call(Method::POST, &path, token, Some(&hb))
+            .await
+            .unwrap();
+        assert_eq!(st, want, "{token:?}");
+        assert_eq!(v["code"], code);
+    }
+    // Enrollment needs the enrollment token, the operator API the admin token.
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/v1/agents/register",
+            Some(&c.admin_token),
+            Some(&reg_body("i-9", "db")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = api
+        .call(Method::GET, "/v1/groups", Some(&a.token), None)
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = api
+        .call(Method::GET, "/v1/groups", None, None)
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_stable_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let a = register(&api, &c, "i-1", "db").await;
+    heartbeat(&api, &a, "i-1").await;
+    let before = snapshot(&api, &c).await;
+    let adm = Some(c.admin_token.as_str());
+    let ev = format!("/v1/agents/{}/events", a.id);
+
+    let (st, v) = api
+        .raw(
+            Method::POST,
+            &ev,
+            Some(&a.token),
+            "application/json",
+            b"{not json".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("malformed_json"))
+    );
+
+    let big = format!(
+        "{{\"events\": [], \"pad\": \"{}\"}}",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let (st, v) = api
+        .raw(
+            Method::POST,
+            &ev,
+            Some(&a.token),
+            "application/json",
+            big.into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
+
+    let (st, v) = api
+        .call(
+            Method::POST,
+            &ev,
+            Some(&a.token),
+            Some(&json!({"events": [], "surprise": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body")),
+        "{v}"
+    );
+
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/agents/register",
+            Some(&c.enrollment_token),
+            Some(&reg_body("i-2", "nope")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    let (st, v) = api
+        .call(
+            Method::PUT,
+            "/v1/groups/db",
+            adm,
+            Some(&json!({"config": {}, "version": 99})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("version_conflict"))
+    );
+
+    let (st, v) = api
+        .call(
+            Method::PUT,
+            "/v1/groups/db",
+            adm,
+            Some(&json!({"config": {"auto_switch": true, "manual_replica": true}, "version": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("rule_violation"))
+    );
+    assert_eq!(v["rule"], "auto_switch_excludes_manual_replica");
+
+    let (st, v) = api
+        .call(
+            Method::PUT,
+            "/v1/groups/db",
+            adm,
+            Some(&json!({"config": {"pools": "x"}, "version": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/groups/db/promote",
+            adm,
+            Some(&json!({"instance_id": "i-1", "expected_epoch": 5})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("stale_epoch"))
+    );
+    assert_eq!(v["rule"], "epoch_must_match");
+
+    let (st, v) = api
+        .call(Method::GET, "/v1/groups/ghost", adm, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    let (st, v) = api
+        .call(
+            Method::GET,
+            &format!("/v1/agents/{}/commands?wait_ms=abc", a.id),
+            Some(&a.token),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
+
+    // An event id that is not the agent's own: the whole batch is refused.
+    let (st, v) = api
+        .call(Method::POST, &ev, Some(&a.token), Some(&json!({"events": [
+            {"event_id": "someone-else:1", "seq": 1, "at_ms": 1, "body": {"type": "health", "healthy": true}}]})))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid"))
+    );
+
+    assert_eq!(snapshot(&api, &c).await, before);
+}
+
+#[tokio::test]
+async fn concurrent_promotions_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    for i in 0..6 {
+        let inst = format!("i-{i}");
+        let a = register(&api, &c, &inst, "db").await;
+        heartbeat(&api, &a, &inst).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (api, adm) = (api.clone(), c.admin_token.clone());
+        tasks.push(tokio::spawn(async move {
+            api.call(
+                Method::POST,
+                "/v1/groups/db/promote",
+                Some(&adm),
+                Some(&json!({"instance_id": format!("i-{i}"), "expected_epoch": 0})),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        match st {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => assert_eq!(v["code"], "stale_epoch"),
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    let (_, inst) = api
+        .call(
+            Method::GET,
+            "/v1/instances?group=db",
+            Some(&c.admin_token),
+            None,
+        )
+        .await
+        .unwrap();
+    let primaries = inst
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["role"] == "primary")
+        .count();
+    assert_eq!(primaries, 1);
+    let (_, g) = api
+        .call(Method::GET, "/v1/groups/db", Some(&c.admin_token), None)
+        .await
+        .unwrap();
+    assert_eq!(g["epoch"], 1);
+}
+
+#[tokio::test]
+async fn repeated_request_id_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    let body = json!({"name": "db", "config": {}, "request_id": "create-db-1"});
+    let (st1, v1) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&c.admin_token),
+            Some(&body),
+        )
+        .await
+        .unwrap();
+    let before = snapshot(&api, &c).await;
+    let (st2, v2) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&c.admin_token),
+            Some(&body),
+        )
+        .await
+        .unwrap();
+    assert_eq!((st1, st2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(v1, v2);
+    assert_eq!(snapshot(&api, &c).await, before);
+    // Without a request_id the same body is a genuine second create: refused.
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&c.admin_token),
+            Some(&json!({"name": "db"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_exists"))
+    );
+
+    // A registration retried with its request_id gets the same identity.
+    let mut reg = reg_body("i-1", "db");
+    reg["request_id"] = json!("reg-i-1-boot-1");
+    let (_, r1) = api
+        .call(
+            Method::POST,
+            "/v1/agents/register",
+            Some(&c.enrollment_token),
+            Some(&reg),
+        )
+        .await
+        .unwrap();
+    let (_, r2) = api
+        .call(
+            Method::POST,
+            "/v1/agents/register",
+            Some(&c.enrollment_token),
+            Some(&reg),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r1["agent_id"], r2["agent_id"]);
+    let (_, agents) = api
+        .call(Method::GET, "/v1/agents", Some(&c.admin_token), None)
+        .await
+        .unwrap();
+    assert_eq!(agents.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn missed_heartbeats_mark_offline_and_a_heartbeat_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(
+        dir.path(),
+        &["--heartbeat-interval", "200ms", "--lease", "1s"],
+    )
+    .unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let a = register(&api, &c, "i-1", "db").await;
+    heartbeat(&api, &a, "i-1").await;
+    let status = |api: Api, adm: String, id: String| async move {
+        let (_, v) = api
+            .call(Method::GET, &format!("/v1/agents/{id}"), Some(&adm), None)
+            .await
+            .unwrap();
+        v
+    };
+    // 3 x 200 ms of silence, plus the monitor's tick.
+    let start = Instant::now();
+    loop {
+        let v = status(api.clone(), c.admin_token.clone(), a.id.clone()).await;
+        if v["status"] == "offline" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never went offline: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    let (_, inst) = api
+        .call(Method::GET, "/v1/instances/i-1", Some(&c.admin_token), None)
+        .await
+        .unwrap();
+    assert_eq!(inst["role"], "replica", "offline is not terminated");
+
+    let (st, hb) = heartbeat(&api, &a, "i-1").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(hb["status"], "online");
+    let start = Instant::now();
+    loop {
+        let v = status(api.clone(), c.admin_token.clone(), a.id.clone()).await;
+        if v["status"] == "online" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "store never saw it back: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, audit) = api
+        .call(
+            Method::GET,
+            &format!("/v1/audit?entity=agent:{}", a.id),
+            Some(&c.admin_token),
+            None,
+        )
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["post_state"]["status"].clone())
+        .collect();
+    assert!(
+        actions.contains(&json!("offline")) && actions.contains(&json!("online")),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn reinstall_gets_new_id_old_token_dies_history_linked() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let old = register(&api, &c, "i-1", "db").await;
+    let new = register(&api, &c, "i-1", "db").await;
+    assert_ne!(old.id, new.id);
+    let (st, _) = heartbeat(&api, &old, "i-1").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = heartbeat(&api, &new, "i-1").await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, v) = api
+        .call(
+            Method::GET,
+            &format!("/v1/agents/{}", old.id),
+            Some(&c.admin_token),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "replaced");
+    assert_eq!(v["replaced_by"], json!(new.id));
+}
+
+#[tokio::test]
+async fn deleted_agent_fetches_cleanup_then_loses_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let a = register(&api, &c, "i-1", "db").await;
+    let (st, v) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/agents/{}?request_id=del-1", a.id),
+            Some(&c.admin_token),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "deleted");
+    let (_, hb) = heartbeat(&api, &a, "i-1").await;
+    assert_eq!(hb["status"], "deleted");
+    let (_, p) = api
+        .call(
+            Method::GET,
+            &format!("/v1/agents/{}/commands?wait_ms=0", a.id),
+            Some(&a.token),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(p["commands"][0]["action"]["kind"], "cleanup");
+    let rid = p["commands"][0]["request_id"].clone();
+    let (st, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/agents/{}/events", a.id),
+            Some(&a.token),
+            Some(&json!({"events": [
+            {"event_id": format!("{}:1", a.id), "seq": 1, "at_ms": 1,
+             "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = heartbeat(&api, &a, "i-1").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // History stays: the agent and its audit trail are still there.
+    let (st, v) = api
+        .call(
+            Method::GET,
+            &format!("/v1/agents/{}", a.id),
+            Some(&c.admin_token),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["status"].as_str()),
+        (StatusCode::OK, Some("deleted"))
+    );
+}
+
+#[tokio::test]
+async fn state_survives_kill_9_and_sigterm_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let a = register(&api, &c, "i-1", "db").await;
+    heartbeat(&api, &a, "i-1").await;
+    c.restart().unwrap();
+    let api = c.api();
+    // The agent's token is still valid after a crash; its role persisted.
+    let (st, hb) = heartbeat(&api, &a, "i-1").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(hb["role"], "replica");
+    let status = c.terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(log.contains("coordinator stopped"), "{log}");
+}
