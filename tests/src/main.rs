@@ -1,1 +1,55 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// spot-sim: drives the real spot-coordinator and spot-agent binaries on a
+/// simulated fleet (IMDS and EC2 simulators), for demos, scenarios and
+/// benchmarks. Everything listens on 127.0.0.1 only.
+#[derive(Parser)]
+#[command(name = "spot-sim", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Many simulated agents heartbeating one real coordinator.
+    Heartbeat(spot_tests::bench::HeartbeatBench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spot-sim: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Bench(Bench::Heartbeat(args)) => spot_tests::bench::heartbeat(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spot-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! `spot-sim bench heartbeat`: many simulated agents heartbeating one real
+//! coordinator; prints throughput, latency percentiles and missed beats.
+
+use crate::harness::{Api, Coordinator};
+use anyhow::{Context, Result, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HeartbeatBench {
+    /// Simulated agents.
+    #[arg(long, default_value_t = 1000)]
+    pub agents: usize,
+    /// Heartbeat interval of each agent.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Measured period (after registration).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Percentile of sorted samples (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let interval = humantime::format_duration(args.interval).to_string();
+    let coord = Coordinator::start(dir.path(), &["--heartbeat-interval", &interval])?;
+    // One HTTP/1.1 connection pool shared by all simulated agents, as
+    // through a NAT gateway; reqwest keeps connections alive.
+    let api = Api {
+        base: coord.base.clone(),
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(2048)
+            .timeout(Duration::from_secs(30))
+            .build()?,
+    };
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&coord.admin_token),
+            Some(&json!({"name": "bench"})),
+        )
+        .await?;
+    if st != StatusCode::CREATED {
+        bail!("creating group: {st} {v}");
+    }
+    let reg_start = Instant::now();
+    let mut creds = Vec::with_capacity(args.agents);
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..args.agents {
+        let (api, tok, sem) = (
+            api.clone(),
+            coord.enrollment_token.clone(),
+            Arc::clone(&sem),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await?;
+            let body = json!({"instance_id": format!("i-{i:06}"), "instance_type": "m5.large",
+                "availability_zone": "us-east-1a", "region": "us-east-1",
+                "lifecycle": "spot", "group": "bench"});
+            let (st, v) = api
+                .call(Method::POST, "/v1/agents/register", Some(&tok), Some(&body))
+                .await?;
+            if st != StatusCode::CREATED {
+                bail!("register: {st} {v}");
+            }
+            Ok::<_, anyhow::Error>((
+                i,
+                v["agent_id"].as_str().context("agent_id")?.to_owned(),
+                v["token"].as_str().context("token")?.to_owned(),
+            ))
+        }));
+    }
+    for t in tasks {
+        creds.push(t.await??);
+    }
+    let reg_elapsed = reg_start.elapsed();
+
+    let errors = Arc::new(AtomicU64::new(0));
+    let late = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + args.duration;
+    let mut tasks = Vec::new();
+    for (i, id, tok) in creds {
+        let (api, errors, late) = (api.clone(), Arc::clone(&errors), Arc::clone(&late));
+        let interval = args.interval;
+        let n = args.agents;
+        tasks.push(tokio::spawn(async move {
+            // Spread the fleet evenly over one interval, as real agents
+            // started at different times are.
+            let offset = interval.mul_f64(i as f64 / n as f64);
+            tokio::time::sleep(offset).await;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut lat = Vec::new();
+            let mut first = None;
+            let path = format!("/v1/agents/{id}/heartbeat");
+            let body = json!({"instance_id": format!("i-{i:06}"), "highest_epoch": 0,
+                              "healthy": true, "backlog": 0});
+            loop {
+                let scheduled = tick.tick().await;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                match api.call(Method::POST, &path, Some(&tok), Some(&body)).await {
+                    // The first healthy beat commits LAUNCHING -> REPLICA (a
+                    // durable write, once per instance lifetime): reported
+                    // apart from the steady state.
+                    Ok((StatusCode::OK, _)) if first.is_none() => {
+                        first = Some(t.elapsed().as_secs_f64())
+                    }
+                    Ok((StatusCode::OK, _)) => lat.push(t.elapsed().as_secs_f64()),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // A beat that left more than half an interval late counts as
+                // missed from the coordinator's point of view.
+                if t.duration_since(scheduled.into_std()) > interval / 2 {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (lat, first)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut firsts = Vec::new();
+    for t in tasks {
+        let (l, f) = t.await?;
+        lat.extend(l);
+        firsts.extend(f);
+    }
+    lat.sort_by(f64::total_cmp);
+    firsts.sort_by(f64::total_cmp);
+    let (_, agents) = api
+        .call(Method::GET, "/v1/agents", Some(&coord.admin_token), None)
+        .await?;
+    let offline = agents
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["status"] != "online").count())
+        .unwrap_or(0);
+    let rate = (lat.len() + firsts.len()) as f64 / args.duration.as_secs_f64();
+    let ms = |p| percentile(&lat, p) * 1000.0;
+    let report = json!({
+        "agents": args.agents,
+        "interval_s": args.interval.as_secs_f64(),
+        "duration_s": args.duration.as_secs_f64(),
+        "registration_s": reg_elapsed.as_secs_f64(),
+        "heartbeats": lat.len() + firsts.len(),
+        "first_beat_p50_ms": percentile(&firsts, 50.0) * 1000.0,
+        "first_beat_p99_ms": percentile(&firsts, 99.0) * 1000.0,
+        "heartbeats_per_s": rate,
+        "p50_ms": ms(50.0), "p95_ms": ms(95.0), "p99_ms": ms(99.0),
+        "max_ms": lat.last().map(|x| x * 1000.0),
+        "errors": errors.load(Ordering::Relaxed),
+        "late_beats": late.load(Ordering::Relaxed),
+        "agents_not_online_at_end": offline,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "heartbeat bench: {} agents every {:?} for {:?} (registration took {:.1}s)\n  \
+             {} heartbeats, {:.0}/s; steady-state latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n  \
+             first beat per agent (commits LAUNCHING -> REPLICA): p50 {:.2} ms, p99 {:.2} ms\n  \
+             errors {}, late beats {}, agents not online at end {}",
+            args.agents,
+            args.interval,
+            args.duration,
+            reg_elapsed.as_secs_f64(),
+            lat.len() + firsts.len(),
+            rate,
+            ms(50.0),
+            ms(95.0),
+            ms(99.0),
+            lat.last().copied().unwrap_or(f64::NAN) * 1000.0,
+            percentile(&firsts, 50.0) * 1000.0,
+            percentile(&firsts, 99.0) * 1000.0,
+            errors.load(Ordering::Relaxed),
+            late.load(Ordering::Relaxed),
+            offline
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}
