@@ -225,9 +225,17 @@ pub fn validate_group_name(name: &str) -> Result<(), ConfigRuleError> {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CommandKind {
     /// Launch a new instance of the group into `pool`.
-    Launch { pool: Pool, emergency: bool },
+    Launch {
+        pool: Pool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        launch_template_id: Option<String>,
+        emergency: bool,
+    },
     /// Become PRIMARY: health check, promotion action, `promote` hook.
-    Promote,
+    Promote {
+        #[serde(default)]
+        promotion: PromotionAction,
+    },
     /// Stop serving: `demote` hook.
     Demote,
     /// Terminate the named instance.
@@ -241,7 +249,7 @@ impl CommandKind {
     pub fn name(&self) -> &'static str {
         match self {
             CommandKind::Launch { .. } => "launch",
-            CommandKind::Promote => "promote",
+            CommandKind::Promote { .. } => "promote",
             CommandKind::Demote => "demote",
             CommandKind::Terminate { .. } => "terminate",
             CommandKind::Cleanup => "cleanup",
@@ -250,7 +258,7 @@ impl CommandKind {
 
     /// Role-changing commands carry the group epoch and are fenced by it.
     pub fn is_role_change(&self) -> bool {
-        matches!(self, CommandKind::Promote | CommandKind::Demote)
+        matches!(self, CommandKind::Promote { .. } | CommandKind::Demote)
     }
 }
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Drives the real `spot-coordinator` binary over HTTP on a random loopback
 //! port: register -> heartbeat -> long-poll -> events, and every bad input
 //! the agent and operator APIs must refuse without changing anything.

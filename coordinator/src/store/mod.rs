@@ -921,7 +921,9 @@ impl Store {
                     .and_then(|i| i.agent_id.clone());
                 if let Some(agent) = agent {
                     let action = if c.to == Role::Primary {
-                        CommandKind::Promote
+                        CommandKind::Promote {
+                            promotion: g.config.promotion.clone(),
+                        }
                     } else {
                         CommandKind::Demote
                     };

@@ -81,7 +81,7 @@ fn promotion_bumps_epoch_demotes_old_and_queues_commands() {
     assert_eq!(s.get_group("g").unwrap().primary.as_deref(), Some("i-r1"));
     let cmds = s.take_commands("a-r1", 6, 30_000, 10).unwrap();
     assert_eq!(cmds.len(), 1);
-    assert_eq!(cmds[0].action, CommandKind::Promote);
+    assert!(matches!(cmds[0].action, CommandKind::Promote { .. }));
     assert_eq!(cmds[0].epoch, 2);
     assert_eq!(cmds[0].priority, 100);
     let demote = s.take_commands("a-p", 6, 30_000, 10).unwrap();

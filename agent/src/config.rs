@@ -1,0 +1,291 @@
+//! Agent configuration: defaults < TOML file < environment < flags.
+//!
+//! Every key of `agent.toml` is also a `--flag` and a `SPOT_AGENT_*`
+//! environment variable; durations take the usual human form (`1s`,
+//! `500ms`). Unknown keys in the file are errors.
+
+use crate::hooks::HealthCheck;
+use clap::Args;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML config file [default: /etc/spot-agent/agent.toml when it exists].
+    #[arg(long, env = "SPOT_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Coordinator base URL, e.g. http://coordinator.internal:8080 (required).
+    #[arg(long, env = "SPOT_AGENT_COORDINATOR_URL")]
+    pub coordinator_url: Option<String>,
+    /// Fleet enrollment token (required until the agent has registered).
+    #[arg(long, env = "SPOT_AGENT_ENROLLMENT_TOKEN", hide_env_values = true)]
+    pub enrollment_token: Option<String>,
+    /// Directory of the journal [default: /var/lib/spot-agent].
+    #[arg(long, env = "SPOT_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Group this instance belongs to; overrides the `spot:group` instance
+    /// tag (read from metadata when tags in metadata are enabled).
+    #[arg(long, env = "SPOT_AGENT_GROUP")]
+    pub group: Option<String>,
+    /// How often IMDS is polled for notices [default: 1s].
+    #[arg(long, env = "SPOT_AGENT_IMDS_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub imds_poll_interval: Option<Duration>,
+    /// IMDS base URL [default: AWS_EC2_METADATA_SERVICE_ENDPOINT, else
+    /// http://169.254.169.254].
+    #[arg(long, env = "SPOT_AGENT_IMDS_ENDPOINT")]
+    pub imds_endpoint: Option<String>,
+    /// Directory of the `promote` and `demote` hooks [default: /etc/spot-agent/hooks].
+    #[arg(long, env = "SPOT_AGENT_HOOKS_DIR")]
+    pub hooks_dir: Option<PathBuf>,
+    /// Longest a hook may run before it is killed [default: 60s].
+    #[arg(long, env = "SPOT_AGENT_HOOK_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub hook_timeout: Option<Duration>,
+    /// Health check: HTTP URL answered 2xx when the workload is healthy.
+    #[arg(long, env = "SPOT_AGENT_HEALTH_URL")]
+    pub health_url: Option<String>,
+    /// Health check: command (split on spaces, no shell) exiting 0 when healthy.
+    #[arg(long, env = "SPOT_AGENT_HEALTH_COMMAND")]
+    pub health_command: Option<String>,
+    /// Health check timeout [default: 5s].
+    #[arg(long, env = "SPOT_AGENT_HEALTH_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub health_timeout: Option<Duration>,
+    /// Longest wait of one command long-poll [default: 25s].
+    #[arg(long, env = "SPOT_AGENT_POLL_WAIT", value_parser = humantime::parse_duration)]
+    pub poll_wait: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    coordinator_url: Option<String>,
+    enrollment_token: Option<String>,
+    state_dir: Option<PathBuf>,
+    group: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    imds_poll_interval: Option<Duration>,
+    imds_endpoint: Option<String>,
+    hooks_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    hook_timeout: Option<Duration>,
+    health_url: Option<String>,
+    health_command: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    health_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    poll_wait: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub coordinator_url: String,
+    pub enrollment_token: Option<String>,
+    pub state_dir: PathBuf,
+    pub group: Option<String>,
+    pub imds_poll_interval: Duration,
+    pub imds_endpoint: Option<String>,
+    pub hooks_dir: PathBuf,
+    pub hook_timeout: Duration,
+    pub health: HealthCheck,
+    pub poll_wait: Duration,
+}
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/spot-agent/agent.toml";
+
+impl Config {
+    pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+        let path = args.config.clone().or_else(|| {
+            Path::new(DEFAULT_CONFIG_PATH)
+                .exists()
+                .then(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+        });
+        let file = match &path {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let a = args.clone();
+        let health_timeout = a
+            .health_timeout
+            .or(file.health_timeout)
+            .unwrap_or(Duration::from_secs(5));
+        let health_url = a.health_url.or(file.health_url);
+        let health_command = a.health_command.or(file.health_command);
+        let health = match (health_url, health_command) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "set health_url or health_command, not both".into(),
+                ));
+            }
+            (Some(url), None) => HealthCheck::Http {
+                url,
+                timeout: health_timeout,
+            },
+            (None, Some(cmd)) => HealthCheck::Command {
+                argv: cmd.split_whitespace().map(str::to_owned).collect(),
+                timeout: health_timeout,
+            },
+            (None, None) => HealthCheck::None,
+        };
+        let c = Config {
+            coordinator_url: a
+                .coordinator_url
+                .or(file.coordinator_url)
+                .ok_or_else(|| ConfigError::Invalid("coordinator_url is required".into()))?,
+            enrollment_token: a.enrollment_token.or(file.enrollment_token),
+            state_dir: a
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/spot-agent")),
+            group: a.group.or(file.group),
+            // 1 s: the notice must be journaled within a second of showing up.
+            imds_poll_interval: a
+                .imds_poll_interval
+                .or(file.imds_poll_interval)
+                .unwrap_or(Duration::from_secs(1)),
+            imds_endpoint: a
+                .imds_endpoint
+                .or(file.imds_endpoint)
+                .or_else(|| std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").ok()),
+            hooks_dir: a
+                .hooks_dir
+                .or(file.hooks_dir)
+                .unwrap_or_else(|| PathBuf::from("/etc/spot-agent/hooks")),
+            hook_timeout: a
+                .hook_timeout
+                .or(file.hook_timeout)
+                .unwrap_or(Duration::from_secs(60)),
+            health,
+            // Under the coordinator's 30 s cap, and under common proxy idle
+            // timeouts.
+            poll_wait: a
+                .poll_wait
+                .or(file.poll_wait)
+                .unwrap_or(Duration::from_secs(25)),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(self.coordinator_url.starts_with("http://")
+            || self.coordinator_url.starts_with("https://"))
+        {
+            return bad(format!(
+                "coordinator_url {:?} must start with http:// or https://",
+                self.coordinator_url
+            ));
+        }
+        if self.imds_poll_interval < Duration::from_millis(100) {
+            return bad("imds_poll_interval must be at least 100ms".into());
+        }
+        if self.poll_wait > Duration::from_secs(30) {
+            return bad("poll_wait must be at most 30s (the coordinator's cap)".into());
+        }
+        if let Some(g) = &self.group
+            && let Err(e) = spot_common::validate_group_name(g)
+        {
+            return bad(e.to_string());
+        }
+        if let HealthCheck::Command { argv, .. } = &self.health
+            && argv.is_empty()
+        {
+            return bad("health_command is empty".into());
+        }
+        if let Some(e) = &self.imds_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return bad(format!("imds_endpoint {e:?} must be an http(s) URL"));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str, args: RunArgs) -> Result<Config, ConfigError> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("agent.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(&RunArgs {
+            config: Some(p),
+            ..args
+        })
+    }
+
+    #[test]
+    fn file_values_and_flag_overrides() {
+        let c = with_file(
+            "coordinator_url = \"http://c:8080\"\nimds_poll_interval = \"500ms\"\ngroup = \"db\"\n",
+            RunArgs {
+                group: Some("cache".into()),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.imds_poll_interval, Duration::from_millis(500));
+        assert_eq!(c.group.as_deref(), Some("cache"));
+        assert_eq!(c.health, HealthCheck::None);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(matches!(
+            with_file("coordinator_ur = \"http://c\"\n", RunArgs::default()),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            with_file("coordinator_url = \"c:8080\"\n", RunArgs::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            with_file(
+                "coordinator_url = \"http://c\"\nimds_poll_interval = \"soon\"\n",
+                RunArgs::default()
+            ),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            with_file(
+                "coordinator_url = \"http://c\"\nhealth_url = \"http://x\"\nhealth_command = \"true\"\n",
+                RunArgs::default()
+            ),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            with_file("", RunArgs::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,256 @@
+//! Instance metadata: identity at start, then the notice watcher.
+//!
+//! Uses `aws-config`'s IMDSv2 client (token PUT, cached, refreshed on 401;
+//! never IMDSv1). One client is built and reused so its token is too.
+//! Timeouts are tight because the watcher polls every second: an attempt
+//! gets 800 ms, an operation 2 s with 2 attempts; a slow or failing IMDS
+//! costs one poll, is logged, and the next tick tries again. 404 means
+//! "no such key" (no notice), mapped to `Ok(None)`.
+
+use crate::journal::JournalHandle;
+use aws_config::imds::client::Client;
+use aws_config::imds::client::error::ImdsError;
+use spot_common::NoticeKind;
+use spot_common::notice;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+pub const INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
+pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
+pub const SCHEDULED: &str = "/latest/meta-data/events/maintenance/scheduled";
+
+/// A raw body longer than this is cut before it is journaled.
+const MAX_RAW: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("GET {path}")]
+    Get {
+        path: String,
+        #[source]
+        source: Box<ImdsError>,
+    },
+    #[error("{path} is missing")]
+    Missing { path: String },
+    #[error("invalid IMDS endpoint {endpoint:?}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+}
+
+#[derive(Clone)]
+pub struct Imds {
+    client: Client,
+}
+
+/// What the instance is, from IMDS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub availability_zone: String,
+    pub region: String,
+    /// `spot` or `on-demand`.
+    pub lifecycle: String,
+    /// From the `spot:group` instance tag, when tags are in metadata.
+    pub group_tag: Option<String>,
+}
+
+impl Imds {
+    pub fn new(endpoint: Option<&str>) -> Result<Imds, MetadataError> {
+        let mut b = Client::builder()
+            .max_attempts(2)
+            .connect_timeout(Duration::from_millis(500))
+            .read_timeout(Duration::from_millis(800))
+            .operation_attempt_timeout(Duration::from_millis(800))
+            .operation_timeout(Duration::from_secs(2));
+        if let Some(e) = endpoint {
+            b = b.endpoint(e).map_err(|err| MetadataError::Endpoint {
+                endpoint: e.to_owned(),
+                reason: err.to_string(),
+            })?;
+        }
+        Ok(Imds { client: b.build() })
+    }
+
+    /// GET a metadata path; 404 is `None`.
+    pub async fn get(&self, path: &str) -> Result<Option<String>, MetadataError> {
+        match self.client.get(path).await {
+            Ok(v) => Ok(Some(v.as_ref().to_owned())),
+            Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => Ok(None),
+            Err(source) => Err(MetadataError::Get {
+                path: path.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    async fn require(&self, path: &str) -> Result<String, MetadataError> {
+        self.get(path)
+            .await?
+            .map(|s| s.trim().to_owned())
+            .ok_or_else(|| MetadataError::Missing {
+                path: path.to_owned(),
+            })
+    }
+
+    pub async fn identity(&self) -> Result<Identity, MetadataError> {
+        let availability_zone = self
+            .require("/latest/meta-data/placement/availability-zone")
+            .await?;
+        let region = match self.get("/latest/meta-data/placement/region").await? {
+            Some(r) => r.trim().to_owned(),
+            // Older IMDS: the region is the zone minus its letter.
+            None => availability_zone
+                .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+                .to_owned(),
+        };
+        Ok(Identity {
+            instance_id: self.require("/latest/meta-data/instance-id").await?,
+            instance_type: self.require("/latest/meta-data/instance-type").await?,
+            lifecycle: match self.get("/latest/meta-data/instance-life-cycle").await? {
+                Some(l) if l.trim() == "spot" => "spot".to_owned(),
+                _ => "on-demand".to_owned(),
+            },
+            group_tag: self
+                .get("/latest/meta-data/tags/instance/spot:group")
+                .await?
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+            availability_zone,
+            region,
+        })
+    }
+}
+
+fn bounded(raw: &str) -> String {
+    if raw.len() <= MAX_RAW {
+        return raw.to_owned();
+    }
+    let mut end = MAX_RAW;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    raw[..end].to_owned()
+}
+
+/// Classify one metadata body into what to journal.
+pub fn classify(path: &str, raw: &str) -> (NoticeKind, Option<i64>, Option<String>) {
+    let malformed = (NoticeKind::Malformed, None, None);
+    match path {
+        INSTANCE_ACTION => match notice::parse_instance_action(raw) {
+            Ok(a) => (NoticeKind::Interruption, Some(a.time_ms), Some(a.action)),
+            Err(_) => malformed,
+        },
+        REBALANCE => match notice::parse_rebalance(raw) {
+            Ok(t) => (NoticeKind::Rebalance, Some(t), None),
+            Err(_) => malformed,
+        },
+        _ => match notice::parse_scheduled(raw) {
+            Ok(_) => (NoticeKind::ScheduledMaintenance, None, None),
+            Err(_) => malformed,
+        },
+    }
+}
+
+/// Signals from the watcher to the rest of the agent.
+#[derive(Clone, Default)]
+pub struct WatchSignals {
+    /// Something new was journaled: deliver the outbox now.
+    pub outbox: Arc<Notify>,
+}
+
+/// Poll the notice paths every `interval` until shutdown. A new notice is
+/// journaled (with its event) once; a body that does not parse is
+/// journaled as malformed once; an IMDS error costs one tick.
+pub async fn watch(
+    imds: Imds,
+    journal: JournalHandle,
+    interval: Duration,
+    signals: WatchSignals,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for path in [INSTANCE_ACTION, REBALANCE, SCHEDULED] {
+            let body = match imds.get(path).await {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(e) => {
+                    // Log the first failure of a streak, not every second.
+                    if !failing {
+                        tracing::warn!(error = %crate::error_chain(&e), "IMDS poll failed; retrying every tick");
+                    }
+                    failing = true;
+                    continue;
+                }
+            };
+            if path == SCHEDULED && body.trim() == "[]" {
+                continue;
+            }
+            if failing {
+                tracing::info!("IMDS answering again");
+                failing = false;
+            }
+            let (kind, effective, action) = classify(path, &body);
+            let raw = bounded(&body);
+            let now = crate::now_ms();
+            match journal
+                .call(move |j| j.record_notice(kind, &raw, effective, action.as_deref(), now))
+                .await
+            {
+                Ok(true) => {
+                    if kind == NoticeKind::Malformed {
+                        tracing::warn!(%path, body = %bounded(&body), "malformed IMDS body journaled");
+                    } else {
+                        tracing::warn!(notice = kind.as_str(), effective_at_ms = ?effective, "notice journaled");
+                    }
+                    signals.outbox.notify_one();
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %crate::error_chain(&e), "journaling a notice; will retry next tick")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_maps_paths_and_bodies() {
+        let (k, t, a) = classify(
+            INSTANCE_ACTION,
+            r#"{"action":"stop","time":"2026-11-27T10:00:00Z"}"#,
+        );
+        assert_eq!(
+            (k, t.is_some(), a.as_deref()),
+            (NoticeKind::Interruption, true, Some("stop"))
+        );
+        assert_eq!(classify(INSTANCE_ACTION, "<html>").0, NoticeKind::Malformed);
+        assert_eq!(
+            classify(REBALANCE, r#"{"noticeTime":"2026-11-27T10:00:00Z"}"#).0,
+            NoticeKind::Rebalance
+        );
+        assert_eq!(
+            classify(SCHEDULED, r#"[{"Code":"system-reboot","EventId":"e"}]"#).0,
+            NoticeKind::ScheduledMaintenance
+        );
+        assert_eq!(classify(SCHEDULED, "nope").0, NoticeKind::Malformed);
+    }
+
+    #[test]
+    fn bounded_cuts_on_a_char_boundary() {
+        let s = "é".repeat(5000);
+        let b = bounded(&s);
+        assert!(b.len() <= MAX_RAW && s.starts_with(&b));
+    }
+}
