@@ -6,6 +6,11 @@
 //! gets 800 ms, an operation 2 s with 2 attempts; a slow or failing IMDS
 //! costs one poll, is logged, and the next tick tries again. 404 means
 //! "no such key" (no notice), mapped to `Ok(None)`.
+//!
+//! The SDK client drops its cached token only when the token's own TTL
+//! runs out, so a token the server revoked early (IMDS restarted, instance
+//! stopped and started) would be retried with, and refused, until then. On
+//! a 401 we therefore build a fresh client (a fresh token) and retry once.
 
 use crate::journal::JournalHandle;
 use aws_config::imds::client::Client;
@@ -39,7 +44,8 @@ pub enum MetadataError {
 
 #[derive(Clone)]
 pub struct Imds {
-    client: Client,
+    endpoint: Option<String>,
+    client: Arc<std::sync::Mutex<Client>>,
 }
 
 /// What the instance is, from IMDS.
@@ -57,6 +63,14 @@ pub struct Identity {
 
 impl Imds {
     pub fn new(endpoint: Option<&str>) -> Result<Imds, MetadataError> {
+        let client = Self::build(endpoint)?;
+        Ok(Imds {
+            endpoint: endpoint.map(str::to_owned),
+            client: Arc::new(std::sync::Mutex::new(client)),
+        })
+    }
+
+    fn build(endpoint: Option<&str>) -> Result<Client, MetadataError> {
         let mut b = Client::builder()
             .max_attempts(2)
             .connect_timeout(Duration::from_millis(500))
@@ -69,14 +83,35 @@ impl Imds {
                 reason: err.to_string(),
             })?;
         }
-        Ok(Imds { client: b.build() })
+        Ok(b.build())
     }
 
-    /// GET a metadata path; 404 is `None`.
+    fn client(&self) -> Client {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// GET a metadata path; 404 is `None`; a 401 gets one retry with a
+    /// fresh token.
     pub async fn get(&self, path: &str) -> Result<Option<String>, MetadataError> {
-        match self.client.get(path).await {
+        let status = |e: &ImdsError| match e {
+            ImdsError::ErrorResponse(r) => Some(r.response().status().as_u16()),
+            _ => None,
+        };
+        let mut result = self.client().get(path).await;
+        if let Err(e) = &result
+            && status(e) == Some(401)
+        {
+            tracing::info!(%path, "IMDS refused our token (401); fetching a new one");
+            let fresh = Self::build(self.endpoint.as_deref())?;
+            *self.client.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+            result = fresh.get(path).await;
+        }
+        match result {
             Ok(v) => Ok(Some(v.as_ref().to_owned())),
-            Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => Ok(None),
+            Err(e) if status(&e) == Some(404) => Ok(None),
             Err(source) => Err(MetadataError::Get {
                 path: path.to_owned(),
                 source: Box::new(source),

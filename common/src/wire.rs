@@ -130,6 +130,38 @@ pub struct PromoteRequest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    pub pool: crate::types::Pool,
+    /// Agent that makes the call; default: the PRIMARY's agent, else the
+    /// group's most recently seen online agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub emergency: bool,
+    /// Also the launch command's request_id (and so its EC2 ClientToken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedCommand {
+    pub agent_id: String,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoticeView {
+    pub event_id: String,
+    pub agent_id: String,
+    pub instance_id: String,
+    pub group: String,
+    pub kind: String,
+    pub effective_at_ms: Option<i64>,
+    pub seen_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeleteAgentRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,

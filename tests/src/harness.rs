@@ -58,6 +58,7 @@ pub struct Coordinator {
     pub enrollment_token: String,
     extra: Vec<String>,
     pub log: PathBuf,
+    listen: String,
 }
 
 pub const TEST_ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -74,6 +75,7 @@ impl Coordinator {
             enrollment_token: TEST_ENROLLMENT_TOKEN.to_owned(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             log: data_dir.join("coordinator.log"),
+            listen: "127.0.0.1:0".to_owned(),
         };
         c.spawn()?;
         Ok(c)
@@ -90,7 +92,7 @@ impl Coordinator {
         let child = Command::new(bin_path("spot-coordinator")?)
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--admin-token")
@@ -145,6 +147,22 @@ impl Coordinator {
     pub fn restart(&mut self) -> Result<()> {
         self.kill9();
         self.spawn()
+    }
+
+    /// Start again on the same data dir and the same address, as a
+    /// coordinator behind a fixed DNS name comes back.
+    pub fn restart_same_port(&mut self) -> Result<()> {
+        self.kill9();
+        self.listen = self.base.trim_start_matches("http://").to_owned();
+        let r = self.spawn();
+        self.listen = "127.0.0.1:0".to_owned();
+        r
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn api(&self) -> Api {
@@ -224,5 +242,170 @@ impl Api {
         let status = resp.status();
         let v = resp.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, v))
+    }
+}
+
+/// A running `spot-agent` process wired to a coordinator and the IMDS and
+/// EC2 simulators.
+pub struct AgentProc {
+    child: Option<Child>,
+    pub state_dir: PathBuf,
+    pub hooks_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl AgentProc {
+    pub fn new(
+        state_dir: &Path,
+        coordinator: &str,
+        enrollment: &str,
+        imds: &str,
+        ec2: &str,
+    ) -> AgentProc {
+        let hooks_dir = state_dir.join("hooks");
+        AgentProc {
+            child: None,
+            state_dir: state_dir.to_owned(),
+            log: state_dir.join("agent.log"),
+            args: vec![
+                "run".into(),
+                "--coordinator-url".into(),
+                coordinator.into(),
+                "--enrollment-token".into(),
+                enrollment.into(),
+                "--state-dir".into(),
+                state_dir.display().to_string(),
+                "--imds-endpoint".into(),
+                imds.into(),
+                "--hooks-dir".into(),
+                hooks_dir.display().to_string(),
+            ],
+            env: vec![
+                ("AWS_ENDPOINT_URL".into(), ec2.into()),
+                ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+                // Never let a test reach the link-local IMDS for credentials.
+                ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            ],
+            hooks_dir,
+        }
+    }
+
+    pub fn arg(&mut self, a: &str) -> &mut Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    pub fn env(&mut self, k: &str, v: &str) -> &mut Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    /// Start; `failpoints` is the FAILPOINTS value (e.g. `before_ec2_call=return`).
+    pub fn start(&mut self, failpoints: Option<&str>) -> Result<()> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        std::fs::create_dir_all(&self.hooks_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(bin_path("spot-agent")?);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("FAILPOINTS")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        self.child = Some(cmd.spawn().context("starting spot-agent")?);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Exit status if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.exited() {
+                self.child = None;
+                return Ok(st);
+            }
+            if start.elapsed() > timeout {
+                bail!("agent still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.pid().context("not running")?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// `spot-agent status --json` from the journal.
+    pub fn status(&self) -> Result<Value> {
+        let out = Command::new(bin_path("spot-agent")?)
+            .args(["status", "--json", "--state-dir"])
+            .arg(&self.state_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, or fail after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -2,4 +2,6 @@
 //! chosen by the OS, and the simulators they talk to.
 
 pub mod bench;
+pub mod ec2_sim;
 pub mod harness;
+pub mod imds_sim;

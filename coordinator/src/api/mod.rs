@@ -106,6 +106,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(operator::get_group).put(operator::update_group),
         )
         .route("/v1/groups/{name}/promote", post(operator::promote))
+        .route("/v1/groups/{name}/launch", post(operator::launch))
+        .route("/v1/notices", get(operator::list_notices))
         .route("/v1/instances", get(operator::list_instances))
         .route("/v1/instances/{instance_id}", get(operator::get_instance))
         .route("/v1/agents", get(operator::list_agents))

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use spot_common::wire::{
     AgentView, AuditEntry, CommandView, CreateGroupRequest, DeleteAgentRequest, GroupView,
-    InstanceView, PromoteRequest, UpdateGroupRequest,
+    InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand, UpdateGroupRequest,
 };
 use spot_common::{Actor, PRIORITY_NORMAL};
 use std::sync::Arc;
@@ -142,6 +142,47 @@ async fn wake_command_targets(state: &AppState, request_ids: &[String]) {
         // The commands are queued; the agent's next poll picks them up.
         Err(e) => tracing::warn!(error = %crate::error_chain(&e), "waking agents"),
     }
+}
+
+pub async fn launch(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<LaunchRequest>,
+) -> Result<Json<QueuedCommand>, ApiError> {
+    let now = crate::now_ms();
+    let rid = req
+        .request_id
+        .clone()
+        .unwrap_or_else(|| format!("launch-{}", uuid::Uuid::new_v4()));
+    let q = state
+        .db
+        .write(move |s| {
+            s.queue_launch(
+                &rid,
+                &name,
+                req.agent_id.as_deref(),
+                &req.pool,
+                req.emergency,
+                &Actor::Operator,
+                now,
+            )
+        })
+        .await?;
+    tracing::info!(request_id = %q.command.request_id, agent_id = %q.agent_id, "launch queued");
+    state.live.wake(&q.agent_id);
+    Ok(Json(q))
+}
+
+pub async fn list_notices(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(f): ApiQuery<GroupFilter>,
+) -> Result<Json<Vec<NoticeView>>, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .read(move |s| s.list_notices(f.group.as_deref()))
+            .await?,
+    ))
 }
 
 pub async fn list_instances(

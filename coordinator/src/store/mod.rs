@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use spot_common::state::{GroupModel, Transition};
 use spot_common::wire::{
-    AgentView, AuditEntry, CommandView, EventsResponse, GroupView, InstanceView, RegisterRequest,
-    RegisterResponse,
+    AgentView, AuditEntry, CommandView, EventsResponse, GroupView, InstanceView, NoticeView,
+    QueuedCommand, RegisterRequest, RegisterResponse,
 };
 use spot_common::{
     Actor, AgentStatus, Command, CommandKind, ConfigRuleError, Event, EventBody, GroupConfig, Role,
@@ -1005,6 +1005,105 @@ impl Store {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Queue a launch into `pool` for the group, made by `agent_id` or by
+    /// the PRIMARY's agent, else the most recently seen online agent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queue_launch(
+        &mut self,
+        request_id: &str,
+        group: &str,
+        agent_id: Option<&str>,
+        pool: &spot_common::Pool,
+        emergency: bool,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<QueuedCommand> {
+        self.idempotent("launch", Some(request_id), now_ms, |tx| {
+            let g = get_group_tx(tx, group)?;
+            let agent = match agent_id {
+                Some(a) => {
+                    let v = get_agent_tx(tx, a)?;
+                    if v.group != group
+                        || !matches!(v.status, AgentStatus::Online | AgentStatus::Offline)
+                    {
+                        return Err(StoreError::Invalid(format!(
+                            "agent {a} is not a live agent of group {group}"
+                        )));
+                    }
+                    a.to_owned()
+                }
+                None => tx
+                    .query_row(
+                        "SELECT a.agent_id FROM agents a
+                         LEFT JOIN instances i ON i.agent_id = a.agent_id
+                         WHERE a.group_name = ?1 AND a.status = 'online'
+                         ORDER BY (i.role = 'primary') DESC, a.last_heartbeat_ms DESC NULLS LAST
+                         LIMIT 1",
+                        [group],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .ok_or_else(|| {
+                        StoreError::Invalid(format!(
+                            "group {group} has no online agent to launch with"
+                        ))
+                    })?,
+            };
+            let cmd = Command {
+                request_id: request_id.to_owned(),
+                group: group.to_owned(),
+                action: CommandKind::Launch {
+                    pool: pool.clone(),
+                    launch_template_id: g.config.launch_template_id.clone(),
+                    emergency,
+                },
+                priority: if emergency {
+                    spot_common::PRIORITY_EMERGENCY
+                } else {
+                    spot_common::PRIORITY_NORMAL
+                },
+                epoch: g.epoch,
+                deadline_ms: now_ms + 120_000,
+            };
+            queue_command_tx(tx, &agent, &cmd, now_ms)?;
+            audit(
+                tx,
+                now_ms,
+                actor,
+                Some(request_id),
+                &format!("group:{group}"),
+                "launch",
+                Value::Null,
+                json!({"agent_id": agent, "pool": pool, "emergency": emergency}),
+            )?;
+            Ok(QueuedCommand {
+                agent_id: agent,
+                command: cmd,
+            })
+        })
+    }
+
+    pub fn list_notices(&self, group: Option<&str>) -> Result<Vec<NoticeView>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT event_id, agent_id, instance_id, group_name, kind, effective_at_ms, seen_at_ms
+             FROM notices WHERE ?1 IS NULL OR group_name = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([group], |r| {
+                Ok(NoticeView {
+                    event_id: r.get(0)?,
+                    agent_id: r.get(1)?,
+                    instance_id: r.get(2)?,
+                    group: r.get(3)?,
+                    kind: r.get(4)?,
+                    effective_at_ms: r.get(5)?,
+                    seen_at_ms: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     pub fn list_commands(&self, agent_id: Option<&str>) -> Result<Vec<CommandView>> {

@@ -1,0 +1,596 @@
+//! EC2 simulator: the Query-protocol subset the agent calls, answered in
+//! EC2's XML, driven by `aws-sdk-ec2` exactly as against AWS.
+//!
+//! Unlike moto, it implements the semantics the agent depends on:
+//! RunInstances honours `ClientToken` (same token and parameters: the same
+//! instance; other parameters: `IdempotentParameterMismatch`; its instance
+//! terminated: `IdempotentInstanceTerminated`), AssociateAddress honours
+//! `AllowReassociation=false`, an attached ENI cannot be attached again,
+//! DescribeSpotPriceHistory filters and paginates a configured series.
+//! Errors can be injected per action (throttling, capacity, 5xx).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Router};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimInstance {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub availability_zone: String,
+    pub state: String,
+    pub client_token: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// Parameters the ClientToken is bound to.
+    fingerprint: String,
+}
+
+impl SimInstance {
+    pub fn tag(&self, k: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SimAddress {
+    pub allocation_id: String,
+    pub public_ip: String,
+    pub association_id: Option<String>,
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimPrice {
+    pub instance_type: String,
+    pub availability_zone: String,
+    pub product_description: String,
+    pub timestamp_ms: i64,
+    pub price: String,
+}
+
+#[derive(Debug, Clone)]
+struct Injected {
+    code: String,
+    status: StatusCode,
+}
+
+#[derive(Default)]
+struct Inner {
+    instances: Vec<SimInstance>,
+    addresses: HashMap<String, SimAddress>,
+    /// eni -> attached instance
+    enis: HashMap<String, Option<String>>,
+    prices: Vec<SimPrice>,
+    faults: HashMap<String, VecDeque<Injected>>,
+    calls: HashMap<String, u64>,
+    next: u64,
+    launches: Option<mpsc::UnboundedSender<SimInstance>>,
+}
+
+#[derive(Clone)]
+pub struct Ec2Sim {
+    inner: Arc<Mutex<Inner>>,
+    pub addr: SocketAddr,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn ok(action: &str, body: &str) -> Response {
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<{action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>{}</requestId>{body}</{action}Response>"#,
+        uuid::Uuid::new_v4()
+    );
+    ([("content-type", "text/xml;charset=UTF-8")], xml).into_response()
+}
+
+fn err(status: StatusCode, code: &str, message: &str) -> Response {
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>"#,
+        esc(code),
+        esc(message),
+        uuid::Uuid::new_v4()
+    );
+    (status, [("content-type", "text/xml;charset=UTF-8")], xml).into_response()
+}
+
+/// Values of `Prefix.1`, `Prefix.2`, ... in order.
+fn list(p: &HashMap<String, String>, prefix: &str) -> Vec<String> {
+    (1..)
+        .map_while(|i| p.get(&format!("{prefix}.{i}")).cloned())
+        .collect()
+}
+
+fn state_code(state: &str) -> u8 {
+    match state {
+        "pending" => 0,
+        "running" => 16,
+        "shutting-down" => 32,
+        "terminated" => 48,
+        "stopping" => 64,
+        _ => 80,
+    }
+}
+
+fn instance_xml(i: &SimInstance) -> String {
+    let tags: String = i
+        .tags
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<item><key>{}</key><value>{}</value></item>",
+                esc(k),
+                esc(v)
+            )
+        })
+        .collect();
+    format!(
+        "<item><instanceId>{}</instanceId><instanceType>{}</instanceType><placement><availabilityZone>{}</availabilityZone></placement><instanceState><code>{}</code><name>{}</name></instanceState>{}<instanceLifecycle>spot</instanceLifecycle><tagSet>{tags}</tagSet></item>",
+        i.instance_id,
+        esc(&i.instance_type),
+        esc(&i.availability_zone),
+        state_code(&i.state),
+        i.state,
+        i.client_token
+            .as_ref()
+            .map(|t| format!("<clientToken>{}</clientToken>", esc(t)))
+            .unwrap_or_default(),
+    )
+}
+
+impl Ec2Sim {
+    pub async fn start() -> anyhow::Result<Ec2Sim> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let sim = Ec2Sim {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            addr,
+        };
+        let app = Router::new()
+            .route("/", post(handle))
+            .with_state(sim.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(sim)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next `times` calls of `action` fail with `code`.
+    pub fn inject(&self, action: &str, code: &str, status: u16, times: usize) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        self.lock()
+            .faults
+            .entry(action.to_owned())
+            .or_default()
+            .extend(std::iter::repeat_n(
+                Injected {
+                    code: code.to_owned(),
+                    status,
+                },
+                times,
+            ));
+    }
+
+    pub fn calls(&self, action: &str) -> u64 {
+        self.lock().calls.get(action).copied().unwrap_or(0)
+    }
+
+    pub fn instances(&self) -> Vec<SimInstance> {
+        self.lock().instances.clone()
+    }
+
+    /// Every instance RunInstances creates is sent here (the fleet
+    /// simulator boots an agent for each).
+    pub fn on_launch(&self) -> mpsc::UnboundedReceiver<SimInstance> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().launches = Some(tx);
+        rx
+    }
+
+    pub fn set_state(&self, instance_id: &str, state: &str) {
+        if let Some(i) = self
+            .lock()
+            .instances
+            .iter_mut()
+            .find(|i| i.instance_id == instance_id)
+        {
+            i.state = state.to_owned();
+        }
+    }
+
+    /// Register an instance that exists outside RunInstances (a fleet's
+    /// first PRIMARY).
+    pub fn add_instance(&self, instance_id: &str, instance_type: &str, az: &str, group: &str) {
+        self.lock().instances.push(SimInstance {
+            instance_id: instance_id.into(),
+            instance_type: instance_type.into(),
+            availability_zone: az.into(),
+            state: "running".into(),
+            client_token: None,
+            tags: vec![("spot:group".into(), group.into())],
+            fingerprint: String::new(),
+        });
+    }
+
+    pub fn add_address(&self, allocation_id: &str, public_ip: &str) {
+        self.lock().addresses.insert(
+            allocation_id.to_owned(),
+            SimAddress {
+                allocation_id: allocation_id.into(),
+                public_ip: public_ip.into(),
+                ..SimAddress::default()
+            },
+        );
+    }
+
+    pub fn address(&self, allocation_id: &str) -> Option<SimAddress> {
+        self.lock().addresses.get(allocation_id).cloned()
+    }
+
+    pub fn add_eni(&self, eni: &str) {
+        self.lock().enis.insert(eni.to_owned(), None);
+    }
+
+    pub fn set_prices(&self, prices: Vec<SimPrice>) {
+        self.lock().prices = prices;
+    }
+}
+
+async fn handle(State(sim): State<Ec2Sim>, Form(p): Form<HashMap<String, String>>) -> Response {
+    let action = p.get("Action").cloned().unwrap_or_default();
+    let mut g = sim.lock();
+    *g.calls.entry(action.clone()).or_default() += 1;
+    if let Some(f) = g.faults.get_mut(&action).and_then(VecDeque::pop_front) {
+        return err(
+            f.status,
+            &f.code,
+            &format!("injected {} for {action}", f.code),
+        );
+    }
+    match action.as_str() {
+        "RunInstances" => run_instances(&mut g, &p),
+        "DescribeInstances" => describe_instances(&g, &p),
+        "TerminateInstances" => {
+            let ids = list(&p, "InstanceId");
+            let mut items = String::new();
+            for id in &ids {
+                let Some(i) = g.instances.iter_mut().find(|i| &i.instance_id == id) else {
+                    return err(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidInstanceID.NotFound",
+                        &format!("The instance ID '{id}' does not exist"),
+                    );
+                };
+                let prev = i.state.clone();
+                i.state = "shutting-down".into();
+                items.push_str(&format!(
+                    "<item><instanceId>{id}</instanceId><currentState><code>32</code><name>shutting-down</name></currentState><previousState><code>{}</code><name>{prev}</name></previousState></item>",
+                    state_code(&prev)
+                ));
+            }
+            ok(
+                "TerminateInstances",
+                &format!("<instancesSet>{items}</instancesSet>"),
+            )
+        }
+        "CreateTags" => {
+            let ids = list(&p, "ResourceId");
+            let tags: Vec<(String, String)> = (1..)
+                .map_while(|i| {
+                    Some((
+                        p.get(&format!("Tag.{i}.Key"))?.clone(),
+                        p.get(&format!("Tag.{i}.Value"))
+                            .cloned()
+                            .unwrap_or_default(),
+                    ))
+                })
+                .collect();
+            for i in g
+                .instances
+                .iter_mut()
+                .filter(|i| ids.contains(&i.instance_id))
+            {
+                i.tags.extend(tags.iter().cloned());
+            }
+            ok("CreateTags", "<return>true</return>")
+        }
+        "DescribeAddresses" => {
+            let ids = list(&p, "AllocationId");
+            let mut items = String::new();
+            for id in &ids {
+                let Some(a) = g.addresses.get(id) else {
+                    return err(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidAllocationID.NotFound",
+                        &format!("The allocation ID '{id}' does not exist"),
+                    );
+                };
+                items.push_str(&format!(
+                    "<item><publicIp>{}</publicIp><allocationId>{}</allocationId><domain>vpc</domain>{}{}</item>",
+                    a.public_ip, a.allocation_id,
+                    a.association_id.as_ref().map(|x| format!("<associationId>{x}</associationId>")).unwrap_or_default(),
+                    a.instance_id.as_ref().map(|x| format!("<instanceId>{x}</instanceId>")).unwrap_or_default(),
+                ));
+            }
+            ok(
+                "DescribeAddresses",
+                &format!("<addressesSet>{items}</addressesSet>"),
+            )
+        }
+        "AssociateAddress" => {
+            let (Some(alloc), Some(inst)) = (p.get("AllocationId"), p.get("InstanceId")) else {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "MissingParameter",
+                    "AllocationId and InstanceId are required",
+                );
+            };
+            let allow = p.get("AllowReassociation").is_some_and(|v| v == "true");
+            g.next += 1;
+            let assoc = format!("eipassoc-{:08x}", g.next);
+            let Some(a) = g.addresses.get_mut(alloc) else {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidAllocationID.NotFound",
+                    alloc,
+                );
+            };
+            if a.instance_id.is_some() && !allow {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "Resource.AlreadyAssociated",
+                    &format!(
+                        "resource {alloc} is already associated with associate-id {}",
+                        a.association_id.clone().unwrap_or_default()
+                    ),
+                );
+            }
+            a.association_id = Some(assoc.clone());
+            a.instance_id = Some(inst.clone());
+            ok(
+                "AssociateAddress",
+                &format!("<return>true</return><associationId>{assoc}</associationId>"),
+            )
+        }
+        "DisassociateAddress" => {
+            let Some(assoc) = p.get("AssociationId") else {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "MissingParameter",
+                    "AssociationId is required",
+                );
+            };
+            let Some(a) = g
+                .addresses
+                .values_mut()
+                .find(|a| a.association_id.as_ref() == Some(assoc))
+            else {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidAssociationID.NotFound",
+                    &format!("The association ID '{assoc}' does not exist"),
+                );
+            };
+            a.association_id = None;
+            a.instance_id = None;
+            ok("DisassociateAddress", "<return>true</return>")
+        }
+        "AttachNetworkInterface" => {
+            let (Some(eni), Some(inst)) = (p.get("NetworkInterfaceId"), p.get("InstanceId")) else {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "MissingParameter",
+                    "NetworkInterfaceId and InstanceId are required",
+                );
+            };
+            match g.enis.get_mut(eni) {
+                None => err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidNetworkInterfaceID.NotFound",
+                    eni,
+                ),
+                Some(Some(other)) => err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameterValue",
+                    &format!("Interface {eni} is currently in use by {other}"),
+                ),
+                Some(slot) => {
+                    *slot = Some(inst.clone());
+                    ok(
+                        "AttachNetworkInterface",
+                        &format!(
+                            "<attachmentId>eni-attach-{}</attachmentId>",
+                            &eni[4.min(eni.len())..]
+                        ),
+                    )
+                }
+            }
+        }
+        "DescribeSpotPriceHistory" => spot_prices(&g, &p),
+        other => err(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction",
+            &format!("The action {other} is not valid for this web service."),
+        ),
+    }
+}
+
+fn run_instances(g: &mut Inner, p: &HashMap<String, String>) -> Response {
+    let instance_type = p
+        .get("InstanceType")
+        .cloned()
+        .unwrap_or_else(|| "m5.large".into());
+    let az = p
+        .get("Placement.AvailabilityZone")
+        .cloned()
+        .unwrap_or_else(|| "us-east-1a".into());
+    let tags: Vec<(String, String)> = (1..)
+        .map_while(|i| {
+            Some((
+                p.get(&format!("TagSpecification.1.Tag.{i}.Key"))?.clone(),
+                p.get(&format!("TagSpecification.1.Tag.{i}.Value"))
+                    .cloned()
+                    .unwrap_or_default(),
+            ))
+        })
+        .collect();
+    // The parameters a ClientToken is bound to (the token itself excluded).
+    let mut fp: Vec<_> = p
+        .iter()
+        .filter(|(k, _)| k.as_str() != "ClientToken")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    fp.sort();
+    let fingerprint = fp.join("&");
+    let token = p.get("ClientToken").cloned();
+    if let Some(t) = &token
+        && let Some(existing) = g
+            .instances
+            .iter()
+            .find(|i| i.client_token.as_ref() == Some(t))
+    {
+        if existing.fingerprint != fingerprint {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "IdempotentParameterMismatch",
+                "The client token you have provided is associated with a resource with different parameters",
+            );
+        }
+        if existing.state == "terminated" {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "IdempotentInstanceTerminated",
+                "The client token is associated with an instance that has been terminated",
+            );
+        }
+        let body = format!(
+            "<reservationId>r-sim</reservationId><ownerId>000000000000</ownerId><instancesSet>{}</instancesSet>",
+            instance_xml(existing)
+        );
+        return ok("RunInstances", &body);
+    }
+    g.next += 1;
+    let inst = SimInstance {
+        instance_id: format!("i-{:017x}", g.next),
+        instance_type,
+        availability_zone: az,
+        state: "pending".into(),
+        client_token: token,
+        tags,
+        fingerprint,
+    };
+    g.instances.push(inst.clone());
+    if let Some(tx) = &g.launches {
+        let _ = tx.send(inst.clone());
+    }
+    let body = format!(
+        "<reservationId>r-sim{:x}</reservationId><ownerId>000000000000</ownerId><instancesSet>{}</instancesSet>",
+        g.next,
+        instance_xml(&inst)
+    );
+    ok("RunInstances", &body)
+}
+
+fn describe_instances(g: &Inner, p: &HashMap<String, String>) -> Response {
+    let ids = list(p, "InstanceId");
+    let filters: Vec<(String, Vec<String>)> = (1..)
+        .map_while(|i| {
+            let name = p.get(&format!("Filter.{i}.Name"))?.clone();
+            Some((name, list(p, &format!("Filter.{i}.Value"))))
+        })
+        .collect();
+    let matches = |i: &SimInstance| {
+        (ids.is_empty() || ids.contains(&i.instance_id))
+            && filters.iter().all(|(name, values)| {
+                let v = match name.as_str() {
+                    "instance-state-name" => Some(i.state.as_str()),
+                    "client-token" => i.client_token.as_deref(),
+                    n if n.starts_with("tag:") => i.tag(&n[4..]),
+                    _ => None,
+                };
+                v.is_some_and(|v| values.iter().any(|x| x == v))
+            })
+    };
+    let items: String = g
+        .instances
+        .iter()
+        .filter(|i| matches(i))
+        .map(instance_xml)
+        .collect();
+    let body = if items.is_empty() {
+        "<reservationSet/>".to_owned()
+    } else {
+        format!(
+            "<reservationSet><item><reservationId>r-sim</reservationId><ownerId>000000000000</ownerId><instancesSet>{items}</instancesSet></item></reservationSet>"
+        )
+    };
+    ok("DescribeInstances", &body)
+}
+
+fn spot_prices(g: &Inner, p: &HashMap<String, String>) -> Response {
+    let types = list(p, "InstanceType");
+    let products = list(p, "ProductDescription");
+    let az = p.get("AvailabilityZone");
+    let start = p
+        .get("StartTime")
+        .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0);
+    let max: usize = p
+        .get("MaxResults")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(1000);
+    let offset: usize = p.get("NextToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let all: Vec<&SimPrice> = g
+        .prices
+        .iter()
+        .filter(|x| types.is_empty() || types.contains(&x.instance_type))
+        .filter(|x| products.is_empty() || products.contains(&x.product_description))
+        .filter(|x| az.is_none_or(|a| *a == x.availability_zone))
+        .filter(|x| x.timestamp_ms >= start)
+        .collect();
+    let page = all.iter().skip(offset).take(max);
+    let items: String = page
+        .map(|x| {
+            let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(x.timestamp_ms).unwrap_or(0));
+            format!(
+                "<item><instanceType>{}</instanceType><productDescription>{}</productDescription><spotPrice>{}</spotPrice><timestamp>{}</timestamp><availabilityZone>{}</availabilityZone></item>",
+                esc(&x.instance_type), esc(&x.product_description), esc(&x.price),
+                humantime::format_rfc3339_millis(ts), esc(&x.availability_zone)
+            )
+        })
+        .collect();
+    let next = if offset + max < all.len() {
+        format!("<nextToken>{}</nextToken>", offset + max)
+    } else {
+        "<nextToken/>".to_owned()
+    };
+    ok(
+        "DescribeSpotPriceHistory",
+        &format!("<spotPriceHistorySet>{items}</spotPriceHistorySet>{next}"),
+    )
+}
