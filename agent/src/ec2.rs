@@ -159,8 +159,34 @@ pub struct Ec2 {
 }
 
 impl Ec2 {
+    /// Production client: credentials from the default chain (the
+    /// instance profile), endpoint from `AWS_ENDPOINT_URL` when set.
     pub async fn new(region: &str) -> Ec2 {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        Self::load(
+            aws_config::defaults(aws_config::BehaviorVersion::latest()),
+            region,
+        )
+        .await
+    }
+
+    /// Client for an explicit endpoint with static credentials (protocol
+    /// tests against moto_server, simulators).
+    pub async fn for_endpoint(region: &str, endpoint: &str) -> Ec2 {
+        let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "test", "test", None, None, "static",
+            ));
+        Self::load(loader, region).await
+    }
+
+    /// The underlying SDK client (tests use it to set up fixtures).
+    pub fn sdk(&self) -> &aws_sdk_ec2::Client {
+        &self.client
+    }
+
+    async fn load(loader: aws_config::ConfigLoader, region: &str) -> Ec2 {
+        let conf = loader
             .region(aws_config::Region::new(region.to_owned()))
             // One retry policy: ours.
             .retry_config(aws_config::retry::RetryConfig::disabled())

@@ -1,6 +1,7 @@
 //! End-to-end home: helpers that start the real binaries on loopback ports
 //! chosen by the OS, and the simulators they talk to.
 
+pub mod agent_bench;
 pub mod bench;
 pub mod ec2_sim;
 pub mod harness;

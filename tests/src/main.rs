@@ -22,6 +22,8 @@ enum Command {
 enum Bench {
     /// Many simulated agents heartbeating one real coordinator.
     Heartbeat(spot_tests::bench::HeartbeatBench),
+    /// Notice -> journal latency of a real agent, and its idle memory and CPU.
+    Agent(spot_tests::agent_bench::AgentBench),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Bench(Bench::Heartbeat(args)) => spot_tests::bench::heartbeat(args).await,
+            Command::Bench(Bench::Agent(args)) => spot_tests::agent_bench::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Lints every commit should pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --features spot-agent/failpoints -- -D warnings

@@ -1,0 +1,309 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! docs/openapi.json against the real coordinator: every documented route
+//! answers its documented method, and real responses satisfy the documented
+//! response schemas (required fields and types, following `$ref`s).
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use spot_tests::harness::Coordinator;
+
+fn spec() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let name = r.trim_start_matches("#/components/schemas/");
+            &spec["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+fn type_ok(t: &str, v: &Value) -> bool {
+    match t {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        _ => false,
+    }
+}
+
+/// Problems of `v` against `schema`, with JSON paths.
+fn check(spec: &Value, schema: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
+    let schema = resolve(spec, schema);
+    match &schema["type"] {
+        Value::String(t) if !type_ok(t, v) => out.push(format!("{at}: expected {t}, got {v}")),
+        Value::Array(ts) if !ts.iter().any(|t| type_ok(t.as_str().unwrap_or(""), v)) => {
+            out.push(format!("{at}: expected one of {ts:?}, got {v}"))
+        }
+        _ => {}
+    }
+    if let (Some(e), Some(s)) = (schema["enum"].as_array(), v.as_str())
+        && !e.iter().any(|x| x == s)
+    {
+        out.push(format!("{at}: {s:?} not in {e:?}"));
+    }
+    if let Some(obj) = v.as_object() {
+        for r in schema["required"].as_array().into_iter().flatten() {
+            let r = r.as_str().unwrap();
+            if !obj.contains_key(r) {
+                out.push(format!("{at}: missing required {r}"));
+            }
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (k, sub) in props {
+                if let Some(x) = obj.get(k) {
+                    check(spec, sub, x, &format!("{at}.{k}"), out);
+                }
+            }
+            for k in obj.keys() {
+                if !props.contains_key(k) {
+                    out.push(format!("{at}: undocumented field {k}"));
+                }
+            }
+        }
+    }
+    if let (Some(items), Some(a)) = (schema.get("items"), v.as_array()) {
+        for (i, x) in a.iter().enumerate() {
+            check(spec, items, x, &format!("{at}[{i}]"), out);
+        }
+    }
+}
+
+fn response_schema<'a>(spec: &'a Value, path: &str, method: &str) -> (&'a str, &'a Value) {
+    let responses = spec["paths"][path][method]["responses"]
+        .as_object()
+        .unwrap();
+    let (code, r) = responses.iter().find(|(c, _)| c.starts_with('2')).unwrap();
+    (code, &r["content"]["application/json"]["schema"])
+}
+
+#[tokio::test]
+async fn documented_api_matches_the_server() {
+    let spec = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    let adm = c.admin_token.clone();
+
+    // A small world so that every route has something to answer.
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&adm),
+            Some(&json!({"name": "db", "config": {
+            "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 201);
+    let reg = json!({"instance_id": "i-1", "instance_type": "m5.large", "availability_zone": "us-east-1a",
+        "region": "us-east-1", "lifecycle": "spot", "group": "db"});
+    let (_, r) = api
+        .call(
+            Method::POST,
+            "/v1/agents/register",
+            Some(&c.enrollment_token),
+            Some(&reg),
+        )
+        .await
+        .unwrap();
+    let (agent, token) = (
+        r["agent_id"].as_str().unwrap().to_owned(),
+        r["token"].as_str().unwrap().to_owned(),
+    );
+    let mut reg2 = reg.clone();
+    reg2["instance_id"] = json!("i-2");
+    let (_, r2) = api
+        .call(
+            Method::POST,
+            "/v1/agents/register",
+            Some(&c.enrollment_token),
+            Some(&reg2),
+        )
+        .await
+        .unwrap();
+    let agent2 = r2["agent_id"].as_str().unwrap().to_owned();
+
+    let hb = json!({"instance_id": "i-1", "highest_epoch": 0, "healthy": true, "backlog": 0});
+    let events = json!({"events": [{"event_id": format!("{agent}:1"), "seq": 1, "at_ms": 1,
+        "body": {"type": "notice", "notice": "rebalance", "raw": "{}"}}]});
+    // (method, concrete path, token, body) for every documented operation.
+    let calls: Vec<(&str, &str, String, String, Option<Value>)> = vec![
+        (
+            "post",
+            "/v1/agents/register",
+            "/v1/agents/register".into(),
+            c.enrollment_token.clone(),
+            Some(
+                json!({"instance_id": "i-3", "instance_type": "m5.large", "availability_zone": "us-east-1a", "region": "us-east-1", "lifecycle": "spot", "group": "db"}),
+            ),
+        ),
+        (
+            "post",
+            "/v1/agents/{agent_id}/heartbeat",
+            format!("/v1/agents/{agent}/heartbeat"),
+            token.clone(),
+            Some(hb),
+        ),
+        (
+            "post",
+            "/v1/groups/{name}/promote",
+            "/v1/groups/db/promote".into(),
+            adm.clone(),
+            Some(json!({"instance_id": "i-1", "expected_epoch": 0})),
+        ),
+        (
+            "get",
+            "/v1/agents/{agent_id}/commands",
+            format!("/v1/agents/{agent}/commands?wait_ms=0"),
+            token.clone(),
+            None,
+        ),
+        (
+            "post",
+            "/v1/agents/{agent_id}/events",
+            format!("/v1/agents/{agent}/events"),
+            token.clone(),
+            Some(events),
+        ),
+        ("get", "/v1/groups", "/v1/groups".into(), adm.clone(), None),
+        (
+            "post",
+            "/v1/groups",
+            "/v1/groups".into(),
+            adm.clone(),
+            Some(json!({"name": "cache"})),
+        ),
+        (
+            "get",
+            "/v1/groups/{name}",
+            "/v1/groups/db".into(),
+            adm.clone(),
+            None,
+        ),
+        (
+            "put",
+            "/v1/groups/{name}",
+            "/v1/groups/cache".into(),
+            adm.clone(),
+            Some(json!({"config": {"auto_terminate": true}, "version": 1})),
+        ),
+        (
+            "post",
+            "/v1/groups/{name}/launch",
+            "/v1/groups/db/launch".into(),
+            adm.clone(),
+            Some(json!({"pool": {"instance_type": "m5.large", "availability_zone": "us-east-1b"}})),
+        ),
+        (
+            "get",
+            "/v1/instances",
+            "/v1/instances".into(),
+            adm.clone(),
+            None,
+        ),
+        (
+            "get",
+            "/v1/instances/{instance_id}",
+            "/v1/instances/i-1".into(),
+            adm.clone(),
+            None,
+        ),
+        ("get", "/v1/agents", "/v1/agents".into(), adm.clone(), None),
+        (
+            "get",
+            "/v1/agents/{agent_id}",
+            format!("/v1/agents/{agent}"),
+            adm.clone(),
+            None,
+        ),
+        (
+            "delete",
+            "/v1/agents/{agent_id}",
+            format!("/v1/agents/{agent2}"),
+            adm.clone(),
+            None,
+        ),
+        (
+            "get",
+            "/v1/commands",
+            "/v1/commands".into(),
+            adm.clone(),
+            None,
+        ),
+        (
+            "get",
+            "/v1/notices",
+            "/v1/notices".into(),
+            adm.clone(),
+            None,
+        ),
+        (
+            "get",
+            "/v1/audit",
+            "/v1/audit?limit=5".into(),
+            adm.clone(),
+            None,
+        ),
+        ("get", "/healthz", "/healthz".into(), String::new(), None),
+    ];
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (p, ops) in spec["paths"].as_object().unwrap() {
+        for m in ops.as_object().unwrap().keys() {
+            documented.push((m.clone(), p.clone()));
+        }
+    }
+    let mut problems = Vec::new();
+    for (method, tpl, path, tok, body) in &calls {
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let tok = (!tok.is_empty()).then_some(tok.as_str());
+        let (st, v) = api.call(m, path, tok, body.as_ref()).await.unwrap();
+        let (code, schema) = response_schema(&spec, tpl, method);
+        if st.as_str() != code {
+            problems.push(format!(
+                "{method} {path}: status {st}, documented {code}: {v}"
+            ));
+            continue;
+        }
+        check(&spec, schema, &v, &format!("{method} {tpl}"), &mut problems);
+        documented.retain(|(dm, dp)| !(dm == method && dp == tpl));
+    }
+    // /metrics is text, checked for existence only.
+    let (st, _) = api.call(Method::GET, "/metrics", None, None).await.unwrap();
+    assert_eq!(st, 200);
+    documented.retain(|(_, p)| p != "/metrics");
+    assert!(
+        documented.is_empty(),
+        "documented but not exercised: {documented:?}"
+    );
+    assert!(
+        problems.is_empty(),
+        "spec and server disagree:\n{}",
+        problems.join("\n")
+    );
+
+    // Errors follow the documented Error schema.
+    let (st, v) = api
+        .call(Method::GET, "/v1/groups/nope", Some(&adm), None)
+        .await
+        .unwrap();
+    assert_eq!(st, 404);
+    let mut p = Vec::new();
+    check(
+        &spec,
+        &json!({"$ref": "#/components/schemas/Error"}),
+        &v,
+        "error",
+        &mut p,
+    );
+    assert!(p.is_empty(), "{p:?}");
+}
