@@ -4,6 +4,7 @@
 //! Nothing in this crate does I/O or reads a clock: callers pass `now` in,
 //! so every rule here is a plain unit test.
 
+pub mod failover;
 pub mod notice;
 pub mod retry;
 pub mod state;

@@ -179,6 +179,10 @@ pub struct GroupConfig {
     /// Terminate a demoted PRIMARY instead of keeping it as ZOMBIE.
     #[serde(default)]
     pub auto_terminate: bool,
+    /// The coordinator takes no automatic action for this group (no
+    /// failover, no launches); operators act by hand. For maintenance.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A group configuration that breaks a rule.

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// [default: 30s].
     #[arg(long, env = "SPOT_COORDINATOR_REDELIVER_AFTER", value_parser = humantime::parse_duration)]
     pub redeliver_after: Option<Duration>,
+    /// At most one proactive (rebalance) launch per group per window
+    /// [default: 10m].
+    #[arg(long, env = "SPOT_COORDINATOR_REBALANCE_WINDOW", value_parser = humantime::parse_duration)]
+    pub rebalance_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,6 +89,8 @@ struct FileConfig {
     lease: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     redeliver_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    rebalance_window: Option<Duration>,
 }
 
 /// The resolved configuration.
@@ -98,6 +104,7 @@ pub struct Config {
     pub missed_heartbeats: u32,
     pub lease: Duration,
     pub redeliver_after: Duration,
+    pub rebalance_window: Duration,
 }
 
 impl Default for Config {
@@ -115,6 +122,9 @@ impl Default for Config {
             // Three heartbeats: a PRIMARY survives two lost renewals.
             lease: Duration::from_secs(15),
             redeliver_after: Duration::from_secs(30),
+            // Rebalance recommendations can repeat while capacity is tight:
+            // one proactive launch per 10 minutes damps the thrash.
+            rebalance_window: Duration::from_secs(600),
         }
     }
 }
@@ -148,6 +158,10 @@ impl Config {
                 .redeliver_after
                 .or(file.redeliver_after)
                 .unwrap_or(d.redeliver_after),
+            rebalance_window: args
+                .rebalance_window
+                .or(file.rebalance_window)
+                .unwrap_or(d.rebalance_window),
         };
         c.validate()?;
         Ok(c)

@@ -9,6 +9,7 @@ pub mod config;
 pub mod live;
 pub mod metrics;
 pub mod monitor;
+pub mod reconcile;
 pub mod store;
 pub mod telemetry;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub started: Instant,
     /// Released on shutdown so long-polls answer at once.
     pub shutdown: Notify,
+    /// Something happened that may need a failover decision.
+    pub reconcile: Notify,
 }
 
 pub fn now_ms() -> i64 {
@@ -141,6 +144,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         admin_token_hash: spot_common::token_hash(&admin),
         started: Instant::now(),
         shutdown: Notify::new(),
+        reconcile: Notify::new(),
         config,
         db,
     }))
@@ -162,7 +166,8 @@ pub async fn run(
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "coordinator listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let monitor = tokio::spawn(monitor::run(Arc::clone(&state), stop_rx));
+    let monitor = tokio::spawn(monitor::run(Arc::clone(&state), stop_rx.clone()));
+    let reconciler = tokio::spawn(reconcile::run(Arc::clone(&state), stop_rx));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let app = api::router(Arc::clone(&state));
@@ -177,6 +182,7 @@ pub async fn run(
         .context("serving HTTP")?;
 
     let _ = stop_tx.send(true);
+    let _ = reconciler.await;
     // The monitor flushes once more on its way out; give it 5 s at most.
     match tokio::time::timeout(Duration::from_secs(5), monitor).await {
         Ok(Ok(())) => {}

@@ -214,6 +214,15 @@ impl Live {
             .collect()
     }
 
+    pub fn online(&self) -> std::collections::HashSet<String> {
+        self.read()
+            .agents
+            .iter()
+            .filter(|(_, a)| a.status == AgentStatus::Online)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub fn counts(&self) -> Vec<(AgentStatus, i64)> {
         let g = self.read();
         [AgentStatus::Online, AgentStatus::Offline]

@@ -4,5 +4,6 @@
 pub mod agent_bench;
 pub mod bench;
 pub mod ec2_sim;
+pub mod fleet;
 pub mod harness;
 pub mod imds_sim;

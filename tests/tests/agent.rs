@@ -29,7 +29,8 @@ impl World {
         let api = coord.api();
         let (st, v) = api
             .call(Method::POST, "/v1/groups", Some(&coord.admin_token), Some(&json!({"name": "db",
-                "config": {"pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"},
+                // Paused: these tests drive commands by hand.
+                "config": {"paused": true, "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"},
                                      {"instance_type": "m5.large", "availability_zone": "us-east-1b"}]}})))
             .await
             .unwrap();
@@ -435,7 +436,7 @@ async fn promote_runs_health_check_moves_the_address_and_runs_the_hook() {
                 "/v1/groups/db",
                 Some(&w.coord.admin_token),
                 Some(&json!({
-            "config": {"promotion": {"elastic_ip_allocation_id": "eipalloc-1"}}, "version": 1})),
+            "config": {"paused": true, "promotion": {"elastic_ip_allocation_id": "eipalloc-1"}}, "version": 1})),
             )
             .await
             .unwrap();

@@ -19,7 +19,8 @@ async fn create_group(api: &Api, c: &Coordinator, name: &str) {
             Method::POST,
             "/v1/groups",
             Some(&c.admin_token),
-            Some(&json!({"name": name, "config": {"pools": [
+            // Paused: these tests promote by hand, the reconciler stays out.
+            Some(&json!({"name": name, "config": {"paused": true, "pools": [
                 {"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}})),
         )
         .await
@@ -485,7 +486,7 @@ async fn repeated_request_id_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(dir.path(), &[]).unwrap();
     let api = c.api();
-    let body = json!({"name": "db", "config": {}, "request_id": "create-db-1"});
+    let body = json!({"name": "db", "config": {"paused": true}, "request_id": "create-db-1"});
     let (st1, v1) = api
         .call(
             Method::POST,

@@ -99,7 +99,7 @@ async fn documented_api_matches_the_server() {
             Method::POST,
             "/v1/groups",
             Some(&adm),
-            Some(&json!({"name": "db", "config": {
+            Some(&json!({"name": "db", "config": {"paused": true,
             "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}})),
         )
         .await

@@ -105,6 +105,8 @@ pub async fn heartbeat(
         if role != spot_common::Role::Launching {
             state.live.mark_settled(&agent_id);
         }
+        // A new healthy replica may be the candidate a failover waits for.
+        state.reconcile.notify_one();
         (role, epoch)
     } else {
         let id = agent_id.clone();
@@ -203,6 +205,9 @@ pub async fn events(
             .write(move |s| s.apply_events(&agent_id, &req.events, now))
             .await?
     };
+    if resp.applied > 0 {
+        state.reconcile.notify_one();
+    }
     if cleaned_up && state.live.status(&agent_id) == Some(spot_common::AgentStatus::Deleted) {
         // The deleted agent has done its cleanup: its token dies now.
         state.live.remove(&agent_id);

@@ -752,6 +752,10 @@ impl Store {
             }
             role = Role::Replica;
         }
+        tx.execute(
+            "UPDATE agents SET healthy = 1 WHERE agent_id = ?1",
+            [agent_id],
+        )?;
         tx.commit()?;
         Ok((role, group.epoch))
     }
@@ -945,6 +949,186 @@ impl Store {
                 }
             }
             Ok(result)
+        })
+    }
+
+    /// Demote the PRIMARY (its promotion failed): PRIMARY -> ZOMBIE, epoch
+    /// +1, `demote` queued to its agent; fenced by `expected_epoch`.
+    pub fn demote(
+        &mut self,
+        group: &str,
+        instance_id: &str,
+        expected_epoch: u64,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<Option<String>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let g = get_group_tx(&tx, group)?;
+        let instances = instances_of(&tx, group)?;
+        let model = GroupModel {
+            epoch: g.epoch,
+            roles: instances
+                .iter()
+                .map(|i| (i.instance_id.clone(), i.role))
+                .collect(),
+        };
+        let outcome = model.plan(instance_id, Transition::Demote, Some(expected_epoch))?;
+        let versions: Vec<(String, i64)> = instances
+            .iter()
+            .map(|i| (i.instance_id.clone(), i.version))
+            .collect();
+        apply_changes(&tx, &outcome.changes, &versions, now_ms)?;
+        tx.execute(
+            "UPDATE groups SET epoch = ?1, version = version + 1, updated_at_ms = ?2 WHERE name = ?3",
+            params![to_i64(outcome.epoch), now_ms, group],
+        )?;
+        audit(
+            &tx,
+            now_ms,
+            actor,
+            None,
+            &format!("instance:{instance_id}"),
+            "demote",
+            json!({"role": "primary", "epoch": g.epoch}),
+            json!({"role": "zombie", "epoch": outcome.epoch}),
+        )?;
+        let agent = instances
+            .iter()
+            .find(|i| i.instance_id == instance_id)
+            .and_then(|i| i.agent_id.clone());
+        if let Some(a) = &agent {
+            let cmd = Command {
+                request_id: format!("demote-{instance_id}-e{}", outcome.epoch),
+                group: group.to_owned(),
+                action: CommandKind::Demote,
+                priority: spot_common::PRIORITY_EMERGENCY,
+                epoch: outcome.epoch,
+                deadline_ms: now_ms + 60_000,
+            };
+            queue_command_tx(&tx, a, &cmd, now_ms)?;
+        }
+        tx.commit()?;
+        Ok(agent)
+    }
+
+    pub fn group_names(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT name FROM groups ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Everything the failover planner needs about one group.
+    pub fn group_snapshot(
+        &self,
+        group: &str,
+        online: &std::collections::HashSet<String>,
+        now_ms: i64,
+        launch_timeout_ms: i64,
+    ) -> Result<spot_common::failover::GroupSnap> {
+        use spot_common::failover::{GroupSnap, InstanceSnap, NoticeSnap};
+        let g = get_group_tx(&self.conn, group)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT i.instance_id, i.role, i.instance_type, i.availability_zone, i.agent_id,
+                    COALESCE(a.healthy, 0), a.last_heartbeat_ms
+             FROM instances i LEFT JOIN agents a ON a.agent_id = i.agent_id
+             WHERE i.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')",
+        )?;
+        let instances: Vec<InstanceSnap> = stmt
+            .query_map([group], |r| {
+                let agent: Option<String> = r.get(4)?;
+                Ok(InstanceSnap {
+                    instance_id: r.get(0)?,
+                    role: parse_enum(1, r.get(1)?)?,
+                    instance_type: r.get(2)?,
+                    availability_zone: r.get(3)?,
+                    online: agent.as_ref().is_some_and(|a| online.contains(a)),
+                    agent_id: agent,
+                    healthy: r.get(5)?,
+                    last_heartbeat_ms: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT n.instance_id, n.kind, n.effective_at_ms FROM notices n
+             JOIN instances i ON i.instance_id = n.instance_id
+             WHERE n.group_name = ?1 AND i.role IN ('primary', 'replica', 'launching')
+               AND n.kind IN ('interruption', 'rebalance')",
+        )?;
+        let notices: Vec<NoticeSnap> = stmt
+            .query_map([group], |r| {
+                let kind: String = r.get(1)?;
+                Ok(NoticeSnap {
+                    instance_id: r.get(0)?,
+                    kind: if kind == "interruption" {
+                        spot_common::NoticeKind::Interruption
+                    } else {
+                        spot_common::NoticeKind::Rebalance
+                    },
+                    effective_at_ms: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let promotion_in_flight: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM commands WHERE group_name = ?1 AND kind = 'promote'
+                            AND state IN ('queued', 'delivered'))",
+            [group],
+            |r| r.get(0),
+        )?;
+        let primary_promotion_failed: bool = self.conn.query_row(
+            "SELECT COALESCE((SELECT c.state = 'failed' FROM commands c
+                 JOIN instances i ON i.agent_id = c.agent_id AND i.role = 'primary'
+                 WHERE c.group_name = ?1 AND c.kind = 'promote' AND c.epoch = ?2
+                 ORDER BY c.created_at_ms DESC LIMIT 1), 0)",
+            params![group, to_i64(g.epoch)],
+            |r| r.get(0),
+        )?;
+        // Launches not finished, or finished but whose instance has not
+        // registered healthy yet (within the launch timeout).
+        let launches_in_flight: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM commands c WHERE c.group_name = ?1 AND c.kind = 'launch'
+               AND (c.state IN ('queued', 'delivered')
+                    OR (c.state = 'done' AND c.created_at_ms > ?2 AND NOT EXISTS (
+                        SELECT 1 FROM instances i
+                        WHERE i.instance_id = json_extract(c.result, '$.instance_id')
+                          AND i.role != 'launching')))",
+            params![group, now_ms - launch_timeout_ms],
+            |r| r.get(0),
+        )?;
+        let last_proactive_launch_ms: Option<i64> = self.conn.query_row(
+            "SELECT MAX(created_at_ms) FROM commands WHERE group_name = ?1 AND kind = 'launch'
+               AND json_extract(body, '$.action.emergency') = 0",
+            [group],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT json_extract(c.body, '$.action.pool.instance_type'),
+                    json_extract(c.body, '$.action.pool.availability_zone'),
+                    AVG(a.at_ms - c.created_at_ms) / 1000.0
+             FROM commands c JOIN audit a
+               ON a.entity = 'instance:' || json_extract(c.result, '$.instance_id')
+              AND a.action = 'registered_healthy'
+             WHERE c.group_name = ?1 AND c.kind = 'launch' AND c.state = 'done'
+             GROUP BY 1, 2",
+        )?;
+        let boot_secs = stmt
+            .query_map([group], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(GroupSnap {
+            name: g.name,
+            epoch: g.epoch,
+            paused: g.config.paused,
+            pools: g.config.pools,
+            instances,
+            notices,
+            promotion_in_flight,
+            primary_promotion_failed,
+            launches_in_flight: usize::try_from(launches_in_flight).unwrap_or(0),
+            last_proactive_launch_ms,
+            boot_secs,
         })
     }
 
