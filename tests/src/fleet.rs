@@ -29,6 +29,8 @@ pub struct FleetOptions {
     pub imds_poll: Duration,
     /// Extra coordinator flags.
     pub coordinator_args: Vec<String>,
+    /// Coordinator address (port 0: any).
+    pub listen: String,
 }
 
 impl Default for FleetOptions {
@@ -37,6 +39,7 @@ impl Default for FleetOptions {
             boot_delay: Duration::from_secs(2),
             imds_poll: Duration::from_millis(200),
             coordinator_args: vec!["--heartbeat-interval".into(), "1s".into()],
+            listen: "127.0.0.1:0".into(),
         }
     }
 }
@@ -75,7 +78,7 @@ impl Fleet {
 
     pub async fn start_in(root: PathBuf, opts: FleetOptions) -> Result<Fleet> {
         let args: Vec<&str> = opts.coordinator_args.iter().map(String::as_str).collect();
-        let coord = Coordinator::start(&root.join("coordinator"), &args)?;
+        let coord = Coordinator::start_on(&root.join("coordinator"), &opts.listen, &args)?;
         let api = coord.api();
         let ec2 = Ec2Sim::start().await?;
         let nodes: Arc<Mutex<HashMap<String, Node>>> = Arc::default();

@@ -67,6 +67,11 @@ pub const TEST_ENROLLMENT_TOKEN: &str = "enrollment-token-for-tests-012345";
 impl Coordinator {
     /// Start in `data_dir` with fixed test tokens and `extra` flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Result<Coordinator> {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Start listening on `listen` (the demo uses a fixed port).
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Coordinator> {
         let mut c = Coordinator {
             child: None,
             data_dir: data_dir.to_owned(),
@@ -75,7 +80,7 @@ impl Coordinator {
             enrollment_token: TEST_ENROLLMENT_TOKEN.to_owned(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             log: data_dir.join("coordinator.log"),
-            listen: "127.0.0.1:0".to_owned(),
+            listen: listen.to_owned(),
         };
         c.spawn()?;
         Ok(c)

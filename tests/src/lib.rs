@@ -4,6 +4,7 @@
 pub mod agent_bench;
 pub mod bench;
 pub mod ec2_sim;
+pub mod failover_bench;
 pub mod fleet;
 pub mod harness;
 pub mod imds_sim;

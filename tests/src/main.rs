@@ -13,6 +13,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A simulated fleet with a live coordinator: a few groups, an
+    /// interruption every so often, the API on 127.0.0.1 to watch.
+    Demo(spot_tests::failover_bench::Demo),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(Bench),
@@ -24,6 +27,8 @@ enum Bench {
     Heartbeat(spot_tests::bench::HeartbeatBench),
     /// Notice -> journal latency of a real agent, and its idle memory and CPU.
     Agent(spot_tests::agent_bench::AgentBench),
+    /// Notice -> new PRIMARY confirmed, with and without a warm REPLICA.
+    Failover(spot_tests::failover_bench::FailoverBench),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Bench(Bench::Heartbeat(args)) => spot_tests::bench::heartbeat(args).await,
             Command::Bench(Bench::Agent(args)) => spot_tests::agent_bench::run(args).await,
+            Command::Bench(Bench::Failover(args)) => {
+                spot_tests::failover_bench::failover(args).await
+            }
+            Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
         }
     });
     match result {

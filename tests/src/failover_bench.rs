@@ -1,0 +1,313 @@
+//! `spot-sim bench failover` and `spot-sim demo`, on the fleet simulator.
+
+use crate::bench::percentile;
+use crate::fleet::{Fleet, FleetOptions};
+use crate::harness::eventually;
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FailoverBench {
+    /// Groups failing over concurrently.
+    #[arg(long, default_value_t = 4)]
+    pub groups: usize,
+    /// Interruptions per group with a warm REPLICA.
+    #[arg(long, default_value_t = 5)]
+    pub interruptions: usize,
+    /// Simulated boot time of a launched instance (the cold case).
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    pub boot: Duration,
+    /// Cold interruptions (no REPLICA) per group.
+    #[arg(long, default_value_t = 1)]
+    pub cold: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn stats(mut v: Vec<f64>) -> Value {
+    v.sort_by(f64::total_cmp);
+    json!({"p50_s": percentile(&v, 50.0), "p95_s": percentile(&v, 95.0),
+           "p99_s": percentile(&v, 99.0), "n": v.len()})
+}
+
+/// Counts store samples with two PRIMARIES in a group or an epoch going back.
+fn checker(
+    f: &Fleet,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let violations = Arc::new(AtomicU64::new(0));
+    let (api, adm, v) = (
+        f.api.clone(),
+        f.coord.admin_token.clone(),
+        Arc::clone(&violations),
+    );
+    let h = tokio::spawn(async move {
+        let mut epochs: std::collections::HashMap<String, u64> = Default::default();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, inst)) = api
+                .call(reqwest::Method::GET, "/v1/instances", Some(&adm), None)
+                .await
+            {
+                let mut per: std::collections::HashMap<String, usize> = Default::default();
+                for i in inst
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| i["role"] == "primary")
+                {
+                    *per.entry(i["group"].as_str().unwrap_or("").to_owned())
+                        .or_default() += 1;
+                }
+                v.fetch_add(
+                    per.values().filter(|n| **n > 1).count() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            if let Ok((_, groups)) = api
+                .call(reqwest::Method::GET, "/v1/groups", Some(&adm), None)
+                .await
+            {
+                for g in groups.as_array().into_iter().flatten() {
+                    let (name, e) = (
+                        g["name"].as_str().unwrap_or("").to_owned(),
+                        g["epoch"].as_u64().unwrap_or(0),
+                    );
+                    let last = epochs.entry(name).or_insert(e);
+                    if e < *last {
+                        v.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *last = e;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    (violations, h)
+}
+
+async fn confirmed(f: &Fleet, group: &str, not: &str, timeout: Duration) -> Result<String> {
+    eventually("a new confirmed PRIMARY", timeout, || async {
+        let p = f.confirmed_primary(group).await.ok().flatten()?;
+        (p != not).then_some(p)
+    })
+    .await
+}
+
+async fn replica_ready(f: &Fleet, id: &str) -> Result<()> {
+    eventually("replica", Duration::from_secs(60), || async {
+        (f.role(id).await.ok()? == "replica").then_some(())
+    })
+    .await
+}
+
+pub async fn failover(args: FailoverBench) -> Result<()> {
+    let f = Arc::new(
+        Fleet::start(FleetOptions {
+            boot_delay: args.boot,
+            ..FleetOptions::default()
+        })
+        .await?,
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (violations, check) = checker(&f, Arc::clone(&stop));
+
+    // Warm: each group has a REPLICA when its PRIMARY is interrupted.
+    let mut tasks = Vec::new();
+    for g in 0..args.groups {
+        let (f, n) = (Arc::clone(&f), args.interruptions);
+        tasks.push(tokio::spawn(async move {
+            let name = format!("warm{g}");
+            let mut primary = f.group(&name, json!({})).await?;
+            confirmed(&f, &name, "", Duration::from_secs(60)).await?;
+            let mut out = Vec::new();
+            for i in 0..n {
+                let az = if i % 2 == 0 {
+                    "us-east-1b"
+                } else {
+                    "us-east-1a"
+                };
+                let replica = format!("i-{name}-r{i}");
+                f.add_instance(&replica, "m5.large", az, &name).await?;
+                replica_ready(&f, &replica).await?;
+                let t = Instant::now();
+                f.interrupt(&primary, Duration::from_secs(120))?;
+                primary = confirmed(&f, &name, &primary, Duration::from_secs(60)).await?;
+                out.push(t.elapsed().as_secs_f64());
+            }
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    let mut warm = Vec::new();
+    for t in tasks {
+        warm.extend(t.await??);
+    }
+
+    // Cold: no REPLICA; the replacement boots in `boot`.
+    let mut tasks = Vec::new();
+    for g in 0..args.groups.min(4) {
+        let (f, n) = (Arc::clone(&f), args.cold);
+        tasks.push(tokio::spawn(async move {
+            let name = format!("cold{g}");
+            let mut primary = f.group(&name, json!({})).await?;
+            confirmed(&f, &name, "", Duration::from_secs(60)).await?;
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let t = Instant::now();
+                let deadline = f.interrupt(&primary, Duration::from_secs(120))?;
+                primary = confirmed(&f, &name, &primary, Duration::from_secs(150)).await?;
+                let before_deadline = SystemTime::now() < deadline;
+                out.push((t.elapsed().as_secs_f64(), before_deadline));
+            }
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    let mut cold = Vec::new();
+    let mut cold_late = 0;
+    for t in tasks {
+        for (s, ok) in t.await?? {
+            cold.push(s);
+            cold_late += usize::from(!ok);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    check.await.context("checker")?;
+    let report = json!({
+        "warm": stats(warm),
+        "cold": stats(cold),
+        "cold_after_notice_time": cold_late,
+        "cold_boot_s": args.boot.as_secs_f64(),
+        // Manual switches are not implemented yet (issue 4, flow 5).
+        "switch_downtime": {"p50_s": null, "p95_s": null, "p99_s": null, "n": 0},
+        "invariant_violations": violations.load(Ordering::Relaxed),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        let fmt = |k: &str| {
+            let s = &report[k];
+            format!(
+                "p50 {:.2} s, p95 {:.2} s, p99 {:.2} s (n={})",
+                s["p50_s"].as_f64().unwrap_or(f64::NAN),
+                s["p95_s"].as_f64().unwrap_or(f64::NAN),
+                s["p99_s"].as_f64().unwrap_or(f64::NAN),
+                s["n"]
+            )
+        };
+        println!("failover bench: notice -> new PRIMARY confirmed (promote command done)");
+        println!("  warm REPLICA:  {}", fmt("warm"));
+        println!(
+            "  no REPLICA:    {} with a {:?} boot; {} confirmed after the notice time",
+            fmt("cold"),
+            args.boot,
+            cold_late
+        );
+        println!("  manual switch: not implemented yet");
+        println!(
+            "  invariant violations (two PRIMARIES / epoch backwards): {}",
+            report["invariant_violations"]
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Demo {
+    /// Coordinator address to watch.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Groups to run; the first half keep a warm REPLICA.
+    #[arg(long, default_value_t = 3)]
+    pub groups: usize,
+    /// Time between injected interruptions.
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    pub every: Duration,
+    /// Simulated boot time of launched instances.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    pub boot: Duration,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+pub async fn demo(args: Demo) -> Result<()> {
+    let root = std::env::temp_dir().join(format!("spot-sim-demo-{}", std::process::id()));
+    let f = Fleet::start_in(
+        root.clone(),
+        FleetOptions {
+            boot_delay: args.boot,
+            listen: args.listen.clone(),
+            ..FleetOptions::default()
+        },
+    )
+    .await?;
+    println!(
+        "spot-sim demo: coordinator at {} (state in {})",
+        f.coord.base,
+        root.display()
+    );
+    println!("  admin token: {}", f.coord.admin_token);
+    println!(
+        "  watch:  curl -s -H 'Authorization: Bearer {}' {}/v1/instances | python3 -m json.tool",
+        f.coord.admin_token, f.coord.base
+    );
+    println!("  metrics: curl -s {}/metrics", f.coord.base);
+    let mut primaries = Vec::new();
+    for g in 0..args.groups.max(1) {
+        let name = format!("demo{g}");
+        f.ec2.add_address(
+            &format!("eipalloc-{name}"),
+            &format!("203.0.113.{}", 10 + g),
+        );
+        let first = f
+            .group(
+                &name,
+                json!({"promotion": {"elastic_ip_allocation_id": format!("eipalloc-{name}")}}),
+            )
+            .await?;
+        confirmed(&f, &name, "", Duration::from_secs(60)).await?;
+        if g < args.groups.div_ceil(2) {
+            f.rebalance(&first)?; // a rebalance makes the coordinator launch a REPLICA
+        }
+        println!("  group {name}: PRIMARY {first}");
+        primaries.push((name, first));
+    }
+    let start = Instant::now();
+    let mut round = 0usize;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        if args.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.every) => {}
+            _ = &mut ctrl_c => break,
+        }
+        let idx = round % primaries.len();
+        round += 1;
+        let (name, _) = primaries[idx].clone();
+        let Some(p) = f.confirmed_primary(&name).await? else {
+            println!("  {name}: no confirmed PRIMARY right now, skipping");
+            continue;
+        };
+        let t = Instant::now();
+        f.interrupt(&p, Duration::from_secs(120))?;
+        println!("  {name}: interruption notice on PRIMARY {p} (terminates in 120 s)");
+        match confirmed(&f, &name, &p, Duration::from_secs(110)).await {
+            Ok(new) => {
+                println!(
+                    "  {name}: new PRIMARY {new} confirmed after {:.1} s",
+                    t.elapsed().as_secs_f64()
+                );
+                primaries[idx].1 = new.clone();
+                f.rebalance(&new)?; // keep a REPLICA coming for the next round
+            }
+            Err(e) => println!("  {name}: failover did not complete: {e}"),
+        }
+    }
+    println!("spot-sim demo: stopping");
+    Ok(())
+}
