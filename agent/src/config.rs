@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// Longest wait of one command long-poll [default: 25s].
     #[arg(long, env = "SPOT_AGENT_POLL_WAIT", value_parser = humantime::parse_duration)]
     pub poll_wait: Option<Duration>,
+    /// How often a PRIMARY or REPLICA reports the EC2 states of its group's
+    /// instances (DescribeInstances) [default: 30s].
+    #[arg(long, env = "SPOT_AGENT_EC2_WATCH_INTERVAL", value_parser = humantime::parse_duration)]
+    pub ec2_watch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -92,6 +96,8 @@ struct FileConfig {
     health_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     poll_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    ec2_watch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +112,7 @@ pub struct Config {
     pub hook_timeout: Duration,
     pub health: HealthCheck,
     pub poll_wait: Duration,
+    pub ec2_watch_interval: Duration,
 }
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spot-agent/agent.toml";
@@ -179,6 +186,12 @@ impl Config {
                 .poll_wait
                 .or(file.poll_wait)
                 .unwrap_or(Duration::from_secs(25)),
+            // 30 s: an instance EC2 took away is noticed well inside a
+            // notice window, at 2 DescribeInstances per minute per agent.
+            ec2_watch_interval: a
+                .ec2_watch_interval
+                .or(file.ec2_watch_interval)
+                .unwrap_or(Duration::from_secs(30)),
         };
         c.validate()?;
         Ok(c)

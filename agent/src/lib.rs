@@ -73,6 +73,9 @@ pub mod keys {
     pub const LINK_LAST_OK: &str = "link_last_ok_ms";
     pub const LINK_LAST_ERROR: &str = "link_last_error";
     pub const DECOMMISSIONED: &str = "decommissioned";
+    /// Unix ms until which the PRIMARY's lease holds (persisted, so a
+    /// restart cannot extend it).
+    pub const LEASE_UNTIL: &str = "lease_until_ms";
 }
 
 /// Capped exponential delays with jitter, from the named policy.
@@ -190,6 +193,8 @@ pub async fn run(
     tasks.spawn(Arc::clone(&agent).link_loop(cmd_tx, stop_rx.clone()));
     tasks.spawn(Arc::clone(&agent).executor(cmd_rx, stop_rx.clone()));
     tasks.spawn(watchdog(stop_rx.clone()));
+    tasks.spawn(Arc::clone(&agent).lease_loop(stop_rx.clone()));
+    tasks.spawn(Arc::clone(&agent).ec2_watch(stop_rx.clone()));
 
     let _ = stop_rx.changed().await;
     tracing::info!("stopping: finishing the running command, flushing state");
@@ -397,12 +402,27 @@ impl Agent {
                 health_detail: detail,
                 backlog,
             };
+            // The lease runs from when the renewal was sent, not from when
+            // the answer came: the coordinator's clock for it starts later.
+            let sent_at = now_ms();
             match self
                 .link
                 .heartbeat(&creds.agent_id, &creds.token, &req)
                 .await
             {
                 Ok(resp) => {
+                    let lease_ms = i64::try_from(resp.lease_ms).unwrap_or(0);
+                    if role == Some(Role::Primary)
+                        && matches!(resp.role, Role::Zombie | Role::Terminated)
+                    {
+                        // The coordinator replaced us while we could not hear it.
+                        self.self_demote(
+                            "the coordinator no longer knows this instance as PRIMARY",
+                        )
+                        .await;
+                    }
+                    self.set_keys(vec![(keys::LEASE_UNTIL, (sent_at + lease_ms).to_string())])
+                        .await;
                     if failing {
                         tracing::info!("coordinator reachable again");
                         failing = false;
@@ -737,6 +757,113 @@ impl Agent {
                     None,
                     None,
                 )
+            }
+        }
+    }
+
+    /// Stop serving on our own: the lease ran out (we may be partitioned
+    /// while a REPLICA is promoted) or the coordinator says we are no
+    /// longer PRIMARY. Runs the `demote` hook, journals the new role and an
+    /// event for the coordinator.
+    async fn self_demote(&self, reason: &str) {
+        let epoch = self.journal.call(|j| j.highest_epoch()).await.unwrap_or(0);
+        tracing::warn!(reason, epoch, "demoting this PRIMARY by itself");
+        let rid = format!("self-demote-{}", now_ms());
+        let env = hooks::HookEnv {
+            request_id: &rid,
+            group: &self.group,
+            epoch,
+            role: Role::Zombie.as_str(),
+        };
+        let run = hooks::run_hook(
+            &self.config.hooks_dir,
+            "demote",
+            &env,
+            self.config.hook_timeout,
+        )
+        .await;
+        if !run.success {
+            tracing::error!(output = %run.output, "demote hook failed during self-demotion");
+        }
+        self.set_keys(vec![(keys::ROLE, Role::Zombie.to_string())])
+            .await;
+        let body = EventBody::SelfDemoted {
+            epoch,
+            reason: reason.to_owned(),
+        };
+        let now = now_ms();
+        if let Err(e) = self.journal.call(move |j| j.push_event(&body, now)).await {
+            tracing::error!(error = %error_chain(&e), "journaling the self-demotion");
+        }
+        self.outbox_wake.notify_one();
+    }
+
+    /// Checks the PRIMARY's lease twice a second. A lease that is missing
+    /// or past (the coordinator unreachable for longer than the lease, or
+    /// the agent down that long) demotes this PRIMARY at once.
+    async fn lease_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if self.key(keys::ROLE).await.as_deref() != Some(Role::Primary.as_str()) {
+                continue;
+            }
+            let until: i64 = self
+                .key(keys::LEASE_UNTIL)
+                .await
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if now_ms() > until {
+                self.self_demote("lease expired: no heartbeat renewal from the coordinator")
+                    .await;
+            }
+        }
+    }
+
+    /// A PRIMARY or REPLICA reports the EC2 states of its group's instances
+    /// when they change, so the coordinator learns that EC2 took one away.
+    async fn ec2_watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.ec2_watch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Vec<spot_common::Ec2State> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let role = self.key(keys::ROLE).await;
+            if !matches!(role.as_deref(), Some("primary" | "replica")) {
+                continue;
+            }
+            match self.ec2.group_instances(&self.group).await {
+                Ok(list) => {
+                    let mut states: Vec<spot_common::Ec2State> = list
+                        .into_iter()
+                        .map(|(instance_id, state)| spot_common::Ec2State { instance_id, state })
+                        .collect();
+                    states.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+                    if states != last {
+                        let body = EventBody::Ec2States {
+                            instances: states.clone(),
+                        };
+                        let now = now_ms();
+                        match self.journal.call(move |j| j.push_event(&body, now)).await {
+                            Ok(()) => {
+                                last = states;
+                                self.outbox_wake.notify_one();
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %error_chain(&e), "journaling EC2 states")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DescribeInstances for the group failed; next tick")
+                }
             }
         }
     }

@@ -10,9 +10,11 @@ pub const PRIORITY_EMERGENCY: i64 = 100;
 pub const PRIORITY_NORMAL: i64 = 10;
 
 /// Role of an instance in its group. See docs/STATE_MACHINE.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// Every instance starts here.
+    #[default]
     Launching,
     Replica,
     Primary,
@@ -359,6 +361,19 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
+    /// The PRIMARY's lease ran out without a renewal: its agent ran the
+    /// `demote` hook by itself.
+    SelfDemoted { epoch: u64, reason: String },
+    /// EC2 states of the group's instances, as DescribeInstances shows them.
+    Ec2States { instances: Vec<Ec2State> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2State {
+    pub instance_id: String,
+    /// `pending`, `running`, `shutting-down`, `terminated`, ...
+    pub state: String,
 }
 
 impl EventBody {
@@ -367,6 +382,8 @@ impl EventBody {
             EventBody::Notice { .. } => "notice",
             EventBody::CommandResult { .. } => "command_result",
             EventBody::Health { .. } => "health",
+            EventBody::SelfDemoted { .. } => "self_demoted",
+            EventBody::Ec2States { .. } => "ec2_states",
         }
     }
 }

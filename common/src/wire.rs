@@ -175,8 +175,55 @@ pub struct GroupView {
     pub version: i64,
     #[serde(default)]
     pub primary: Option<String>,
+    /// A PRIMARY replacement in progress, with its remaining budget.
+    #[serde(default)]
+    pub transition: Option<TransitionView>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// A replacement of the PRIMARY in progress (see docs/STATE_MACHINE.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionView {
+    /// `demoting` (waiting for the old PRIMARY to be fenced) or
+    /// `promoting` (waiting for the candidate to confirm).
+    pub phase: String,
+    pub old: Option<String>,
+    pub candidate: String,
+    pub epoch: u64,
+    pub emergency: bool,
+    pub started_at_ms: i64,
+    pub phase_started_ms: i64,
+    /// The new PRIMARY must serve before this (an interruption's time).
+    pub deadline_ms: i64,
+    pub priority: i64,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    pub pool: crate::types::Pool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchView {
+    pub id: i64,
+    pub group: String,
+    pub target_pool: crate::types::Pool,
+    /// `launching`, `done`, `failed`.
+    pub state: String,
+    pub from_instance: Option<String>,
+    pub to_instance: Option<String>,
+    pub started_at_ms: i64,
+    pub demote_started_ms: Option<i64>,
+    pub promote_done_ms: Option<i64>,
+    /// promote done minus demote start.
+    pub downtime_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +237,9 @@ pub struct InstanceView {
     pub version: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// As an agent of the group last saw it in EC2.
+    #[serde(default)]
+    pub ec2_state: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// [default: 10m].
     #[arg(long, env = "SPOT_COORDINATOR_REBALANCE_WINDOW", value_parser = humantime::parse_duration)]
     pub rebalance_window: Option<Duration>,
+    /// A promoted candidate must confirm within this, else the next one is
+    /// tried [default: 30s].
+    #[arg(long, env = "SPOT_COORDINATOR_PROMOTION_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub promotion_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -91,6 +95,8 @@ struct FileConfig {
     redeliver_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     rebalance_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    promotion_timeout: Option<Duration>,
 }
 
 /// The resolved configuration.
@@ -105,6 +111,7 @@ pub struct Config {
     pub lease: Duration,
     pub redeliver_after: Duration,
     pub rebalance_window: Duration,
+    pub promotion_timeout: Duration,
 }
 
 impl Default for Config {
@@ -125,6 +132,7 @@ impl Default for Config {
             // Rebalance recommendations can repeat while capacity is tight:
             // one proactive launch per 10 minutes damps the thrash.
             rebalance_window: Duration::from_secs(600),
+            promotion_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -162,6 +170,10 @@ impl Config {
                 .rebalance_window
                 .or(file.rebalance_window)
                 .unwrap_or(d.rebalance_window),
+            promotion_timeout: args
+                .promotion_timeout
+                .or(file.promotion_timeout)
+                .unwrap_or(d.promotion_timeout),
         };
         c.validate()?;
         Ok(c)
@@ -191,6 +203,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Silence after which a PRIMARY's agent has certainly demoted itself:
+    /// its lease (timed by the agent from when it *sent* the renewal, so it
+    /// runs out first) plus one heartbeat interval of margin plus the 1 s
+    /// the coordinator may lag in persisting the last heartbeat.
+    pub fn lease_expiry(&self) -> Duration {
+        self.lease + self.heartbeat_interval + Duration::from_secs(1)
     }
 
     /// Silence after which an agent is OFFLINE.

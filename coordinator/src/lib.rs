@@ -71,6 +71,20 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+impl AppState {
+    /// Wake the long-polls of the agents the given commands are queued for.
+    pub async fn wake_commands(&self, request_ids: Vec<String>) {
+        if request_ids.is_empty() {
+            return;
+        }
+        match self.db.read(move |s| s.command_agents(&request_ids)).await {
+            Ok(agents) => agents.iter().for_each(|a| self.live.wake(a)),
+            // The commands are queued; the next poll picks them up.
+            Err(e) => tracing::warn!(error = %error_chain(&e), "waking agents"),
+        }
+    }
+}
+
 /// Use the configured token, else the one kept in the data dir, else a new
 /// one (printed once, then kept with mode 0600).
 fn resolve_token(data_dir: &Path, name: &str, configured: Option<&str>) -> anyhow::Result<String> {

@@ -3,11 +3,14 @@
 //! relevant event (a notice, a command result, a replica turning healthy)
 //! and every 500 ms as a backstop. Every action is one epoch-fenced store
 //! transaction: if the world moved in between, the action is refused
-//! (stale epoch) and the next pass decides again.
+//! (stale epoch) and the next pass decides again. The transition state is
+//! in the store, so a restarted coordinator resumes a promotion where it
+//! stopped.
 
 use crate::AppState;
-use spot_common::failover::{Action, plan};
-use spot_common::{Actor, PRIORITY_EMERGENCY, PRIORITY_NORMAL};
+use crate::store::StoreError;
+use spot_common::Actor;
+use spot_common::failover::{Action, PlanConfig, plan};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -15,6 +18,10 @@ use tokio::sync::watch;
 /// A launch whose instance has not registered healthy after this is no
 /// longer waited for.
 const LAUNCH_TIMEOUT_MS: i64 = 5 * 60 * 1000;
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -31,7 +38,15 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn pass(state: &AppState) -> Result<(), crate::store::StoreError> {
+async fn pass(state: &AppState) -> Result<(), StoreError> {
+    let cfg = PlanConfig {
+        rebalance_window_ms: ms(state.config.rebalance_window),
+        lease_expiry_ms: ms(state.config.lease_expiry()),
+        promotion_timeout_ms: ms(state.config.promotion_timeout),
+        // An interruption takes effect at its time; 10 s later a silent
+        // instance is gone.
+        notice_grace_ms: 10_000,
+    };
     let groups = state.db.read(|s| s.group_names()).await?;
     for group in groups {
         let online = state.live.online();
@@ -41,118 +56,98 @@ async fn pass(state: &AppState) -> Result<(), crate::store::StoreError> {
             .db
             .read(move |s| s.group_snapshot(&g, &online, now, LAUNCH_TIMEOUT_MS))
             .await?;
-        if snap.paused {
-            continue;
-        }
-        let window = i64::try_from(state.config.rebalance_window.as_millis()).unwrap_or(i64::MAX);
-        for action in plan(&snap, now, window) {
+        for action in plan(&snap, now, &cfg) {
             apply(state, &group, action).await;
         }
     }
     Ok(())
 }
 
+fn outcome(state: &AppState, outcome: &'static str) {
+    state
+        .metrics
+        .promotions
+        .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+        .inc();
+}
+
 async fn apply(state: &AppState, group: &str, action: Action) {
     let now = crate::now_ms();
     let g = group.to_owned();
-    match action {
-        Action::Promote {
-            instance_id,
-            expected_epoch,
-            emergency,
-            deadline_ms,
-            reason,
-        } => {
-            let priority = if emergency {
-                PRIORITY_EMERGENCY
-            } else {
-                PRIORITY_NORMAL
-            };
-            let deadline = deadline_ms.unwrap_or(now + 60_000).max(now + 5_000);
-            let id = instance_id.clone();
-            let r = state
-                .db
-                .write(move |s| {
-                    s.promote(
-                        None,
-                        &g,
-                        &id,
-                        expected_epoch,
-                        priority,
-                        deadline,
-                        &Actor::System,
-                        now,
-                    )
-                })
-                .await;
-            let outcome = if r.is_ok() { "committed" } else { "refused" };
+    let sys = Actor::System;
+    let result: Result<Vec<String>, StoreError> = match action.clone() {
+        Action::Replace { candidate, expected_epoch, emergency, old_fenced, deadline_ms, reason, .. } => state
+            .db
+            .write(move |s| {
+                s.begin_replace(None, &g, &candidate, expected_epoch, emergency, old_fenced, deadline_ms, reason, None, &sys, now)
+            })
+            .await
+            .map(|r| {
+                tracing::warn!(%group, candidate = %r.promoted, old = ?r.demoted, epoch = r.epoch, phase = %r.phase, reason, "replacing the PRIMARY");
+                r.commands
+            }),
+        Action::Grant { expected_epoch, reason } => state
+            .db
+            .write(move |s| s.grant(&g, expected_epoch, &sys, now))
+            .await
+            .inspect(|_| tracing::warn!(%group, reason, "promotion granted")),
+        Action::Commit { expected_epoch } => state
+            .db
+            .write(move |s| s.commit_promotion(&g, expected_epoch, &sys, now))
+            .await
+            .map(|(primary, cmds)| {
+                outcome(state, "committed");
+                tracing::warn!(%group, %primary, "new PRIMARY confirmed");
+                cmds
+            }),
+        Action::RollOver { expected_epoch, reason } => state
+            .db
+            .write(move |s| s.roll_over(&g, expected_epoch, reason, &sys, now))
+            .await
+            .inspect(|_| {
+                outcome(state, "rolled_over");
+                tracing::warn!(%group, reason, "promotion rolled over to the next candidate");
+            }),
+        Action::Retarget { expected_epoch, candidate } => state
+            .db
+            .write(move |s| s.retarget(&g, expected_epoch, &candidate, &sys, now))
+            .await
+            .map(|()| Vec::new()),
+        Action::Launch { via_agent, pool, emergency, request_id, reason } => {
+            let rid = request_id.clone().unwrap_or_else(|| format!("launch-{}", uuid::Uuid::new_v4()));
+            let switch = request_id.as_deref().and_then(|r| r.strip_prefix("switch-")).and_then(|r| r.strip_suffix("-launch")).and_then(|id| id.parse::<i64>().ok());
             state
-                .metrics
-                .promotions
-                .get_or_create(&crate::metrics::OutcomeLabel { outcome })
-                .inc();
-            match r {
-                Ok(p) => {
-                    tracing::warn!(%group, promoted = %p.promoted, demoted = ?p.demoted, epoch = p.epoch, reason, "promotion");
-                    wake(state, &p.commands).await;
-                }
-                Err(e) => {
-                    tracing::info!(%group, %instance_id, error = %e, "promotion not applied; will decide again")
-                }
-            }
-        }
-        Action::Demote {
-            instance_id,
-            expected_epoch,
-            reason,
-        } => {
-            let id = instance_id.clone();
-            match state
-                .db
-                .write(move |s| s.demote(&g, &id, expected_epoch, &Actor::System, now))
-                .await
-            {
-                Ok(agent) => {
-                    tracing::warn!(%group, %instance_id, reason, "demoted");
-                    if let Some(a) = agent {
-                        state.live.wake(&a);
-                    }
-                }
-                Err(e) => tracing::info!(%group, %instance_id, error = %e, "demotion not applied"),
-            }
-        }
-        Action::Launch {
-            via_agent,
-            pool,
-            emergency,
-            reason,
-        } => {
-            let rid = format!("launch-{}", uuid::Uuid::new_v4());
-            let via = via_agent.clone();
-            match state
                 .db
                 .write(move |s| {
-                    s.queue_launch(&rid, &g, Some(&via), &pool, emergency, &Actor::System, now)
+                    let q = s.queue_launch(&rid, &g, Some(&via_agent), &pool, emergency, &sys, now)?;
+                    if let Some(id) = switch {
+                        s.switch_launch_queued(id, &rid)?;
+                    }
+                    Ok(q)
                 })
                 .await
-            {
-                Ok(q) => {
+                .map(|q| {
                     tracing::warn!(%group, via = %q.agent_id, request_id = %q.command.request_id, emergency, reason, "launch queued");
-                    state.live.wake(&q.agent_id);
-                }
-                Err(e) => tracing::info!(%group, error = %e, "launch not queued"),
-            }
+                    vec![q.command.request_id]
+                })
         }
-    }
-}
-
-async fn wake(state: &AppState, request_ids: &[String]) {
-    for rid in request_ids {
-        let r = rid.clone();
-        if let Ok(cmds) = state.db.read(move |s| s.list_commands(None)).await
-            && let Some(c) = cmds.iter().find(|c| c.command.request_id == r)
-        {
-            state.live.wake(&c.agent_id);
-        }
+        Action::Retire { instance_id, via_agent } => state
+            .db
+            .write(move |s| s.retire(&g, &instance_id, &via_agent, &sys, now))
+            .await
+            .map(|rid| vec![rid]),
+        Action::Gone { instance_id, reason } => state
+            .db
+            .write(move |s| s.mark_gone(&instance_id, reason, &sys, now))
+            .await
+            .map(|()| {
+                tracing::warn!(%group, reason, "instance marked terminated");
+                Vec::new()
+            }),
+    };
+    match result {
+        Ok(cmds) => state.wake_commands(cmds).await,
+        // Another decision got there first; the next pass decides again.
+        Err(e) => tracing::info!(%group, ?action, error = %e, "action not applied"),
     }
 }

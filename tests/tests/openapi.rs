@@ -213,6 +213,13 @@ async fn documented_api_matches_the_server() {
         ),
         (
             "get",
+            "/v1/groups/{name}/switches",
+            "/v1/groups/db/switches".into(),
+            adm.clone(),
+            None,
+        ),
+        (
+            "get",
             "/v1/instances/{instance_id}",
             "/v1/instances/i-1".into(),
             adm.clone(),
@@ -277,6 +284,59 @@ async fn documented_api_matches_the_server() {
         check(&spec, schema, &v, &format!("{method} {tpl}"), &mut problems);
         documented.retain(|(dm, dp)| !(dm == method && dp == tpl));
     }
+    // A switch needs a PRIMARY: confirm the promotion above, then ask.
+    let rid = "promote-i-1-e1";
+    api.call(Method::POST, &format!("/v1/agents/{agent}/events"), Some(&token), Some(&json!({"events": [
+        {"event_id": format!("{agent}:2"), "seq": 2, "at_ms": 2, "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]})))
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while api
+        .call(Method::GET, "/v1/groups/db", Some(&adm), None)
+        .await
+        .unwrap()
+        .1["primary"]
+        != "i-1"
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "promotion never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/groups/db/switch",
+            Some(&adm),
+            Some(
+                &json!({"pool": {"instance_type": "c5.large", "availability_zone": "us-east-1a"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let (code, schema) = response_schema(&spec, "/v1/groups/{name}/switch", "post");
+    assert_eq!(st.as_str(), code, "{v}");
+    check(
+        &spec,
+        schema,
+        &v,
+        "post /v1/groups/{name}/switch",
+        &mut problems,
+    );
+    documented.retain(|(m, p)| !(m == "post" && p == "/v1/groups/{name}/switch"));
+    let (_, g) = api
+        .call(Method::GET, "/v1/groups/db", Some(&adm), None)
+        .await
+        .unwrap();
+    check(
+        &spec,
+        &json!({"$ref": "#/components/schemas/Group"}),
+        &g,
+        "group",
+        &mut problems,
+    );
+
     // /metrics is text, checked for existence only.
     let (st, _) = api.call(Method::GET, "/metrics", None, None).await.unwrap();
     assert_eq!(st, 200);

@@ -111,6 +111,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "request_id_reused", e.to_string())
             }
             S::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", m),
+            S::InProgress(m) => ApiError::new(StatusCode::CONFLICT, "promotion_in_progress", m),
             S::Sqlite(_) | S::Json(_) | S::Join(_) => {
                 tracing::error!(error = %crate::error_chain(&e), "store failure");
                 ApiError::new(

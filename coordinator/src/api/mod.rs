@@ -107,6 +107,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/groups/{name}/promote", post(operator::promote))
         .route("/v1/groups/{name}/launch", post(operator::launch))
+        .route("/v1/groups/{name}/switch", post(operator::switch))
+        .route("/v1/groups/{name}/switches", get(operator::list_switches))
         .route("/v1/notices", get(operator::list_notices))
         .route("/v1/instances", get(operator::list_instances))
         .route("/v1/instances/{instance_id}", get(operator::get_instance))

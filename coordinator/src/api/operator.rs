@@ -7,11 +7,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use spot_common::Actor;
 use spot_common::wire::{
     AgentView, AuditEntry, CommandView, CreateGroupRequest, DeleteAgentRequest, GroupView,
-    InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand, UpdateGroupRequest,
+    InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand, SwitchRequest,
+    SwitchView, UpdateGroupRequest,
 };
-use spot_common::{Actor, PRIORITY_NORMAL};
 use std::sync::Arc;
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,20 +67,48 @@ pub async fn update_group(
     ApiJson(req): ApiJson<UpdateGroupRequest>,
 ) -> Result<Json<GroupView>, ApiError> {
     let now = crate::now_ms();
-    let g = state
+    let (g, retired) = state
         .db
         .write(move |s| {
-            s.update_group(
+            let before = s.get_group(&name)?;
+            let g = s.update_group(
                 req.request_id.as_deref(),
                 &name,
                 &req.config,
                 req.version,
                 &Actor::Operator,
                 now,
-            )
+            )?;
+            // Manual replica switched OFF: its REPLICA is retired.
+            let mut retired = Vec::new();
+            if before.config.manual_replica && !g.config.manual_replica {
+                let via = g
+                    .primary
+                    .as_ref()
+                    .and_then(|p| s.get_instance(p).ok())
+                    .and_then(|p| p.agent_id);
+                if let Some(via) = via {
+                    for r in s
+                        .list_instances(Some(&name))?
+                        .into_iter()
+                        .filter(|i| i.role == spot_common::Role::Replica)
+                    {
+                        retired.push(s.retire(
+                            &name,
+                            &r.instance_id,
+                            &via,
+                            &Actor::Operator,
+                            now,
+                        )?);
+                    }
+                }
+            }
+            Ok((g, retired))
         })
         .await?;
-    tracing::info!(group = %g.name, version = g.version, "group config updated");
+    tracing::info!(group = %g.name, version = g.version, retired = retired.len(), "group config updated");
+    state.wake_commands(retired).await;
+    state.reconcile.notify_one();
     Ok(Json(g))
 }
 
@@ -89,59 +118,76 @@ pub async fn promote(
     ApiJson(req): ApiJson<PromoteRequest>,
 ) -> Result<Json<PromoteResult>, ApiError> {
     let now = crate::now_ms();
-    // An operator promotion is planned work, not an emergency; it must
-    // start within a minute or not at all.
-    let deadline = now + 60_000;
+    // An operator promotion is planned work: the old PRIMARY (if any) is
+    // demoted first, then the candidate promoted (docs/STATE_MACHINE.md).
     let result = state
         .db
         .write(move |s| {
-            s.promote(
+            s.begin_replace(
                 req.request_id.as_deref(),
                 &name,
                 &req.instance_id,
                 req.expected_epoch,
-                PRIORITY_NORMAL,
-                deadline,
+                false,
+                false,
+                None,
+                "operator promotion",
+                None,
                 &Actor::Operator,
                 now,
             )
         })
         .await;
-    let outcome = if result.is_ok() {
-        "committed"
-    } else {
-        "refused"
-    };
-    state
-        .metrics
-        .promotions
-        .get_or_create(&crate::metrics::OutcomeLabel { outcome })
-        .inc();
+    if result.is_err() {
+        state
+            .metrics
+            .promotions
+            .get_or_create(&crate::metrics::OutcomeLabel { outcome: "refused" })
+            .inc();
+    }
     let result = result?;
-    tracing::info!(group = %result.group, epoch = result.epoch, promoted = %result.promoted, "promotion committed");
-    wake_command_targets(&state, &result.commands).await;
+    tracing::info!(group = %result.group, epoch = result.epoch, candidate = %result.promoted, phase = %result.phase, "promotion started");
+    state.wake_commands(result.commands.clone()).await;
+    state.reconcile.notify_one();
     Ok(Json(result))
 }
 
-/// Wake the long-polls of the agents that just got commands.
-async fn wake_command_targets(state: &AppState, request_ids: &[String]) {
-    let ids = request_ids.to_vec();
-    match state
+pub async fn switch(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SwitchRequest>,
+) -> Result<Json<SwitchView>, ApiError> {
+    let now = crate::now_ms();
+    let sw = state
         .db
-        .read(move |s| {
-            s.list_commands(None).map(|all| {
-                all.into_iter()
-                    .filter(|c| ids.contains(&c.command.request_id))
-                    .map(|c| c.agent_id)
-                    .collect::<Vec<_>>()
-            })
+        .write(move |s| {
+            s.request_switch(
+                req.request_id.as_deref(),
+                &name,
+                &req.pool,
+                &Actor::Operator,
+                now,
+            )
         })
-        .await
-    {
-        Ok(agents) => agents.iter().for_each(|a| state.live.wake(a)),
-        // The commands are queued; the agent's next poll picks them up.
-        Err(e) => tracing::warn!(error = %crate::error_chain(&e), "waking agents"),
-    }
+        .await?;
+    tracing::info!(group = %sw.group, switch = sw.id, pool = %sw.target_pool, "switch requested");
+    state.reconcile.notify_one();
+    Ok(Json(sw))
+}
+
+pub async fn list_switches(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Vec<SwitchView>>, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .read(move |s| {
+                s.get_group(&name)?;
+                s.list_switches(&name)
+            })
+            .await?,
+    ))
 }
 
 pub async fn launch(
@@ -169,7 +215,9 @@ pub async fn launch(
         })
         .await?;
     tracing::info!(request_id = %q.command.request_id, agent_id = %q.agent_id, "launch queued");
-    state.live.wake(&q.agent_id);
+    state
+        .wake_commands(vec![q.command.request_id.clone()])
+        .await;
     Ok(Json(q))
 }
 

@@ -143,6 +143,14 @@ const STEPS: &[&str] = &[
                 aws_timestamp_ms, price_micros, reporter_agent)
     ) STRICT;
     "#,
+    // 1 -> 2: the two-phase promotion protocol, EC2 states, switches.
+    r#"
+    ALTER TABLE groups ADD COLUMN transition TEXT;
+    ALTER TABLE instances ADD COLUMN ec2_state TEXT;
+    ALTER TABLE switches ADD COLUMN launch_request_id TEXT;
+    CREATE INDEX commands_by_group ON commands(group_name, kind, state);
+    CREATE INDEX events_by_kind ON events(agent_id, kind, received_at_ms);
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

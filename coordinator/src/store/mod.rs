@@ -12,6 +12,9 @@
 //! worker ever waits on SQLite.
 
 mod migrations;
+mod protocol;
+
+pub use protocol::PromoteResult;
 
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
@@ -55,6 +58,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("store task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    InProgress(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -128,18 +133,6 @@ impl Db {
     {
         Self::run(&self.read, f).await
     }
-}
-
-/// The result of a promotion.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PromoteResult {
-    pub group: String,
-    pub epoch: u64,
-    pub promoted: String,
-    pub demoted: Option<String>,
-    /// Commands queued: the promote to the candidate, the demote to the old
-    /// PRIMARY when it has an agent.
-    pub commands: Vec<String>,
 }
 
 /// Agent data batched from heartbeats.
@@ -220,9 +213,12 @@ fn to_i64(v: u64) -> i64 {
 }
 
 const GROUP_COLS: &str = "g.name, g.config, g.epoch, g.version, g.created_at_ms, g.updated_at_ms,
-    (SELECT instance_id FROM instances i WHERE i.group_name = g.name AND i.role = 'primary')";
+    (SELECT instance_id FROM instances i WHERE i.group_name = g.name AND i.role = 'primary'),
+    g.transition";
 
-fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(GroupView, String)> {
+type GroupRow = (GroupView, String, Option<String>);
+
+fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GroupRow> {
     let config: String = r.get(1)?;
     Ok((
         GroupView {
@@ -233,18 +229,21 @@ fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(GroupView, String)> {
             created_at_ms: r.get(4)?,
             updated_at_ms: r.get(5)?,
             primary: r.get(6)?,
+            transition: None,
         },
         config,
+        r.get(7)?,
     ))
 }
 
-fn finish_group((mut g, config): (GroupView, String)) -> Result<GroupView> {
+fn finish_group((mut g, config, transition): GroupRow) -> Result<GroupView> {
     g.config = serde_json::from_str(&config)?;
+    g.transition = transition.map(|t| serde_json::from_str(&t)).transpose()?;
     Ok(g)
 }
 
 const INSTANCE_COLS: &str = "instance_id, group_name, role, agent_id, instance_type,
-    availability_zone, version, created_at_ms, updated_at_ms";
+    availability_zone, version, created_at_ms, updated_at_ms, ec2_state";
 
 fn instance_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceView> {
     Ok(InstanceView {
@@ -257,6 +256,7 @@ fn instance_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceView> {
         version: r.get(6)?,
         created_at_ms: r.get(7)?,
         updated_at_ms: r.get(8)?,
+        ec2_state: r.get(9)?,
     })
 }
 
@@ -835,303 +835,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Promote `instance_id` to PRIMARY of `group`, decided against
-    /// `expected_epoch`: one transaction bumps the epoch, demotes the old
-    /// PRIMARY to ZOMBIE, promotes the candidate and queues the `promote`
-    /// and `demote` commands. Of two promotions decided against the same
-    /// epoch exactly one commits; the other is a stale-epoch conflict.
-    #[allow(clippy::too_many_arguments)]
-    pub fn promote(
-        &mut self,
-        request_id: Option<&str>,
-        group: &str,
-        instance_id: &str,
-        expected_epoch: u64,
-        priority: i64,
-        deadline_ms: i64,
-        actor: &Actor,
-        now_ms: i64,
-    ) -> Result<PromoteResult> {
-        self.idempotent("promote", request_id, now_ms, |tx| {
-            let g = get_group_tx(tx, group)?;
-            let instances = instances_of(tx, group)?;
-            let model = GroupModel {
-                epoch: g.epoch,
-                roles: instances
-                    .iter()
-                    .map(|i| (i.instance_id.clone(), i.role))
-                    .collect(),
-            };
-            if !model.roles.contains_key(instance_id) {
-                return Err(StoreError::NotFound {
-                    what: "instance",
-                    id: format!("{instance_id} in group {group}"),
-                });
-            }
-            let outcome = model.plan(instance_id, Transition::Promote, Some(expected_epoch))?;
-            let versions: Vec<(String, i64)> = instances
-                .iter()
-                .map(|i| (i.instance_id.clone(), i.version))
-                .collect();
-            apply_changes(tx, &outcome.changes, &versions, now_ms)?;
-            let n = tx.execute(
-                "UPDATE groups SET epoch = ?1, version = version + 1, updated_at_ms = ?2
-                 WHERE name = ?3 AND epoch = ?4",
-                params![to_i64(outcome.epoch), now_ms, group, to_i64(g.epoch)],
-            )?;
-            if n != 1 {
-                return Err(StoreError::VersionConflict(format!(
-                    "group {group} epoch moved"
-                )));
-            }
-            audit(
-                tx,
-                now_ms,
-                actor,
-                request_id,
-                &format!("group:{group}"),
-                "epoch",
-                json!({"epoch": g.epoch}),
-                json!({"epoch": outcome.epoch}),
-            )?;
-            let mut result = PromoteResult {
-                group: group.to_owned(),
-                epoch: outcome.epoch,
-                promoted: instance_id.to_owned(),
-                demoted: None,
-                commands: Vec::new(),
-            };
-            for c in &outcome.changes {
-                audit(
-                    tx,
-                    now_ms,
-                    actor,
-                    request_id,
-                    &format!("instance:{}", c.instance_id),
-                    if c.to == Role::Primary {
-                        "promote"
-                    } else {
-                        "demote"
-                    },
-                    json!({"role": c.from, "epoch": g.epoch}),
-                    json!({"role": c.to, "epoch": outcome.epoch}),
-                )?;
-                if c.from == Role::Primary {
-                    result.demoted = Some(c.instance_id.clone());
-                }
-                let agent = instances
-                    .iter()
-                    .find(|i| i.instance_id == c.instance_id)
-                    .and_then(|i| i.agent_id.clone());
-                if let Some(agent) = agent {
-                    let action = if c.to == Role::Primary {
-                        CommandKind::Promote {
-                            promotion: g.config.promotion.clone(),
-                        }
-                    } else {
-                        CommandKind::Demote
-                    };
-                    let cmd = Command {
-                        request_id: format!(
-                            "{}-{}-e{}",
-                            action.name(),
-                            c.instance_id,
-                            outcome.epoch
-                        ),
-                        group: group.to_owned(),
-                        action,
-                        priority,
-                        epoch: outcome.epoch,
-                        deadline_ms,
-                    };
-                    queue_command_tx(tx, &agent, &cmd, now_ms)?;
-                    result.commands.push(cmd.request_id);
-                }
-            }
-            Ok(result)
-        })
-    }
-
-    /// Demote the PRIMARY (its promotion failed): PRIMARY -> ZOMBIE, epoch
-    /// +1, `demote` queued to its agent; fenced by `expected_epoch`.
-    pub fn demote(
-        &mut self,
-        group: &str,
-        instance_id: &str,
-        expected_epoch: u64,
-        actor: &Actor,
-        now_ms: i64,
-    ) -> Result<Option<String>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let g = get_group_tx(&tx, group)?;
-        let instances = instances_of(&tx, group)?;
-        let model = GroupModel {
-            epoch: g.epoch,
-            roles: instances
-                .iter()
-                .map(|i| (i.instance_id.clone(), i.role))
-                .collect(),
-        };
-        let outcome = model.plan(instance_id, Transition::Demote, Some(expected_epoch))?;
-        let versions: Vec<(String, i64)> = instances
-            .iter()
-            .map(|i| (i.instance_id.clone(), i.version))
-            .collect();
-        apply_changes(&tx, &outcome.changes, &versions, now_ms)?;
-        tx.execute(
-            "UPDATE groups SET epoch = ?1, version = version + 1, updated_at_ms = ?2 WHERE name = ?3",
-            params![to_i64(outcome.epoch), now_ms, group],
-        )?;
-        audit(
-            &tx,
-            now_ms,
-            actor,
-            None,
-            &format!("instance:{instance_id}"),
-            "demote",
-            json!({"role": "primary", "epoch": g.epoch}),
-            json!({"role": "zombie", "epoch": outcome.epoch}),
-        )?;
-        let agent = instances
-            .iter()
-            .find(|i| i.instance_id == instance_id)
-            .and_then(|i| i.agent_id.clone());
-        if let Some(a) = &agent {
-            let cmd = Command {
-                request_id: format!("demote-{instance_id}-e{}", outcome.epoch),
-                group: group.to_owned(),
-                action: CommandKind::Demote,
-                priority: spot_common::PRIORITY_EMERGENCY,
-                epoch: outcome.epoch,
-                deadline_ms: now_ms + 60_000,
-            };
-            queue_command_tx(&tx, a, &cmd, now_ms)?;
-        }
-        tx.commit()?;
-        Ok(agent)
-    }
-
-    pub fn group_names(&self) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare("SELECT name FROM groups ORDER BY name")?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
-    }
-
-    /// Everything the failover planner needs about one group.
-    pub fn group_snapshot(
-        &self,
-        group: &str,
-        online: &std::collections::HashSet<String>,
-        now_ms: i64,
-        launch_timeout_ms: i64,
-    ) -> Result<spot_common::failover::GroupSnap> {
-        use spot_common::failover::{GroupSnap, InstanceSnap, NoticeSnap};
-        let g = get_group_tx(&self.conn, group)?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT i.instance_id, i.role, i.instance_type, i.availability_zone, i.agent_id,
-                    COALESCE(a.healthy, 0), a.last_heartbeat_ms
-             FROM instances i LEFT JOIN agents a ON a.agent_id = i.agent_id
-             WHERE i.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')",
-        )?;
-        let instances: Vec<InstanceSnap> = stmt
-            .query_map([group], |r| {
-                let agent: Option<String> = r.get(4)?;
-                Ok(InstanceSnap {
-                    instance_id: r.get(0)?,
-                    role: parse_enum(1, r.get(1)?)?,
-                    instance_type: r.get(2)?,
-                    availability_zone: r.get(3)?,
-                    online: agent.as_ref().is_some_and(|a| online.contains(a)),
-                    agent_id: agent,
-                    healthy: r.get(5)?,
-                    last_heartbeat_ms: r.get(6)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT n.instance_id, n.kind, n.effective_at_ms FROM notices n
-             JOIN instances i ON i.instance_id = n.instance_id
-             WHERE n.group_name = ?1 AND i.role IN ('primary', 'replica', 'launching')
-               AND n.kind IN ('interruption', 'rebalance')",
-        )?;
-        let notices: Vec<NoticeSnap> = stmt
-            .query_map([group], |r| {
-                let kind: String = r.get(1)?;
-                Ok(NoticeSnap {
-                    instance_id: r.get(0)?,
-                    kind: if kind == "interruption" {
-                        spot_common::NoticeKind::Interruption
-                    } else {
-                        spot_common::NoticeKind::Rebalance
-                    },
-                    effective_at_ms: r.get(2)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let promotion_in_flight: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM commands WHERE group_name = ?1 AND kind = 'promote'
-                            AND state IN ('queued', 'delivered'))",
-            [group],
-            |r| r.get(0),
-        )?;
-        let primary_promotion_failed: bool = self.conn.query_row(
-            "SELECT COALESCE((SELECT c.state = 'failed' FROM commands c
-                 JOIN instances i ON i.agent_id = c.agent_id AND i.role = 'primary'
-                 WHERE c.group_name = ?1 AND c.kind = 'promote' AND c.epoch = ?2
-                 ORDER BY c.created_at_ms DESC LIMIT 1), 0)",
-            params![group, to_i64(g.epoch)],
-            |r| r.get(0),
-        )?;
-        // Launches not finished, or finished but whose instance has not
-        // registered healthy yet (within the launch timeout).
-        let launches_in_flight: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM commands c WHERE c.group_name = ?1 AND c.kind = 'launch'
-               AND (c.state IN ('queued', 'delivered')
-                    OR (c.state = 'done' AND c.created_at_ms > ?2 AND NOT EXISTS (
-                        SELECT 1 FROM instances i
-                        WHERE i.instance_id = json_extract(c.result, '$.instance_id')
-                          AND i.role != 'launching')))",
-            params![group, now_ms - launch_timeout_ms],
-            |r| r.get(0),
-        )?;
-        let last_proactive_launch_ms: Option<i64> = self.conn.query_row(
-            "SELECT MAX(created_at_ms) FROM commands WHERE group_name = ?1 AND kind = 'launch'
-               AND json_extract(body, '$.action.emergency') = 0",
-            [group],
-            |r| r.get(0),
-        )?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT json_extract(c.body, '$.action.pool.instance_type'),
-                    json_extract(c.body, '$.action.pool.availability_zone'),
-                    AVG(a.at_ms - c.created_at_ms) / 1000.0
-             FROM commands c JOIN audit a
-               ON a.entity = 'instance:' || json_extract(c.result, '$.instance_id')
-              AND a.action = 'registered_healthy'
-             WHERE c.group_name = ?1 AND c.kind = 'launch' AND c.state = 'done'
-             GROUP BY 1, 2",
-        )?;
-        let boot_secs = stmt
-            .query_map([group], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(GroupSnap {
-            name: g.name,
-            epoch: g.epoch,
-            paused: g.config.paused,
-            pools: g.config.pools,
-            instances,
-            notices,
-            promotion_in_flight,
-            primary_promotion_failed,
-            launches_in_flight: usize::try_from(launches_in_flight).unwrap_or(0),
-            last_proactive_launch_ms,
-            boot_secs,
-        })
-    }
-
     // ---- commands -----------------------------------------------------
 
     /// Whether the agent has anything to fetch (cheap, on the read side).
@@ -1290,6 +993,23 @@ impl Store {
         Ok(rows)
     }
 
+    /// Agents that the given commands are addressed to.
+    pub fn command_agents(&self, request_ids: &[String]) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT agent_id FROM commands WHERE request_id = ?1")?;
+        let mut out = Vec::new();
+        for rid in request_ids {
+            if let Some(a) = stmt
+                .query_row([rid], |r| r.get::<_, String>(0))
+                .optional()?
+            {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn list_commands(&self, agent_id: Option<&str>) -> Result<Vec<CommandView>> {
         let mut stmt = self.conn.prepare(
             "SELECT body, agent_id, state, created_at_ms, result FROM commands
@@ -1403,6 +1123,16 @@ impl Store {
                         params![healthy, agent_id],
                     )?;
                 }
+                // Read back by the group snapshot (the old PRIMARY fenced).
+                EventBody::SelfDemoted { .. } => {}
+                EventBody::Ec2States { instances } => {
+                    for i in instances {
+                        tx.execute(
+                            "UPDATE instances SET ec2_state = ?1 WHERE instance_id = ?2 AND group_name = ?3",
+                            params![i.state, i.instance_id, agent.group],
+                        )?;
+                    }
+                }
             }
         }
         tx.commit()?;
@@ -1461,16 +1191,6 @@ impl Store {
             [before_ms],
         )?)
     }
-}
-
-fn instances_of(tx: &Connection, group: &str) -> Result<Vec<InstanceView>> {
-    let mut stmt = tx.prepare(&format!(
-        "SELECT {INSTANCE_COLS} FROM instances WHERE group_name = ?1 AND role != 'terminated'"
-    ))?;
-    let rows = stmt
-        .query_map([group], instance_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
 }
 
 /// Write role changes with optimistic version checks. Demotions come first

@@ -22,7 +22,25 @@ fn reg(instance: &str) -> RegisterRequest {
     }
 }
 
-/// A group with one PRIMARY (`i-p`, agent `a-p`) and replicas `i-r1`, `i-r2`.
+/// The agent of `instance` reports its promote command `done`.
+fn confirm(s: &mut Store, agent: &str, instance: &str, epoch: u64, seq: i64) {
+    let ev = Event {
+        event_id: format!("{agent}:{seq}"),
+        seq,
+        at_ms: 5,
+        body: EventBody::CommandResult {
+            request_id: format!("promote-{instance}-e{epoch}"),
+            outcome: CommandOutcome::Done,
+            detail: None,
+            instance_id: None,
+            error_code: None,
+        },
+    };
+    s.apply_events(agent, &[ev], 5).unwrap();
+}
+
+/// A group with one PRIMARY (`i-p`, agent `a-p`, epoch 1) and replicas
+/// `i-r1`, `i-r2`.
 fn live_group(s: &mut Store) {
     s.create_group(None, "g", &GroupConfig::default(), &Actor::Operator, 1)
         .unwrap();
@@ -31,8 +49,25 @@ fn live_group(s: &mut Store) {
             .unwrap();
         s.agent_healthy(a, 3).unwrap();
     }
-    s.promote(None, "g", "i-p", 0, 10, 100, &Actor::Operator, 4)
+    let r = s
+        .begin_replace(
+            None,
+            "g",
+            "i-p",
+            0,
+            false,
+            true,
+            None,
+            "test",
+            None,
+            &Actor::Operator,
+            4,
+        )
         .unwrap();
+    assert_eq!(r.phase, "promoting", "no old PRIMARY: granted at once");
+    confirm(s, "a-p", "i-p", 1, 1);
+    s.commit_promotion("g", 1, &Actor::System, 5).unwrap();
+    s.take_commands("a-p", 6, 30_000, 10).unwrap();
 }
 
 fn table_counts(s: &Store) -> Vec<i64> {
@@ -68,40 +103,134 @@ fn migrating_twice_changes_nothing() {
 }
 
 #[test]
-fn promotion_bumps_epoch_demotes_old_and_queues_commands() {
+fn replacement_fences_the_old_primary_before_promoting() {
     let (_d, mut s) = store();
     live_group(&mut s);
+    assert_eq!(s.get_group("g").unwrap().primary.as_deref(), Some("i-p"));
+    // T1: epoch 2, demote queued to the old PRIMARY, nobody promoted yet.
     let r = s
-        .promote(None, "g", "i-r1", 1, 100, 1000, &Actor::System, 5)
+        .begin_replace(
+            None,
+            "g",
+            "i-r1",
+            1,
+            true,
+            false,
+            Some(9_000),
+            "test",
+            None,
+            &Actor::System,
+            10,
+        )
         .unwrap();
-    assert_eq!(r.epoch, 2);
-    assert_eq!(r.demoted.as_deref(), Some("i-p"));
+    assert_eq!((r.phase.as_str(), r.epoch), ("demoting", 2));
+    assert_eq!(s.get_instance("i-p").unwrap().role, Role::Primary);
+    assert_eq!(s.get_instance("i-r1").unwrap().role, Role::Replica);
+    assert!(s.take_commands("a-r1", 11, 30_000, 10).unwrap().is_empty());
+    let demote = s.take_commands("a-p", 11, 30_000, 10).unwrap();
+    assert_eq!(demote.len(), 1);
+    assert_eq!(
+        (
+            demote[0].action.clone(),
+            demote[0].epoch,
+            demote[0].priority
+        ),
+        (CommandKind::Demote, 2, 100)
+    );
+    let t = s.get_group("g").unwrap().transition.unwrap();
+    assert_eq!((t.deadline_ms, t.candidate.as_str()), (9_000, "i-r1"));
+    // T2: old -> ZOMBIE, promote(2) to the candidate.
+    s.grant("g", 2, &Actor::System, 12).unwrap();
     assert_eq!(s.get_instance("i-p").unwrap().role, Role::Zombie);
-    assert_eq!(s.get_instance("i-r1").unwrap().role, Role::Primary);
-    assert_eq!(s.get_group("g").unwrap().primary.as_deref(), Some("i-r1"));
-    let cmds = s.take_commands("a-r1", 6, 30_000, 10).unwrap();
-    assert_eq!(cmds.len(), 1);
-    assert!(matches!(cmds[0].action, CommandKind::Promote { .. }));
-    assert_eq!(cmds[0].epoch, 2);
-    assert_eq!(cmds[0].priority, 100);
-    let demote = s.take_commands("a-p", 6, 30_000, 10).unwrap();
-    assert!(
-        demote
-            .iter()
-            .any(|c| c.action == CommandKind::Demote && c.epoch == 2)
+    assert_eq!(s.get_group("g").unwrap().primary, None);
+    let promote = s.take_commands("a-r1", 13, 30_000, 10).unwrap();
+    assert!(matches!(promote[0].action, CommandKind::Promote { .. }));
+    assert_eq!(promote[0].epoch, 2);
+    // T3 after the candidate confirms.
+    confirm(&mut s, "a-r1", "i-r1", 2, 1);
+    s.commit_promotion("g", 2, &Actor::System, 14).unwrap();
+    let g = s.get_group("g").unwrap();
+    assert_eq!(
+        (g.primary.as_deref(), g.epoch, g.transition),
+        (Some("i-r1"), 2, None)
     );
 }
 
 #[test]
-fn second_promotion_against_the_same_epoch_is_refused_and_changes_nothing() {
+fn a_failed_candidate_is_fenced_at_a_new_epoch() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    s.promote(None, "g", "i-r1", 1, 100, 1000, &Actor::System, 5)
+    s.begin_replace(
+        None,
+        "g",
+        "i-r1",
+        1,
+        true,
+        true,
+        None,
+        "test",
+        None,
+        &Actor::System,
+        10,
+    )
+    .unwrap();
+    s.take_commands("a-r1", 11, 30_000, 10).unwrap();
+    s.roll_over("g", 2, "test", &Actor::System, 12).unwrap();
+    let g = s.get_group("g").unwrap();
+    assert_eq!((g.epoch, g.transition, g.primary), (3, None, None));
+    let cmds = s.take_commands("a-r1", 13, 0, 10).unwrap();
+    assert!(
+        cmds.iter()
+            .any(|c| c.action == CommandKind::Demote && c.epoch == 3),
+        "{cmds:?}"
+    );
+    let online: std::collections::HashSet<String> =
+        ["a-r1", "a-r2"].iter().map(|x| x.to_string()).collect();
+    let snap = s.group_snapshot("g", &online, 14, 300_000).unwrap();
+    let r1 = snap
+        .instances
+        .iter()
+        .find(|i| i.instance_id == "i-r1")
         .unwrap();
+    assert!(r1.promote_failed_recently, "not tried again at once");
+}
+
+#[test]
+fn second_replacement_is_refused_and_changes_nothing() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    s.begin_replace(
+        None,
+        "g",
+        "i-r1",
+        1,
+        false,
+        false,
+        None,
+        "test",
+        None,
+        &Actor::System,
+        5,
+    )
+    .unwrap();
     let before = table_counts(&s);
     let err = s
-        .promote(None, "g", "i-r2", 1, 100, 1000, &Actor::System, 6)
+        .begin_replace(
+            None,
+            "g",
+            "i-r2",
+            2,
+            false,
+            false,
+            None,
+            "test",
+            None,
+            &Actor::System,
+            6,
+        )
         .unwrap_err();
+    assert!(matches!(err, StoreError::InProgress(_)), "{err:?}");
+    let err = s.grant("g", 1, &Actor::System, 6).unwrap_err();
     assert!(
         matches!(
             err,
@@ -110,7 +239,6 @@ fn second_promotion_against_the_same_epoch_is_refused_and_changes_nothing() {
         "{err:?}"
     );
     assert_eq!(table_counts(&s), before);
-    assert_eq!(s.get_instance("i-r2").unwrap().role, Role::Replica);
 }
 
 #[test]
@@ -135,7 +263,19 @@ fn illegal_transition_names_the_rule_and_changes_nothing() {
         .unwrap();
     let before = table_counts(&s);
     let err = s
-        .promote(None, "g", "i-new", 1, 100, 1000, &Actor::Operator, 8)
+        .begin_replace(
+            None,
+            "g",
+            "i-new",
+            1,
+            false,
+            false,
+            None,
+            "test",
+            None,
+            &Actor::Operator,
+            8,
+        )
         .unwrap_err();
     match err {
         StoreError::Transition(t) => assert_eq!(t.rule(), "promote_requires_replica"),
@@ -149,12 +289,36 @@ fn repeated_request_id_returns_the_first_answer_and_changes_nothing() {
     let (_d, mut s) = store();
     live_group(&mut s);
     let first = s
-        .promote(Some("op-1"), "g", "i-r1", 1, 100, 1000, &Actor::Operator, 5)
+        .begin_replace(
+            Some("op-1"),
+            "g",
+            "i-r1",
+            1,
+            false,
+            false,
+            None,
+            "op",
+            None,
+            &Actor::Operator,
+            5,
+        )
         .unwrap();
     let before = table_counts(&s);
     // Same request again, even though epoch 1 is now stale.
     let again = s
-        .promote(Some("op-1"), "g", "i-r1", 1, 100, 1000, &Actor::Operator, 9)
+        .begin_replace(
+            Some("op-1"),
+            "g",
+            "i-r1",
+            1,
+            false,
+            false,
+            None,
+            "op",
+            None,
+            &Actor::Operator,
+            9,
+        )
         .unwrap();
     assert_eq!(first, again);
     assert_eq!(table_counts(&s), before);
@@ -258,6 +422,20 @@ fn register_into_unknown_group_writes_nothing() {
 fn events_apply_once_and_close_their_command() {
     let (_d, mut s) = store();
     live_group(&mut s);
+    s.queue_launch(
+        "launch-1",
+        "g",
+        Some("a-p"),
+        &spot_common::Pool {
+            instance_type: "m5.large".into(),
+            availability_zone: "us-east-1b".into(),
+            subnet_id: None,
+        },
+        false,
+        &Actor::Operator,
+        5,
+    )
+    .unwrap();
     let cmd = s.take_commands("a-p", 5, 30_000, 10).unwrap().remove(0);
     let ev = |seq: i64, body: EventBody| Event {
         event_id: format!("a-p:{seq}"),
@@ -267,7 +445,7 @@ fn events_apply_once_and_close_their_command() {
     };
     let batch = vec![
         ev(
-            1,
+            11,
             EventBody::CommandResult {
                 request_id: cmd.request_id.clone(),
                 outcome: CommandOutcome::Done,
@@ -277,7 +455,7 @@ fn events_apply_once_and_close_their_command() {
             },
         ),
         ev(
-            2,
+            12,
             EventBody::Notice {
                 notice: spot_common::NoticeKind::Rebalance,
                 effective_at_ms: None,
@@ -294,7 +472,10 @@ fn events_apply_once_and_close_their_command() {
     assert_eq!(r.acked.len(), 2);
     assert_eq!(table_counts(&s), before);
     let done = s.list_commands(Some("a-p")).unwrap();
-    assert_eq!(done[0].state, "done");
+    assert!(
+        done.iter()
+            .any(|c| c.command.request_id == "launch-1" && c.state == "done")
+    );
     // An event id that is not the agent's own is refused as a whole.
     let foreign = vec![ev(
         3,
@@ -401,4 +582,67 @@ fn deleted_agent_keeps_history_and_gets_a_cleanup_command() {
         s.delete_agent(None, "a-r2", &Actor::Operator, 7, "cleanup-a-r2"),
         Err(StoreError::NotFound { .. })
     ));
+}
+
+#[test]
+fn gone_and_retired_instances_keep_their_history() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    s.mark_gone("i-r2", "test", &Actor::System, 10).unwrap();
+    assert_eq!(s.get_instance("i-r2").unwrap().role, Role::Terminated);
+    let rid = s.retire("g", "i-r1", "a-p", &Actor::Operator, 11).unwrap();
+    assert_eq!(s.get_instance("i-r1").unwrap().role, Role::Terminated);
+    let cmds = s.take_commands("a-p", 12, 30_000, 10).unwrap();
+    assert!(cmds.iter().any(|c| c.request_id == rid));
+    let trail = s
+        .audit_log(&AuditQuery {
+            entity: Some("instance:i-r2".into()),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(trail.iter().any(|e| e.action == "instance_gone"));
+    // A terminated instance can never come back.
+    assert!(s.mark_gone("i-r2", "again", &Actor::System, 13).is_err());
+}
+
+#[test]
+fn switch_is_recorded_with_its_downtime() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let pool = spot_common::Pool {
+        instance_type: "c5.large".into(),
+        availability_zone: "us-east-1a".into(),
+        subnet_id: None,
+    };
+    let sw = s
+        .request_switch(Some("sw-1"), "g", &pool, &Actor::Operator, 10)
+        .unwrap();
+    assert_eq!(sw.state, "launching");
+    assert!(matches!(
+        s.request_switch(None, "g", &pool, &Actor::Operator, 11),
+        Err(StoreError::InProgress(_))
+    ));
+    s.begin_replace(
+        None,
+        "g",
+        "i-r1",
+        1,
+        false,
+        false,
+        None,
+        "switch",
+        Some(sw.id),
+        &Actor::System,
+        12,
+    )
+    .unwrap();
+    s.take_commands("a-p", 13, 30_000, 10).unwrap(); // demote delivered at 13
+    s.grant("g", 2, &Actor::System, 14).unwrap();
+    confirm(&mut s, "a-r1", "i-r1", 2, 1); // finished at 5 in this test's clock
+    s.commit_promotion("g", 2, &Actor::System, 15).unwrap();
+    let done = s.list_switches("g").unwrap().remove(0);
+    assert_eq!(done.state, "done");
+    assert_eq!(done.to_instance.as_deref(), Some("i-r1"));
+    assert_eq!(done.demote_started_ms, Some(13));
+    assert!(done.downtime_ms.is_some());
 }
