@@ -76,6 +76,8 @@ pub mod keys {
     /// Unix ms until which the PRIMARY's lease holds (persisted, so a
     /// restart cannot extend it).
     pub const LEASE_UNTIL: &str = "lease_until_ms";
+    /// When this agent last demoted itself (unix ms).
+    pub const SELF_DEMOTED_AT: &str = "self_demoted_at_ms";
 }
 
 /// Capped exponential delays with jitter, from the named policy.
@@ -785,8 +787,11 @@ impl Agent {
         if !run.success {
             tracing::error!(output = %run.output, "demote hook failed during self-demotion");
         }
-        self.set_keys(vec![(keys::ROLE, Role::Zombie.to_string())])
-            .await;
+        self.set_keys(vec![
+            (keys::ROLE, Role::Zombie.to_string()),
+            (keys::SELF_DEMOTED_AT, now_ms().to_string()),
+        ])
+        .await;
         let body = EventBody::SelfDemoted {
             epoch,
             reason: reason.to_owned(),

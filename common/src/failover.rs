@@ -133,6 +133,8 @@ pub enum Action {
         old_fenced: bool,
         /// Unix ms; `None`: the default deadline.
         deadline_ms: Option<i64>,
+        /// The manual switch this replacement completes.
+        switch_id: Option<i64>,
         reason: &'static str,
     },
     /// T2.
@@ -291,6 +293,7 @@ pub fn plan(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Vec<Action> {
                 emergency: false,
                 old_fenced: true,
                 deadline_ms: None,
+                switch_id: None,
                 reason: "group has no PRIMARY",
             })
             .into_iter()
@@ -307,6 +310,7 @@ pub fn plan(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Vec<Action> {
                 emergency: true,
                 old_fenced: p_fenced,
                 deadline_ms: n.effective_at_ms,
+                switch_id: None,
                 reason: "interruption notice on the PRIMARY",
             }];
         }
@@ -334,6 +338,7 @@ pub fn plan(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Vec<Action> {
             emergency: true,
             old_fenced: true,
             deadline_ms: None,
+            switch_id: None,
             reason: "PRIMARY silent past its lease (or gone)",
         }];
     }
@@ -492,6 +497,7 @@ fn plan_switch(snap: &GroupSnap, sw: &SwitchSnap, p: &InstanceSnap) -> Vec<Actio
                     emergency: false,
                     old_fenced: false,
                     deadline_ms: None,
+                    switch_id: Some(sw.id),
                     reason: "manual switch: the new instance is healthy",
                 }]
             } else {

@@ -76,10 +76,10 @@ async fn apply(state: &AppState, group: &str, action: Action) {
     let g = group.to_owned();
     let sys = Actor::System;
     let result: Result<Vec<String>, StoreError> = match action.clone() {
-        Action::Replace { candidate, expected_epoch, emergency, old_fenced, deadline_ms, reason, .. } => state
+        Action::Replace { candidate, expected_epoch, emergency, old_fenced, deadline_ms, switch_id, reason, .. } => state
             .db
             .write(move |s| {
-                s.begin_replace(None, &g, &candidate, expected_epoch, emergency, old_fenced, deadline_ms, reason, None, &sys, now)
+                s.begin_replace(None, &g, &candidate, expected_epoch, emergency, old_fenced, deadline_ms, reason, switch_id, &sys, now)
             })
             .await
             .map(|r| {

@@ -9,6 +9,7 @@
 use crate::ec2_sim::Ec2Sim;
 use crate::harness::{AgentProc, Api, Coordinator};
 use crate::imds_sim::{ImdsSim, InstanceMeta};
+use crate::proxy::Proxy;
 use anyhow::{Context, Result, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -21,6 +22,8 @@ pub struct Node {
     pub imds: ImdsSim,
     pub agent: AgentProc,
     pub group: String,
+    /// The agent reaches the coordinator through this (cut = partition).
+    pub link: Proxy,
 }
 
 #[derive(Clone)]
@@ -31,6 +34,8 @@ pub struct FleetOptions {
     pub coordinator_args: Vec<String>,
     /// Coordinator address (port 0: any).
     pub listen: String,
+    /// Extra agent flags.
+    pub agent_args: Vec<String>,
 }
 
 impl Default for FleetOptions {
@@ -40,6 +45,7 @@ impl Default for FleetOptions {
             imds_poll: Duration::from_millis(200),
             coordinator_args: vec!["--heartbeat-interval".into(), "1s".into()],
             listen: "127.0.0.1:0".into(),
+            agent_args: vec!["--ec2-watch-interval".into(), "1s".into()],
         }
     }
 }
@@ -259,20 +265,42 @@ impl Fleet {
         Ok(done.then_some(p))
     }
 
-    /// Roles the agents themselves believe, per group (the invariant
-    /// checker's second view).
+    /// Running agents that believe they are PRIMARY, per group (the
+    /// invariant checker's second view), read from their journals.
     pub fn agent_primaries(&self) -> HashMap<String, Vec<String>> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: HashMap<String, Vec<String>> = HashMap::new();
-        for (id, n) in nodes.iter() {
-            if let Ok(s) = n.agent.status()
-                && s["role"] == "primary"
-            {
-                out.entry(n.group.clone()).or_default().push(id.clone());
-            }
-        }
-        out
+        agent_primaries(&self.nodes)
     }
+
+    /// Cut one agent's link to the coordinator.
+    pub fn partition(&self, instance_id: &str) -> Result<()> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .get(instance_id)
+            .context("no such instance")?
+            .link
+            .cut();
+        Ok(())
+    }
+
+    pub fn journal_key(&self, instance_id: &str, key: &str) -> Option<String> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.get(instance_id)?.agent.journal_key(key)
+    }
+}
+
+/// Running agents that believe they are PRIMARY, per group.
+pub fn agent_primaries(nodes: &Arc<Mutex<HashMap<String, Node>>>) -> HashMap<String, Vec<String>> {
+    let mut nodes = nodes.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, n) in nodes.iter_mut() {
+        if !n.agent.is_running() {
+            continue;
+        }
+        if n.agent.journal_key("role").as_deref() == Some("primary") {
+            out.entry(n.group.clone()).or_default().push(id.clone());
+        }
+    }
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -289,15 +317,20 @@ async fn boot(
     group: &str,
 ) -> Result<()> {
     let imds = ImdsSim::start(InstanceMeta::spot(instance_id, itype, az, group)).await?;
+    let target: std::net::SocketAddr = coordinator.trim_start_matches("http://").parse()?;
+    let link = Proxy::start(target).await?;
     let mut agent = AgentProc::new(
         &root.join(instance_id),
-        coordinator,
+        &link.url(),
         enrollment,
         &imds.endpoint(),
         ec2,
     );
     let poll = humantime::format_duration(opts.imds_poll).to_string();
     agent.arg("--imds-poll-interval").arg(&poll);
+    for a in &opts.agent_args {
+        agent.arg(a);
+    }
     agent.start(None)?;
     nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(
         instance_id.to_owned(),
@@ -305,6 +338,7 @@ async fn boot(
             imds,
             agent,
             group: group.to_owned(),
+            link,
         },
     );
     Ok(())

@@ -386,6 +386,24 @@ impl AgentProc {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.exited().is_none()
+    }
+
+    /// One identity key of the journal, read while the agent runs.
+    pub fn journal_key(&self, key: &str) -> Option<String> {
+        let c = rusqlite::Connection::open_with_flags(
+            self.state_dir.join("journal.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .ok()?;
+        c.busy_timeout(Duration::from_secs(1)).ok()?;
+        c.query_row("SELECT value FROM identity WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .ok()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -8,3 +8,12 @@ pub mod failover_bench;
 pub mod fleet;
 pub mod harness;
 pub mod imds_sim;
+pub mod proxy;
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
