@@ -23,6 +23,9 @@ pub struct FailoverBench {
     /// Cold interruptions (no REPLICA) per group.
     #[arg(long, default_value_t = 1)]
     pub cold: usize,
+    /// Manual switches per group (downtime = promote done - demote start).
+    #[arg(long, default_value_t = 3)]
+    pub switches: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -174,13 +177,65 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     check.await.context("checker")?;
+    drop(f);
+
+    // Switches, on a fleet whose launches boot fast: the boot does not
+    // count in the downtime, only in how long the bench takes.
+    let fs = Arc::new(
+        Fleet::start(FleetOptions {
+            boot_delay: Duration::from_secs(1),
+            ..FleetOptions::default()
+        })
+        .await?,
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sw_violations, sw_check) = checker(&fs, Arc::clone(&stop));
+    let mut tasks = Vec::new();
+    for g in 0..args.groups {
+        let (f, n) = (Arc::clone(&fs), args.switches);
+        tasks.push(tokio::spawn(async move {
+            let name = format!("switch{g}");
+            f.group(&name, json!({})).await?;
+            confirmed(&f, &name, "", Duration::from_secs(60)).await?;
+            let pools = [("c5.large", "us-east-1a"), ("m5.large", "us-east-1b")];
+            let mut out = Vec::new();
+            for i in 0..n {
+                let (t, az) = pools[i % 2];
+                let (st, v) = f
+                    .api
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/v1/groups/{name}/switch"),
+                        Some(&f.coord.admin_token),
+                        Some(&json!({"pool": {"instance_type": t, "availability_zone": az}})),
+                    )
+                    .await?;
+                anyhow::ensure!(st.is_success(), "switch refused: {st} {v}");
+                let id = v["id"].as_i64().context("switch id")?;
+                let done = eventually("switch done", Duration::from_secs(90), || async {
+                    let list = f.get(&format!("/v1/groups/{name}/switches")).await.ok()?;
+                    let s = list.as_array()?.iter().find(|s| s["id"] == id)?.clone();
+                    (s["state"] == "done").then_some(s)
+                })
+                .await?;
+                out.push(done["downtime_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0);
+            }
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    let mut switch_downtime = Vec::new();
+    for t in tasks {
+        switch_downtime.extend(t.await??);
+    }
+    stop.store(true, Ordering::Relaxed);
+    sw_check.await.context("checker")?;
+    violations.fetch_add(sw_violations.load(Ordering::Relaxed), Ordering::Relaxed);
     let report = json!({
         "warm": stats(warm),
         "cold": stats(cold),
         "cold_after_notice_time": cold_late,
         "cold_boot_s": args.boot.as_secs_f64(),
-        // Manual switches are not implemented yet (issue 4, flow 5).
-        "switch_downtime": {"p50_s": null, "p95_s": null, "p99_s": null, "n": 0},
+        "switch_downtime": stats(switch_downtime),
         "invariant_violations": violations.load(Ordering::Relaxed),
     });
     if args.json {
@@ -204,7 +259,10 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
             args.boot,
             cold_late
         );
-        println!("  manual switch: not implemented yet");
+        println!(
+            "  switch downtime (promote done - demote start): {}",
+            fmt("switch_downtime")
+        );
         println!(
             "  invariant violations (two PRIMARIES / epoch backwards): {}",
             report["invariant_violations"]

@@ -33,6 +33,41 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// Make sure `spot-coordinator` and `spot-agent` sit next to this
+/// executable; when started by `cargo run`, build them (same profile) if
+/// they are missing, so `cargo run --bin spot-sim -- demo` works on a fresh
+/// clone. Tests do not call this: the test command builds the binaries.
+pub fn ensure_binaries() -> Result<()> {
+    if bin_path("spot-coordinator").is_ok() && bin_path("spot-agent").is_ok() {
+        return Ok(());
+    }
+    let cargo = std::env::var("CARGO").context(
+        "spot-coordinator/spot-agent not built: run `cargo build --workspace --bins` first",
+    )?;
+    let exe = std::env::current_exe()?;
+    let release = exe.parent().is_some_and(|d| d.ends_with("release"));
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    eprintln!("spot-sim: building spot-coordinator and spot-agent ...");
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--manifest-path",
+        manifest,
+        "-p",
+        "spot-coordinator",
+        "-p",
+        "spot-agent",
+        "--bins",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    if !cmd.status()?.success() {
+        bail!("building spot-coordinator and spot-agent failed");
+    }
+    Ok(())
+}
+
 /// Wait for a file written by a starting process.
 pub fn wait_for_file(path: &Path, timeout: Duration) -> Result<String> {
     let start = Instant::now();
