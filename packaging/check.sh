@@ -80,8 +80,10 @@ for pkg in spot-agent spot-coordinator; do
 
     dpkg_root -i "$deb" >/dev/null
     for f in /usr/bin/$pkg "$conf"; do [ -e "$ROOT$f" ] || fail "install: $f missing in the root"; done
-    unit=$(find "$ROOT" -name "$pkg.service" | head -1)
+    unit=$(find "$ROOT" -type f -name "$pkg.service" | head -1)
     [ -n "$unit" ] || fail "install: unit missing"
+    # Enabled (a wants/ link), not started: it needs its config first.
+    [ -L "$ROOT/etc/systemd/system/multi-user.target.wants/$pkg.service" ] || fail "install: unit not enabled"
     exec_bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit")
     [ -x "$ROOT$exec_bin" ] || fail "the unit's ExecStart $exec_bin is not installed"
     grep -q "^$pkg:" "$ROOT/etc/passwd" || fail "install: user $pkg not created"
