@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// instances (DescribeInstances) [default: 30s].
     #[arg(long, env = "SPOT_AGENT_EC2_WATCH_INTERVAL", value_parser = humantime::parse_duration)]
     pub ec2_watch_interval: Option<Duration>,
+    /// How often spot prices of the group's pools are captured
+    /// (DescribeSpotPriceHistory); the first capture backfills 7 days
+    /// [default: 10m].
+    #[arg(long, env = "SPOT_AGENT_PRICING_INTERVAL", value_parser = humantime::parse_duration)]
+    pub pricing_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -98,6 +103,8 @@ struct FileConfig {
     poll_wait: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     ec2_watch_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pricing_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +120,7 @@ pub struct Config {
     pub health: HealthCheck,
     pub poll_wait: Duration,
     pub ec2_watch_interval: Duration,
+    pub pricing_interval: Duration,
 }
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spot-agent/agent.toml";
@@ -192,6 +200,10 @@ impl Config {
                 .ec2_watch_interval
                 .or(file.ec2_watch_interval)
                 .unwrap_or(Duration::from_secs(30)),
+            pricing_interval: a
+                .pricing_interval
+                .or(file.pricing_interval)
+                .unwrap_or(Duration::from_secs(600)),
         };
         c.validate()?;
         Ok(c)

@@ -78,6 +78,8 @@ pub mod keys {
     pub const LEASE_UNTIL: &str = "lease_until_ms";
     /// When this agent last demoted itself (unix ms).
     pub const SELF_DEMOTED_AT: &str = "self_demoted_at_ms";
+    /// Spot prices have been captured up to this AWS timestamp (unix ms).
+    pub const PRICING_SINCE: &str = "pricing_since_ms";
 }
 
 /// Capped exponential delays with jitter, from the named policy.
@@ -108,6 +110,8 @@ pub struct Agent {
     link: Link,
     http: reqwest::Client,
     outbox_wake: Arc<Notify>,
+    /// What to capture prices for, from the last heartbeat answer.
+    pricing_hint: std::sync::Mutex<Option<spot_common::wire::PricingHint>>,
 }
 
 /// Read identity from IMDS, retrying until it answers or shutdown.
@@ -174,6 +178,7 @@ pub async fn run(
         link: Link::new(&config.coordinator_url)?,
         http: reqwest::Client::new(),
         outbox_wake: Arc::new(Notify::new()),
+        pricing_hint: std::sync::Mutex::new(None),
         config,
         journal,
         identity,
@@ -197,6 +202,7 @@ pub async fn run(
     tasks.spawn(watchdog(stop_rx.clone()));
     tasks.spawn(Arc::clone(&agent).lease_loop(stop_rx.clone()));
     tasks.spawn(Arc::clone(&agent).ec2_watch(stop_rx.clone()));
+    tasks.spawn(Arc::clone(&agent).pricing_loop(stop_rx.clone()));
 
     let _ = stop_rx.changed().await;
     tracing::info!("stopping: finishing the running command, flushing state");
@@ -425,6 +431,8 @@ impl Agent {
                     }
                     self.set_keys(vec![(keys::LEASE_UNTIL, (sent_at + lease_ms).to_string())])
                         .await;
+                    *self.pricing_hint.lock().unwrap_or_else(|p| p.into_inner()) =
+                        resp.pricing.clone();
                     if failing {
                         tracing::info!("coordinator reachable again");
                         failing = false;
@@ -514,7 +522,48 @@ impl Agent {
     }
 
     /// Send one batch of the outbox; returns how many were acknowledged.
+    /// A price batch goes alone to the pricing endpoint; a run of other
+    /// events goes to the events endpoint.
     async fn deliver_once(&self, creds: &Creds) -> Result<usize, LinkError> {
+        let head = self
+            .journal
+            .call(|j| j.pending(1))
+            .await
+            .unwrap_or_default();
+        if let Some(p) = head.first()
+            && let EventBody::Prices { points } = &p.body
+        {
+            let seq = p.seq;
+            match self
+                .link
+                .pricing(&creds.agent_id, &creds.token, points.clone())
+                .await
+            {
+                Ok(r) => tracing::debug!(
+                    accepted = r.accepted,
+                    duplicates = r.duplicates,
+                    "prices delivered"
+                ),
+                // A ZOMBIE's reports are refused for good: drop, do not block.
+                Err(LinkError::Rejected { status: 403, .. }) => {
+                    tracing::info!("price report refused (no longer PRIMARY or REPLICA); dropped")
+                }
+                Err(LinkError::Rejected {
+                    status: 400,
+                    message,
+                    ..
+                }) => tracing::warn!(%message, "price report invalid; dropped"),
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.journal.call(move |j| j.ack(&[seq])).await {
+                tracing::error!(error = %error_chain(&e), "acknowledging a price batch");
+            }
+            return Ok(1);
+        }
+        self.deliver_events(creds).await
+    }
+
+    async fn deliver_events(&self, creds: &Creds) -> Result<usize, LinkError> {
         let pending = match self
             .journal
             .call(|j| j.pending(spot_common::wire::MAX_EVENTS_PER_BATCH as u32))
@@ -526,6 +575,11 @@ impl Agent {
                 return Ok(0);
             }
         };
+        // Up to the next price batch, which goes to its own endpoint.
+        let pending: Vec<_> = pending
+            .into_iter()
+            .take_while(|p| !matches!(p.body, EventBody::Prices { .. }))
+            .collect();
         if pending.is_empty() {
             return Ok(0);
         }
@@ -869,6 +923,96 @@ impl Agent {
                 Err(e) => {
                     tracing::warn!(error = %e, "DescribeInstances for the group failed; next tick")
                 }
+            }
+        }
+    }
+
+    /// Capture spot prices of the group's pools every `pricing_interval`
+    /// (the first run backfills 7 days) and journal them for delivery. A
+    /// ZOMBIE (no hint from the coordinator) captures nothing.
+    async fn pricing_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        const BACKFILL_MS: i64 = 7 * 24 * 3_600_000;
+        // Points per journaled batch: well under the API's 5,000.
+        const BATCH: usize = 2000;
+        let mut tick = tokio::time::interval(self.config.pricing_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let hint = self
+                .pricing_hint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let Some(hint) = hint else { continue };
+            if !matches!(
+                self.key(keys::ROLE).await.as_deref(),
+                Some("primary" | "replica")
+            ) {
+                continue;
+            }
+            let since = self
+                .key(keys::PRICING_SINCE)
+                .await
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(now_ms() - BACKFILL_MS);
+            let prices = match self
+                .ec2
+                .spot_prices(&hint.instance_types, &hint.product_description, since)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "DescribeSpotPriceHistory failed; next interval");
+                    continue;
+                }
+            };
+            let points: Vec<spot_common::wire::PricePoint> = prices
+                .iter()
+                .filter(|p| hint.availability_zones.contains(&p.availability_zone))
+                .map(|p| spot_common::wire::PricePoint {
+                    instance_type: p.instance_type.clone(),
+                    availability_zone: p.availability_zone.clone(),
+                    product_description: p.product_description.clone(),
+                    timestamp: humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH
+                            + Duration::from_millis(u64::try_from(p.timestamp_ms).unwrap_or(0)),
+                    )
+                    .to_string(),
+                    price: p.price.clone(),
+                })
+                .collect();
+            let newest = prices
+                .iter()
+                .map(|p| p.timestamp_ms)
+                .max()
+                .unwrap_or(since)
+                .max(since);
+            let n = points.len();
+            let now = now_ms();
+            let r = self
+                .journal
+                .call(move |j| {
+                    for chunk in points.chunks(BATCH) {
+                        j.push_event(
+                            &EventBody::Prices {
+                                points: chunk.to_vec(),
+                            },
+                            now,
+                        )?;
+                    }
+                    j.set_many(&[(keys::PRICING_SINCE, &newest.to_string())])
+                })
+                .await;
+            match r {
+                Ok(()) if n > 0 => {
+                    tracing::info!(points = n, "spot prices captured");
+                    self.outbox_wake.notify_one();
+                }
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %error_chain(&e), "journaling spot prices"),
             }
         }
     }

@@ -151,6 +151,22 @@ impl Link {
         Ok(r.commands)
     }
 
+    pub async fn pricing(
+        &self,
+        agent_id: &str,
+        token: &str,
+        points: Vec<spot_common::wire::PricePoint>,
+    ) -> Result<spot_common::wire::PricingResponse, LinkError> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent_id}/pricing"),
+            token,
+            Some(&spot_common::wire::PricingRequest { points }),
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
     pub async fn events(
         &self,
         agent_id: &str,

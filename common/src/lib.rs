@@ -6,6 +6,7 @@
 
 pub mod failover;
 pub mod notice;
+pub mod pricing;
 pub mod retry;
 pub mod state;
 pub mod types;

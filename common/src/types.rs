@@ -160,7 +160,7 @@ pub enum HealthCheck {
 }
 
 /// Per-group configuration, held by the coordinator and edited by operators.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     /// Candidate pools, in the operator's order of preference.
@@ -185,6 +185,38 @@ pub struct GroupConfig {
     /// failover, no launches); operators act by hand. For maintenance.
     #[serde(default)]
     pub paused: bool,
+    /// Product of the spot prices captured for the pools.
+    #[serde(
+        default = "default_product",
+        skip_serializing_if = "is_default_product"
+    )]
+    pub product_description: String,
+}
+
+pub const DEFAULT_PRODUCT: &str = "Linux/UNIX";
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            pools: Vec::new(),
+            launch_template_id: None,
+            promotion: PromotionAction::default(),
+            health_check: HealthCheck::None,
+            auto_switch: false,
+            manual_replica: false,
+            auto_terminate: false,
+            paused: false,
+            product_description: default_product(),
+        }
+    }
+}
+
+fn default_product() -> String {
+    DEFAULT_PRODUCT.to_owned()
+}
+
+fn is_default_product(p: &String) -> bool {
+    p == DEFAULT_PRODUCT
 }
 
 /// A group configuration that breaks a rule.
@@ -366,6 +398,11 @@ pub enum EventBody {
     SelfDemoted { epoch: u64, reason: String },
     /// EC2 states of the group's instances, as DescribeInstances shows them.
     Ec2States { instances: Vec<Ec2State> },
+    /// Spot prices captured from DescribeSpotPriceHistory; journaled in
+    /// the outbox like every event, delivered to the `pricing` endpoint.
+    Prices {
+        points: Vec<crate::wire::PricePoint>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +421,7 @@ impl EventBody {
             EventBody::Health { .. } => "health",
             EventBody::SelfDemoted { .. } => "self_demoted",
             EventBody::Ec2States { .. } => "ec2_states",
+            EventBody::Prices { .. } => "prices",
         }
     }
 }

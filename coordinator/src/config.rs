@@ -77,6 +77,19 @@ pub struct ServeArgs {
     /// tried [default: 30s].
     #[arg(long, env = "SPOT_COORDINATOR_PROMOTION_TIMEOUT", value_parser = humantime::parse_duration)]
     pub promotion_timeout: Option<Duration>,
+    /// How often staged spot prices are consolidated [default: 12h].
+    #[arg(long, env = "SPOT_COORDINATOR_CONSOLIDATE_INTERVAL", value_parser = humantime::parse_duration)]
+    pub consolidate_interval: Option<Duration>,
+    /// Longest gap between two price points that is filled (interpolated);
+    /// longer gaps stay empty [default: 24h].
+    #[arg(long, env = "SPOT_COORDINATOR_PRICE_MAX_GAP", value_parser = humantime::parse_duration)]
+    pub price_max_gap: Option<Duration>,
+    /// Raw price reports are kept this long after consolidation [default: 14d].
+    #[arg(long, env = "SPOT_COORDINATOR_STAGING_RETENTION", value_parser = humantime::parse_duration)]
+    pub staging_retention: Option<Duration>,
+    /// Canonical hourly prices are kept this long, at least 92d [default: 100d].
+    #[arg(long, env = "SPOT_COORDINATOR_PRICE_RETENTION", value_parser = humantime::parse_duration)]
+    pub price_retention: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,6 +110,17 @@ struct FileConfig {
     rebalance_window: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     promotion_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    consolidate_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    price_max_gap: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    staging_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    price_retention: Option<Duration>,
+    /// On-demand hourly prices per instance type, for the savings figures.
+    #[serde(default)]
+    on_demand_prices: std::collections::BTreeMap<String, String>,
 }
 
 /// The resolved configuration.
@@ -112,6 +136,12 @@ pub struct Config {
     pub redeliver_after: Duration,
     pub rebalance_window: Duration,
     pub promotion_timeout: Duration,
+    pub consolidate_interval: Duration,
+    pub price_max_gap: Duration,
+    pub staging_retention: Duration,
+    pub price_retention: Duration,
+    /// Instance type -> on-demand hourly price (decimal string).
+    pub on_demand_prices: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -133,6 +163,11 @@ impl Default for Config {
             // one proactive launch per 10 minutes damps the thrash.
             rebalance_window: Duration::from_secs(600),
             promotion_timeout: Duration::from_secs(30),
+            consolidate_interval: Duration::from_secs(12 * 3600),
+            price_max_gap: Duration::from_secs(24 * 3600),
+            staging_retention: Duration::from_secs(14 * 86_400),
+            price_retention: Duration::from_secs(100 * 86_400),
+            on_demand_prices: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -174,6 +209,23 @@ impl Config {
                 .promotion_timeout
                 .or(file.promotion_timeout)
                 .unwrap_or(d.promotion_timeout),
+            consolidate_interval: args
+                .consolidate_interval
+                .or(file.consolidate_interval)
+                .unwrap_or(d.consolidate_interval),
+            price_max_gap: args
+                .price_max_gap
+                .or(file.price_max_gap)
+                .unwrap_or(d.price_max_gap),
+            staging_retention: args
+                .staging_retention
+                .or(file.staging_retention)
+                .unwrap_or(d.staging_retention),
+            price_retention: args
+                .price_retention
+                .or(file.price_retention)
+                .unwrap_or(d.price_retention),
+            on_demand_prices: file.on_demand_prices,
         };
         c.validate()?;
         Ok(c)
@@ -190,6 +242,22 @@ impl Config {
         if self.lease < self.heartbeat_interval {
             return bad("lease must be at least one heartbeat_interval");
         }
+        if self.price_retention < Duration::from_secs(92 * 86_400) {
+            return bad("price_retention must be at least 92d (3 months of training data)");
+        }
+        if self.price_max_gap < Duration::from_secs(3600) {
+            return bad("price_max_gap must be at least 1h");
+        }
+        if self.consolidate_interval < Duration::from_secs(1) {
+            return bad("consolidate_interval must be at least 1s");
+        }
+        for (t, p) in &self.on_demand_prices {
+            if spot_common::pricing::parse_price(p).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "on_demand_prices.{t}: {p:?} is not a price"
+                )));
+            }
+        }
         for (name, t) in [
             ("enrollment_token", &self.enrollment_token),
             ("admin_token", &self.admin_token),
@@ -203,6 +271,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn consolidation(&self) -> crate::store::ConsolidationConfig {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        crate::store::ConsolidationConfig {
+            max_gap_ms: ms(self.price_max_gap),
+            staging_retention_ms: ms(self.staging_retention),
+            canonical_retention_ms: ms(self.price_retention),
+        }
     }
 
     /// Silence after which a PRIMARY's agent has certainly demoted itself:

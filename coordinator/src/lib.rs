@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod config;
+pub mod export;
 pub mod live;
 pub mod metrics;
 pub mod monitor;
+pub mod pricing_job;
 pub mod reconcile;
 pub mod store;
 pub mod telemetry;
@@ -181,7 +183,8 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let monitor = tokio::spawn(monitor::run(Arc::clone(&state), stop_rx.clone()));
-    let reconciler = tokio::spawn(reconcile::run(Arc::clone(&state), stop_rx));
+    let reconciler = tokio::spawn(reconcile::run(Arc::clone(&state), stop_rx.clone()));
+    let pricing = tokio::spawn(pricing_job::run(Arc::clone(&state), stop_rx));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let app = api::router(Arc::clone(&state));
@@ -197,6 +200,7 @@ pub async fn run(
 
     let _ = stop_tx.send(true);
     let _ = reconciler.await;
+    let _ = pricing.await;
     // The monitor flushes once more on its way out; give it 5 s at most.
     match tokio::time::timeout(Duration::from_secs(5), monitor).await {
         Ok(Ok(())) => {}

@@ -22,6 +22,19 @@ enum Command {
     Serve(ServeArgs),
     /// Check the configuration and exit (for systemd ExecStartPre=).
     Validate(ServeArgs),
+    /// Consolidate staged spot prices now (safe while `serve` runs).
+    Consolidate(ServeArgs),
+    /// Write the canonical hourly prices as CSV for model training.
+    ExportTraining {
+        /// How far back, e.g. 90d.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Output file ("-" for stdout).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +51,36 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::Serve(args) => serve(args),
+        Command::Consolidate(args) => offline(args, |db, config| {
+            let cfg = config.consolidation();
+            let now = spot_coordinator::now_ms();
+            let rt = tokio::runtime::Runtime::new()?;
+            let run = rt.block_on(db.write(move |s| s.consolidate(&cfg, now)))?;
+            println!("{}", serde_json::to_string_pretty(&run)?);
+            Ok(())
+        }),
+        Command::ExportTraining { since, out, serve } => offline(serve, move |db, _| {
+            let since_ms =
+                spot_coordinator::now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+            let rt = tokio::runtime::Runtime::new()?;
+            let n = rt.block_on(db.read(move |s| {
+                let mut w: Box<dyn std::io::Write> = if out.as_os_str() == "-" {
+                    Box::new(std::io::stdout().lock())
+                } else {
+                    Box::new(std::io::BufWriter::new(
+                        std::fs::File::create(&out).map_err(|e| {
+                            spot_coordinator::store::StoreError::Invalid(format!(
+                                "creating {}: {e}",
+                                out.display()
+                            ))
+                        })?,
+                    ))
+                };
+                spot_coordinator::export::write_csv(s, since_ms, &mut w)
+            }))?;
+            eprintln!("exported {n} pool-hours");
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,6 +90,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Open the store of a (possibly running) coordinator for a one-off job.
+fn offline(
+    args: ServeArgs,
+    job: impl FnOnce(spot_coordinator::store::Db, Config) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let config = Config::load(&args)?;
+    let path = config.data_dir.join("coordinator.db");
+    let db = spot_coordinator::store::Db::open(&path)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    job(db, config)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -43,6 +43,14 @@ pub struct Metrics {
     pub http_duration: Family<HttpLabels, Histogram>,
     pub events: Family<EventLabels, Counter>,
     pub promotions: Family<OutcomeLabel, Counter>,
+    pub consolidations: Counter,
+    pub consolidation_rows: Family<KindLabel, Counter>,
+    pub consolidation_duration: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
 }
 
 impl Metrics {
@@ -68,7 +76,30 @@ impl Metrics {
         registry.register("events", "Agent events received", events.clone());
         let promotions = Family::<OutcomeLabel, Counter>::default();
         registry.register("promotions", "Promotions by outcome", promotions.clone());
+        let consolidations = Counter::default();
+        registry.register(
+            "price_consolidations",
+            "Price consolidation runs",
+            consolidations.clone(),
+        );
+        let consolidation_rows = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "price_consolidation_rows",
+            "Rows handled by price consolidation, by kind",
+            consolidation_rows.clone(),
+        );
+        let consolidation_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14),
+        );
+        registry.register(
+            "price_consolidation_duration_seconds",
+            "Duration of price consolidation runs",
+            consolidation_duration.clone(),
+        );
         Metrics {
+            consolidations,
+            consolidation_rows,
+            consolidation_duration,
             registry,
             agents,
             heartbeats,
@@ -85,6 +116,25 @@ impl Metrics {
                     status: status.as_str(),
                 })
                 .set(*n);
+        }
+    }
+
+    pub fn record_consolidation(&self, run: &spot_common::wire::ConsolidationRun) {
+        self.consolidations.inc();
+        self.consolidation_duration
+            .observe(run.duration_ms as f64 / 1000.0);
+        for (kind, n) in [
+            ("read", run.rows_read),
+            ("duplicate_dropped", run.duplicates_dropped),
+            ("conflict_median", run.conflicts_median),
+            ("primary_precedence", run.primary_precedence),
+            ("interpolated", run.points_interpolated),
+            ("hour_written", run.hours_written),
+            ("staging_pruned", run.staging_pruned),
+        ] {
+            self.consolidation_rows
+                .get_or_create(&KindLabel { kind })
+                .inc_by(u64::try_from(n).unwrap_or(0));
         }
     }
 

@@ -70,6 +70,8 @@ struct Inner {
     /// eni -> attached instance
     enis: HashMap<String, Option<String>>,
     prices: Vec<SimPrice>,
+    /// Access key -> the price history that caller sees (conflicting reports).
+    price_views: HashMap<String, Vec<SimPrice>>,
     faults: HashMap<String, VecDeque<Injected>>,
     calls: HashMap<String, u64>,
     next: u64,
@@ -257,10 +259,29 @@ impl Ec2Sim {
     pub fn set_prices(&self, prices: Vec<SimPrice>) {
         self.lock().prices = prices;
     }
+
+    /// The price history the caller signing with `access_key` sees.
+    pub fn set_prices_for(&self, access_key: &str, prices: Vec<SimPrice>) {
+        self.lock()
+            .price_views
+            .insert(access_key.to_owned(), prices);
+    }
 }
 
-async fn handle(State(sim): State<Ec2Sim>, Form(p): Form<HashMap<String, String>>) -> Response {
+/// The access key of a SigV4 `Authorization` header.
+fn access_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let cred = auth.split("Credential=").nth(1)?;
+    cred.split('/').next().map(str::to_owned)
+}
+
+async fn handle(
+    State(sim): State<Ec2Sim>,
+    headers: axum::http::HeaderMap,
+    Form(p): Form<HashMap<String, String>>,
+) -> Response {
     let action = p.get("Action").cloned().unwrap_or_default();
+    let caller = access_key(&headers);
     let mut g = sim.lock();
     *g.calls.entry(action.clone()).or_default() += 1;
     if let Some(f) = g.faults.get_mut(&action).and_then(VecDeque::pop_front) {
@@ -429,7 +450,12 @@ async fn handle(State(sim): State<Ec2Sim>, Form(p): Form<HashMap<String, String>
                 }
             }
         }
-        "DescribeSpotPriceHistory" => spot_prices(&g, &p),
+        "DescribeSpotPriceHistory" => {
+            let view = caller
+                .and_then(|k| g.price_views.get(&k))
+                .unwrap_or(&g.prices);
+            spot_prices(view, &p)
+        }
         other => err(
             StatusCode::BAD_REQUEST,
             "InvalidAction",
@@ -550,7 +576,7 @@ fn describe_instances(g: &Inner, p: &HashMap<String, String>) -> Response {
     ok("DescribeInstances", &body)
 }
 
-fn spot_prices(g: &Inner, p: &HashMap<String, String>) -> Response {
+fn spot_prices(prices: &[SimPrice], p: &HashMap<String, String>) -> Response {
     let types = list(p, "InstanceType");
     let products = list(p, "ProductDescription");
     let az = p.get("AvailabilityZone");
@@ -565,8 +591,7 @@ fn spot_prices(g: &Inner, p: &HashMap<String, String>) -> Response {
         .and_then(|m| m.parse().ok())
         .unwrap_or(1000);
     let offset: usize = p.get("NextToken").and_then(|t| t.parse().ok()).unwrap_or(0);
-    let all: Vec<&SimPrice> = g
-        .prices
+    let all: Vec<&SimPrice> = prices
         .iter()
         .filter(|x| types.is_empty() || types.contains(&x.instance_type))
         .filter(|x| products.is_empty() || products.contains(&x.product_description))

@@ -45,7 +45,12 @@ impl Default for FleetOptions {
             imds_poll: Duration::from_millis(200),
             coordinator_args: vec!["--heartbeat-interval".into(), "1s".into()],
             listen: "127.0.0.1:0".into(),
-            agent_args: vec!["--ec2-watch-interval".into(), "1s".into()],
+            agent_args: vec![
+                "--ec2-watch-interval".into(),
+                "1s".into(),
+                "--pricing-interval".into(),
+                "2s".into(),
+            ],
         }
     }
 }
@@ -331,6 +336,9 @@ async fn boot(
     for a in &opts.agent_args {
         agent.arg(a);
     }
+    // Each instance signs with its own key: the EC2 simulator can show
+    // different agents different price histories.
+    agent.env("AWS_ACCESS_KEY_ID", &format!("AKID-{instance_id}"));
     agent.start(None)?;
     nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(
         instance_id.to_owned(),

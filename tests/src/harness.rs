@@ -270,8 +270,14 @@ impl Api {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(StatusCode, Value)> {
-        let mut req = self
-            .client
+        // Its own connection: a server refusing a body (413) closes the
+        // connection without reading it, which must not poison the pool
+        // the next request draws from.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let mut req = client
             .request(method, format!("{}{path}", self.base))
             .header("content-type", content_type)
             .body(body);

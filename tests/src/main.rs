@@ -29,6 +29,8 @@ enum Bench {
     Agent(spot_tests::agent_bench::AgentBench),
     /// Notice -> new PRIMARY confirmed, with and without a warm REPLICA.
     Failover(spot_tests::failover_bench::FailoverBench),
+    /// Price consolidation throughput of the coordinator's store.
+    Consolidate(spot_tests::pricing_bench::ConsolidateBench),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
             Command::Bench(Bench::Failover(args)) => {
                 spot_tests::failover_bench::failover(args).await
             }
+            Command::Bench(Bench::Consolidate(args)) => spot_tests::pricing_bench::run(args).await,
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
         }
     });

@@ -337,6 +337,33 @@ async fn documented_api_matches_the_server() {
         &mut problems,
     );
 
+    // Pricing: a report, a consolidation, the series, the runs.
+    let batch = json!({"points": [{"instance_type": "m5.large", "availability_zone": "us-east-1a",
+        "product_description": "Linux/UNIX", "timestamp": "2026-11-20T10:00:00Z", "price": "0.031400"}]});
+    let pricing_calls: Vec<(&str, &str, String, String, Option<Value>)> = vec![
+        ("post", "/v1/agents/{agent_id}/pricing", format!("/v1/agents/{agent}/pricing"), token.clone(), Some(batch)),
+        ("post", "/v1/pricing/consolidate", "/v1/pricing/consolidate".into(), adm.clone(), None),
+        ("get", "/v1/pricing/runs", "/v1/pricing/runs".into(), adm.clone(), None),
+        ("get", "/v1/prices", "/v1/prices?instance_type=m5.large&availability_zone=us-east-1a&from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z".into(), adm.clone(), None),
+        ("get", "/v1/groups/{name}/prices", "/v1/groups/db/prices".into(), adm.clone(), None),
+    ];
+    for (method, tpl, path, tok, body) in &pricing_calls {
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (st, v) = api
+            .call(m, path, Some(tok.as_str()), body.as_ref())
+            .await
+            .unwrap();
+        let (code, schema) = response_schema(&spec, tpl, method);
+        assert_eq!(st.as_str(), code, "{method} {path}: {v}");
+        check(&spec, schema, &v, &format!("{method} {tpl}"), &mut problems);
+        documented.retain(|(dm, dp)| !(dm == method && dp == tpl));
+    }
+    let (_, series) = api
+        .call(Method::GET, &pricing_calls[3].2, Some(&adm), None)
+        .await
+        .unwrap();
+    assert_eq!(series["points"][0]["price"], "0.031400", "{series}");
+
     // /metrics is text, checked for existence only.
     let (st, _) = api.call(Method::GET, "/metrics", None, None).await.unwrap();
     assert_eq!(st, 200);

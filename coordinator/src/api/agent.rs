@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use spot_common::wire::{
     EventsRequest, EventsResponse, HeartbeatRequest, HeartbeatResponse, MAX_EVENTS_PER_BATCH,
-    MAX_POLL_WAIT_MS, PollResponse, RegisterRequest, RegisterResponse,
+    MAX_POLL_WAIT_MS, MAX_PRICE_POINTS, PollResponse, PricingRequest, PricingResponse,
+    RegisterRequest, RegisterResponse,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,19 +100,17 @@ pub async fn heartbeat(
         healthy: req.healthy,
         backlog: req.backlog,
     });
-    let (role, epoch) = if needs_store {
+    if needs_store {
         let id = agent_id.clone();
-        let (role, epoch) = state.db.write(move |s| s.agent_healthy(&id, now)).await?;
+        let (role, _) = state.db.write(move |s| s.agent_healthy(&id, now)).await?;
         if role != spot_common::Role::Launching {
             state.live.mark_settled(&agent_id);
         }
         // A new healthy replica may be the candidate a failover waits for.
         state.reconcile.notify_one();
-        (role, epoch)
-    } else {
-        let id = agent_id.clone();
-        state.db.read(move |s| s.agent_role(&id)).await?
-    };
+    }
+    let id = agent_id.clone();
+    let (role, epoch, pricing) = state.db.read(move |s| s.agent_role(&id)).await?;
     Ok(Json(HeartbeatResponse {
         status: state
             .live
@@ -121,6 +120,31 @@ pub async fn heartbeat(
         epoch,
         lease_ms: crate::millis(state.config.lease),
         heartbeat_interval_ms: crate::millis(state.config.heartbeat_interval),
+        pricing,
+    }))
+}
+
+/// Spot prices as the agent read them from DescribeSpotPriceHistory.
+pub async fn pricing(
+    State(state): State<Arc<AppState>>,
+    ApiPath(agent_id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PricingRequest>,
+) -> Result<Json<PricingResponse>, ApiError> {
+    state.live.authenticate(&agent_id, bearer(&headers))?;
+    if req.points.len() > MAX_PRICE_POINTS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_PRICE_POINTS} points per batch"
+        )));
+    }
+    let now = crate::now_ms();
+    let (accepted, duplicates) = state
+        .db
+        .write(move |s| s.ingest_prices(&agent_id, &req.points, now))
+        .await?;
+    Ok(Json(PricingResponse {
+        accepted,
+        duplicates,
     }))
 }
 

@@ -112,6 +112,7 @@ impl From<StoreError> for ApiError {
             }
             S::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", m),
             S::InProgress(m) => ApiError::new(StatusCode::CONFLICT, "promotion_in_progress", m),
+            S::NotIngested(m) => ApiError::new(StatusCode::FORBIDDEN, "not_ingested", m),
             S::Sqlite(_) | S::Json(_) | S::Join(_) => {
                 tracing::error!(error = %crate::error_chain(&e), "store failure");
                 ApiError::new(

@@ -7,6 +7,7 @@
 mod agent;
 mod error;
 mod operator;
+mod prices;
 
 pub use error::ApiError;
 
@@ -95,7 +96,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/register", post(agent::register))
         .route("/v1/agents/{agent_id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agents/{agent_id}/commands", get(agent::poll_commands))
-        .route("/v1/agents/{agent_id}/events", post(agent::events));
+        .route("/v1/agents/{agent_id}/events", post(agent::events))
+        .route("/v1/agents/{agent_id}/pricing", post(agent::pricing));
     let operator_api = Router::new()
         .route(
             "/v1/groups",
@@ -118,6 +120,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(operator::get_agent).delete(operator::delete_agent),
         )
         .route("/v1/commands", get(operator::list_commands))
+        .route("/v1/prices", get(prices::prices))
+        .route("/v1/groups/{name}/prices", get(prices::group_prices))
+        .route("/v1/pricing/runs", get(prices::runs))
+        .route("/v1/pricing/consolidate", post(prices::consolidate))
         .route("/v1/audit", get(operator::audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()

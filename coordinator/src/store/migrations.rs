@@ -151,6 +151,39 @@ const STEPS: &[&str] = &[
     CREATE INDEX commands_by_group ON commands(group_name, kind, state);
     CREATE INDEX events_by_kind ON events(agent_id, kind, received_at_ms);
     "#,
+    // 2 -> 3: the pricing pipeline.
+    r#"
+    CREATE INDEX price_staging_by_pool
+        ON price_staging(instance_type, availability_zone, product_description, aws_timestamp_ms);
+    CREATE INDEX price_staging_by_received ON price_staging(received_at_ms);
+    CREATE TABLE price_hourly (
+        instance_type       TEXT NOT NULL,
+        availability_zone   TEXT NOT NULL,
+        product_description TEXT NOT NULL,
+        hour_ms             INTEGER NOT NULL,
+        price_micros        INTEGER NOT NULL CHECK (price_micros >= 0),
+        interpolated        INTEGER NOT NULL,
+        updated_at_ms       INTEGER NOT NULL,
+        PRIMARY KEY (instance_type, availability_zone, product_description, hour_ms)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE consolidation_runs (
+        id                  INTEGER PRIMARY KEY,
+        started_at_ms       INTEGER NOT NULL,
+        duration_ms         INTEGER NOT NULL,
+        pools               INTEGER NOT NULL,
+        rows_read           INTEGER NOT NULL,
+        duplicates_dropped  INTEGER NOT NULL,
+        conflicts_median    INTEGER NOT NULL,
+        primary_precedence  INTEGER NOT NULL,
+        points_interpolated INTEGER NOT NULL,
+        hours_written       INTEGER NOT NULL,
+        staging_pruned      INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE counters (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

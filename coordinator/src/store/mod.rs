@@ -12,7 +12,10 @@
 //! worker ever waits on SQLite.
 
 mod migrations;
+mod pricing;
 mod protocol;
+
+pub use pricing::{ConsolidationConfig, PoolKey};
 
 pub use protocol::PromoteResult;
 
@@ -60,6 +63,8 @@ pub enum StoreError {
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
     InProgress(String),
+    #[error("{0}")]
+    NotIngested(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -760,16 +765,45 @@ impl Store {
         Ok((role, group.epoch))
     }
 
-    /// Role and epoch as the coordinator records them, for the heartbeat answer.
-    pub fn agent_role(&self, agent_id: &str) -> Result<(Role, u64)> {
-        Ok(self.conn.query_row(
-            "SELECT i.role, g.epoch FROM agents a
+    /// Role and epoch as the coordinator records them, and what to capture
+    /// prices for, for the heartbeat answer.
+    pub fn agent_role(
+        &self,
+        agent_id: &str,
+    ) -> Result<(Role, u64, Option<spot_common::wire::PricingHint>)> {
+        let (role, epoch, config): (Role, u64, String) = self.conn.query_row(
+            "SELECT i.role, g.epoch, g.config FROM agents a
              JOIN instances i ON i.instance_id = a.instance_id
              JOIN groups g ON g.name = i.group_name
              WHERE a.agent_id = ?1",
             [agent_id],
-            |r| Ok((parse_enum(0, r.get(0)?)?, to_u64(r.get(1)?))),
-        )?)
+            |r| Ok((parse_enum(0, r.get(0)?)?, to_u64(r.get(1)?), r.get(2)?)),
+        )?;
+        let config: GroupConfig = serde_json::from_str(&config)?;
+        // A ZOMBIE stops reporting (its reports are not ingested either).
+        let hint = (matches!(role, Role::Primary | Role::Replica) && !config.pools.is_empty())
+            .then(|| {
+                let mut types: Vec<String> = config
+                    .pools
+                    .iter()
+                    .map(|p| p.instance_type.clone())
+                    .collect();
+                let mut zones: Vec<String> = config
+                    .pools
+                    .iter()
+                    .map(|p| p.availability_zone.clone())
+                    .collect();
+                types.sort();
+                types.dedup();
+                zones.sort();
+                zones.dedup();
+                spot_common::wire::PricingHint {
+                    instance_types: types,
+                    availability_zones: zones,
+                    product_description: config.product_description.clone(),
+                }
+            });
+        Ok((role, epoch, hint))
     }
 
     /// Operator deletes an agent: it stops being able to authenticate, a
@@ -1125,6 +1159,8 @@ impl Store {
                 }
                 // Read back by the group snapshot (the old PRIMARY fenced).
                 EventBody::SelfDemoted { .. } => {}
+                // Price batches are delivered to the pricing endpoint.
+                EventBody::Prices { .. } => {}
                 EventBody::Ec2States { instances } => {
                     for i in instances {
                         tx.execute(

@@ -646,3 +646,111 @@ fn switch_is_recorded_with_its_downtime() {
     assert_eq!(done.demote_started_ms, Some(13));
     assert!(done.downtime_ms.is_some());
 }
+
+fn point(az: &str, ts: i64, price: &str) -> spot_common::wire::PricePoint {
+    spot_common::wire::PricePoint {
+        instance_type: "m5.large".into(),
+        availability_zone: az.into(),
+        product_description: "Linux/UNIX".into(),
+        timestamp: humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts as u64),
+        )
+        .to_string(),
+        price: price.into(),
+    }
+}
+
+const CONS: super::ConsolidationConfig = super::ConsolidationConfig {
+    max_gap_ms: 24 * 3_600_000,
+    staging_retention_ms: 14 * 86_400_000,
+    canonical_retention_ms: 100 * 86_400_000,
+};
+
+#[test]
+fn zombie_reports_are_refused_and_bad_points_write_nothing() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let h = 3_600_000;
+    assert_eq!(
+        s.ingest_prices("a-p", &[point("a", 10 * h, "0.1")], 100 * h)
+            .unwrap(),
+        (1, 0)
+    );
+    assert_eq!(
+        s.ingest_prices("a-p", &[point("a", 10 * h, "0.1")], 100 * h)
+            .unwrap(),
+        (0, 1)
+    );
+    let before = table_counts(&s);
+    let bad = [point("a", 11 * h, "0.2"), point("a", 12 * h, "cheap")];
+    assert!(matches!(
+        s.ingest_prices("a-p", &bad, 100 * h),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        table_counts(&s),
+        before,
+        "the good point of a bad batch is not half-written"
+    );
+    s.begin_replace(
+        None,
+        "g",
+        "i-r1",
+        1,
+        false,
+        true,
+        None,
+        "t",
+        None,
+        &Actor::System,
+        5,
+    )
+    .unwrap();
+    assert_eq!(s.get_instance("i-p").unwrap().role, Role::Zombie);
+    assert!(matches!(
+        s.ingest_prices("a-p", &[point("a", 13 * h, "0.3")], 100 * h),
+        Err(StoreError::NotIngested(_))
+    ));
+}
+
+#[test]
+fn late_data_reconsolidates_only_the_hours_it_touches() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let h = 3_600_000;
+    let now = 200 * h;
+    s.ingest_prices(
+        "a-p",
+        &[
+            point("a", 100 * h, "0.100000"),
+            point("a", 104 * h, "0.200000"),
+        ],
+        now,
+    )
+    .unwrap();
+    let r1 = s.consolidate(&CONS, now).unwrap();
+    assert_eq!(r1.pools, 1);
+    let key: super::PoolKey = ("m5.large".into(), "a".into(), "Linux/UNIX".into());
+    let first = s.hourly_prices(&key, 0, now).unwrap();
+    // Idempotent.
+    assert_eq!(s.consolidate(&CONS, now).unwrap().pools, 0);
+    assert_eq!(s.hourly_prices(&key, 0, now).unwrap(), first);
+    // A late point at 102h changes hours 102 and 103 only.
+    s.ingest_prices("a-r1", &[point("a", 102 * h, "0.150000")], now + 1)
+        .unwrap();
+    s.consolidate(&CONS, now + 1).unwrap();
+    let second = s.hourly_prices(&key, 0, now).unwrap();
+    let changed: Vec<i64> = first
+        .iter()
+        .zip(&second)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.hour_ms / h)
+        .collect();
+    assert_eq!(changed, vec![102, 103]);
+    assert!(
+        second
+            .iter()
+            .find(|p| p.hour_ms == 102 * h)
+            .is_some_and(|p| p.price == 150_000 && !p.interpolated)
+    );
+}
