@@ -37,6 +37,8 @@ pub struct InstanceSnap {
     pub ec2_gone: bool,
     /// Its last promotion failed within the cool-down: not a candidate.
     pub promote_failed_recently: bool,
+    /// LAUNCHING for longer than the launch timeout (never registered).
+    pub launch_overdue: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +121,8 @@ pub struct GroupSnap {
     pub last_proactive_launch_ms: Option<i64>,
     /// Observed launch -> registered-healthy seconds, per pool (type, zone).
     pub boot_secs: HashMap<(String, String), f64>,
+    /// Pools whose last launch failed recently (e.g. no capacity): avoided.
+    pub failed_pools: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +175,8 @@ pub enum Action {
         instance_id: String,
         reason: &'static str,
     },
+    /// A launched instance never registered: FAILED.
+    LaunchFailed { instance_id: String },
 }
 
 /// 0: another zone, 1: same zone other type, 2: same pool.
@@ -192,6 +198,12 @@ pub fn launch_pools(snap: &GroupSnap, avoid: Option<(&str, &str)>) -> Vec<Pool> 
         .iter()
         .enumerate()
         .filter(|(_, p)| avoid != Some((p.instance_type.as_str(), p.availability_zone.as_str())))
+        .filter(|(_, p)| {
+            !snap
+                .failed_pools
+                .iter()
+                .any(|(t, z)| *t == p.instance_type && *z == p.availability_zone)
+        })
         .collect();
     let boot = |p: &Pool| {
         snap.boot_secs
@@ -278,15 +290,25 @@ pub fn plan(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Vec<Action> {
     if !gone.is_empty() {
         return gone;
     }
+    let overdue: Vec<Action> = snap
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Launching && i.launch_overdue)
+        .map(|i| Action::LaunchFailed {
+            instance_id: i.instance_id.clone(),
+        })
+        .collect();
+    if !overdue.is_empty() {
+        return overdue;
+    }
     let primary = snap.instances.iter().find(|i| i.role == Role::Primary);
     if let Some(t) = &snap.transition {
         return plan_transition(snap, t, now_ms, cfg);
     }
     let cands = candidates(snap, primary);
     let Some(p) = primary else {
-        return cands
-            .first()
-            .map(|c| Action::Replace {
+        if let Some(c) = cands.first() {
+            return vec![Action::Replace {
                 old: None,
                 candidate: c.instance_id.clone(),
                 expected_epoch: snap.epoch,
@@ -295,9 +317,41 @@ pub fn plan(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Vec<Action> {
                 deadline_ms: None,
                 switch_id: None,
                 reason: "group has no PRIMARY",
+            }];
+        }
+        // No PRIMARY and nobody to promote (every candidate failed, or the
+        // last one was taken away): launch one through any live agent of
+        // the group, away from the interrupted pool. A group that never
+        // had an instance (no agent) waits for its first.
+        let launching = snap.instances.iter().any(|i| i.role == Role::Launching);
+        let via = snap
+            .instances
+            .iter()
+            .filter(|i| i.online)
+            .find_map(|i| i.agent_id.clone());
+        let avoid = snap
+            .notices
+            .iter()
+            .filter(|n| n.kind == NoticeKind::Interruption)
+            .find_map(|n| {
+                snap.instances
+                    .iter()
+                    .find(|i| i.instance_id == n.instance_id)
             })
-            .into_iter()
-            .collect();
+            .map(|i| (i.instance_type.as_str(), i.availability_zone.as_str()));
+        if !launching
+            && snap.launches_in_flight == 0
+            && let (Some(agent), Some(pool)) = (via, launch_pools(snap, avoid).into_iter().next())
+        {
+            return vec![Action::Launch {
+                via_agent: agent,
+                pool,
+                emergency: true,
+                request_id: None,
+                reason: "no PRIMARY and no candidate left",
+            }];
+        }
+        return Vec::new();
     };
     let (zone, itype) = (p.availability_zone.as_str(), p.instance_type.as_str());
     let p_fenced = p.ec2_gone || silent_for(p, now_ms) > cfg.lease_expiry_ms;
@@ -846,6 +900,49 @@ mod tests {
             candidate_outcome: Some("done".into()),
         });
         assert!(matches!(&plan(&s, 2, &CFG)[..], [Action::Commit { .. }]));
+    }
+
+    #[test]
+    fn no_primary_and_no_candidate_launches_through_any_live_agent() {
+        let z = inst("z", Role::Zombie, "a", 1);
+        let mut failed = inst("r", Role::Replica, "b", 1);
+        failed.promote_failed_recently = true;
+        let mut s = snap(vec![z, failed]);
+        interrupt(&mut s, "z");
+        match &plan(&s, 2, &CFG)[..] {
+            [
+                Action::Launch {
+                    emergency: true,
+                    pool,
+                    ..
+                },
+            ] => {
+                assert_ne!(
+                    pool,
+                    &super::tests::pool("m5.large", "a"),
+                    "not the interrupted pool"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        s.launches_in_flight = 1;
+        assert!(plan(&s, 2, &CFG).is_empty());
+    }
+
+    #[test]
+    fn overdue_launches_fail_and_failed_pools_are_avoided() {
+        let mut l = inst("l", Role::Launching, "b", 1);
+        l.launch_overdue = true;
+        let s = snap(vec![inst("p", Role::Primary, "a", 1), l]);
+        assert!(
+            matches!(&plan(&s, 2, &CFG)[..], [Action::LaunchFailed { instance_id }] if instance_id == "l")
+        );
+        let mut s = snap(vec![inst("p", Role::Primary, "a", 1)]);
+        s.failed_pools = vec![("m5.large".into(), "b".into())];
+        assert_eq!(
+            launch_pools(&s, Some(("m5.large", "a"))),
+            vec![pool("c5.large", "a")]
+        );
     }
 
     #[test]

@@ -136,6 +136,14 @@ async fn apply(state: &AppState, group: &str, action: Action) {
             .write(move |s| s.retire(&g, &instance_id, &via_agent, &sys, now))
             .await
             .map(|rid| vec![rid]),
+        Action::LaunchFailed { instance_id } => state
+            .db
+            .write(move |s| s.launch_failed(&instance_id, &sys, now))
+            .await
+            .map(|()| {
+                tracing::warn!(%group, "a launched instance never registered: marked FAILED");
+                Vec::new()
+            }),
         Action::Gone { instance_id, reason } => state
             .db
             .write(move |s| s.mark_gone(&instance_id, reason, &sys, now))

@@ -1117,6 +1117,7 @@ impl Store {
                 EventBody::CommandResult {
                     request_id,
                     outcome,
+                    instance_id,
                     ..
                 } => {
                     tx.execute(
@@ -1130,6 +1131,21 @@ impl Store {
                             agent_id
                         ],
                     )?;
+                    // A launched instance is LAUNCHING from now on, so one
+                    // that never registers can be marked FAILED.
+                    if let (spot_common::CommandOutcome::Done, Some(new_id)) =
+                        (outcome, instance_id)
+                    {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO instances (instance_id, group_name, role, instance_type,
+                                 availability_zone, created_at_ms, updated_at_ms)
+                             SELECT ?1, group_name, 'launching',
+                                    json_extract(body, '$.action.pool.instance_type'),
+                                    json_extract(body, '$.action.pool.availability_zone'), ?2, ?2
+                             FROM commands WHERE request_id = ?3 AND kind = 'launch'",
+                            params![new_id, now_ms, request_id],
+                        )?;
+                    }
                 }
                 EventBody::Notice {
                     notice,

@@ -21,6 +21,8 @@ use std::collections::HashSet;
 
 /// A candidate whose promotion failed is not tried again for this long.
 const PROMOTE_FAILURE_COOLDOWN_MS: i64 = 5 * 60 * 1000;
+/// A pool where a launch failed (capacity) is avoided for this long.
+const FAILED_POOL_COOLDOWN_MS: i64 = 10 * 60 * 1000;
 
 /// What a replacement started or became.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -475,6 +477,23 @@ impl Store {
         Ok(())
     }
 
+    /// A launched instance never registered healthy in time: FAILED.
+    pub fn launch_failed(&mut self, instance_id: &str, actor: &Actor, now_ms: i64) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        set_role(
+            &tx,
+            instance_id,
+            Transition::LaunchFailed,
+            actor,
+            None,
+            now_ms,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Retire a REPLICA: TERMINATED, and `terminate` queued to `via_agent`.
     pub fn retire(
         &mut self,
@@ -576,26 +595,35 @@ impl Store {
                     EXISTS (SELECT 1 FROM commands c WHERE c.group_name = i.group_name AND c.kind = 'promote'
                             AND c.request_id LIKE 'promote-' || i.instance_id || '-e%'
                             AND c.state IN ('failed', 'cancelled', 'expired', 'stale')
-                            AND c.created_at_ms > ?2)
+                            AND c.created_at_ms > ?2),
+                    i.role = 'launching' AND i.created_at_ms < ?3
              FROM instances i LEFT JOIN agents a ON a.agent_id = i.agent_id
              WHERE i.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')",
         )?;
         let instances: Vec<InstanceSnap> = stmt
-            .query_map(params![group, now_ms - PROMOTE_FAILURE_COOLDOWN_MS], |r| {
-                let agent: Option<String> = r.get(4)?;
-                Ok(InstanceSnap {
-                    instance_id: r.get(0)?,
-                    role: super::parse_enum(1, r.get(1)?)?,
-                    instance_type: r.get(2)?,
-                    availability_zone: r.get(3)?,
-                    online: agent.as_ref().is_some_and(|a| online.contains(a)),
-                    agent_id: agent,
-                    healthy: r.get(5)?,
-                    last_heartbeat_ms: r.get(6)?,
-                    ec2_gone: r.get(7)?,
-                    promote_failed_recently: r.get(8)?,
-                })
-            })?
+            .query_map(
+                params![
+                    group,
+                    now_ms - PROMOTE_FAILURE_COOLDOWN_MS,
+                    now_ms - launch_timeout_ms
+                ],
+                |r| {
+                    let agent: Option<String> = r.get(4)?;
+                    Ok(InstanceSnap {
+                        instance_id: r.get(0)?,
+                        role: super::parse_enum(1, r.get(1)?)?,
+                        instance_type: r.get(2)?,
+                        availability_zone: r.get(3)?,
+                        online: agent.as_ref().is_some_and(|a| online.contains(a)),
+                        agent_id: agent,
+                        healthy: r.get(5)?,
+                        last_heartbeat_ms: r.get(6)?,
+                        ec2_gone: r.get(7)?,
+                        promote_failed_recently: r.get(8)?,
+                        launch_overdue: r.get(9)?,
+                    })
+                },
+            )?
             .collect::<rusqlite::Result<_>>()?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT n.instance_id, n.kind, n.effective_at_ms FROM notices n
@@ -710,6 +738,19 @@ impl Store {
         let boot_secs = stmt
             .query_map([group], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
+        // Pools whose launch failed (no capacity...) in the last 10 minutes.
+        let failed_pools = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT json_extract(body, '$.action.pool.instance_type'),
+                        json_extract(body, '$.action.pool.availability_zone')
+                 FROM commands WHERE group_name = ?1 AND kind = 'launch' AND state = 'failed'
+                   AND finished_at_ms > ?2",
+            )?
+            .query_map(params![group, now_ms - FAILED_POOL_COOLDOWN_MS], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(GroupSnap {
             name: g.name,
             epoch: g.epoch,
@@ -723,6 +764,7 @@ impl Store {
             launches_in_flight: usize::try_from(launches_in_flight).unwrap_or(0),
             last_proactive_launch_ms,
             boot_secs,
+            failed_pools,
         })
     }
 }

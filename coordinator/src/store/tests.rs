@@ -754,3 +754,45 @@ fn late_data_reconsolidates_only_the_hours_it_touches() {
             .is_some_and(|p| p.price == 150_000 && !p.interpolated)
     );
 }
+
+#[test]
+fn a_launched_instance_is_launching_until_it_registers_or_fails() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let pool = spot_common::Pool {
+        instance_type: "c5.large".into(),
+        availability_zone: "us-east-1b".into(),
+        subnet_id: None,
+    };
+    s.queue_launch("l-1", "g", Some("a-p"), &pool, true, &Actor::System, 10)
+        .unwrap();
+    let ev = Event {
+        event_id: "a-p:50".into(),
+        seq: 50,
+        at_ms: 11,
+        body: EventBody::CommandResult {
+            request_id: "l-1".into(),
+            outcome: CommandOutcome::Done,
+            detail: None,
+            instance_id: Some("i-new".into()),
+            error_code: None,
+        },
+    };
+    s.apply_events("a-p", &[ev], 12).unwrap();
+    let i = s.get_instance("i-new").unwrap();
+    assert_eq!(
+        (i.role, i.instance_type.as_str(), i.agent_id),
+        (Role::Launching, "c5.large", None)
+    );
+    let online: std::collections::HashSet<String> = ["a-p".to_owned()].into();
+    let snap = s
+        .group_snapshot("g", &online, 12 + 300_001, 300_000)
+        .unwrap();
+    assert!(
+        snap.instances
+            .iter()
+            .any(|i| i.instance_id == "i-new" && i.launch_overdue)
+    );
+    s.launch_failed("i-new", &Actor::System, 400_000).unwrap();
+    assert_eq!(s.get_instance("i-new").unwrap().role, Role::Failed);
+}
