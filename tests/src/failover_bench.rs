@@ -3,10 +3,10 @@
 use crate::bench::percentile;
 use crate::fleet::{Fleet, FleetOptions};
 use crate::harness::eventually;
+use crate::scenarios::InvariantChecker;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,61 +36,6 @@ fn stats(mut v: Vec<f64>) -> Value {
            "p99_s": percentile(&v, 99.0), "n": v.len()})
 }
 
-/// Counts store samples with two PRIMARIES in a group or an epoch going back.
-fn checker(
-    f: &Fleet,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
-    let violations = Arc::new(AtomicU64::new(0));
-    let (api, adm, v) = (
-        f.api.clone(),
-        f.coord.admin_token.clone(),
-        Arc::clone(&violations),
-    );
-    let h = tokio::spawn(async move {
-        let mut epochs: std::collections::HashMap<String, u64> = Default::default();
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((_, inst)) = api
-                .call(reqwest::Method::GET, "/v1/instances", Some(&adm), None)
-                .await
-            {
-                let mut per: std::collections::HashMap<String, usize> = Default::default();
-                for i in inst
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|i| i["role"] == "primary")
-                {
-                    *per.entry(i["group"].as_str().unwrap_or("").to_owned())
-                        .or_default() += 1;
-                }
-                v.fetch_add(
-                    per.values().filter(|n| **n > 1).count() as u64,
-                    Ordering::Relaxed,
-                );
-            }
-            if let Ok((_, groups)) = api
-                .call(reqwest::Method::GET, "/v1/groups", Some(&adm), None)
-                .await
-            {
-                for g in groups.as_array().into_iter().flatten() {
-                    let (name, e) = (
-                        g["name"].as_str().unwrap_or("").to_owned(),
-                        g["epoch"].as_u64().unwrap_or(0),
-                    );
-                    let last = epochs.entry(name).or_insert(e);
-                    if e < *last {
-                        v.fetch_add(1, Ordering::Relaxed);
-                    }
-                    *last = e;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    (violations, h)
-}
-
 async fn confirmed(f: &Fleet, group: &str, not: &str, timeout: Duration) -> Result<String> {
     eventually("a new confirmed PRIMARY", timeout, || async {
         let p = f.confirmed_primary(group).await.ok().flatten()?;
@@ -114,8 +59,7 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
         })
         .await?,
     );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (violations, check) = checker(&f, Arc::clone(&stop));
+    let checker = InvariantChecker::start(&f);
 
     // Warm: each group has a REPLICA when its PRIMARY is interrupted.
     let mut tasks = Vec::new();
@@ -175,8 +119,7 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
             cold_late += usize::from(!ok);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    check.await.context("checker")?;
+    let mut violations = checker.finish().await?;
     drop(f);
 
     // Switches, on a fleet whose launches boot fast: the boot does not
@@ -188,8 +131,7 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
         })
         .await?,
     );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (sw_violations, sw_check) = checker(&fs, Arc::clone(&stop));
+    let sw_checker = InvariantChecker::start(&fs);
     let mut tasks = Vec::new();
     for g in 0..args.groups {
         let (f, n) = (Arc::clone(&fs), args.switches);
@@ -227,16 +169,17 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
     for t in tasks {
         switch_downtime.extend(t.await??);
     }
-    stop.store(true, Ordering::Relaxed);
-    sw_check.await.context("checker")?;
-    violations.fetch_add(sw_violations.load(Ordering::Relaxed), Ordering::Relaxed);
+    violations.extend(sw_checker.finish().await?);
+    for v in &violations {
+        eprintln!("invariant violation: {v}");
+    }
     let report = json!({
         "warm": stats(warm),
         "cold": stats(cold),
         "cold_after_notice_time": cold_late,
         "cold_boot_s": args.boot.as_secs_f64(),
         "switch_downtime": stats(switch_downtime),
-        "invariant_violations": violations.load(Ordering::Relaxed),
+        "invariant_violations": violations.len(),
     });
     if args.json {
         println!("{report}");

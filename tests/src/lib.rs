@@ -10,6 +10,7 @@ pub mod harness;
 pub mod imds_sim;
 pub mod pricing_bench;
 pub mod proxy;
+pub mod scenarios;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {

@@ -16,6 +16,16 @@ enum Command {
     /// A simulated fleet with a live coordinator: a few groups, an
     /// interruption every so often, the API on 127.0.0.1 to watch.
     Demo(spot_tests::failover_bench::Demo),
+    /// Run a failover flow on the simulated fleet and print its verdict
+    /// and timings: rebalance, warm-failover, cold-failover,
+    /// failed-promotion, switch, manual-replica, terminated,
+    /// coordinator-crash, partition, or all.
+    Scenario {
+        name: String,
+        /// One JSON object per scenario instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(Bench),
@@ -62,6 +72,7 @@ fn main() -> ExitCode {
             }
             Command::Bench(Bench::Consolidate(args)) => spot_tests::pricing_bench::run(args).await,
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
+            Command::Scenario { name, json } => scenarios(&name, json).await,
         }
     });
     match result {
@@ -71,4 +82,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Run the named scenario (or all), print verdicts; fail if any failed.
+async fn scenarios(name: &str, json: bool) -> anyhow::Result<()> {
+    use spot_tests::scenarios::{NAMES, run};
+    let names: Vec<&str> = if name == "all" {
+        NAMES.to_vec()
+    } else {
+        vec![name]
+    };
+    let mut failed = 0;
+    for n in names {
+        let t = std::time::Instant::now();
+        let result = run(n).await;
+        let secs = t.elapsed().as_secs_f64();
+        match &result {
+            Ok(timings) if json => println!(
+                "{}",
+                serde_json::json!({"scenario": n, "verdict": "pass", "duration_s": secs,
+                    "timings": timings.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>()})
+            ),
+            Ok(timings) => {
+                let t: Vec<String> = timings.iter().map(|(k, v)| format!("{k}={v:.2}")).collect();
+                println!("PASS {n} ({secs:.1} s): {}", t.join(", "));
+            }
+            Err(e) if json => println!(
+                "{}",
+                serde_json::json!({"scenario": n, "verdict": "fail", "duration_s": secs, "error": format!("{e:#}")})
+            ),
+            Err(e) => println!("FAIL {n} ({secs:.1} s): {e:#}"),
+        }
+        failed += usize::from(result.is_err());
+    }
+    anyhow::ensure!(failed == 0, "{failed} scenario(s) failed");
+    Ok(())
 }
