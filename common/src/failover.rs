@@ -743,6 +743,20 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_is_silent_only_once_it_has_been_seen() {
+        // No heartbeat known at all: the store gives the registration time;
+        // an instance without one is treated as silent (it has no agent).
+        let s = snap(vec![
+            inst("p", Role::Primary, "a", 1_000),
+            inst("r", Role::Replica, "b", 1_000),
+        ]);
+        assert!(
+            plan(&s, 1_500, &CFG).is_empty(),
+            "a fresh PRIMARY is not replaced"
+        );
+    }
+
+    #[test]
     fn unfit_replicas_are_not_candidates() {
         let mut sick = inst("sick", Role::Replica, "b", 5);
         sick.healthy = false;

@@ -13,4 +13,16 @@ pub mod types;
 pub mod wire;
 
 pub use state::{GroupModel, Transition, TransitionError};
+
+/// `error: cause: cause` on one line, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
 pub use types::*;

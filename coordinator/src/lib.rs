@@ -61,17 +61,7 @@ pub fn random_token() -> String {
     hex::encode(b)
 }
 
-/// `error: cause: cause` on one line, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+pub use spot_common::error_chain;
 
 impl AppState {
     /// Wake the long-polls of the agents the given commands are queued for.

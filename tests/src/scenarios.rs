@@ -181,6 +181,12 @@ async fn group(f: &Fleet, config: Value, replica: Option<&str>) -> Result<String
     if let Some(r) = replica {
         f.add_instance(r, "m5.large", "us-east-1b", "db").await?;
         wait_role(f, r, "replica").await?;
+        // A REPLICA joining must not displace a healthy PRIMARY (it once
+        // did, when the PRIMARY's first heartbeat was not persisted yet).
+        ensure!(
+            f.primary("db").await?.as_deref() == Some(first.as_str()),
+            "the PRIMARY changed when a REPLICA joined"
+        );
     }
     Ok(first)
 }

@@ -590,7 +590,11 @@ impl Store {
         let g = get_group_tx(&self.conn, group)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT i.instance_id, i.role, i.instance_type, i.availability_zone, i.agent_id,
-                    COALESCE(a.healthy, 0), a.last_heartbeat_ms,
+                    COALESCE(a.healthy, 0),
+                    -- Never heartbeated yet (or not persisted yet: the
+                    -- monitor flushes within a tick): silent since it
+                    -- registered, not forever.
+                    COALESCE(a.last_heartbeat_ms, a.registered_at_ms),
                     COALESCE(i.ec2_state IN ('shutting-down', 'terminated'), 0),
                     EXISTS (SELECT 1 FROM commands c WHERE c.group_name = i.group_name AND c.kind = 'promote'
                             AND c.request_id LIKE 'promote-' || i.instance_id || '-e%'
