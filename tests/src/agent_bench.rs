@@ -30,16 +30,6 @@ pub struct AgentBench {
     pub json: bool,
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(0)
-}
-
 /// (rss KiB, utime+stime clock ticks)
 fn proc_sample(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -101,7 +91,7 @@ pub async fn run(args: AgentBench) -> Result<()> {
     for i in 0..args.notices {
         // A distinct body each time: the agent journals each body once.
         let t = SystemTime::now() + Duration::from_secs(i as u64);
-        let visible = now_ms();
+        let visible = crate::now_ms();
         imds.rebalance(t);
         let body = format!(
             r#"{{"noticeTime": "{}"}}"#,

@@ -3,7 +3,7 @@
 use crate::bench::percentile;
 use crate::fleet::{Fleet, FleetOptions};
 use crate::harness::eventually;
-use crate::scenarios::InvariantChecker;
+use crate::scenarios::{InvariantChecker, wait_role};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -44,13 +44,6 @@ async fn confirmed(f: &Fleet, group: &str, not: &str, timeout: Duration) -> Resu
     .await
 }
 
-async fn replica_ready(f: &Fleet, id: &str) -> Result<()> {
-    eventually("replica", Duration::from_secs(60), || async {
-        (f.role(id).await.ok()? == "replica").then_some(())
-    })
-    .await
-}
-
 pub async fn failover(args: FailoverBench) -> Result<()> {
     let f = Arc::new(
         Fleet::start(FleetOptions {
@@ -78,7 +71,7 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
                 };
                 let replica = format!("i-{name}-r{i}");
                 f.add_instance(&replica, "m5.large", az, &name).await?;
-                replica_ready(&f, &replica).await?;
+                wait_role(&f, &replica, "replica").await?;
                 let t = Instant::now();
                 f.interrupt(&primary, Duration::from_secs(120))?;
                 primary = confirmed(&f, &name, &primary, Duration::from_secs(60)).await?;

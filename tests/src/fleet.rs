@@ -270,12 +270,6 @@ impl Fleet {
         Ok(done.then_some(p))
     }
 
-    /// Running agents that believe they are PRIMARY, per group (the
-    /// invariant checker's second view), read from their journals.
-    pub fn agent_primaries(&self) -> HashMap<String, Vec<String>> {
-        agent_primaries(&self.nodes)
-    }
-
     /// Cut one agent's link to the coordinator.
     pub fn partition(&self, instance_id: &str) -> Result<()> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());

@@ -199,12 +199,6 @@ impl Coordinator {
         r
     }
 
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
     pub fn api(&self) -> Api {
         Api::new(&self.base)
     }

@@ -57,8 +57,4 @@ impl Proxy {
             c.abort();
         }
     }
-
-    pub fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
 }

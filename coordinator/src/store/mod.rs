@@ -1191,14 +1191,6 @@ impl Store {
         Ok(resp)
     }
 
-    pub fn count_events(&self, agent_id: &str) -> Result<i64> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM events WHERE agent_id = ?1",
-            [agent_id],
-            |r| r.get(0),
-        )?)
-    }
-
     // ---- audit and housekeeping --------------------------------------
 
     pub fn audit_log(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
