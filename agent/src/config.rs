@@ -10,23 +10,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use spot_runtime::config::ConfigError;
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct RunArgs {
@@ -133,7 +117,7 @@ impl Config {
                 .then(|| PathBuf::from(DEFAULT_CONFIG_PATH))
         });
         let file = match &path {
-            Some(p) => read_file(p)?,
+            Some(p) => spot_runtime::config::read_toml(p)?,
             None => FileConfig::default(),
         };
         let a = args.clone();
@@ -242,17 +226,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })
 }
 
 #[cfg(test)]

@@ -960,10 +960,10 @@ impl Agent {
                     continue;
                 }
             };
-            let points: Vec<spot_common::wire::PricePoint> = prices
+            let points: Vec<spot_common::PricePoint> = prices
                 .iter()
                 .filter(|p| hint.availability_zones.contains(&p.availability_zone))
-                .map(|p| spot_common::wire::PricePoint {
+                .map(|p| spot_common::PricePoint {
                     instance_type: p.instance_type.clone(),
                     availability_zone: p.availability_zone.clone(),
                     product_description: p.product_description.clone(),

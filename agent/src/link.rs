@@ -155,7 +155,7 @@ impl Link {
         &self,
         agent_id: &str,
         token: &str,
-        points: Vec<spot_common::wire::PricePoint>,
+        points: Vec<spot_common::PricePoint>,
     ) -> Result<spot_common::wire::PricingResponse, LinkError> {
         self.send(
             reqwest::Method::POST,

@@ -40,7 +40,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    spot_runtime::telemetry::init(cli.log_json);
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let result = match cli.command {
@@ -70,15 +70,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json { b.json().init() } else { b.init() }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -1,18 +1,27 @@
 //! Pure core of the spot optimizer: domain types, the instance role state
-//! machine, the wire format of API v1 and the one retry policy.
+//! machine, the failover planner, the wire format of API v1, pricing math
+//! and the one retry policy.
 //!
 //! Nothing in this crate does I/O or reads a clock: callers pass `now` in,
 //! so every rule here is a plain unit test.
 
-pub mod failover;
+#[macro_use]
+mod macros;
+
+pub mod command;
+pub mod ids;
 pub mod notice;
+pub mod planner;
 pub mod pricing;
 pub mod retry;
 pub mod state;
 pub mod types;
 pub mod wire;
 
-pub use state::{GroupModel, Transition, TransitionError};
+pub use command::*;
+pub use macros::UnknownVariant;
+pub use state::{GroupModel, RoleError, RoleEvent};
+pub use types::*;
 
 /// `error: cause: cause` on one line, for logs.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -25,4 +34,3 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
-pub use types::*;

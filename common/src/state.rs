@@ -1,71 +1,44 @@
 //! The instance role state machine (DESIGN.md) and the group rules on top of
 //! it.
 //!
-//! `next` is the per-instance transition function. `GroupModel` applies a
-//! transition to a whole group and returns every role change it implies
-//! (a promotion demotes the old PRIMARY in the same step) plus the new epoch.
+//! `next` is the per-instance transition function over `RoleEvent`s.
+//! `GroupModel` applies an event to a whole group and returns every role
+//! change it implies (a promotion demotes the old PRIMARY in the same step)
+//! plus the new epoch.
 //! The coordinator's store loads a group, asks the model, and writes the
 //! answer in one transaction with optimistic version checks, so the rules
 //! live here once and the database constraints are the second line.
 
 use crate::types::Role;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 
-/// Something that can happen to an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Transition {
-    /// Its agent registered and reported healthy.
-    RegisteredHealthy,
-    /// The launch failed or the instance did not register in time.
-    LaunchFailed,
-    /// Become PRIMARY (demotes the current PRIMARY in the same step).
-    Promote,
-    /// Stop being PRIMARY.
-    Demote,
-    /// Planned removal: replica off, zombie retention, bulk terminate.
-    Retire,
-    /// EC2 says the instance is gone.
-    InstanceGone,
-}
-
-impl Transition {
-    pub const ALL: [Transition; 6] = [
-        Transition::RegisteredHealthy,
-        Transition::LaunchFailed,
-        Transition::Promote,
-        Transition::Demote,
-        Transition::Retire,
-        Transition::InstanceGone,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transition::RegisteredHealthy => "registered_healthy",
-            Transition::LaunchFailed => "launch_failed",
-            Transition::Promote => "promote",
-            Transition::Demote => "demote",
-            Transition::Retire => "retire",
-            Transition::InstanceGone => "instance_gone",
-        }
+crate::string_enum! {
+    /// Something that happens to one instance and may change its role.
+    /// (A PRIMARY replacement in progress is a group's *transition*; this
+    /// is the per-instance event.)
+    pub enum RoleEvent("role event") {
+        /// Its agent registered and reported healthy.
+        RegisteredHealthy = "registered_healthy",
+        /// The launch failed or the instance did not register in time.
+        LaunchFailed = "launch_failed",
+        /// Become PRIMARY (demotes the current PRIMARY in the same step).
+        Promote = "promote",
+        /// Stop being PRIMARY.
+        Demote = "demote",
+        /// Planned removal: replica off, zombie retention, bulk terminate.
+        Retire = "retire",
+        /// EC2 says the instance is gone.
+        InstanceGone = "instance_gone",
     }
 }
 
-impl fmt::Display for Transition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refused transition, naming the rule it broke (stable, for API errors).
+/// A refused role change, naming the rule it broke (stable, for API errors).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransitionError {
-    #[error("{transition} is not allowed from {from} (rule: {rule})")]
+pub enum RoleError {
+    #[error("{event} is not allowed from {from} (rule: {rule})")]
     Illegal {
         from: Role,
-        transition: Transition,
+        event: RoleEvent,
         rule: &'static str,
     },
     #[error("unknown instance {0}")]
@@ -74,24 +47,24 @@ pub enum TransitionError {
     StaleEpoch { expected: u64, actual: u64 },
 }
 
-impl TransitionError {
+impl RoleError {
     pub fn rule(&self) -> &'static str {
         match self {
-            TransitionError::Illegal { rule, .. } => rule,
-            TransitionError::UnknownInstance(_) => "instance_must_exist",
-            TransitionError::StaleEpoch { .. } => "epoch_must_match",
+            RoleError::Illegal { rule, .. } => rule,
+            RoleError::UnknownInstance(_) => "instance_must_exist",
+            RoleError::StaleEpoch { .. } => "epoch_must_match",
         }
     }
 }
 
 /// The per-instance transition function.
-pub fn next(from: Role, t: Transition) -> Result<Role, TransitionError> {
+pub fn next(from: Role, t: RoleEvent) -> Result<Role, RoleError> {
     use Role::*;
-    use Transition::*;
+    use RoleEvent::*;
     let illegal = |rule| {
-        Err(TransitionError::Illegal {
+        Err(RoleError::Illegal {
             from,
-            transition: t,
+            event: t,
             rule,
         })
     };
@@ -119,14 +92,14 @@ pub struct RoleChange {
     pub to: Role,
 }
 
-/// A group's roles and epoch, enough to decide any transition.
+/// A group's roles and epoch, enough to decide any role change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupModel {
     pub epoch: u64,
     pub roles: BTreeMap<String, Role>,
 }
 
-/// What a transition does to a group.
+/// What an event does to a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub changes: Vec<RoleChange>,
@@ -145,21 +118,21 @@ impl GroupModel {
         self.roles.values().filter(|r| **r == role).count()
     }
 
-    /// Decide a transition without changing the model.
+    /// Decide an event without changing the model.
     ///
     /// `expected_epoch`, when given, must equal the group's epoch: two
     /// promotions decided against the same epoch cannot both commit.
     /// Any change to or from PRIMARY bumps the epoch (invariant 5).
-    pub fn plan(
+    pub fn decide(
         &self,
         instance_id: &str,
-        t: Transition,
+        t: RoleEvent,
         expected_epoch: Option<u64>,
-    ) -> Result<Outcome, TransitionError> {
+    ) -> Result<Outcome, RoleError> {
         if let Some(expected) = expected_epoch
             && expected != self.epoch
         {
-            return Err(TransitionError::StaleEpoch {
+            return Err(RoleError::StaleEpoch {
                 expected,
                 actual: self.epoch,
             });
@@ -167,7 +140,7 @@ impl GroupModel {
         let from = *self
             .roles
             .get(instance_id)
-            .ok_or_else(|| TransitionError::UnknownInstance(instance_id.to_owned()))?;
+            .ok_or_else(|| RoleError::UnknownInstance(instance_id.to_owned()))?;
         let to = next(from, t)?;
         let mut changes = Vec::with_capacity(2);
         if to == Role::Primary
@@ -199,10 +172,10 @@ impl GroupModel {
     pub fn apply(
         &mut self,
         instance_id: &str,
-        t: Transition,
+        t: RoleEvent,
         expected_epoch: Option<u64>,
-    ) -> Result<Outcome, TransitionError> {
-        let outcome = self.plan(instance_id, t, expected_epoch)?;
+    ) -> Result<Outcome, RoleError> {
+        let outcome = self.decide(instance_id, t, expected_epoch)?;
         for c in &outcome.changes {
             self.roles.insert(c.instance_id.clone(), c.to);
         }
@@ -215,12 +188,12 @@ impl GroupModel {
 mod tests {
     use super::*;
     use Role::*;
-    use Transition::*;
+    use RoleEvent::*;
     use proptest::prelude::*;
 
     /// The whole table of DESIGN.md, written out so a change to `next` that
     /// is not also a change here fails.
-    fn expected(from: Role, t: Transition) -> Option<Role> {
+    fn expected(from: Role, t: RoleEvent) -> Option<Role> {
         match (from, t) {
             (Launching, RegisteredHealthy) => Some(Replica),
             (Launching, LaunchFailed) => Some(Failed),
@@ -236,8 +209,8 @@ mod tests {
     #[test]
     fn every_pair_of_role_and_transition() {
         let mut legal = 0;
-        for from in Role::ALL {
-            for t in Transition::ALL {
+        for &from in Role::ALL {
+            for &t in RoleEvent::ALL {
                 match (next(from, t), expected(from, t)) {
                     (Ok(to), Some(want)) => {
                         assert_eq!(to, want, "{from} --{t}-->");
@@ -287,7 +260,7 @@ mod tests {
         let e = first.apply("c", Promote, Some(7)).unwrap_err();
         assert_eq!(
             e,
-            TransitionError::StaleEpoch {
+            RoleError::StaleEpoch {
                 expected: 7,
                 actual: 8
             }
@@ -303,13 +276,13 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Add,
-        Apply(usize, Transition, bool),
+        Apply(usize, RoleEvent, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             1 => Just(Op::Add),
-            6 => (0usize..8, prop::sample::select(Transition::ALL.to_vec()), any::<bool>())
+            6 => (0usize..8, prop::sample::select(RoleEvent::ALL.to_vec()), any::<bool>())
                 .prop_map(|(i, t, e)| Op::Apply(i, t, e)),
         ]
     }

@@ -4,7 +4,8 @@
 //! silently ignored field); responses are lenient so an older agent can read
 //! a newer coordinator. docs/openapi.yaml describes the same shapes.
 
-use crate::types::{AgentStatus, Command, Event, GroupConfig, Role};
+use crate::command::{Command, CommandState, Event, NoticeKind, PricePoint};
+use crate::types::{AgentStatus, GroupConfig, Phase, Pool, Role, SwitchState};
 use serde::{Deserialize, Serialize};
 
 pub const API_VERSION: u32 = 1;
@@ -135,7 +136,7 @@ pub struct PromoteRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchRequest {
-    pub pool: crate::types::Pool,
+    pub pool: Pool,
     /// Agent that makes the call; default: the PRIMARY's agent, else the
     /// group's most recently seen online agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,7 +160,7 @@ pub struct NoticeView {
     pub agent_id: String,
     pub instance_id: String,
     pub group: String,
-    pub kind: String,
+    pub kind: NoticeKind,
     pub effective_at_ms: Option<i64>,
     pub seen_at_ms: i64,
 }
@@ -189,9 +190,7 @@ pub struct GroupView {
 /// A replacement of the PRIMARY in progress (see docs/STATE_MACHINE.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransitionView {
-    /// `demoting` (waiting for the old PRIMARY to be fenced) or
-    /// `promoting` (waiting for the candidate to confirm).
-    pub phase: String,
+    pub phase: Phase,
     pub old: Option<String>,
     pub candidate: String,
     pub epoch: u64,
@@ -209,7 +208,7 @@ pub struct TransitionView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchRequest {
-    pub pool: crate::types::Pool,
+    pub pool: Pool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
@@ -218,9 +217,8 @@ pub struct SwitchRequest {
 pub struct SwitchView {
     pub id: i64,
     pub group: String,
-    pub target_pool: crate::types::Pool,
-    /// `launching`, `done`, `failed`.
-    pub state: String,
+    pub target_pool: Pool,
+    pub state: SwitchState,
     pub from_instance: Option<String>,
     pub to_instance: Option<String>,
     pub started_at_ms: i64,
@@ -265,7 +263,7 @@ pub struct AgentView {
 pub struct CommandView {
     pub command: Command,
     pub agent_id: String,
-    pub state: String,
+    pub state: CommandState,
     pub created_at_ms: i64,
     pub result: Option<serde_json::Value>,
 }
@@ -280,19 +278,6 @@ pub struct AuditEntry {
     pub action: String,
     pub pre_state: serde_json::Value,
     pub post_state: serde_json::Value,
-}
-
-/// One spot price as an agent reports it (as AWS gives it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PricePoint {
-    pub instance_type: String,
-    pub availability_zone: String,
-    pub product_description: String,
-    /// RFC 3339, as AWS gives it.
-    pub timestamp: String,
-    /// Decimal string, e.g. "0.031400".
-    pub price: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

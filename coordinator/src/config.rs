@@ -8,26 +8,10 @@
 use clap::Args;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use spot_runtime::config::ConfigError;
 
 /// Options of `serve` and `validate`. Every option is optional here so that
 /// the file can fill what the command line and environment left out.
@@ -90,6 +74,10 @@ pub struct ServeArgs {
     /// Canonical hourly prices are kept this long, at least 92d [default: 100d].
     #[arg(long, env = "SPOT_COORDINATOR_PRICE_RETENTION", value_parser = humantime::parse_duration)]
     pub price_retention: Option<Duration>,
+    /// On SIGTERM, the longest wait for tasks to finish (long-polls
+    /// answered, heartbeats persisted) [default: 10s].
+    #[arg(long, env = "SPOT_COORDINATOR_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -118,6 +106,8 @@ struct FileConfig {
     staging_retention: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     price_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_timeout: Option<Duration>,
     /// On-demand hourly prices per instance type, for the savings figures.
     #[serde(default)]
     on_demand_prices: std::collections::BTreeMap<String, String>,
@@ -140,6 +130,7 @@ pub struct Config {
     pub price_max_gap: Duration,
     pub staging_retention: Duration,
     pub price_retention: Duration,
+    pub shutdown_timeout: Duration,
     /// Instance type -> on-demand hourly price (decimal string).
     pub on_demand_prices: std::collections::BTreeMap<String, String>,
 }
@@ -167,6 +158,9 @@ impl Default for Config {
             price_max_gap: Duration::from_secs(24 * 3600),
             staging_retention: Duration::from_secs(14 * 86_400),
             price_retention: Duration::from_secs(100 * 86_400),
+            // Long enough to persist the last heartbeats and answer every
+            // long-poll; short enough for systemd's default stop timeout.
+            shutdown_timeout: Duration::from_secs(10),
             on_demand_prices: std::collections::BTreeMap::new(),
         }
     }
@@ -175,7 +169,7 @@ impl Default for Config {
 impl Config {
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
-            Some(path) => read_file(path)?,
+            Some(path) => spot_runtime::config::read_toml(path)?,
             None => FileConfig::default(),
         };
         let d = Config::default();
@@ -225,6 +219,10 @@ impl Config {
                 .price_retention
                 .or(file.price_retention)
                 .unwrap_or(d.price_retention),
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .unwrap_or(d.shutdown_timeout),
             on_demand_prices: file.on_demand_prices,
         };
         c.validate()?;
@@ -294,17 +292,6 @@ impl Config {
     pub fn offline_after(&self) -> Duration {
         self.heartbeat_interval * self.missed_heartbeats
     }
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })
 }
 
 #[cfg(test)]

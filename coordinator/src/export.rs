@@ -5,7 +5,7 @@
 //! the hour, UTC), `price` (USD per hour, 6 decimals), `interpolated`
 //! (`true` when the hour had no observation and was filled).
 
-use crate::store::{Store, StoreError};
+use crate::store::{Read, Store, StoreError};
 use spot_common::pricing::format_price;
 
 pub const HEADER: &str =
@@ -18,7 +18,8 @@ pub fn write_csv(
 ) -> Result<u64, StoreError> {
     let io = |e: std::io::Error| StoreError::Invalid(format!("writing the export: {e}"));
     writeln!(out, "{HEADER}").map_err(io)?;
-    let n = store.export_hourly(since_ms, |(t, az, p), h| {
+    let n = store.export_hourly(since_ms, &mut |k, h| {
+        let (t, az, p) = (&k.pool.instance_type, &k.pool.availability_zone, &k.product);
         let hour = std::time::UNIX_EPOCH
             + std::time::Duration::from_millis(u64::try_from(h.hour_ms).unwrap_or(0));
         writeln!(

@@ -5,6 +5,7 @@
 //! bind `127.0.0.1:0` and own shutdown.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod export;
 pub mod live;
@@ -13,7 +14,6 @@ pub mod monitor;
 pub mod pricing_job;
 pub mod reconcile;
 pub mod store;
-pub mod telemetry;
 
 use anyhow::Context;
 use config::Config;
@@ -23,9 +23,10 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::Db;
+use store::{Db, Done, Read};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Shared by every handler and background task.
 pub struct AppState {
@@ -36,8 +37,8 @@ pub struct AppState {
     pub enrollment_token_hash: String,
     pub admin_token_hash: String,
     pub started: Instant,
-    /// Released on shutdown so long-polls answer at once.
-    pub shutdown: Notify,
+    /// Cancelled on shutdown: every task stops, long-polls answer at once.
+    pub shutdown: CancellationToken,
     /// Something happened that may need a failover decision.
     pub reconcile: Notify,
 }
@@ -64,16 +65,13 @@ pub fn random_token() -> String {
 pub use spot_common::error_chain;
 
 impl AppState {
-    /// Wake the long-polls of the agents the given commands are queued for.
-    pub async fn wake_commands(&self, request_ids: Vec<String>) {
-        if request_ids.is_empty() {
-            return;
+    /// Wake the long-polls of the agents a committed transaction queued
+    /// commands for, and hand back its answer.
+    pub fn woke<T>(&self, done: Done<T>) -> T {
+        for agent in &done.wake {
+            self.live.wake(agent);
         }
-        match self.db.read(move |s| s.command_agents(&request_ids)).await {
-            Ok(agents) => agents.iter().for_each(|a| self.live.wake(a)),
-            // The commands are queued; the next poll picks them up.
-            Err(e) => tracing::warn!(error = %error_chain(&e), "waking agents"),
-        }
+        done.value
     }
 }
 
@@ -128,36 +126,26 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
     let admin = resolve_token(&config.data_dir, "admin", config.admin_token.as_deref())?;
     let db_path = config.data_dir.join("coordinator.db");
     let db = Db::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
-    let agents = {
-        let guard_db = db.clone();
-        // Blocking is fine here: we are not serving yet.
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| {
-                    rt.block_on(guard_db.read(|s| s.active_agents()))
-                        .map_err(anyhow::Error::from)
-                })
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("loading agents panicked"))??
-    };
+    // Not serving yet: reading on this thread blocks nobody.
+    let agents = db.read_now(|s| s.active_agents())?;
     Ok(Arc::new(AppState {
         live: Live::from_store(agents),
         metrics: Metrics::new(),
         enrollment_token_hash: spot_common::token_hash(&enrollment),
         admin_token_hash: spot_common::token_hash(&admin),
         started: Instant::now(),
-        shutdown: Notify::new(),
+        shutdown: CancellationToken::new(),
         reconcile: Notify::new(),
         config,
         db,
     }))
 }
 
-/// Serve until `shutdown` resolves, then drain: long-polls answer, the
-/// last heartbeats are persisted.
+/// Serve until `shutdown` resolves, then drain within
+/// `config.shutdown_timeout`: long-polls answer, the last heartbeats are
+/// persisted. Every task is supervised: one that ends or panics before
+/// shutdown stops the coordinator with an error (a coordinator that serves
+/// requests but no longer fails over must not look healthy).
 pub async fn run(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -171,32 +159,20 @@ pub async fn run(
     .context("writing listen.addr")?;
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "coordinator listening");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let monitor = tokio::spawn(monitor::run(Arc::clone(&state), stop_rx.clone()));
-    let reconciler = tokio::spawn(reconcile::run(Arc::clone(&state), stop_rx.clone()));
-    let pricing = tokio::spawn(pricing_job::run(Arc::clone(&state), stop_rx));
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-
+    let mut tasks = spot_runtime::supervise::Supervisor::new(state.shutdown.clone());
+    tasks.spawn("monitor", monitor::run(Arc::clone(&state)));
+    tasks.spawn("reconciler", reconcile::run(Arc::clone(&state)));
+    tasks.spawn("pricing job", pricing_job::run(Arc::clone(&state)));
     let app = api::router(Arc::clone(&state));
-    let drain_state = Arc::clone(&state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: answering long-polls, persisting heartbeats");
-            drain_state.shutdown.notify_waiters();
-        })
-        .await
-        .context("serving HTTP")?;
-
-    let _ = stop_tx.send(true);
-    let _ = reconciler.await;
-    let _ = pricing.await;
-    // The monitor flushes once more on its way out; give it 5 s at most.
-    match tokio::time::timeout(Duration::from_secs(5), monitor).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "monitor task failed"),
-        Err(_) => tracing::error!("monitor did not stop within 5 s"),
-    }
+    let stop = state.shutdown.clone();
+    tasks.spawn("http server", async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .context("serving HTTP")
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tasks.wait(shutdown, state.config.shutdown_timeout).await?;
     tracing::info!("coordinator stopped");
     Ok(())
 }

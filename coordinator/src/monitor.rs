@@ -6,14 +6,14 @@
 //! logged and retried on the next tick: memory keeps the truth meanwhile.
 
 use crate::AppState;
+use crate::store::Ctx;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// Idempotency answers are kept a day: long enough for any client retry.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
-pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     // A fifth of the heartbeat interval, capped at 1 s: OFFLINE is seen
     // within 20 % of an interval of the third missed heartbeat.
     let period = (state.config.heartbeat_interval / 5).min(Duration::from_secs(1));
@@ -24,9 +24,9 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => {
+            _ = state.shutdown.cancelled() => {
                 flush(&state).await;
-                return;
+                return Ok(());
             }
         }
         sweep(&state).await;
@@ -52,16 +52,17 @@ async fn sweep(state: &AppState) {
         .live
         .sweep(Instant::now(), state.config.offline_after());
     for change in changes {
-        let now = crate::now_ms();
         let c = change.clone();
         match state
             .db
-            .write(move |s| s.set_agent_status(&c.agent_id, c.from, c.to, now))
+            .transact(Ctx::system(crate::now_ms()), move |tx| {
+                tx.set_agent_status(&c.agent_id, c.from, c.to)
+            })
             .await
         {
-            Ok(applied) => {
+            Ok(done) => {
                 tracing::info!(agent_id = %change.agent_id, from = ?change.from, to = ?change.to, "agent status changed");
-                state.live.persisted(&change, applied);
+                state.live.persisted(&change, done.value);
             }
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), agent_id = %change.agent_id, "persisting agent status; will retry")
@@ -76,7 +77,13 @@ async fn flush(state: &AppState) {
         return;
     }
     let n = batch.len();
-    if let Err(e) = state.db.write(move |s| s.flush_heartbeats(&batch)).await {
+    if let Err(e) = state
+        .db
+        .transact(Ctx::system(crate::now_ms()), move |tx| {
+            tx.flush_heartbeats(&batch)
+        })
+        .await
+    {
         // Liveness is decided in memory; a lost batch only delays the
         // last_heartbeat_ms column until the next heartbeat.
         tracing::warn!(error = %crate::error_chain(&e), heartbeats = n, "persisting heartbeats");

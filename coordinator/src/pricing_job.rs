@@ -4,15 +4,17 @@
 //! transaction).
 
 use crate::AppState;
-use crate::store::StoreError;
+use crate::store::{Ctx, StoreError};
 use spot_common::wire::ConsolidationRun;
 use std::sync::Arc;
-use tokio::sync::watch;
 
 pub async fn run_once(state: &AppState) -> Result<ConsolidationRun, StoreError> {
     let cfg = state.config.consolidation();
-    let now = crate::now_ms();
-    let run = state.db.write(move |s| s.consolidate(&cfg, now)).await?;
+    let run = state
+        .db
+        .transact(Ctx::system(crate::now_ms()), move |tx| tx.consolidate(&cfg))
+        .await?
+        .value;
     state.metrics.record_consolidation(&run);
     tracing::info!(
         pools = run.pools,
@@ -25,7 +27,7 @@ pub async fn run_once(state: &AppState) -> Result<ConsolidationRun, StoreError> 
     Ok(run)
 }
 
-pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + state.config.consolidate_interval,
         state.config.consolidate_interval,
@@ -34,7 +36,7 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = state.shutdown.cancelled() => return Ok(()),
         }
         if let Err(e) = run_once(&state).await {
             tracing::error!(error = %crate::error_chain(&e), "price consolidation failed; next run at the next interval");

@@ -1,19 +1,17 @@
 //! The reconciler: for each group, take a snapshot from the store, ask
-//! `spot_common::failover::plan` what to do, apply it. Runs on every
+//! `spot_common::planner::plan` what to do, apply it. Runs on every
 //! relevant event (a notice, a command result, a replica turning healthy)
-//! and every 500 ms as a backstop. Every action is one epoch-fenced store
-//! transaction: if the world moved in between, the action is refused
-//! (stale epoch) and the next pass decides again. The transition state is
-//! in the store, so a restarted coordinator resumes a promotion where it
-//! stopped.
+//! and every 500 ms as a backstop. Every step is one epoch-fenced store
+//! transaction: if the world moved in between, the step is refused (stale
+//! epoch) and the next pass decides again. The transition state is in the
+//! store, so a restarted coordinator resumes a promotion where it stopped.
 
 use crate::AppState;
-use crate::store::StoreError;
-use spot_common::Actor;
-use spot_common::failover::{Action, PlanConfig, plan};
+use crate::store::{Ctx, Read, ReplaceRequest, StoreError};
+use spot_common::ids;
+use spot_common::planner::{PlanConfig, Step, plan};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// A launch whose instance has not registered healthy after this is no
 /// longer waited for.
@@ -23,14 +21,14 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = state.reconcile.notified() => {}
-            _ = stop.changed() => return,
+            _ = state.shutdown.cancelled() => return Ok(()),
         }
         if let Err(e) = pass(&state).await {
             tracing::warn!(error = %crate::error_chain(&e), "reconcile pass failed; retrying");
@@ -56,8 +54,9 @@ async fn pass(state: &AppState) -> Result<(), StoreError> {
             .db
             .read(move |s| s.group_snapshot(&g, &online, now, LAUNCH_TIMEOUT_MS))
             .await?;
-        for action in plan(&snap, now, &cfg) {
-            apply(state, &group, action).await;
+        let decided = plan(&snap, now, &cfg);
+        for step in decided.steps {
+            apply(state, &group, decided.rule, step).await;
         }
     }
     Ok(())
@@ -71,91 +70,141 @@ fn outcome(state: &AppState, outcome: &'static str) {
         .inc();
 }
 
-async fn apply(state: &AppState, group: &str, action: Action) {
-    let now = crate::now_ms();
+/// Apply one step as one transaction; a refusal is logged and left to the
+/// next pass.
+async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
     let g = group.to_owned();
-    let sys = Actor::System;
-    let result: Result<Vec<String>, StoreError> = match action.clone() {
-        Action::Replace { candidate, expected_epoch, emergency, old_fenced, deadline_ms, switch_id, reason, .. } => state
-            .db
-            .write(move |s| {
-                s.begin_replace(None, &g, &candidate, expected_epoch, emergency, old_fenced, deadline_ms, reason, switch_id, &sys, now)
-            })
-            .await
-            .map(|r| {
-                tracing::warn!(%group, candidate = %r.promoted, old = ?r.demoted, epoch = r.epoch, phase = %r.phase, reason, "replacing the PRIMARY");
-                r.commands
-            }),
-        Action::Grant { expected_epoch, reason } => state
-            .db
-            .write(move |s| s.grant(&g, expected_epoch, &sys, now))
-            .await
-            .inspect(|_| tracing::warn!(%group, reason, "promotion granted")),
-        Action::Commit { expected_epoch } => state
-            .db
-            .write(move |s| s.commit_promotion(&g, expected_epoch, &sys, now))
-            .await
-            .map(|(primary, cmds)| {
-                outcome(state, "committed");
-                tracing::warn!(%group, %primary, "new PRIMARY confirmed");
-                cmds
-            }),
-        Action::RollOver { expected_epoch, reason } => state
-            .db
-            .write(move |s| s.roll_over(&g, expected_epoch, reason, &sys, now))
-            .await
-            .inspect(|_| {
-                outcome(state, "rolled_over");
-                tracing::warn!(%group, reason, "promotion rolled over to the next candidate");
-            }),
-        Action::Retarget { expected_epoch, candidate } => state
-            .db
-            .write(move |s| s.retarget(&g, expected_epoch, &candidate, &sys, now))
-            .await
-            .map(|()| Vec::new()),
-        Action::Launch { via_agent, pool, emergency, request_id, reason } => {
-            let rid = request_id.clone().unwrap_or_else(|| format!("launch-{}", uuid::Uuid::new_v4()));
-            let switch = request_id.as_deref().and_then(|r| r.strip_prefix("switch-")).and_then(|r| r.strip_suffix("-launch")).and_then(|id| id.parse::<i64>().ok());
+    let ctx = Ctx::system(crate::now_ms());
+    let result = match step.clone() {
+        Step::Replace {
+            candidate,
+            expected_epoch,
+            emergency,
+            old_fenced,
+            deadline_ms,
+            switch_id,
+            reason,
+            ..
+        } => {
+            let req = ReplaceRequest {
+                group: g,
+                candidate,
+                expected_epoch,
+                emergency,
+                old_fenced,
+                deadline_ms,
+                reason: reason.to_owned(),
+                switch_id,
+            };
             state
                 .db
-                .write(move |s| {
-                    let q = s.queue_launch(&rid, &g, Some(&via_agent), &pool, emergency, &sys, now)?;
-                    if let Some(id) = switch {
-                        s.switch_launch_queued(id, &rid)?;
+                .transact(ctx, move |tx| tx.begin_replace(&req))
+                .await
+                .map(|d| {
+                    let r = &d.value;
+                    tracing::warn!(%group, candidate = %r.promoted, old = ?r.demoted, epoch = r.epoch, phase = %r.phase, reason, "replacing the PRIMARY");
+                    d.wake
+                })
+        }
+        Step::Grant {
+            expected_epoch,
+            reason,
+        } => state
+            .db
+            .transact(ctx, move |tx| tx.grant(&g, expected_epoch))
+            .await
+            .map(|d| {
+                tracing::warn!(%group, reason, "promotion granted");
+                d.wake
+            }),
+        Step::Commit { expected_epoch } => state
+            .db
+            .transact(ctx, move |tx| tx.commit_promotion(&g, expected_epoch))
+            .await
+            .map(|d| {
+                outcome(state, "committed");
+                tracing::warn!(%group, primary = %d.value, "new PRIMARY confirmed");
+                d.wake
+            }),
+        Step::RollOver {
+            expected_epoch,
+            reason,
+        } => state
+            .db
+            .transact(ctx, move |tx| tx.roll_over(&g, expected_epoch, reason))
+            .await
+            .map(|d| {
+                outcome(state, "rolled_over");
+                tracing::warn!(%group, reason, "promotion rolled over to the next candidate");
+                d.wake
+            }),
+        Step::Retarget {
+            expected_epoch,
+            candidate,
+        } => state
+            .db
+            .transact(ctx, move |tx| tx.retarget(&g, expected_epoch, &candidate))
+            .await
+            .map(|d| d.wake),
+        Step::Launch {
+            via_agent,
+            pool,
+            emergency,
+            switch_id,
+            reason,
+        } => {
+            let rid = match switch_id {
+                Some(id) => ids::switch_launch(id),
+                None => ids::launch(&uuid::Uuid::new_v4().to_string()),
+            };
+            let r = rid.clone();
+            state
+                .db
+                .idempotent("launch", ctx.request(Some(rid)), move |tx| {
+                    let q = tx.queue_launch(&r, &g, Some(&via_agent), &pool, emergency)?;
+                    if let Some(id) = switch_id {
+                        tx.switch_launch_queued(id, &r)?;
                     }
                     Ok(q)
                 })
                 .await
-                .map(|q| {
+                .map(|d| {
+                    let q = &d.value;
                     tracing::warn!(%group, via = %q.agent_id, request_id = %q.command.request_id, emergency, reason, "launch queued");
-                    vec![q.command.request_id]
+                    d.wake
                 })
         }
-        Action::Retire { instance_id, via_agent } => state
+        Step::Retire {
+            instance_id,
+            via_agent,
+        } => state
             .db
-            .write(move |s| s.retire(&g, &instance_id, &via_agent, &sys, now))
+            .transact(ctx, move |tx| tx.retire(&g, &instance_id, &via_agent))
             .await
-            .map(|rid| vec![rid]),
-        Action::LaunchFailed { instance_id } => state
+            .map(|d| d.wake),
+        Step::LaunchFailed { instance_id } => state
             .db
-            .write(move |s| s.launch_failed(&instance_id, &sys, now))
+            .transact(ctx, move |tx| tx.launch_failed(&instance_id))
             .await
-            .map(|()| {
+            .map(|d| {
                 tracing::warn!(%group, "a launched instance never registered: marked FAILED");
-                Vec::new()
+                d.wake
             }),
-        Action::Gone { instance_id, reason } => state
+        Step::Gone {
+            instance_id,
+            reason,
+        } => state
             .db
-            .write(move |s| s.mark_gone(&instance_id, reason, &sys, now))
+            .transact(ctx, move |tx| tx.mark_gone(&instance_id, reason))
             .await
-            .map(|()| {
+            .map(|d| {
                 tracing::warn!(%group, reason, "instance marked terminated");
-                Vec::new()
+                d.wake
             }),
     };
     match result {
-        Ok(cmds) => state.wake_commands(cmds).await,
+        Ok(wake) => wake.iter().for_each(|a| state.live.wake(a)),
         // Another decision got there first; the next pass decides again.
-        Err(e) => tracing::info!(%group, ?action, error = %e, "action not applied"),
+        Err(e) => tracing::info!(%group, rule, ?step, error = %e, "step not applied"),
     }
 }

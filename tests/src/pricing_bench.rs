@@ -5,8 +5,8 @@
 
 use anyhow::Result;
 use spot_common::wire::RegisterRequest;
-use spot_common::{Actor, GroupConfig};
-use spot_coordinator::store::{ConsolidationConfig, Db, PoolKey};
+use spot_common::{GroupConfig, PoolKey};
+use spot_coordinator::store::{ConsolidationConfig, Ctx, Db, SeriesKey};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -29,14 +29,8 @@ pub async fn run(args: ConsolidateBench) -> Result<()> {
     let db = Db::open(&dir.path().join("bench.db"))?;
     let now = crate::now_ms();
     let agents = args.agents.max(1);
-    db.write(move |s| {
-        s.create_group(
-            None,
-            "bench",
-            &GroupConfig::default(),
-            &Actor::Operator,
-            now,
-        )?;
+    db.transact(Ctx::system(now), move |tx| {
+        tx.create_group("bench", &GroupConfig::default())?;
         for a in 0..agents {
             let req = RegisterRequest {
                 instance_id: format!("i-{a}"),
@@ -48,7 +42,7 @@ pub async fn run(args: ConsolidateBench) -> Result<()> {
                 agent_version: "bench".into(),
                 request_id: None,
             };
-            s.register_agent(&req, &format!("a-{a}"), &format!("t-{a}"), 5000, 15000, now)?;
+            tx.register_agent(&req, &format!("a-{a}"), &format!("t-{a}"), 5000, 15000)?;
         }
         Ok(())
     })
@@ -59,11 +53,13 @@ pub async fn run(args: ConsolidateBench) -> Result<()> {
     let stage_t = Instant::now();
     let mut staged = 0usize;
     for pool in 0..args.pools {
-        let key: PoolKey = (
-            format!("t{}.large", pool % 50),
-            format!("zone-{}", pool / 50),
-            "Linux/UNIX".into(),
-        );
+        let key = SeriesKey {
+            pool: PoolKey::new(
+                &format!("t{}.large", pool % 50),
+                &format!("zone-{}", pool / 50),
+            ),
+            product: "Linux/UNIX".into(),
+        };
         let mut rows = Vec::with_capacity(usize::try_from(points)? * agents);
         for i in 0..points {
             let base = 10_000 + ((pool as i64 * 7919 + i * 104_729) % 90_000);
@@ -84,7 +80,10 @@ pub async fn run(args: ConsolidateBench) -> Result<()> {
                 ));
             }
         }
-        staged += db.write(move |s| s.stage_raw(&rows, now)).await?;
+        staged += db
+            .transact(Ctx::system(now), move |tx| tx.stage_raw(&rows))
+            .await?
+            .value;
     }
     let stage_s = stage_t.elapsed().as_secs_f64();
     let cfg = ConsolidationConfig {
@@ -93,7 +92,10 @@ pub async fn run(args: ConsolidateBench) -> Result<()> {
         canonical_retention_ms: 100 * 86_400_000,
     };
     let t = Instant::now();
-    let run = db.write(move |s| s.consolidate(&cfg, now + 1)).await?;
+    let run = db
+        .transact(Ctx::system(now + 1), move |tx| tx.consolidate(&cfg))
+        .await?
+        .value;
     let secs = t.elapsed().as_secs_f64();
     let report = serde_json::json!({
         "pools": args.pools, "days": args.days, "agents": agents,

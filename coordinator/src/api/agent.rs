@@ -1,17 +1,19 @@
-//! Agent API v1 handlers.
+//! Agent API v1 handlers. Every route authenticates (the `AgentCaller`
+//! and `Enrolled` extractors) before it reads the body.
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, bearer, token_matches};
+use super::{AgentCaller, ApiError, ApiJson, ApiQuery, Enrolled};
 use crate::AppState;
-use crate::store::HeartbeatRecord;
+use crate::store::{Ctx, HeartbeatRecord, Read};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use spot_common::wire::{
     EventsRequest, EventsResponse, HeartbeatRequest, HeartbeatResponse, MAX_EVENTS_PER_BATCH,
     MAX_POLL_WAIT_MS, MAX_PRICE_POINTS, PollResponse, PricingRequest, PricingResponse,
     RegisterRequest, RegisterResponse,
 };
+use spot_common::{Actor, AgentStatus, EventBody, Role};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +28,9 @@ fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
 
 pub async fn register(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Enrolled,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    if !token_matches(bearer(&headers), &state.enrollment_token_hash) {
-        return Err(ApiError::unauthorized());
-    }
     for (name, v) in [
         ("instance_id", &req.instance_id),
         ("instance_type", &req.instance_type),
@@ -50,32 +49,19 @@ pub async fn register(
         crate::millis(state.config.heartbeat_interval),
         crate::millis(state.config.lease),
     );
-    let now = crate::now_ms();
-    let resp = {
-        let (agent_id, token) = (agent_id.clone(), token.clone());
-        state
-            .db
-            .write(move |s| s.register_agent(&req, &agent_id, &token, hb, lease, now))
-            .await?
-    };
-    // The agents this registration replaced lose their tokens.
-    let replaced = state
+    let ctx =
+        Ctx::new(crate::now_ms(), Actor::Agent(agent_id.clone())).request(req.request_id.clone());
+    let done = state
         .db
-        .read({
-            let id = resp.agent_id.clone();
-            move |s| {
-                let me = s.get_agent(&id)?;
-                Ok(s.list_agents(Some(&me.group))?
-                    .into_iter()
-                    .filter(|a| a.replaced_by.as_deref() == Some(id.as_str()))
-                    .map(|a| a.agent_id)
-                    .collect::<Vec<_>>())
-            }
+        .idempotent("register", ctx, move |tx| {
+            tx.register_agent(&req, &agent_id, &token, hb, lease)
         })
         .await?;
-    for old in replaced {
-        state.live.remove(&old);
+    let reg = state.woke(done);
+    for old in &reg.replaced {
+        state.live.remove(old);
     }
+    let resp = reg.response;
     state
         .live
         .insert(&resp.agent_id, spot_common::token_hash(&resp.token));
@@ -85,11 +71,10 @@ pub async fn register(
 
 pub async fn heartbeat(
     State(state): State<Arc<AppState>>,
-    ApiPath(agent_id): ApiPath<String>,
-    headers: HeaderMap,
+    caller: AgentCaller,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    state.live.authenticate(&agent_id, bearer(&headers))?;
+    let agent_id = caller.agent_id;
     state.metrics.heartbeats.inc();
     let now = crate::now_ms();
     let needs_store = state.live.heartbeat(HeartbeatRecord {
@@ -102,8 +87,13 @@ pub async fn heartbeat(
     });
     if needs_store {
         let id = agent_id.clone();
-        let (role, _) = state.db.write(move |s| s.agent_healthy(&id, now)).await?;
-        if role != spot_common::Role::Launching {
+        let ctx = Ctx::new(now, Actor::Agent(agent_id.clone()));
+        let (role, _) = state
+            .db
+            .transact(ctx, move |tx| tx.agent_healthy(&id))
+            .await?
+            .value;
+        if role != Role::Launching {
             state.live.mark_settled(&agent_id);
         }
         // A new healthy replica may be the candidate a failover waits for.
@@ -112,10 +102,7 @@ pub async fn heartbeat(
     let id = agent_id.clone();
     let (role, epoch, pricing) = state.db.read(move |s| s.agent_role(&id)).await?;
     Ok(Json(HeartbeatResponse {
-        status: state
-            .live
-            .status(&agent_id)
-            .unwrap_or(spot_common::AgentStatus::Online),
+        status: state.live.status(&agent_id).unwrap_or(AgentStatus::Online),
         role,
         epoch,
         lease_ms: crate::millis(state.config.lease),
@@ -127,21 +114,21 @@ pub async fn heartbeat(
 /// Spot prices as the agent read them from DescribeSpotPriceHistory.
 pub async fn pricing(
     State(state): State<Arc<AppState>>,
-    ApiPath(agent_id): ApiPath<String>,
-    headers: HeaderMap,
+    caller: AgentCaller,
     ApiJson(req): ApiJson<PricingRequest>,
 ) -> Result<Json<PricingResponse>, ApiError> {
-    state.live.authenticate(&agent_id, bearer(&headers))?;
     if req.points.len() > MAX_PRICE_POINTS {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_PRICE_POINTS} points per batch"
         )));
     }
-    let now = crate::now_ms();
+    let agent_id = caller.agent_id;
+    let ctx = Ctx::new(crate::now_ms(), Actor::Agent(agent_id.clone()));
     let (accepted, duplicates) = state
         .db
-        .write(move |s| s.ingest_prices(&agent_id, &req.points, now))
-        .await?;
+        .transact(ctx, move |tx| tx.ingest_prices(&agent_id, &req.points))
+        .await?
+        .value;
     Ok(Json(PricingResponse {
         accepted,
         duplicates,
@@ -160,11 +147,10 @@ pub struct PollQuery {
 /// first), else when one is queued during the wait, else empty at the end.
 pub async fn poll_commands(
     State(state): State<Arc<AppState>>,
-    ApiPath(agent_id): ApiPath<String>,
-    headers: HeaderMap,
+    caller: AgentCaller,
     ApiQuery(q): ApiQuery<PollQuery>,
 ) -> Result<Json<PollResponse>, ApiError> {
-    let notify = state.live.authenticate(&agent_id, bearer(&headers))?;
+    let AgentCaller { agent_id, notify } = caller;
     let wait = Duration::from_millis(q.wait_ms.min(MAX_POLL_WAIT_MS));
     let deadline = tokio::time::Instant::now() + wait;
     let redeliver = i64::try_from(crate::millis(state.config.redeliver_after)).unwrap_or(i64::MAX);
@@ -182,10 +168,12 @@ pub async fn poll_commands(
             .await?;
         if pending {
             let id = agent_id.clone();
+            let ctx = Ctx::new(now, Actor::Agent(agent_id.clone()));
             let commands = state
                 .db
-                .write(move |s| s.take_commands(&id, now, redeliver, 50))
-                .await?;
+                .transact(ctx, move |tx| tx.take_commands(&id, redeliver, 50))
+                .await?
+                .value;
             if !commands.is_empty() {
                 return Ok(Json(PollResponse { commands }));
             }
@@ -198,7 +186,7 @@ pub async fn poll_commands(
             _ = tokio::time::sleep_until(deadline) => {
                 return Ok(Json(PollResponse { commands: Vec::new() }));
             }
-            _ = state.shutdown.notified() => {
+            _ = state.shutdown.cancelled() => {
                 return Ok(Json(PollResponse { commands: Vec::new() }));
             }
         }
@@ -207,49 +195,45 @@ pub async fn poll_commands(
 
 pub async fn events(
     State(state): State<Arc<AppState>>,
-    ApiPath(agent_id): ApiPath<String>,
-    headers: HeaderMap,
+    caller: AgentCaller,
     ApiJson(req): ApiJson<EventsRequest>,
 ) -> Result<Json<EventsResponse>, ApiError> {
-    state.live.authenticate(&agent_id, bearer(&headers))?;
+    let agent_id = caller.agent_id;
     if req.events.len() > MAX_EVENTS_PER_BATCH {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_EVENTS_PER_BATCH} events per batch"
         )));
     }
-    let now = crate::now_ms();
-    let cleanup_id = format!("cleanup-{agent_id}");
+    let cleanup_id = spot_common::ids::cleanup(&agent_id);
     let cleaned_up = req.events.iter().any(|e| {
-        matches!(&e.body, spot_common::EventBody::CommandResult { request_id, .. } if *request_id == cleanup_id)
+        matches!(&e.body, EventBody::CommandResult { request_id, .. } if *request_id == cleanup_id)
     });
     let resp = {
         let agent_id = agent_id.clone();
-        state
+        let ctx = Ctx::new(crate::now_ms(), Actor::Agent(agent_id.clone()));
+        let done = state
             .db
-            .write(move |s| s.apply_events(&agent_id, &req.events, now))
-            .await?
+            .transact(ctx, move |tx| tx.apply_events(&agent_id, &req.events))
+            .await?;
+        state.woke(done)
     };
     if resp.applied > 0 {
         state.reconcile.notify_one();
     }
-    if cleaned_up && state.live.status(&agent_id) == Some(spot_common::AgentStatus::Deleted) {
+    if cleaned_up && state.live.status(&agent_id) == Some(AgentStatus::Deleted) {
         // The deleted agent has done its cleanup: its token dies now.
         state.live.remove(&agent_id);
     }
     use crate::metrics::{EventLabels, EventResult};
-    state
-        .metrics
-        .events
-        .get_or_create(&EventLabels {
-            result: EventResult::Applied,
-        })
-        .inc_by(resp.applied as u64);
-    state
-        .metrics
-        .events
-        .get_or_create(&EventLabels {
-            result: EventResult::Duplicate,
-        })
-        .inc_by(resp.duplicates as u64);
+    for (result, n) in [
+        (EventResult::Applied, resp.applied),
+        (EventResult::Duplicate, resp.duplicates),
+    ] {
+        state
+            .metrics
+            .events
+            .get_or_create(&EventLabels { result })
+            .inc_by(n as u64);
+    }
     Ok(Json(resp))
 }

@@ -74,11 +74,11 @@ impl From<StoreError> for ApiError {
             S::VersionConflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "version_conflict", e.to_string())
             }
-            S::Transition(ref t) => {
+            S::Role(ref t) => {
                 let code = match t {
-                    spot_common::TransitionError::StaleEpoch { .. } => "stale_epoch",
-                    spot_common::TransitionError::UnknownInstance(_) => "not_found",
-                    spot_common::TransitionError::Illegal { .. } => "illegal_transition",
+                    spot_common::RoleError::StaleEpoch { .. } => "stale_epoch",
+                    spot_common::RoleError::UnknownInstance(_) => "not_found",
+                    spot_common::RoleError::Illegal { .. } => "illegal_transition",
                 };
                 let status = if code == "not_found" {
                     StatusCode::NOT_FOUND

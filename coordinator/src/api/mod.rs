@@ -22,6 +22,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Notify;
 
 /// `Json` whose rejection is an `ApiError`.
 pub struct ApiJson<T>(pub T);
@@ -67,6 +68,44 @@ where
         let axum::extract::Path(v) =
             axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(ApiPath(v))
+    }
+}
+
+/// An authenticated agent: the `{agent_id}` of the path and its bearer
+/// token checked before the body is read, so an unauthenticated request
+/// is refused without parsing anything.
+pub struct AgentCaller {
+    pub agent_id: String,
+    /// Wakes this agent's long-poll.
+    pub notify: Arc<Notify>,
+}
+
+impl FromRequestParts<Arc<AppState>> for AgentCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let ApiPath(agent_id) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        let notify = state.live.authenticate(&agent_id, bearer(&parts.headers))?;
+        Ok(AgentCaller { agent_id, notify })
+    }
+}
+
+/// A caller holding the fleet enrollment token.
+pub struct Enrolled;
+
+impl FromRequestParts<Arc<AppState>> for Enrolled {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        if token_matches(bearer(&parts.headers), &state.enrollment_token_hash) {
+            Ok(Enrolled)
+        } else {
+            Err(ApiError::unauthorized())
+        }
     }
 }
 
@@ -174,6 +213,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::store::Read;
     let version = state.db.read(|s| s.schema_version()).await?;
     Ok(Json(serde_json::json!({
         "status": "ok",

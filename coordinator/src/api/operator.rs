@@ -1,8 +1,10 @@
-//! Operator API v1 handlers (admin token, checked by the router).
+//! Operator API v1 handlers (admin token, checked by the router before
+//! anything is parsed). Handlers translate HTTP to store transactions;
+//! the rules live in the store and the planner.
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::AppState;
-use crate::store::{AuditQuery, PromoteResult};
+use crate::store::{AuditQuery, Ctx, PromoteResult, Read, ReplaceRequest};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,29 +29,28 @@ pub struct AgentFilter {
     agent_id: Option<String>,
 }
 
+fn operator(request_id: Option<String>) -> Ctx {
+    Ctx::new(crate::now_ms(), Actor::Operator).request(request_id)
+}
+
 pub async fn list_groups(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<GroupView>>, ApiError> {
-    Ok(Json(state.db.read(|s| s.list_groups()).await?))
+    Ok(Json(state.db.read(|s| s.groups()).await?))
 }
 
 pub async fn create_group(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<GroupView>), ApiError> {
-    let now = crate::now_ms();
-    let g = state
+    let ctx = operator(req.request_id.clone());
+    let done = state
         .db
-        .write(move |s| {
-            s.create_group(
-                req.request_id.as_deref(),
-                &req.name,
-                &req.config,
-                &Actor::Operator,
-                now,
-            )
+        .idempotent("create_group", ctx, move |tx| {
+            tx.create_group(&req.name, &req.config)
         })
         .await?;
+    let g = state.woke(done);
     tracing::info!(group = %g.name, "group created");
     Ok((StatusCode::CREATED, Json(g)))
 }
@@ -58,7 +59,7 @@ pub async fn get_group(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<GroupView>, ApiError> {
-    Ok(Json(state.db.read(move |s| s.get_group(&name)).await?))
+    Ok(Json(state.db.read(move |s| s.group(&name)).await?))
 }
 
 pub async fn update_group(
@@ -66,48 +67,15 @@ pub async fn update_group(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateGroupRequest>,
 ) -> Result<Json<GroupView>, ApiError> {
-    let now = crate::now_ms();
-    let (g, retired) = state
+    let ctx = operator(req.request_id.clone());
+    let done = state
         .db
-        .write(move |s| {
-            let before = s.get_group(&name)?;
-            let g = s.update_group(
-                req.request_id.as_deref(),
-                &name,
-                &req.config,
-                req.version,
-                &Actor::Operator,
-                now,
-            )?;
-            // Manual replica switched OFF: its REPLICA is retired.
-            let mut retired = Vec::new();
-            if before.config.manual_replica && !g.config.manual_replica {
-                let via = g
-                    .primary
-                    .as_ref()
-                    .and_then(|p| s.get_instance(p).ok())
-                    .and_then(|p| p.agent_id);
-                if let Some(via) = via {
-                    for r in s
-                        .list_instances(Some(&name))?
-                        .into_iter()
-                        .filter(|i| i.role == spot_common::Role::Replica)
-                    {
-                        retired.push(s.retire(
-                            &name,
-                            &r.instance_id,
-                            &via,
-                            &Actor::Operator,
-                            now,
-                        )?);
-                    }
-                }
-            }
-            Ok((g, retired))
+        .idempotent("update_group", ctx, move |tx| {
+            tx.update_group(&name, &req.config, req.version)
         })
         .await?;
-    tracing::info!(group = %g.name, version = g.version, retired = retired.len(), "group config updated");
-    state.wake_commands(retired).await;
+    let g = state.woke(done);
+    tracing::info!(group = %g.name, version = g.version, "group config updated");
     state.reconcile.notify_one();
     Ok(Json(g))
 }
@@ -117,37 +85,33 @@ pub async fn promote(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<PromoteRequest>,
 ) -> Result<Json<PromoteResult>, ApiError> {
-    let now = crate::now_ms();
     // An operator promotion is planned work: the old PRIMARY (if any) is
     // demoted first, then the candidate promoted (docs/STATE_MACHINE.md).
-    let result = state
+    let replace = ReplaceRequest {
+        group: name,
+        candidate: req.instance_id,
+        expected_epoch: req.expected_epoch,
+        emergency: false,
+        old_fenced: false,
+        deadline_ms: None,
+        reason: "operator promotion".into(),
+        switch_id: None,
+    };
+    let done = state
         .db
-        .write(move |s| {
-            s.begin_replace(
-                req.request_id.as_deref(),
-                &name,
-                &req.instance_id,
-                req.expected_epoch,
-                false,
-                false,
-                None,
-                "operator promotion",
-                None,
-                &Actor::Operator,
-                now,
-            )
+        .idempotent("promote", operator(req.request_id), move |tx| {
+            tx.begin_replace(&replace)
         })
         .await;
-    if result.is_err() {
+    if done.is_err() {
         state
             .metrics
             .promotions
             .get_or_create(&crate::metrics::OutcomeLabel { outcome: "refused" })
             .inc();
     }
-    let result = result?;
+    let result = state.woke(done?);
     tracing::info!(group = %result.group, epoch = result.epoch, candidate = %result.promoted, phase = %result.phase, "promotion started");
-    state.wake_commands(result.commands.clone()).await;
     state.reconcile.notify_one();
     Ok(Json(result))
 }
@@ -157,19 +121,13 @@ pub async fn switch(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<SwitchRequest>,
 ) -> Result<Json<SwitchView>, ApiError> {
-    let now = crate::now_ms();
-    let sw = state
+    let done = state
         .db
-        .write(move |s| {
-            s.request_switch(
-                req.request_id.as_deref(),
-                &name,
-                &req.pool,
-                &Actor::Operator,
-                now,
-            )
+        .idempotent("switch", operator(req.request_id), move |tx| {
+            tx.request_switch(&name, &req.pool)
         })
         .await?;
+    let sw = state.woke(done);
     tracing::info!(group = %sw.group, switch = sw.id, pool = %sw.target_pool, "switch requested");
     state.reconcile.notify_one();
     Ok(Json(sw))
@@ -183,8 +141,8 @@ pub async fn list_switches(
         state
             .db
             .read(move |s| {
-                s.get_group(&name)?;
-                s.list_switches(&name)
+                s.group(&name)?;
+                s.switches(&name)
             })
             .await?,
     ))
@@ -195,29 +153,20 @@ pub async fn launch(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<LaunchRequest>,
 ) -> Result<Json<QueuedCommand>, ApiError> {
-    let now = crate::now_ms();
+    // The request id is also the launch command's (and so its ClientToken).
     let rid = req
         .request_id
         .clone()
-        .unwrap_or_else(|| format!("launch-{}", uuid::Uuid::new_v4()));
-    let q = state
+        .unwrap_or_else(|| spot_common::ids::launch(&uuid::Uuid::new_v4().to_string()));
+    let r = rid.clone();
+    let done = state
         .db
-        .write(move |s| {
-            s.queue_launch(
-                &rid,
-                &name,
-                req.agent_id.as_deref(),
-                &req.pool,
-                req.emergency,
-                &Actor::Operator,
-                now,
-            )
+        .idempotent("launch", operator(Some(rid)), move |tx| {
+            tx.queue_launch(&r, &name, req.agent_id.as_deref(), &req.pool, req.emergency)
         })
         .await?;
+    let q = state.woke(done);
     tracing::info!(request_id = %q.command.request_id, agent_id = %q.agent_id, "launch queued");
-    state
-        .wake_commands(vec![q.command.request_id.clone()])
-        .await;
     Ok(Json(q))
 }
 
@@ -228,7 +177,7 @@ pub async fn list_notices(
     Ok(Json(
         state
             .db
-            .read(move |s| s.list_notices(f.group.as_deref()))
+            .read(move |s| s.notices(f.group.as_deref()))
             .await?,
     ))
 }
@@ -240,7 +189,7 @@ pub async fn list_instances(
     Ok(Json(
         state
             .db
-            .read(move |s| s.list_instances(f.group.as_deref()))
+            .read(move |s| s.instances(f.group.as_deref()))
             .await?,
     ))
 }
@@ -249,7 +198,7 @@ pub async fn get_instance(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<InstanceView>, ApiError> {
-    Ok(Json(state.db.read(move |s| s.get_instance(&id)).await?))
+    Ok(Json(state.db.read(move |s| s.instance(&id)).await?))
 }
 
 pub async fn list_agents(
@@ -257,10 +206,7 @@ pub async fn list_agents(
     ApiQuery(f): ApiQuery<GroupFilter>,
 ) -> Result<Json<Vec<AgentView>>, ApiError> {
     Ok(Json(
-        state
-            .db
-            .read(move |s| s.list_agents(f.group.as_deref()))
-            .await?,
+        state.db.read(move |s| s.agents(f.group.as_deref())).await?,
     ))
 }
 
@@ -268,7 +214,7 @@ pub async fn get_agent(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    Ok(Json(state.db.read(move |s| s.get_agent(&id)).await?))
+    Ok(Json(state.db.read(move |s| s.agent(&id)).await?))
 }
 
 pub async fn delete_agent(
@@ -276,18 +222,14 @@ pub async fn delete_agent(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeleteAgentRequest>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let request_id = q.request_id;
-    let now = crate::now_ms();
-    let cmd_id = format!("cleanup-{id}");
-    let view = {
-        let id = id.clone();
-        state
-            .db
-            .write(move |s| {
-                s.delete_agent(request_id.as_deref(), &id, &Actor::Operator, now, &cmd_id)
-            })
-            .await?
-    };
+    let agent = id.clone();
+    let done = state
+        .db
+        .idempotent("delete_agent", operator(q.request_id), move |tx| {
+            tx.delete_agent(&agent)
+        })
+        .await?;
+    let view = state.woke(done);
     // The token keeps working only to fetch the cleanup command and report
     // its result; heartbeats answer `deleted`.
     state.live.mark_deleted(&id);
@@ -302,7 +244,7 @@ pub async fn list_commands(
     Ok(Json(
         state
             .db
-            .read(move |s| s.list_commands(f.agent_id.as_deref()))
+            .read(move |s| s.commands(f.agent_id.as_deref()))
             .await?,
     ))
 }

@@ -3,10 +3,11 @@
 
 use super::{ApiError, ApiPath, ApiQuery};
 use crate::AppState;
-use crate::store::PoolKey;
+use crate::store::{Read, SeriesKey};
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
+use spot_common::PoolKey;
 use spot_common::pricing::{HourPoint, format_price, parse_price};
 use spot_common::wire::{ConsolidationRun, GroupCost, GroupPrices, HourlyPrice, PoolSeries};
 use std::sync::Arc;
@@ -74,18 +75,25 @@ pub async fn prices(
     let product = q
         .product_description
         .unwrap_or_else(|| spot_common::DEFAULT_PRODUCT.to_owned());
-    let key: PoolKey = (q.instance_type, q.availability_zone, product);
+    let key = SeriesKey {
+        pool: PoolKey::new(&q.instance_type, &q.availability_zone),
+        product,
+    };
     let k = key.clone();
     let series = state
         .db
         .read(move |s| s.hourly_prices(&k, from, to))
         .await?;
-    Ok(Json(PoolSeries {
-        instance_type: key.0,
-        availability_zone: key.1,
-        product_description: key.2,
+    Ok(Json(series_view(key, series)))
+}
+
+fn series_view(key: SeriesKey, series: Vec<HourPoint>) -> PoolSeries {
+    PoolSeries {
+        instance_type: key.pool.instance_type,
+        availability_zone: key.pool.availability_zone,
+        product_description: key.product,
         points: points(series),
-    }))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,32 +116,25 @@ pub async fn group_prices(
     let out = state
         .db
         .read(move |s| {
-            let group = s.get_group(&g)?;
+            let group = s.group(&g)?;
             let product = group.config.product_description.clone();
             let mut pools = Vec::new();
             for p in &group.config.pools {
-                let key: PoolKey = (
-                    p.instance_type.clone(),
-                    p.availability_zone.clone(),
-                    product.clone(),
-                );
+                let key = SeriesKey {
+                    pool: p.key(),
+                    product: product.clone(),
+                };
                 let series = s.hourly_prices(&key, from, to)?;
-                pools.push(PoolSeries {
-                    instance_type: key.0,
-                    availability_zone: key.1,
-                    product_description: key.2,
-                    points: points(series),
-                });
+                pools.push(series_view(key, series));
             }
             let cost = match &group.primary {
                 None => None,
                 Some(p) => {
-                    let inst = s.get_instance(p)?;
-                    let key: PoolKey = (
-                        inst.instance_type.clone(),
-                        inst.availability_zone.clone(),
-                        product.clone(),
-                    );
+                    let inst = s.instance(p)?;
+                    let key = SeriesKey {
+                        pool: PoolKey::new(&inst.instance_type, &inst.availability_zone),
+                        product: product.clone(),
+                    };
                     let spot = s
                         .hourly_prices(&key, to - DEFAULT_WINDOW_MS, to)?
                         .last()

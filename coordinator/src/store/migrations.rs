@@ -184,6 +184,16 @@ const STEPS: &[&str] = &[
         value INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 3 -> 4: commands name the instance they are about (derived ids stay
+    // opaque to SQL); group configs lose the unused `health_check`.
+    r#"
+    ALTER TABLE commands ADD COLUMN subject TEXT;
+    UPDATE commands SET subject = (SELECT a.instance_id FROM agents a WHERE a.agent_id = commands.agent_id)
+        WHERE kind IN ('promote', 'demote');
+    UPDATE commands SET subject = json_extract(body, '$.action.instance_id') WHERE kind = 'terminate';
+    CREATE INDEX commands_by_subject ON commands(subject, kind, state);
+    UPDATE groups SET config = json_remove(config, '$.health_check');
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

@@ -8,16 +8,21 @@
 //! those canonical hours in one transaction. Running it twice changes
 //! nothing.
 
-use super::{Result, Store, StoreError};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use super::{Result, StoreError, Txn};
+use rusqlite::{Connection, OptionalExtension, params};
 use spot_common::pricing::{self, HourPoint, Report, hour_floor};
-use spot_common::wire::{ConsolidationRun, PricePoint};
+use spot_common::wire::ConsolidationRun;
+use spot_common::{PoolKey, PricePoint};
 
 const WATERMARK: &str = "pricing.watermark_received_ms";
 const DUPLICATES: &str = "pricing.duplicates_since_run";
 
-/// Pool key: (instance type, zone, product).
-pub type PoolKey = (String, String, String);
+/// One canonical price series: a pool and a product.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeriesKey {
+    pub pool: PoolKey,
+    pub product: String,
+}
 
 /// Consolidation tunables.
 #[derive(Debug, Clone, Copy)]
@@ -34,15 +39,15 @@ fn parse_ts(s: &str) -> Option<i64> {
     i64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
-impl Store {
+impl Txn<'_> {
     /// Stage an agent's reports. Exact duplicates are dropped (and counted
     /// for the next run's record). A ZOMBIE's reports are refused.
     pub fn ingest_prices(
         &mut self,
         agent_id: &str,
         points: &[PricePoint],
-        now_ms: i64,
     ) -> Result<(usize, usize)> {
+        let now_ms = self.now_ms();
         let mut rows = Vec::with_capacity(points.len());
         for p in points {
             let price =
@@ -63,9 +68,7 @@ impl Store {
             }
             rows.push((p, ts, price));
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = &self.tx;
         let role: Option<String> = tx
             .query_row(
                 "SELECT i.role FROM agents a JOIN instances i ON i.instance_id = a.instance_id WHERE a.agent_id = ?1",
@@ -108,20 +111,14 @@ impl Store {
              ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
             params![DUPLICATES, i64::try_from(duplicates).unwrap_or(0)],
         )?;
-        tx.commit()?;
         Ok((accepted, duplicates))
     }
 
     /// One consolidation run; see the module docs.
-    pub fn consolidate(
-        &mut self,
-        cfg: &ConsolidationConfig,
-        now_ms: i64,
-    ) -> Result<ConsolidationRun> {
+    pub fn consolidate(&mut self, cfg: &ConsolidationConfig) -> Result<ConsolidationRun> {
+        let now_ms = self.now_ms();
         let started = std::time::Instant::now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = &self.tx;
         let watermark: i64 = tx
             .query_row(
                 "SELECT value FROM counters WHERE key = ?1",
@@ -130,12 +127,21 @@ impl Store {
             )
             .optional()?
             .unwrap_or(i64::MIN);
-        let affected: Vec<(PoolKey, i64, i64)> = tx
+        let affected: Vec<(SeriesKey, i64, i64)> = tx
             .prepare(
                 "SELECT instance_type, availability_zone, product_description, MIN(aws_timestamp_ms), MAX(received_at_ms)
                  FROM price_staging WHERE received_at_ms > ?1 GROUP BY 1, 2, 3",
             )?
-            .query_map([watermark], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?, r.get(4)?)))?
+            .query_map([watermark], |r| {
+                Ok((
+                    SeriesKey {
+                        pool: PoolKey::new(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?),
+                        product: r.get(2)?,
+                    },
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         let mut run = ConsolidationRun {
             id: 0,
@@ -172,7 +178,12 @@ impl Store {
                 "INSERT INTO price_hourly (instance_type, availability_zone, product_description, hour_ms,
                      price_micros, interpolated, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for ((itype, az, product), min_ts, max_received) in &affected {
+            for (key, min_ts, max_received) in &affected {
+                let (itype, az, product) = (
+                    &key.pool.instance_type,
+                    &key.pool.availability_zone,
+                    &key.product,
+                );
                 new_watermark = new_watermark.max(*max_received);
                 // From max_gap before the earliest new point (a late point
                 // can close a gap), reading one more max_gap back for the
@@ -235,106 +246,118 @@ impl Store {
                 run.conflicts_median, run.primary_precedence, run.points_interpolated, run.hours_written, run.staging_pruned],
         )?;
         run.id = tx.last_insert_rowid();
-        tx.commit()?;
         Ok(run)
     }
 
-    pub fn consolidation_runs(&self, limit: u32) -> Result<Vec<ConsolidationRun>> {
-        let mut stmt = self.conn.prepare(
+    /// Bulk staging for benchmarks and tests (no role check).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn stage_raw(&mut self, rows: &[(SeriesKey, i64, i64, String, String)]) -> Result<usize> {
+        let now_ms = self.now_ms();
+        let mut n = 0;
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO price_staging (instance_type, availability_zone, product_description,
+                 aws_timestamp_ms, price_micros, reporter_agent, reporter_role, received_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (k, ts, price, agent, role) in rows {
+            n += stmt.execute(params![
+                k.pool.instance_type,
+                k.pool.availability_zone,
+                k.product,
+                ts,
+                price,
+                agent,
+                role,
+                now_ms
+            ])?;
+        }
+        Ok(n)
+    }
+}
+
+pub fn consolidation_runs(conn: &Connection, limit: u32) -> Result<Vec<ConsolidationRun>> {
+    let mut stmt = conn.prepare(
             "SELECT id, started_at_ms, duration_ms, pools, rows_read, duplicates_dropped, conflicts_median,
                     primary_precedence, points_interpolated, hours_written, staging_pruned
              FROM consolidation_runs ORDER BY id DESC LIMIT ?1",
         )?;
-        let rows = stmt
-            .query_map([limit], |r| {
-                Ok(ConsolidationRun {
-                    id: r.get(0)?,
-                    started_at_ms: r.get(1)?,
-                    duration_ms: r.get(2)?,
-                    pools: r.get(3)?,
-                    rows_read: r.get(4)?,
-                    duplicates_dropped: r.get(5)?,
-                    conflicts_median: r.get(6)?,
-                    primary_precedence: r.get(7)?,
-                    points_interpolated: r.get(8)?,
-                    hours_written: r.get(9)?,
-                    staging_pruned: r.get(10)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
-    }
+    let rows = stmt
+        .query_map([limit], |r| {
+            Ok(ConsolidationRun {
+                id: r.get(0)?,
+                started_at_ms: r.get(1)?,
+                duration_ms: r.get(2)?,
+                pools: r.get(3)?,
+                rows_read: r.get(4)?,
+                duplicates_dropped: r.get(5)?,
+                conflicts_median: r.get(6)?,
+                primary_precedence: r.get(7)?,
+                points_interpolated: r.get(8)?,
+                hours_written: r.get(9)?,
+                staging_pruned: r.get(10)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
 
-    /// The canonical series of one pool for hours in [from, to).
-    pub fn hourly_prices(
-        &self,
-        pool: &PoolKey,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<HourPoint>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT hour_ms, price_micros, interpolated FROM price_hourly
+/// The canonical series of one pool for hours in [from, to).
+pub fn hourly(
+    conn: &Connection,
+    key: &SeriesKey,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<HourPoint>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT hour_ms, price_micros, interpolated FROM price_hourly
              WHERE instance_type = ?1 AND availability_zone = ?2 AND product_description = ?3
                AND hour_ms >= ?4 AND hour_ms < ?5 ORDER BY hour_ms",
-        )?;
-        let rows = stmt
-            .query_map(params![pool.0, pool.1, pool.2, from_ms, to_ms], |r| {
+    )?;
+    let rows = stmt
+        .query_map(
+            params![
+                key.pool.instance_type,
+                key.pool.availability_zone,
+                key.product,
+                from_ms,
+                to_ms
+            ],
+            |r| {
                 Ok(HourPoint {
                     hour_ms: r.get(0)?,
                     price: r.get(1)?,
                     interpolated: r.get(2)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
-    }
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
 
-    /// Every canonical pool-hour since `since_ms`, for the training export.
-    pub fn export_hourly(
-        &self,
-        since_ms: i64,
-        mut row: impl FnMut(&PoolKey, &HourPoint) -> std::io::Result<()>,
-    ) -> Result<u64> {
-        let mut stmt = self.conn.prepare(
+/// Every canonical pool-hour since `since_ms`, for the training export.
+pub fn export_hourly(
+    conn: &Connection,
+    since_ms: i64,
+    mut row: impl FnMut(&SeriesKey, &HourPoint) -> std::io::Result<()>,
+) -> Result<u64> {
+    let mut stmt = conn.prepare(
             "SELECT instance_type, availability_zone, product_description, hour_ms, price_micros, interpolated
              FROM price_hourly WHERE hour_ms >= ?1 ORDER BY 1, 2, 3, 4",
         )?;
-        let mut rows = stmt.query([since_ms])?;
-        let mut n = 0;
-        while let Some(r) = rows.next()? {
-            let key: PoolKey = (r.get(0)?, r.get(1)?, r.get(2)?);
-            let h = HourPoint {
-                hour_ms: r.get(3)?,
-                price: r.get(4)?,
-                interpolated: r.get(5)?,
-            };
-            row(&key, &h).map_err(|e| StoreError::Invalid(format!("writing the export: {e}")))?;
-            n += 1;
-        }
-        Ok(n)
+    let mut rows = stmt.query([since_ms])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let key = SeriesKey {
+            pool: PoolKey::new(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?),
+            product: r.get(2)?,
+        };
+        let h = HourPoint {
+            hour_ms: r.get(3)?,
+            price: r.get(4)?,
+            interpolated: r.get(5)?,
+        };
+        row(&key, &h).map_err(|e| StoreError::Invalid(format!("writing the export: {e}")))?;
+        n += 1;
     }
-
-    /// Bulk staging for benchmarks and tests (no role check, one transaction).
-    pub fn stage_raw(
-        &mut self,
-        rows: &[(PoolKey, i64, i64, String, String)],
-        now_ms: i64,
-    ) -> Result<usize> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut n = 0;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO price_staging (instance_type, availability_zone, product_description,
-                     aws_timestamp_ms, price_micros, reporter_agent, reporter_role, received_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for ((t, az, p), ts, price, agent, role) in rows {
-                n += stmt.execute(params![t, az, p, ts, price, agent, role, now_ms])?;
-            }
-        }
-        tx.commit()?;
-        Ok(n)
-    }
+    Ok(n)
 }

@@ -1,6 +1,9 @@
 use super::*;
 use spot_common::wire::RegisterRequest;
-use spot_common::{CommandOutcome, EventBody};
+use spot_common::{
+    AgentStatus, Command, CommandKind, CommandOutcome, CommandState, Event, EventBody, GroupConfig,
+    Phase, PoolKey, SwitchState,
+};
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -22,6 +25,51 @@ fn reg(instance: &str) -> RegisterRequest {
     }
 }
 
+/// One system transaction at `now`.
+fn tx<T>(s: &mut Store, now: i64, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
+    s.transact(Ctx::system(now), f).map(|d| d.value)
+}
+
+/// One operator request at `now`, idempotent under `rid`.
+fn op<T: Serialize + DeserializeOwned>(
+    s: &mut Store,
+    scope: &str,
+    rid: Option<&str>,
+    now: i64,
+    f: impl FnOnce(&mut Txn<'_>) -> Result<T>,
+) -> Result<T> {
+    let ctx = Ctx::new(now, Actor::Operator).request(rid.map(str::to_owned));
+    s.idempotent(scope, ctx, f).map(|d| d.value)
+}
+
+/// A replacement of the `g` PRIMARY by `candidate`, decided at `epoch`.
+fn replace(candidate: &str, epoch: u64) -> ReplaceRequest {
+    ReplaceRequest {
+        group: "g".into(),
+        candidate: candidate.into(),
+        expected_epoch: epoch,
+        emergency: false,
+        old_fenced: false,
+        deadline_ms: None,
+        reason: "test".into(),
+        switch_id: None,
+    }
+}
+
+fn register(s: &mut Store, instance: &str, agent: &str, now: i64) -> Result<Registered> {
+    tx(s, now, |t| {
+        t.register_agent(&reg(instance), agent, &format!("tok-{agent}"), 5000, 15000)
+    })
+}
+
+fn take(s: &mut Store, agent: &str, now: i64, redeliver_ms: i64) -> Vec<Command> {
+    tx(s, now, |t| t.take_commands(agent, redeliver_ms, 10)).unwrap()
+}
+
+fn queue(s: &mut Store, agent: &str, now: i64, c: &Command) {
+    tx(s, now, |t| t.queue(agent, c, None)).unwrap();
+}
+
 /// The agent of `instance` reports its promote command `done`.
 fn confirm(s: &mut Store, agent: &str, instance: &str, epoch: u64, seq: i64) {
     let ev = Event {
@@ -36,38 +84,31 @@ fn confirm(s: &mut Store, agent: &str, instance: &str, epoch: u64, seq: i64) {
             error_code: None,
         },
     };
-    s.apply_events(agent, &[ev], 5).unwrap();
+    tx(s, 5, |t| t.apply_events(agent, &[ev])).unwrap();
 }
 
 /// A group with one PRIMARY (`i-p`, agent `a-p`, epoch 1) and replicas
 /// `i-r1`, `i-r2`.
 fn live_group(s: &mut Store) {
-    s.create_group(None, "g", &GroupConfig::default(), &Actor::Operator, 1)
-        .unwrap();
+    op(s, "create_group", None, 1, |t| {
+        t.create_group("g", &GroupConfig::default())
+    })
+    .unwrap();
     for (i, a) in [("i-p", "a-p"), ("i-r1", "a-r1"), ("i-r2", "a-r2")] {
-        s.register_agent(&reg(i), a, &format!("tok-{a}"), 5000, 15000, 2)
-            .unwrap();
-        s.agent_healthy(a, 3).unwrap();
+        register(s, i, a, 2).unwrap();
+        tx(s, 3, |t| t.agent_healthy(a)).unwrap();
     }
-    let r = s
-        .begin_replace(
-            None,
-            "g",
-            "i-p",
-            0,
-            false,
-            true,
-            None,
-            "test",
-            None,
-            &Actor::Operator,
-            4,
-        )
-        .unwrap();
-    assert_eq!(r.phase, "promoting", "no old PRIMARY: granted at once");
+    let r = tx(s, 4, |t| {
+        t.begin_replace(&ReplaceRequest {
+            old_fenced: true,
+            ..replace("i-p", 0)
+        })
+    })
+    .unwrap();
+    assert_eq!(r.phase, Phase::Promoting, "no old PRIMARY: granted at once");
     confirm(s, "a-p", "i-p", 1, 1);
-    s.commit_promotion("g", 1, &Actor::System, 5).unwrap();
-    s.take_commands("a-p", 6, 30_000, 10).unwrap();
+    tx(s, 5, |t| t.commit_promotion("g", 1)).unwrap();
+    take(s, "a-p", 6, 30_000);
 }
 
 fn table_counts(s: &Store) -> Vec<i64> {
@@ -106,28 +147,21 @@ fn migrating_twice_changes_nothing() {
 fn replacement_fences_the_old_primary_before_promoting() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    assert_eq!(s.get_group("g").unwrap().primary.as_deref(), Some("i-p"));
+    assert_eq!(s.group("g").unwrap().primary.as_deref(), Some("i-p"));
     // T1: epoch 2, demote queued to the old PRIMARY, nobody promoted yet.
-    let r = s
-        .begin_replace(
-            None,
-            "g",
-            "i-r1",
-            1,
-            true,
-            false,
-            Some(9_000),
-            "test",
-            None,
-            &Actor::System,
-            10,
-        )
-        .unwrap();
-    assert_eq!((r.phase.as_str(), r.epoch), ("demoting", 2));
-    assert_eq!(s.get_instance("i-p").unwrap().role, Role::Primary);
-    assert_eq!(s.get_instance("i-r1").unwrap().role, Role::Replica);
-    assert!(s.take_commands("a-r1", 11, 30_000, 10).unwrap().is_empty());
-    let demote = s.take_commands("a-p", 11, 30_000, 10).unwrap();
+    let r = tx(&mut s, 10, |t| {
+        t.begin_replace(&ReplaceRequest {
+            emergency: true,
+            deadline_ms: Some(9_000),
+            ..replace("i-r1", 1)
+        })
+    })
+    .unwrap();
+    assert_eq!((r.phase, r.epoch), (Phase::Demoting, 2));
+    assert_eq!(s.instance("i-p").unwrap().role, Role::Primary);
+    assert_eq!(s.instance("i-r1").unwrap().role, Role::Replica);
+    assert!(take(&mut s, "a-r1", 11, 30_000).is_empty());
+    let demote = take(&mut s, "a-p", 11, 30_000);
     assert_eq!(demote.len(), 1);
     assert_eq!(
         (
@@ -137,19 +171,19 @@ fn replacement_fences_the_old_primary_before_promoting() {
         ),
         (CommandKind::Demote, 2, 100)
     );
-    let t = s.get_group("g").unwrap().transition.unwrap();
+    let t = s.group("g").unwrap().transition.unwrap();
     assert_eq!((t.deadline_ms, t.candidate.as_str()), (9_000, "i-r1"));
     // T2: old -> ZOMBIE, promote(2) to the candidate.
-    s.grant("g", 2, &Actor::System, 12).unwrap();
-    assert_eq!(s.get_instance("i-p").unwrap().role, Role::Zombie);
-    assert_eq!(s.get_group("g").unwrap().primary, None);
-    let promote = s.take_commands("a-r1", 13, 30_000, 10).unwrap();
+    tx(&mut s, 12, |t| t.grant("g", 2)).unwrap();
+    assert_eq!(s.instance("i-p").unwrap().role, Role::Zombie);
+    assert_eq!(s.group("g").unwrap().primary, None);
+    let promote = take(&mut s, "a-r1", 13, 30_000);
     assert!(matches!(promote[0].action, CommandKind::Promote { .. }));
     assert_eq!(promote[0].epoch, 2);
     // T3 after the candidate confirms.
     confirm(&mut s, "a-r1", "i-r1", 2, 1);
-    s.commit_promotion("g", 2, &Actor::System, 14).unwrap();
-    let g = s.get_group("g").unwrap();
+    tx(&mut s, 14, |t| t.commit_promotion("g", 2)).unwrap();
+    let g = s.group("g").unwrap();
     assert_eq!(
         (g.primary.as_deref(), g.epoch, g.transition),
         (Some("i-r1"), 2, None)
@@ -160,25 +194,19 @@ fn replacement_fences_the_old_primary_before_promoting() {
 fn a_failed_candidate_is_fenced_at_a_new_epoch() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    s.begin_replace(
-        None,
-        "g",
-        "i-r1",
-        1,
-        true,
-        true,
-        None,
-        "test",
-        None,
-        &Actor::System,
-        10,
-    )
+    tx(&mut s, 10, |t| {
+        t.begin_replace(&ReplaceRequest {
+            emergency: true,
+            old_fenced: true,
+            ..replace("i-r1", 1)
+        })
+    })
     .unwrap();
-    s.take_commands("a-r1", 11, 30_000, 10).unwrap();
-    s.roll_over("g", 2, "test", &Actor::System, 12).unwrap();
-    let g = s.get_group("g").unwrap();
+    take(&mut s, "a-r1", 11, 30_000);
+    tx(&mut s, 12, |t| t.roll_over("g", 2, "test")).unwrap();
+    let g = s.group("g").unwrap();
     assert_eq!((g.epoch, g.transition, g.primary), (3, None, None));
-    let cmds = s.take_commands("a-r1", 13, 0, 10).unwrap();
+    let cmds = take(&mut s, "a-r1", 13, 0);
     assert!(
         cmds.iter()
             .any(|c| c.action == CommandKind::Demote && c.epoch == 3),
@@ -199,43 +227,13 @@ fn a_failed_candidate_is_fenced_at_a_new_epoch() {
 fn second_replacement_is_refused_and_changes_nothing() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    s.begin_replace(
-        None,
-        "g",
-        "i-r1",
-        1,
-        false,
-        false,
-        None,
-        "test",
-        None,
-        &Actor::System,
-        5,
-    )
-    .unwrap();
+    tx(&mut s, 5, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
     let before = table_counts(&s);
-    let err = s
-        .begin_replace(
-            None,
-            "g",
-            "i-r2",
-            2,
-            false,
-            false,
-            None,
-            "test",
-            None,
-            &Actor::System,
-            6,
-        )
-        .unwrap_err();
+    let err = tx(&mut s, 6, |t| t.begin_replace(&replace("i-r2", 2))).unwrap_err();
     assert!(matches!(err, StoreError::InProgress(_)), "{err:?}");
-    let err = s.grant("g", 1, &Actor::System, 6).unwrap_err();
+    let err = tx(&mut s, 6, |t| t.grant("g", 1)).unwrap_err();
     assert!(
-        matches!(
-            err,
-            StoreError::Transition(TransitionError::StaleEpoch { .. })
-        ),
+        matches!(err, StoreError::Role(RoleError::StaleEpoch { .. })),
         "{err:?}"
     );
     assert_eq!(table_counts(&s), before);
@@ -259,26 +257,11 @@ fn database_refuses_a_second_primary_even_behind_the_model() {
 fn illegal_transition_names_the_rule_and_changes_nothing() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    s.register_agent(&reg("i-new"), "a-new", "tok-new", 5000, 15000, 7)
-        .unwrap();
+    register(&mut s, "i-new", "a-new", 7).unwrap();
     let before = table_counts(&s);
-    let err = s
-        .begin_replace(
-            None,
-            "g",
-            "i-new",
-            1,
-            false,
-            false,
-            None,
-            "test",
-            None,
-            &Actor::Operator,
-            8,
-        )
-        .unwrap_err();
+    let err = tx(&mut s, 8, |t| t.begin_replace(&replace("i-new", 1))).unwrap_err();
     match err {
-        StoreError::Transition(t) => assert_eq!(t.rule(), "promote_requires_replica"),
+        StoreError::Role(t) => assert_eq!(t.rule(), "promote_requires_replica"),
         other => panic!("{other:?}"),
     }
     assert_eq!(table_counts(&s), before);
@@ -288,79 +271,48 @@ fn illegal_transition_names_the_rule_and_changes_nothing() {
 fn repeated_request_id_returns_the_first_answer_and_changes_nothing() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    let first = s
-        .begin_replace(
-            Some("op-1"),
-            "g",
-            "i-r1",
-            1,
-            false,
-            false,
-            None,
-            "op",
-            None,
-            &Actor::Operator,
-            5,
-        )
-        .unwrap();
+    let first = op(&mut s, "promote", Some("op-1"), 5, |t| {
+        t.begin_replace(&replace("i-r1", 1))
+    })
+    .unwrap();
     let before = table_counts(&s);
     // Same request again, even though epoch 1 is now stale.
-    let again = s
-        .begin_replace(
-            Some("op-1"),
-            "g",
-            "i-r1",
-            1,
-            false,
-            false,
-            None,
-            "op",
-            None,
-            &Actor::Operator,
-            9,
-        )
-        .unwrap();
+    let again = op(&mut s, "promote", Some("op-1"), 9, |t| {
+        t.begin_replace(&replace("i-r1", 1))
+    })
+    .unwrap();
     assert_eq!(first, again);
     assert_eq!(table_counts(&s), before);
     // The id cannot be reused for another kind of request.
-    let err = s
-        .create_group(
-            Some("op-1"),
-            "h",
-            &GroupConfig::default(),
-            &Actor::Operator,
-            9,
-        )
-        .unwrap_err();
+    let err = op(&mut s, "create_group", Some("op-1"), 9, |t| {
+        t.create_group("h", &GroupConfig::default())
+    })
+    .unwrap_err();
     assert!(matches!(err, StoreError::RequestIdReuse { .. }));
 }
 
 #[test]
 fn update_with_a_stale_version_is_a_conflict() {
     let (_d, mut s) = store();
-    let g = s
-        .create_group(None, "g", &GroupConfig::default(), &Actor::Operator, 1)
-        .unwrap();
+    let g = op(&mut s, "create_group", None, 1, |t| {
+        t.create_group("g", &GroupConfig::default())
+    })
+    .unwrap();
     let cfg = GroupConfig {
         auto_terminate: true,
         ..GroupConfig::default()
     };
-    let g2 = s
-        .update_group(None, "g", &cfg, g.version, &Actor::Operator, 2)
-        .unwrap();
+    let g2 = op(&mut s, "update_group", None, 2, |t| {
+        t.update_group("g", &cfg, g.version)
+    })
+    .unwrap();
     assert_eq!(g2.version, g.version + 1);
-    let err = s
-        .update_group(
-            None,
-            "g",
-            &GroupConfig::default(),
-            g.version,
-            &Actor::Operator,
-            3,
-        )
-        .unwrap_err();
+    let err = op(&mut s, "update_group", None, 3, |t| {
+        t.update_group("g", &GroupConfig::default(), g.version)
+    })
+    .unwrap_err();
     assert!(matches!(err, StoreError::VersionConflict(_)));
-    assert!(s.get_group("g").unwrap().config.auto_terminate);
+    assert!(s.group("g").unwrap().config.auto_terminate);
 }
 
 #[test]
@@ -371,23 +323,24 @@ fn rule_violating_config_is_refused() {
         manual_replica: true,
         ..GroupConfig::default()
     };
-    let err = s
-        .create_group(None, "g", &cfg, &Actor::Operator, 1)
-        .unwrap_err();
+    let err = op(&mut s, "create_group", None, 1, |t| {
+        t.create_group("g", &cfg)
+    })
+    .unwrap_err();
     assert!(matches!(err, StoreError::Rule(_)));
-    assert!(s.list_groups().unwrap().is_empty());
+    assert!(s.groups().unwrap().is_empty());
 }
 
 #[test]
 fn reinstall_gets_a_new_id_and_keeps_history_linked() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    s.register_agent(&reg("i-r1"), "a-r1-v2", "tok-v2", 5000, 15000, 10)
-        .unwrap();
-    let old = s.get_agent("a-r1").unwrap();
+    let r = register(&mut s, "i-r1", "a-r1-v2", 10).unwrap();
+    assert_eq!(r.replaced, vec!["a-r1".to_owned()]);
+    let old = s.agent("a-r1").unwrap();
     assert_eq!(old.status, AgentStatus::Replaced);
     assert_eq!(old.replaced_by.as_deref(), Some("a-r1-v2"));
-    let inst = s.get_instance("i-r1").unwrap();
+    let inst = s.instance("i-r1").unwrap();
     assert_eq!(inst.agent_id.as_deref(), Some("a-r1-v2"));
     // The role survives the reinstall; the old agent's audit trail is kept.
     assert_eq!(inst.role, Role::Replica);
@@ -411,9 +364,7 @@ fn reinstall_gets_a_new_id_and_keeps_history_linked() {
 fn register_into_unknown_group_writes_nothing() {
     let (_d, mut s) = store();
     let before = table_counts(&s);
-    let err = s
-        .register_agent(&reg("i-1"), "a", "t", 5000, 15000, 1)
-        .unwrap_err();
+    let err = register(&mut s, "i-1", "a", 1).unwrap_err();
     assert!(matches!(err, StoreError::NotFound { what: "group", .. }));
     assert_eq!(table_counts(&s), before);
 }
@@ -422,21 +373,16 @@ fn register_into_unknown_group_writes_nothing() {
 fn events_apply_once_and_close_their_command() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    s.queue_launch(
-        "launch-1",
-        "g",
-        Some("a-p"),
-        &spot_common::Pool {
-            instance_type: "m5.large".into(),
-            availability_zone: "us-east-1b".into(),
-            subnet_id: None,
-        },
-        false,
-        &Actor::Operator,
-        5,
-    )
+    let pool = spot_common::Pool {
+        instance_type: "m5.large".into(),
+        availability_zone: "us-east-1b".into(),
+        subnet_id: None,
+    };
+    tx(&mut s, 5, |t| {
+        t.queue_launch("launch-1", "g", Some("a-p"), &pool, false)
+    })
     .unwrap();
-    let cmd = s.take_commands("a-p", 5, 30_000, 10).unwrap().remove(0);
+    let cmd = take(&mut s, "a-p", 5, 30_000).remove(0);
     let ev = |seq: i64, body: EventBody| Event {
         event_id: format!("a-p:{seq}"),
         seq,
@@ -464,17 +410,17 @@ fn events_apply_once_and_close_their_command() {
             },
         ),
     ];
-    let r = s.apply_events("a-p", &batch, 7).unwrap();
+    let r = tx(&mut s, 7, |t| t.apply_events("a-p", &batch)).unwrap();
     assert_eq!((r.applied, r.duplicates), (2, 0));
     let before = table_counts(&s);
-    let r = s.apply_events("a-p", &batch, 8).unwrap();
+    let r = tx(&mut s, 8, |t| t.apply_events("a-p", &batch)).unwrap();
     assert_eq!((r.applied, r.duplicates), (0, 2));
     assert_eq!(r.acked.len(), 2);
     assert_eq!(table_counts(&s), before);
-    let done = s.list_commands(Some("a-p")).unwrap();
+    let done = s.commands(Some("a-p")).unwrap();
     assert!(
         done.iter()
-            .any(|c| c.command.request_id == "launch-1" && c.state == "done")
+            .any(|c| c.command.request_id == "launch-1" && c.state == CommandState::Done)
     );
     // An event id that is not the agent's own is refused as a whole.
     let foreign = vec![ev(
@@ -487,7 +433,7 @@ fn events_apply_once_and_close_their_command() {
     let mut foreign = foreign;
     foreign[0].event_id = "a-r1:3".into();
     assert!(matches!(
-        s.apply_events("a-p", &foreign, 9),
+        tx(&mut s, 9, |t| t.apply_events("a-p", &foreign)),
         Err(StoreError::Invalid(_))
     ));
 }
@@ -496,8 +442,7 @@ fn events_apply_once_and_close_their_command() {
 fn commands_come_highest_priority_first_and_are_redelivered_after_silence() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    s.take_commands("a-p", 5, 30_000, 10).unwrap();
-    let tx = s.conn.transaction().unwrap();
+    take(&mut s, "a-p", 5, 30_000);
     for (rid, prio) in [("low", 10), ("high", 100)] {
         let c = Command {
             request_id: rid.into(),
@@ -507,20 +452,18 @@ fn commands_come_highest_priority_first_and_are_redelivered_after_silence() {
             epoch: 1,
             deadline_ms: 10_000,
         };
-        queue_command_tx(&tx, "a-r1", &c, 10).unwrap();
+        queue(&mut s, "a-r1", 10, &c);
     }
-    tx.commit().unwrap();
-    let got = s.take_commands("a-r1", 20, 1000, 10).unwrap();
+    let got = take(&mut s, "a-r1", 20, 1000);
     assert_eq!(
         got.iter()
             .map(|c| c.request_id.as_str())
             .collect::<Vec<_>>(),
         ["high", "low"]
     );
-    assert!(s.take_commands("a-r1", 500, 1000, 10).unwrap().is_empty());
-    assert_eq!(s.take_commands("a-r1", 1020, 1000, 10).unwrap().len(), 2);
+    assert!(take(&mut s, "a-r1", 500, 1000).is_empty());
+    assert_eq!(take(&mut s, "a-r1", 1020, 1000).len(), 2);
     // A queued command past its deadline is expired, never handed out.
-    let tx = s.conn.transaction().unwrap();
     let late = Command {
         request_id: "late".into(),
         group: "g".into(),
@@ -529,20 +472,18 @@ fn commands_come_highest_priority_first_and_are_redelivered_after_silence() {
         epoch: 1,
         deadline_ms: 100,
     };
-    queue_command_tx(&tx, "a-r2", &late, 50).unwrap();
-    tx.commit().unwrap();
+    queue(&mut s, "a-r2", 50, &late);
     assert!(
-        s.take_commands("a-r2", 200, 30_000, 10)
-            .unwrap()
+        take(&mut s, "a-r2", 200, 30_000)
             .iter()
             .all(|c| c.request_id != "late")
     );
-    let states = s.list_commands(Some("a-r2")).unwrap();
+    let states = s.commands(Some("a-r2")).unwrap();
     let late = states
         .iter()
         .find(|c| c.command.request_id == "late")
         .unwrap();
-    assert_eq!(late.state, "expired");
+    assert_eq!(late.state, CommandState::Expired);
 }
 
 #[test]
@@ -550,15 +491,23 @@ fn offline_is_a_status_not_a_termination() {
     let (_d, mut s) = store();
     live_group(&mut s);
     assert!(
-        s.set_agent_status("a-r1", AgentStatus::Online, AgentStatus::Offline, 5)
-            .unwrap()
+        tx(&mut s, 5, |t| t.set_agent_status(
+            "a-r1",
+            AgentStatus::Online,
+            AgentStatus::Offline
+        ))
+        .unwrap()
     );
-    assert_eq!(s.get_agent("a-r1").unwrap().status, AgentStatus::Offline);
-    assert_eq!(s.get_instance("i-r1").unwrap().role, Role::Replica);
+    assert_eq!(s.agent("a-r1").unwrap().status, AgentStatus::Offline);
+    assert_eq!(s.instance("i-r1").unwrap().role, Role::Replica);
     // A stale transition (from the wrong status) does nothing.
     assert!(
-        !s.set_agent_status("a-r1", AgentStatus::Online, AgentStatus::Offline, 6)
-            .unwrap()
+        !tx(&mut s, 6, |t| t.set_agent_status(
+            "a-r1",
+            AgentStatus::Online,
+            AgentStatus::Offline
+        ))
+        .unwrap()
     );
 }
 
@@ -566,9 +515,7 @@ fn offline_is_a_status_not_a_termination() {
 fn deleted_agent_keeps_history_and_gets_a_cleanup_command() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    let v = s
-        .delete_agent(None, "a-r2", &Actor::Operator, 5, "cleanup-a-r2")
-        .unwrap();
+    let v = op(&mut s, "delete_agent", None, 5, |t| t.delete_agent("a-r2")).unwrap();
     assert_eq!(v.status, AgentStatus::Deleted);
     assert!(
         s.active_agents()
@@ -576,10 +523,10 @@ fn deleted_agent_keeps_history_and_gets_a_cleanup_command() {
             .iter()
             .any(|a| a.agent_id == "a-r2")
     );
-    let cmds = s.take_commands("a-r2", 6, 30_000, 10).unwrap();
+    let cmds = take(&mut s, "a-r2", 6, 30_000);
     assert_eq!(cmds[0].action, CommandKind::Cleanup);
     assert!(matches!(
-        s.delete_agent(None, "a-r2", &Actor::Operator, 7, "cleanup-a-r2"),
+        op(&mut s, "delete_agent", None, 7, |t| t.delete_agent("a-r2")),
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -588,11 +535,11 @@ fn deleted_agent_keeps_history_and_gets_a_cleanup_command() {
 fn gone_and_retired_instances_keep_their_history() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    s.mark_gone("i-r2", "test", &Actor::System, 10).unwrap();
-    assert_eq!(s.get_instance("i-r2").unwrap().role, Role::Terminated);
-    let rid = s.retire("g", "i-r1", "a-p", &Actor::Operator, 11).unwrap();
-    assert_eq!(s.get_instance("i-r1").unwrap().role, Role::Terminated);
-    let cmds = s.take_commands("a-p", 12, 30_000, 10).unwrap();
+    tx(&mut s, 10, |t| t.mark_gone("i-r2", "test")).unwrap();
+    assert_eq!(s.instance("i-r2").unwrap().role, Role::Terminated);
+    let rid = tx(&mut s, 11, |t| t.retire("g", "i-r1", "a-p")).unwrap();
+    assert_eq!(s.instance("i-r1").unwrap().role, Role::Terminated);
+    let cmds = take(&mut s, "a-p", 12, 30_000);
     assert!(cmds.iter().any(|c| c.request_id == rid));
     let trail = s
         .audit_log(&AuditQuery {
@@ -602,7 +549,7 @@ fn gone_and_retired_instances_keep_their_history() {
         .unwrap();
     assert!(trail.iter().any(|e| e.action == "instance_gone"));
     // A terminated instance can never come back.
-    assert!(s.mark_gone("i-r2", "again", &Actor::System, 13).is_err());
+    assert!(tx(&mut s, 13, |t| t.mark_gone("i-r2", "again")).is_err());
 }
 
 #[test]
@@ -614,41 +561,35 @@ fn switch_is_recorded_with_its_downtime() {
         availability_zone: "us-east-1a".into(),
         subnet_id: None,
     };
-    let sw = s
-        .request_switch(Some("sw-1"), "g", &pool, &Actor::Operator, 10)
-        .unwrap();
-    assert_eq!(sw.state, "launching");
+    let sw = op(&mut s, "switch", Some("sw-1"), 10, |t| {
+        t.request_switch("g", &pool)
+    })
+    .unwrap();
+    assert_eq!(sw.state, SwitchState::Launching);
     assert!(matches!(
-        s.request_switch(None, "g", &pool, &Actor::Operator, 11),
+        op(&mut s, "switch", None, 11, |t| t.request_switch("g", &pool)),
         Err(StoreError::InProgress(_))
     ));
-    s.begin_replace(
-        None,
-        "g",
-        "i-r1",
-        1,
-        false,
-        false,
-        None,
-        "switch",
-        Some(sw.id),
-        &Actor::System,
-        12,
-    )
+    tx(&mut s, 12, |t| {
+        t.begin_replace(&ReplaceRequest {
+            switch_id: Some(sw.id),
+            ..replace("i-r1", 1)
+        })
+    })
     .unwrap();
-    s.take_commands("a-p", 13, 30_000, 10).unwrap(); // demote delivered at 13
-    s.grant("g", 2, &Actor::System, 14).unwrap();
+    take(&mut s, "a-p", 13, 30_000); // demote delivered at 13
+    tx(&mut s, 14, |t| t.grant("g", 2)).unwrap();
     confirm(&mut s, "a-r1", "i-r1", 2, 1); // finished at 5 in this test's clock
-    s.commit_promotion("g", 2, &Actor::System, 15).unwrap();
-    let done = s.list_switches("g").unwrap().remove(0);
-    assert_eq!(done.state, "done");
+    tx(&mut s, 15, |t| t.commit_promotion("g", 2)).unwrap();
+    let done = s.switches("g").unwrap().remove(0);
+    assert_eq!(done.state, SwitchState::Done);
     assert_eq!(done.to_instance.as_deref(), Some("i-r1"));
     assert_eq!(done.demote_started_ms, Some(13));
     assert!(done.downtime_ms.is_some());
 }
 
-fn point(az: &str, ts: i64, price: &str) -> spot_common::wire::PricePoint {
-    spot_common::wire::PricePoint {
+fn point(az: &str, ts: i64, price: &str) -> spot_common::PricePoint {
+    spot_common::PricePoint {
         instance_type: "m5.large".into(),
         availability_zone: az.into(),
         product_description: "Linux/UNIX".into(),
@@ -672,19 +613,21 @@ fn zombie_reports_are_refused_and_bad_points_write_nothing() {
     live_group(&mut s);
     let h = 3_600_000;
     assert_eq!(
-        s.ingest_prices("a-p", &[point("a", 10 * h, "0.1")], 100 * h)
-            .unwrap(),
+        tx(&mut s, 100 * h, |t| t
+            .ingest_prices("a-p", &[point("a", 10 * h, "0.1")]))
+        .unwrap(),
         (1, 0)
     );
     assert_eq!(
-        s.ingest_prices("a-p", &[point("a", 10 * h, "0.1")], 100 * h)
-            .unwrap(),
+        tx(&mut s, 100 * h, |t| t
+            .ingest_prices("a-p", &[point("a", 10 * h, "0.1")]))
+        .unwrap(),
         (0, 1)
     );
     let before = table_counts(&s);
     let bad = [point("a", 11 * h, "0.2"), point("a", 12 * h, "cheap")];
     assert!(matches!(
-        s.ingest_prices("a-p", &bad, 100 * h),
+        tx(&mut s, 100 * h, |t| t.ingest_prices("a-p", &bad)),
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(
@@ -692,23 +635,17 @@ fn zombie_reports_are_refused_and_bad_points_write_nothing() {
         before,
         "the good point of a bad batch is not half-written"
     );
-    s.begin_replace(
-        None,
-        "g",
-        "i-r1",
-        1,
-        false,
-        true,
-        None,
-        "t",
-        None,
-        &Actor::System,
-        5,
-    )
+    tx(&mut s, 5, |t| {
+        t.begin_replace(&ReplaceRequest {
+            old_fenced: true,
+            ..replace("i-r1", 1)
+        })
+    })
     .unwrap();
-    assert_eq!(s.get_instance("i-p").unwrap().role, Role::Zombie);
+    assert_eq!(s.instance("i-p").unwrap().role, Role::Zombie);
     assert!(matches!(
-        s.ingest_prices("a-p", &[point("a", 13 * h, "0.3")], 100 * h),
+        tx(&mut s, 100 * h, |t| t
+            .ingest_prices("a-p", &[point("a", 13 * h, "0.3")])),
         Err(StoreError::NotIngested(_))
     ));
 }
@@ -719,26 +656,27 @@ fn late_data_reconsolidates_only_the_hours_it_touches() {
     live_group(&mut s);
     let h = 3_600_000;
     let now = 200 * h;
-    s.ingest_prices(
-        "a-p",
-        &[
-            point("a", 100 * h, "0.100000"),
-            point("a", 104 * h, "0.200000"),
-        ],
-        now,
-    )
-    .unwrap();
-    let r1 = s.consolidate(&CONS, now).unwrap();
+    let pts = [
+        point("a", 100 * h, "0.100000"),
+        point("a", 104 * h, "0.200000"),
+    ];
+    tx(&mut s, now, |t| t.ingest_prices("a-p", &pts)).unwrap();
+    let r1 = tx(&mut s, now, |t| t.consolidate(&CONS)).unwrap();
     assert_eq!(r1.pools, 1);
-    let key: super::PoolKey = ("m5.large".into(), "a".into(), "Linux/UNIX".into());
+    let key = SeriesKey {
+        pool: PoolKey::new("m5.large", "a"),
+        product: "Linux/UNIX".into(),
+    };
     let first = s.hourly_prices(&key, 0, now).unwrap();
     // Idempotent.
-    assert_eq!(s.consolidate(&CONS, now).unwrap().pools, 0);
+    assert_eq!(tx(&mut s, now, |t| t.consolidate(&CONS)).unwrap().pools, 0);
     assert_eq!(s.hourly_prices(&key, 0, now).unwrap(), first);
     // A late point at 102h changes hours 102 and 103 only.
-    s.ingest_prices("a-r1", &[point("a", 102 * h, "0.150000")], now + 1)
-        .unwrap();
-    s.consolidate(&CONS, now + 1).unwrap();
+    tx(&mut s, now + 1, |t| {
+        t.ingest_prices("a-r1", &[point("a", 102 * h, "0.150000")])
+    })
+    .unwrap();
+    tx(&mut s, now + 1, |t| t.consolidate(&CONS)).unwrap();
     let second = s.hourly_prices(&key, 0, now).unwrap();
     let changed: Vec<i64> = first
         .iter()
@@ -764,8 +702,10 @@ fn a_launched_instance_is_launching_until_it_registers_or_fails() {
         availability_zone: "us-east-1b".into(),
         subnet_id: None,
     };
-    s.queue_launch("l-1", "g", Some("a-p"), &pool, true, &Actor::System, 10)
-        .unwrap();
+    tx(&mut s, 10, |t| {
+        t.queue_launch("l-1", "g", Some("a-p"), &pool, true)
+    })
+    .unwrap();
     let ev = Event {
         event_id: "a-p:50".into(),
         seq: 50,
@@ -778,8 +718,8 @@ fn a_launched_instance_is_launching_until_it_registers_or_fails() {
             error_code: None,
         },
     };
-    s.apply_events("a-p", &[ev], 12).unwrap();
-    let i = s.get_instance("i-new").unwrap();
+    tx(&mut s, 12, |t| t.apply_events("a-p", &[ev])).unwrap();
+    let i = s.instance("i-new").unwrap();
     assert_eq!(
         (i.role, i.instance_type.as_str(), i.agent_id),
         (Role::Launching, "c5.large", None)
@@ -793,6 +733,6 @@ fn a_launched_instance_is_launching_until_it_registers_or_fails() {
             .iter()
             .any(|i| i.instance_id == "i-new" && i.launch_overdue)
     );
-    s.launch_failed("i-new", &Actor::System, 400_000).unwrap();
-    assert_eq!(s.get_instance("i-new").unwrap().role, Role::Failed);
+    tx(&mut s, 400_000, |t| t.launch_failed("i-new")).unwrap();
+    assert_eq!(s.instance("i-new").unwrap().role, Role::Failed);
 }

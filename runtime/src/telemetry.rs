@@ -1,4 +1,5 @@
-//! Logging: `RUST_LOG`-style filter (default `info`), text or JSON.
+//! Logging: `RUST_LOG`-style filter (default `info`), text or JSON lines,
+//! on stderr (journald picks it up under systemd).
 
 use tracing_subscriber::EnvFilter;
 

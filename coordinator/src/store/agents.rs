@@ -1,0 +1,307 @@
+//! Agents: registration (a new `agent_id` every time, invariant 4),
+//! heartbeat data, ONLINE/OFFLINE, deletion.
+
+use super::rows::{self, AGENT_COLS};
+use super::{Read, Result, StoreError, Txn, parse_enum, to_i64, to_u64};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use spot_common::wire::{AgentView, PricingHint, RegisterRequest, RegisterResponse};
+use spot_common::{AgentStatus, Command, CommandKind, GroupConfig, Role, RoleEvent};
+
+/// Agent data batched from heartbeats.
+#[derive(Debug, Clone)]
+pub struct HeartbeatRecord {
+    pub agent_id: String,
+    pub at_ms: i64,
+    pub reported_role: Option<Role>,
+    pub highest_epoch: u64,
+    pub healthy: bool,
+    pub backlog: u64,
+}
+
+/// What the in-memory liveness table starts from.
+#[derive(Debug, Clone)]
+pub struct AgentAuth {
+    pub agent_id: String,
+    pub token_hash: String,
+    pub status: AgentStatus,
+}
+
+/// A registration and the earlier agents of the same instance it replaced
+/// (their tokens die now).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    pub response: RegisterResponse,
+    pub replaced: Vec<String>,
+}
+
+impl Txn<'_> {
+    /// Register a new agent. Earlier agents of the same instance become
+    /// `replaced` and point at the new one, so their history stays linked.
+    pub fn register_agent(
+        &mut self,
+        req: &RegisterRequest,
+        agent_id: &str,
+        token: &str,
+        heartbeat_interval_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Registered> {
+        self.group(&req.group)?;
+        self.tx.execute(
+            "INSERT INTO agents (agent_id, token_hash, instance_id, group_name, instance_type,
+                 availability_zone, region, lifecycle, agent_version, status, registered_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'online', ?10)",
+            params![
+                agent_id,
+                spot_common::token_hash(token),
+                req.instance_id,
+                req.group,
+                req.instance_type,
+                req.availability_zone,
+                req.region,
+                req.lifecycle,
+                req.agent_version,
+                self.now_ms()
+            ],
+        )?;
+        let previous: Vec<String> = self
+            .tx
+            .prepare(
+                "SELECT agent_id FROM agents WHERE instance_id = ?1 AND agent_id != ?2
+                 AND status IN ('online', 'offline')",
+            )?
+            .query_map(params![req.instance_id, agent_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for old in &previous {
+            self.tx.execute(
+                "UPDATE agents SET status = 'replaced', replaced_by = ?1 WHERE agent_id = ?2",
+                params![agent_id, old],
+            )?;
+            self.audit(
+                &format!("agent:{old}"),
+                "replaced",
+                json!({"status": "online_or_offline"}),
+                json!({"status": "replaced", "replaced_by": agent_id}),
+            )?;
+        }
+        match rows::find_instance(&self.tx, &req.instance_id)? {
+            Some(inst) if inst.group != req.group => {
+                return Err(StoreError::Invalid(format!(
+                    "instance {} belongs to group {}, not {}",
+                    inst.instance_id, inst.group, req.group
+                )));
+            }
+            Some(inst) if inst.role == Role::Terminated => {
+                return Err(StoreError::Invalid(format!(
+                    "instance {} is terminated",
+                    inst.instance_id
+                )));
+            }
+            Some(inst) => {
+                self.tx.execute(
+                    "UPDATE instances SET agent_id = ?1, version = version + 1, updated_at_ms = ?2
+                     WHERE instance_id = ?3",
+                    params![agent_id, self.now_ms(), inst.instance_id],
+                )?;
+            }
+            None => {
+                self.tx.execute(
+                    "INSERT INTO instances (instance_id, group_name, role, agent_id, instance_type,
+                         availability_zone, created_at_ms, updated_at_ms)
+                     VALUES (?1, ?2, 'launching', ?3, ?4, ?5, ?6, ?6)",
+                    params![
+                        req.instance_id,
+                        req.group,
+                        agent_id,
+                        req.instance_type,
+                        req.availability_zone,
+                        self.now_ms()
+                    ],
+                )?;
+            }
+        }
+        let after = self.agent(agent_id)?;
+        self.audit(
+            &format!("agent:{agent_id}"),
+            "register",
+            Value::Null,
+            serde_json::to_value(&after)?,
+        )?;
+        Ok(Registered {
+            response: RegisterResponse {
+                agent_id: agent_id.to_owned(),
+                token: token.to_owned(),
+                heartbeat_interval_ms,
+                lease_ms,
+                api_version: spot_common::wire::API_VERSION,
+            },
+            replaced: previous,
+        })
+    }
+
+    /// Persist a batch of heartbeats.
+    pub fn flush_heartbeats(&mut self, batch: &[HeartbeatRecord]) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE agents SET last_heartbeat_ms = ?1, reported_role = ?2, highest_epoch = ?3,
+                 healthy = ?4, backlog = ?5 WHERE agent_id = ?6",
+        )?;
+        for h in batch {
+            stmt.execute(params![
+                h.at_ms,
+                h.reported_role.map(Role::as_str),
+                to_i64(h.highest_epoch),
+                h.healthy,
+                to_i64(h.backlog),
+                h.agent_id
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// ONLINE <-> OFFLINE, audited. Returns false when the agent was not in
+    /// `from` (already changed, replaced or deleted).
+    pub fn set_agent_status(
+        &mut self,
+        agent_id: &str,
+        from: AgentStatus,
+        to: AgentStatus,
+    ) -> Result<bool> {
+        let n = self.tx.execute(
+            "UPDATE agents SET status = ?1 WHERE agent_id = ?2 AND status = ?3",
+            params![to.as_str(), agent_id, from.as_str()],
+        )?;
+        if n == 1 {
+            self.audit(
+                &format!("agent:{agent_id}"),
+                "status",
+                json!({"status": from}),
+                json!({"status": to}),
+            )?;
+        }
+        Ok(n == 1)
+    }
+
+    /// The agent reported healthy: a LAUNCHING instance becomes REPLICA.
+    /// Returns the instance's role and the group's epoch.
+    pub fn agent_healthy(&mut self, agent_id: &str) -> Result<(Role, u64)> {
+        let agent = self.agent(agent_id)?;
+        let inst = self.instance(&agent.instance_id)?;
+        let group = self.group(&inst.group)?;
+        let role = if inst.role == Role::Launching {
+            self.role_event(&inst.instance_id, RoleEvent::RegisteredHealthy)?
+        } else {
+            inst.role
+        };
+        self.tx.execute(
+            "UPDATE agents SET healthy = 1 WHERE agent_id = ?1",
+            [agent_id],
+        )?;
+        Ok((role, group.epoch))
+    }
+
+    /// Operator deletes an agent: it stops being able to authenticate, a
+    /// `cleanup` command is queued for it, its history stays linked.
+    pub fn delete_agent(&mut self, agent_id: &str) -> Result<AgentView> {
+        let before = self.agent(agent_id)?;
+        if before.status == AgentStatus::Deleted {
+            return Err(StoreError::NotFound {
+                what: "agent",
+                id: agent_id.to_owned(),
+            });
+        }
+        self.tx.execute(
+            "UPDATE agents SET status = 'deleted' WHERE agent_id = ?1",
+            [agent_id],
+        )?;
+        let cmd = Command {
+            request_id: spot_common::ids::cleanup(agent_id),
+            group: before.group.clone(),
+            action: CommandKind::Cleanup,
+            priority: spot_common::PRIORITY_NORMAL,
+            epoch: 0,
+            deadline_ms: self.now_ms() + 24 * 3600 * 1000,
+        };
+        self.queue(agent_id, &cmd, None)?;
+        let after = self.agent(agent_id)?;
+        self.audit(
+            &format!("agent:{agent_id}"),
+            "delete",
+            serde_json::to_value(&before)?,
+            serde_json::to_value(&after)?,
+        )?;
+        Ok(after)
+    }
+}
+
+/// Agents whose tokens are still valid, for the auth cache: live ones,
+/// and deleted ones until they have fetched and finished their cleanup.
+pub fn active(conn: &Connection) -> Result<Vec<AgentAuth>> {
+    let mut stmt = conn.prepare(
+        "SELECT agent_id, token_hash, status FROM agents WHERE status IN ('online', 'offline')
+         OR (status = 'deleted' AND EXISTS (SELECT 1 FROM commands c
+             WHERE c.agent_id = agents.agent_id AND c.kind = 'cleanup'
+             AND c.state IN ('queued', 'delivered')))",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(AgentAuth {
+                agent_id: r.get(0)?,
+                token_hash: r.get(1)?,
+                status: parse_enum(2, r.get(2)?)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+pub fn list(conn: &Connection, group: Option<&str>) -> Result<Vec<AgentView>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {AGENT_COLS} FROM agents WHERE ?1 IS NULL OR group_name = ?1
+         ORDER BY registered_at_ms, agent_id"
+    ))?;
+    let rows = stmt
+        .query_map([group], rows::agent_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Role and epoch as the coordinator records them, and what to capture
+/// prices for, for the heartbeat answer.
+pub fn role_of(conn: &Connection, agent_id: &str) -> Result<(Role, u64, Option<PricingHint>)> {
+    let (role, epoch, config): (Role, u64, String) = conn.query_row(
+        "SELECT i.role, g.epoch, g.config FROM agents a
+         JOIN instances i ON i.instance_id = a.instance_id
+         JOIN groups g ON g.name = i.group_name
+         WHERE a.agent_id = ?1",
+        [agent_id],
+        |r| Ok((parse_enum(0, r.get(0)?)?, to_u64(r.get(1)?), r.get(2)?)),
+    )?;
+    let config: GroupConfig = serde_json::from_str(&config)?;
+    // A ZOMBIE stops reporting (its reports are not ingested either).
+    let hint = (matches!(role, Role::Primary | Role::Replica) && !config.pools.is_empty())
+        .then(|| pricing_hint(&config));
+    Ok((role, epoch, hint))
+}
+
+fn pricing_hint(config: &GroupConfig) -> PricingHint {
+    let mut types: Vec<String> = config
+        .pools
+        .iter()
+        .map(|p| p.instance_type.clone())
+        .collect();
+    let mut zones: Vec<String> = config
+        .pools
+        .iter()
+        .map(|p| p.availability_zone.clone())
+        .collect();
+    types.sort();
+    types.dedup();
+    zones.sort();
+    zones.dedup();
+    PricingHint {
+        instance_types: types,
+        availability_zones: zones,
+        product_description: config.product_description.clone(),
+    }
+}

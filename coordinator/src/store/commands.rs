@@ -1,0 +1,218 @@
+//! The command queue: queued per agent, handed out highest priority
+//! first, redelivered after silence, closed by the agent's result event.
+
+use super::{Read, Result, StoreError, Txn, parse_enum, to_i64};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+use spot_common::wire::{CommandView, QueuedCommand};
+use spot_common::{AgentStatus, Command, CommandKind, Pool};
+
+impl Txn<'_> {
+    /// Queue `cmd` for `agent_id`. `subject` is the instance the command
+    /// is about (the promoted, demoted or terminated one).
+    pub(super) fn queue(
+        &mut self,
+        agent_id: &str,
+        cmd: &Command,
+        subject: Option<&str>,
+    ) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO commands (request_id, agent_id, group_name, kind, body, priority, epoch,
+                                   deadline_ms, state, created_at_ms, subject)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
+            params![
+                cmd.request_id,
+                agent_id,
+                cmd.group,
+                cmd.action.name(),
+                serde_json::to_string(cmd)?,
+                cmd.priority,
+                to_i64(cmd.epoch),
+                cmd.deadline_ms,
+                self.now_ms(),
+                subject
+            ],
+        )?;
+        self.wake(agent_id);
+        Ok(())
+    }
+
+    /// Queue `cmd` unless a command with its request id exists (a derived
+    /// id queued again, e.g. the old PRIMARY's demote at T1 and at T2).
+    pub(super) fn queue_once(
+        &mut self,
+        agent_id: &str,
+        cmd: &Command,
+        subject: Option<&str>,
+    ) -> Result<()> {
+        if !command_exists(&self.tx, &cmd.request_id)? {
+            self.queue(agent_id, cmd, subject)?;
+        }
+        Ok(())
+    }
+
+    /// Hand the agent its queued commands, highest priority first, and
+    /// mark them delivered. A delivered command without a result is handed
+    /// out again after `redeliver_after_ms` (the agent dedups by
+    /// `request_id`, so a lost answer never runs a command twice). Commands
+    /// past their deadline are marked expired instead.
+    pub fn take_commands(
+        &mut self,
+        agent_id: &str,
+        redeliver_after_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Command>> {
+        let now_ms = self.now_ms();
+        self.tx.execute(
+            "UPDATE commands SET state = 'expired', finished_at_ms = ?2
+             WHERE agent_id = ?1 AND state = 'queued' AND deadline_ms < ?2",
+            params![agent_id, now_ms],
+        )?;
+        let rows: Vec<(String, String)> = self
+            .tx
+            .prepare(
+                "SELECT request_id, body FROM commands WHERE agent_id = ?1 AND
+                    (state = 'queued' OR (state = 'delivered' AND delivered_at_ms <= ?2))
+                 ORDER BY priority DESC, created_at_ms, request_id LIMIT ?3",
+            )?
+            .query_map(params![agent_id, now_ms - redeliver_after_ms, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (rid, body) in rows {
+            self.tx.execute(
+                "UPDATE commands SET state = 'delivered', delivered_at_ms = ?1 WHERE request_id = ?2",
+                params![now_ms, rid],
+            )?;
+            out.push(serde_json::from_str(&body)?);
+        }
+        Ok(out)
+    }
+
+    /// Queue a launch into `pool` for the group, made by `agent_id` or by
+    /// the PRIMARY's agent, else the most recently seen online agent.
+    pub fn queue_launch(
+        &mut self,
+        request_id: &str,
+        group: &str,
+        agent_id: Option<&str>,
+        pool: &Pool,
+        emergency: bool,
+    ) -> Result<QueuedCommand> {
+        let g = self.group(group)?;
+        let agent = match agent_id {
+            Some(a) => {
+                let v = self.agent(a)?;
+                if v.group != group
+                    || !matches!(v.status, AgentStatus::Online | AgentStatus::Offline)
+                {
+                    return Err(StoreError::Invalid(format!(
+                        "agent {a} is not a live agent of group {group}"
+                    )));
+                }
+                a.to_owned()
+            }
+            None => self
+                .tx
+                .query_row(
+                    "SELECT a.agent_id FROM agents a
+                     LEFT JOIN instances i ON i.agent_id = a.agent_id
+                     WHERE a.group_name = ?1 AND a.status = 'online'
+                     ORDER BY (i.role = 'primary') DESC, a.last_heartbeat_ms DESC NULLS LAST
+                     LIMIT 1",
+                    [group],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!("group {group} has no online agent to launch with"))
+                })?,
+        };
+        let cmd = Command {
+            request_id: request_id.to_owned(),
+            group: group.to_owned(),
+            action: CommandKind::Launch {
+                pool: pool.clone(),
+                launch_template_id: g.config.launch_template_id.clone(),
+                emergency,
+            },
+            priority: if emergency {
+                spot_common::PRIORITY_EMERGENCY
+            } else {
+                spot_common::PRIORITY_NORMAL
+            },
+            epoch: g.epoch,
+            deadline_ms: self.now_ms() + 120_000,
+        };
+        self.queue(&agent, &cmd, None)?;
+        self.audit(
+            &format!("group:{group}"),
+            "launch",
+            Value::Null,
+            json!({"agent_id": agent, "pool": pool, "emergency": emergency}),
+        )?;
+        Ok(QueuedCommand {
+            agent_id: agent,
+            command: cmd,
+        })
+    }
+}
+
+pub fn command_exists(conn: &Connection, request_id: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM commands WHERE request_id = ?1)",
+        [request_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// Whether the agent has anything to fetch (cheap, on the read side).
+pub fn has_pending(
+    conn: &Connection,
+    agent_id: &str,
+    now_ms: i64,
+    redeliver_after_ms: i64,
+) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM commands WHERE agent_id = ?1 AND
+            (state = 'queued' OR (state = 'delivered' AND delivered_at_ms <= ?2)))",
+        params![agent_id, now_ms - redeliver_after_ms],
+        |r| r.get(0),
+    )?)
+}
+
+pub fn list(conn: &Connection, agent_id: Option<&str>) -> Result<Vec<CommandView>> {
+    let mut stmt = conn.prepare(
+        "SELECT body, agent_id, state, created_at_ms, result FROM commands
+         WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY created_at_ms, request_id",
+    )?;
+    let rows: Vec<(String, String, String, i64, Option<String>)> = stmt
+        .query_map([agent_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.into_iter()
+        .map(|(body, agent_id, state, created_at_ms, result)| {
+            Ok(CommandView {
+                command: serde_json::from_str(&body)?,
+                agent_id,
+                state: parse_enum(2, state)?,
+                created_at_ms,
+                result: result.map(|r| serde_json::from_str(&r)).transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// The final state of a command, once it has one.
+pub fn state(conn: &Connection, request_id: &str) -> Result<Option<spot_common::CommandState>> {
+    let s: Option<String> = conn
+        .query_row(
+            "SELECT state FROM commands WHERE request_id = ?1",
+            [request_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(s.map(|s| parse_enum(0, s)).transpose()?)
+}

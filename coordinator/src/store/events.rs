@@ -1,0 +1,129 @@
+//! Agent events: applied exactly once (the event id is the dedup key),
+//! each with its effect in the same transaction; and the notices they
+//! carry.
+
+use super::{Read, Result, StoreError, Txn, parse_enum};
+use rusqlite::{Connection, params};
+use spot_common::wire::{EventsResponse, NoticeView};
+use spot_common::{CommandOutcome, Event, EventBody};
+
+impl Txn<'_> {
+    /// Apply a batch of events exactly once: an event id seen before is
+    /// acknowledged again and changes nothing.
+    pub fn apply_events(&mut self, agent_id: &str, events: &[Event]) -> Result<EventsResponse> {
+        let prefix = format!("{agent_id}:");
+        if let Some(bad) = events.iter().find(|e| !e.event_id.starts_with(&prefix)) {
+            return Err(StoreError::Invalid(format!(
+                "event id {:?} must start with {prefix:?}",
+                bad.event_id
+            )));
+        }
+        let agent = self.agent(agent_id)?;
+        let mut resp = EventsResponse {
+            acked: Vec::with_capacity(events.len()),
+            applied: 0,
+            duplicates: 0,
+        };
+        for e in events {
+            let inserted = self.tx.execute(
+                "INSERT OR IGNORE INTO events (event_id, agent_id, seq, kind, body, at_ms, received_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    e.event_id,
+                    agent_id,
+                    e.seq,
+                    e.body.kind(),
+                    serde_json::to_string(&e.body)?,
+                    e.at_ms,
+                    self.now_ms()
+                ],
+            )?;
+            resp.acked.push(e.event_id.clone());
+            if inserted == 0 {
+                resp.duplicates += 1;
+                continue;
+            }
+            resp.applied += 1;
+            match &e.body {
+                EventBody::CommandResult {
+                    request_id,
+                    outcome,
+                    instance_id,
+                    ..
+                } => {
+                    self.tx.execute(
+                        "UPDATE commands SET state = ?1, finished_at_ms = ?2, result = ?3
+                         WHERE request_id = ?4 AND agent_id = ?5 AND state IN ('queued', 'delivered')",
+                        params![
+                            outcome.as_str(),
+                            self.now_ms(),
+                            serde_json::to_string(&e.body)?,
+                            request_id,
+                            agent_id
+                        ],
+                    )?;
+                    if let (CommandOutcome::Done, Some(new_id)) = (outcome, instance_id) {
+                        self.insert_launched(new_id, request_id)?;
+                    }
+                }
+                EventBody::Notice {
+                    notice,
+                    effective_at_ms,
+                    ..
+                } => {
+                    self.tx.execute(
+                        "INSERT INTO notices (event_id, agent_id, instance_id, group_name, kind,
+                             effective_at_ms, seen_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            e.event_id,
+                            agent_id,
+                            agent.instance_id,
+                            agent.group,
+                            notice.as_str(),
+                            effective_at_ms,
+                            e.at_ms
+                        ],
+                    )?;
+                }
+                EventBody::Health { healthy, .. } => {
+                    self.tx.execute(
+                        "UPDATE agents SET healthy = ?1 WHERE agent_id = ?2",
+                        params![healthy, agent_id],
+                    )?;
+                }
+                // Read back by the group snapshot (the old PRIMARY fenced).
+                EventBody::SelfDemoted { .. } => {}
+                // Price batches are delivered to the pricing endpoint.
+                EventBody::Prices { .. } => {}
+                EventBody::Ec2States { instances } => {
+                    for i in instances {
+                        self.set_ec2_state(&agent.group, &i.instance_id, &i.state)?;
+                    }
+                }
+            }
+        }
+        Ok(resp)
+    }
+}
+
+pub fn notices(conn: &Connection, group: Option<&str>) -> Result<Vec<NoticeView>> {
+    let mut stmt = conn.prepare(
+        "SELECT event_id, agent_id, instance_id, group_name, kind, effective_at_ms, seen_at_ms
+         FROM notices WHERE ?1 IS NULL OR group_name = ?1 ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([group], |r| {
+            Ok(NoticeView {
+                event_id: r.get(0)?,
+                agent_id: r.get(1)?,
+                instance_id: r.get(2)?,
+                group: r.get(3)?,
+                kind: parse_enum(4, r.get(4)?)?,
+                effective_at_ms: r.get(5)?,
+                seen_at_ms: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}

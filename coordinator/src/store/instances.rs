@@ -1,0 +1,120 @@
+//! Instances and their roles. `write_role` is the one writer of
+//! `instances.role`: every change is checked by the state machine
+//! (`spot_common::state::next`), written with an optimistic version and
+//! from-role check, and audited.
+
+use super::rows::{self, INSTANCE_COLS};
+use super::{Read, Result, StoreError, Txn};
+use rusqlite::{Connection, params};
+use serde_json::json;
+use spot_common::state::next;
+use spot_common::wire::InstanceView;
+use spot_common::{Command, CommandKind, Role, RoleEvent};
+
+impl Txn<'_> {
+    /// Apply `event` to `instance` and return its new role.
+    pub fn role_event(&mut self, instance: &str, event: RoleEvent) -> Result<Role> {
+        let inst = self.instance(instance)?;
+        let to = next(inst.role, event)?;
+        self.write_role(&inst, to, event)?;
+        Ok(to)
+    }
+
+    fn write_role(&mut self, inst: &InstanceView, to: Role, event: RoleEvent) -> Result<()> {
+        let n = self.tx.execute(
+            "UPDATE instances SET role = ?1, version = version + 1, updated_at_ms = ?2
+             WHERE instance_id = ?3 AND version = ?4 AND role = ?5",
+            params![
+                to.as_str(),
+                self.now_ms(),
+                inst.instance_id,
+                inst.version,
+                inst.role.as_str()
+            ],
+        )?;
+        if n != 1 {
+            return Err(StoreError::VersionConflict(format!(
+                "instance {} changed concurrently",
+                inst.instance_id
+            )));
+        }
+        self.audit(
+            &format!("instance:{}", inst.instance_id),
+            event.as_str(),
+            json!({"role": inst.role}),
+            json!({"role": to}),
+        )
+    }
+
+    /// EC2 says the instance is gone: TERMINATED, history kept.
+    pub fn mark_gone(&mut self, instance_id: &str, reason: &str) -> Result<()> {
+        self.role_event(instance_id, RoleEvent::InstanceGone)?;
+        self.audit(
+            &format!("instance:{instance_id}"),
+            "gone",
+            json!({}),
+            json!({"reason": reason}),
+        )
+    }
+
+    /// A launched instance never registered healthy in time: FAILED.
+    pub fn launch_failed(&mut self, instance_id: &str) -> Result<()> {
+        self.role_event(instance_id, RoleEvent::LaunchFailed)
+            .map(|_| ())
+    }
+
+    /// Retire a REPLICA (or ZOMBIE, FAILED): TERMINATED, and `terminate`
+    /// queued to `via_agent`. Returns the command's request id.
+    pub fn retire(&mut self, group: &str, instance_id: &str, via_agent: &str) -> Result<String> {
+        let g = self.group(group)?;
+        self.role_event(instance_id, RoleEvent::Retire)?;
+        let rid = spot_common::ids::terminate(instance_id);
+        let cmd = Command {
+            request_id: rid.clone(),
+            group: group.to_owned(),
+            action: CommandKind::Terminate {
+                instance_id: instance_id.to_owned(),
+            },
+            priority: spot_common::PRIORITY_NORMAL,
+            epoch: g.epoch,
+            deadline_ms: self.now_ms() + 600_000,
+        };
+        self.queue(via_agent, &cmd, Some(instance_id))?;
+        Ok(rid)
+    }
+
+    /// What an agent of the group saw in EC2.
+    pub fn set_ec2_state(&mut self, group: &str, instance_id: &str, state: &str) -> Result<()> {
+        self.tx.execute(
+            "UPDATE instances SET ec2_state = ?1 WHERE instance_id = ?2 AND group_name = ?3",
+            params![state, instance_id, group],
+        )?;
+        Ok(())
+    }
+
+    /// A launch created `instance_id`: it is LAUNCHING from now on (so one
+    /// that never registers can be marked FAILED), in the launch's pool.
+    pub(super) fn insert_launched(&mut self, instance_id: &str, launch_rid: &str) -> Result<()> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO instances (instance_id, group_name, role, instance_type,
+                 availability_zone, created_at_ms, updated_at_ms)
+             SELECT ?1, group_name, 'launching',
+                    json_extract(body, '$.action.pool.instance_type'),
+                    json_extract(body, '$.action.pool.availability_zone'), ?2, ?2
+             FROM commands WHERE request_id = ?3 AND kind = 'launch'",
+            params![instance_id, self.now_ms(), launch_rid],
+        )?;
+        Ok(())
+    }
+}
+
+pub fn list(conn: &Connection, group: Option<&str>) -> Result<Vec<InstanceView>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {INSTANCE_COLS} FROM instances WHERE ?1 IS NULL OR group_name = ?1
+         ORDER BY group_name, created_at_ms, instance_id"
+    ))?;
+    let rows = stmt
+        .query_map([group], rows::instance_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}

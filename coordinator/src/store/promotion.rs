@@ -1,0 +1,338 @@
+//! The promotion protocol's transactions: T1 replace, T2 grant, T3 commit,
+//! roll-over and retarget (docs/STATE_MACHINE.md).
+//!
+//! The group's transition lives in `groups.transition` (JSON, one row): a
+//! coordinator killed in the middle of a promotion resumes it from there.
+//! Every step checks the epoch it was decided against.
+
+use super::{Read, Result, StoreError, Txn};
+use rusqlite::{OptionalExtension, params};
+use serde_json::json;
+use spot_common::ids;
+use spot_common::wire::TransitionView;
+use spot_common::{Command, CommandKind, Phase, Promotion, Role, RoleError, RoleEvent};
+
+/// T1, as the planner or an operator asks for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplaceRequest {
+    pub group: String,
+    pub candidate: String,
+    /// The group epoch the decision was made against.
+    pub expected_epoch: u64,
+    pub emergency: bool,
+    /// The old PRIMARY is already gone or past its lease: grant at once.
+    pub old_fenced: bool,
+    /// Unix ms the new PRIMARY must serve by; `None`: 60 s from now.
+    pub deadline_ms: Option<i64>,
+    pub reason: String,
+    /// The manual switch this replacement completes.
+    pub switch_id: Option<i64>,
+}
+
+/// What a replacement started or became.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PromoteResult {
+    pub group: String,
+    pub epoch: u64,
+    pub phase: Phase,
+    pub promoted: String,
+    pub demoted: Option<String>,
+    /// Request ids of the commands queued.
+    pub commands: Vec<String>,
+}
+
+fn check_epoch(actual: u64, expected: u64) -> Result<()> {
+    if actual != expected {
+        return Err(RoleError::StaleEpoch { expected, actual }.into());
+    }
+    Ok(())
+}
+
+impl Txn<'_> {
+    /// Queue a role command of the transition `t` to `instance`'s agent;
+    /// `None` when it has no agent.
+    fn queue_role_command(
+        &mut self,
+        instance: &str,
+        group: &str,
+        request_id: String,
+        action: CommandKind,
+        t: &TransitionView,
+    ) -> Result<Option<String>> {
+        let Some(agent) = self.instance(instance)?.agent_id else {
+            return Ok(None);
+        };
+        let cmd = Command {
+            request_id,
+            group: group.to_owned(),
+            action,
+            priority: t.priority,
+            epoch: t.epoch,
+            deadline_ms: t.deadline_ms.max(self.now_ms() + 5_000),
+        };
+        self.queue_once(&agent, &cmd, Some(instance))?;
+        Ok(Some(cmd.request_id))
+    }
+
+    /// T1: start replacing the PRIMARY (or, with none, promoting) by the
+    /// candidate.
+    pub fn begin_replace(&mut self, req: &ReplaceRequest) -> Result<PromoteResult> {
+        let group = req.group.as_str();
+        let g = self.group(group)?;
+        if let Some(t) = &g.transition {
+            return Err(StoreError::InProgress(format!(
+                "group {group} is already replacing its PRIMARY ({} -> {}, phase {})",
+                t.old.as_deref().unwrap_or("-"),
+                t.candidate,
+                t.phase
+            )));
+        }
+        check_epoch(g.epoch, req.expected_epoch)?;
+        let cand = self.instance(&req.candidate)?;
+        if cand.group != group {
+            return Err(StoreError::NotFound {
+                what: "instance",
+                id: format!("{} in group {group}", req.candidate),
+            });
+        }
+        spot_common::state::next(cand.role, RoleEvent::Promote)?;
+        let epoch = g.epoch + 1;
+        let now = self.now_ms();
+        let t = TransitionView {
+            phase: Phase::Demoting,
+            old: g.primary.clone(),
+            candidate: req.candidate.clone(),
+            epoch,
+            emergency: req.emergency,
+            started_at_ms: now,
+            phase_started_ms: now,
+            deadline_ms: req.deadline_ms.unwrap_or(now + 60_000),
+            priority: if req.emergency {
+                spot_common::PRIORITY_EMERGENCY
+            } else {
+                spot_common::PRIORITY_NORMAL
+            },
+            reason: req.reason.clone(),
+            switch_id: req.switch_id,
+        };
+        self.audit(
+            &format!("group:{group}"),
+            "replace",
+            json!({"epoch": g.epoch, "primary": g.primary}),
+            json!({"epoch": epoch, "candidate": req.candidate, "reason": req.reason}),
+        )?;
+        let old_has_agent = match &g.primary {
+            Some(o) => self.instance(o)?.agent_id.is_some(),
+            None => false,
+        };
+        let mut result = PromoteResult {
+            group: group.into(),
+            epoch,
+            phase: Phase::Demoting,
+            promoted: req.candidate.clone(),
+            demoted: g.primary.clone(),
+            commands: Vec::new(),
+        };
+        if let Some(old) = &g.primary
+            && !req.old_fenced
+            && old_has_agent
+        {
+            result.commands.extend(self.queue_role_command(
+                old,
+                group,
+                ids::demote(old, epoch),
+                CommandKind::Demote,
+                &t,
+            )?);
+            self.write_transition(group, Some(&t), epoch)?;
+            return Ok(result);
+        }
+        // Nothing to wait for: grant now.
+        self.write_transition(group, Some(&t), epoch)?;
+        result.commands = self.grant_transition(group, &g.config.promotion, t)?;
+        result.phase = Phase::Promoting;
+        Ok(result)
+    }
+
+    /// T2: the old PRIMARY is fenced; promote the candidate.
+    pub fn grant(&mut self, group: &str, expected_epoch: u64) -> Result<()> {
+        let g = self.group(group)?;
+        check_epoch(g.epoch, expected_epoch)?;
+        let Some(t) = g.transition.filter(|t| t.phase == Phase::Demoting) else {
+            return Err(StoreError::InProgress(format!(
+                "group {group} has no demotion to grant"
+            )));
+        };
+        self.grant_transition(group, &g.config.promotion, t)
+            .map(|_| ())
+    }
+
+    /// Returns the request ids of the role commands queued.
+    fn grant_transition(
+        &mut self,
+        group: &str,
+        promotion: &Promotion,
+        mut t: TransitionView,
+    ) -> Result<Vec<String>> {
+        let mut queued = Vec::new();
+        if let Some(old) = t.old.clone()
+            && self.instance(&old)?.role == Role::Primary
+        {
+            self.role_event(&old, RoleEvent::Demote)?;
+            // Should it come back, it must not serve: fence it too.
+            queued.extend(self.queue_role_command(
+                &old,
+                group,
+                ids::demote(&old, t.epoch),
+                CommandKind::Demote,
+                &t,
+            )?);
+        }
+        let candidate = t.candidate.clone();
+        queued.extend(self.queue_role_command(
+            &candidate,
+            group,
+            ids::promote(&candidate, t.epoch),
+            CommandKind::Promote {
+                promotion: promotion.clone(),
+            },
+            &t,
+        )?);
+        t.phase = Phase::Promoting;
+        t.phase_started_ms = self.now_ms();
+        self.audit(
+            &format!("group:{group}"),
+            "grant",
+            json!({"old": t.old}),
+            json!({"candidate": t.candidate, "epoch": t.epoch}),
+        )?;
+        self.write_transition(group, Some(&t), t.epoch)?;
+        Ok(queued)
+    }
+
+    /// Point a waiting transition at another candidate.
+    pub fn retarget(&mut self, group: &str, expected_epoch: u64, candidate: &str) -> Result<()> {
+        let g = self.group(group)?;
+        check_epoch(g.epoch, expected_epoch)?;
+        let Some(mut t) = g.transition.filter(|t| t.phase == Phase::Demoting) else {
+            return Err(StoreError::InProgress(format!(
+                "group {group} has no demotion in progress"
+            )));
+        };
+        self.audit(
+            &format!("group:{group}"),
+            "retarget",
+            json!({"candidate": t.candidate}),
+            json!({"candidate": candidate}),
+        )?;
+        t.candidate = candidate.to_owned();
+        self.write_transition(group, Some(&t), g.epoch)
+    }
+
+    /// T3: the candidate confirmed; it is the PRIMARY. Returns it.
+    pub fn commit_promotion(&mut self, group: &str, expected_epoch: u64) -> Result<String> {
+        let g = self.group(group)?;
+        check_epoch(g.epoch, expected_epoch)?;
+        let Some(t) = g.transition.clone().filter(|t| t.phase == Phase::Promoting) else {
+            return Err(StoreError::InProgress(format!(
+                "group {group} has no promotion to commit"
+            )));
+        };
+        self.role_event(&t.candidate, RoleEvent::Promote)?;
+        if g.config.auto_terminate
+            && let Some(old) = &t.old
+            && self.instance(old)?.role == Role::Zombie
+        {
+            self.role_event(old, RoleEvent::Retire)?;
+            self.queue_role_command(
+                &t.candidate,
+                group,
+                ids::terminate(old),
+                CommandKind::Terminate {
+                    instance_id: old.clone(),
+                },
+                &t,
+            )?;
+        }
+        if let Some(sw) = t.switch_id {
+            self.finish_switch(sw, &t)?;
+        }
+        self.audit(
+            &format!("group:{group}"),
+            "commit",
+            json!({"primary": t.old, "epoch": g.epoch}),
+            json!({"primary": t.candidate, "epoch": g.epoch}),
+        )?;
+        self.write_transition(group, None, g.epoch)?;
+        Ok(t.candidate)
+    }
+
+    /// The switch's downtime: promote done minus demote delivered.
+    fn finish_switch(&mut self, switch_id: i64, t: &TransitionView) -> Result<()> {
+        let demote_started: Option<i64> = match &t.old {
+            Some(o) => self
+                .tx
+                .query_row(
+                    "SELECT delivered_at_ms FROM commands WHERE request_id = ?1",
+                    [ids::demote(o, t.epoch)],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten(),
+            None => None,
+        };
+        let promote_done: Option<i64> = self
+            .tx
+            .query_row(
+                "SELECT finished_at_ms FROM commands WHERE request_id = ?1",
+                [ids::promote(&t.candidate, t.epoch)],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        self.tx.execute(
+            "UPDATE switches SET state = 'done', to_instance = ?1, demote_started_ms = ?2,
+                 promote_done_ms = ?3, downtime_ms = ?3 - ?2 WHERE id = ?4",
+            params![t.candidate, demote_started, promote_done, switch_id],
+        )?;
+        Ok(())
+    }
+
+    /// The candidate failed or did not confirm: fence it at a new epoch and
+    /// clear the transition; the next pass picks the next candidate.
+    pub fn roll_over(&mut self, group: &str, expected_epoch: u64, reason: &str) -> Result<()> {
+        let g = self.group(group)?;
+        check_epoch(g.epoch, expected_epoch)?;
+        let Some(mut t) = g.transition.clone() else {
+            return Err(StoreError::InProgress(format!(
+                "group {group} has no transition"
+            )));
+        };
+        self.tx.execute(
+            "UPDATE commands SET state = 'cancelled', finished_at_ms = ?2
+             WHERE request_id = ?1 AND state IN ('queued', 'delivered')",
+            params![ids::promote(&t.candidate, t.epoch), self.now_ms()],
+        )?;
+        let epoch = g.epoch + 1;
+        t.epoch = epoch;
+        let candidate = t.candidate.clone();
+        self.queue_role_command(
+            &candidate,
+            group,
+            ids::demote(&candidate, epoch),
+            CommandKind::Demote,
+            &t,
+        )?;
+        if let Some(sw) = t.switch_id {
+            self.tx
+                .execute("UPDATE switches SET state = 'failed' WHERE id = ?1", [sw])?;
+        }
+        self.audit(
+            &format!("group:{group}"),
+            "roll_over",
+            json!({"epoch": g.epoch, "candidate": t.candidate}),
+            json!({"epoch": epoch, "reason": reason}),
+        )?;
+        self.write_transition(group, None, epoch)
+    }
+}

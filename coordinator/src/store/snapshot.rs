@@ -1,0 +1,230 @@
+//! The group snapshot: everything the failover planner
+//! (`spot_common::planner`) needs about one group, read in one go.
+
+use super::{Result, commands, parse_enum, rows, switches};
+use rusqlite::{Connection, params};
+use spot_common::planner::{GroupSnap, InstanceSnap, NoticeSnap, SwitchSnap, TransitionSnap};
+use spot_common::wire::TransitionView;
+use spot_common::{CommandState, PoolKey, ids};
+use std::collections::{HashMap, HashSet};
+
+/// A candidate whose promotion failed is not tried again for this long.
+const PROMOTE_FAILURE_COOLDOWN_MS: i64 = 5 * 60 * 1000;
+/// A pool where a launch failed (capacity) is avoided for this long.
+const FAILED_POOL_COOLDOWN_MS: i64 = 10 * 60 * 1000;
+
+/// Read one group's snapshot. `online`: agents the liveness table sees
+/// online; `launch_timeout_ms`: a LAUNCHING instance older than this is
+/// overdue.
+pub fn group(
+    conn: &Connection,
+    group: &str,
+    online: &HashSet<String>,
+    now_ms: i64,
+    launch_timeout_ms: i64,
+) -> Result<GroupSnap> {
+    let g = rows::group(conn, group)?;
+    let transition = match &g.transition {
+        None => None,
+        Some(t) => Some(transition(conn, t)?),
+    };
+    Ok(GroupSnap {
+        instances: instances(conn, group, online, now_ms, launch_timeout_ms)?,
+        notices: notices(conn, group)?,
+        transition,
+        switch: switch(conn, group)?,
+        launches_in_flight: launches_in_flight(conn, group, now_ms - launch_timeout_ms)?,
+        last_proactive_launch_ms: conn.query_row(
+            "SELECT MAX(created_at_ms) FROM commands WHERE group_name = ?1 AND kind = 'launch'
+               AND json_extract(body, '$.action.emergency') = 0",
+            [group],
+            |r| r.get(0),
+        )?,
+        boot_secs: boot_secs(conn, group)?,
+        failed_pools: failed_pools(conn, group, now_ms - FAILED_POOL_COOLDOWN_MS)?,
+        name: g.name,
+        epoch: g.epoch,
+        paused: g.config.paused,
+        manual_replica: g.config.manual_replica,
+        pools: g.config.pools,
+    })
+}
+
+fn instances(
+    conn: &Connection,
+    group: &str,
+    online: &HashSet<String>,
+    now_ms: i64,
+    launch_timeout_ms: i64,
+) -> Result<Vec<InstanceSnap>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.instance_id, i.role, i.instance_type, i.availability_zone, i.agent_id,
+                COALESCE(a.healthy, 0),
+                -- Never heartbeated yet (or not persisted yet: the monitor
+                -- flushes within a tick): silent since it registered, not
+                -- forever.
+                COALESCE(a.last_heartbeat_ms, a.registered_at_ms),
+                COALESCE(i.ec2_state IN ('shutting-down', 'terminated'), 0),
+                EXISTS (SELECT 1 FROM commands c WHERE c.subject = i.instance_id
+                        AND c.kind = 'promote'
+                        AND c.state IN ('failed', 'cancelled', 'expired', 'stale')
+                        AND c.created_at_ms > ?2),
+                i.role = 'launching' AND i.created_at_ms < ?3
+         FROM instances i LEFT JOIN agents a ON a.agent_id = i.agent_id
+         WHERE i.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![
+                group,
+                now_ms - PROMOTE_FAILURE_COOLDOWN_MS,
+                now_ms - launch_timeout_ms
+            ],
+            |r| {
+                let agent: Option<String> = r.get(4)?;
+                Ok(InstanceSnap {
+                    instance_id: r.get(0)?,
+                    role: parse_enum(1, r.get(1)?)?,
+                    instance_type: r.get(2)?,
+                    availability_zone: r.get(3)?,
+                    online: agent.as_ref().is_some_and(|a| online.contains(a)),
+                    agent_id: agent,
+                    healthy: r.get(5)?,
+                    last_heartbeat_ms: r.get(6)?,
+                    ec2_gone: r.get(7)?,
+                    promote_failed_recently: r.get(8)?,
+                    launch_overdue: r.get(9)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+fn notices(conn: &Connection, group: &str) -> Result<Vec<NoticeSnap>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT n.instance_id, n.kind, n.effective_at_ms FROM notices n
+         JOIN instances i ON i.instance_id = n.instance_id
+         WHERE n.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')
+           AND n.kind IN ('interruption', 'rebalance')",
+    )?;
+    let rows = stmt
+        .query_map([group], |r| {
+            Ok(NoticeSnap {
+                instance_id: r.get(0)?,
+                kind: parse_enum(1, r.get(1)?)?,
+                effective_at_ms: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+fn transition(conn: &Connection, t: &TransitionView) -> Result<TransitionSnap> {
+    let old_fenced = match &t.old {
+        None => true,
+        Some(o) => {
+            let acked =
+                commands::state(conn, &ids::demote(o, t.epoch))? == Some(CommandState::Done);
+            let self_demoted: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM events e JOIN instances i ON i.agent_id = e.agent_id
+                   WHERE i.instance_id = ?1 AND e.kind = 'self_demoted' AND e.received_at_ms >= ?2)",
+                params![o, t.started_at_ms],
+                |r| r.get(0),
+            )?;
+            acked || self_demoted
+        }
+    };
+    let candidate_outcome =
+        commands::state(conn, &ids::promote(&t.candidate, t.epoch))?.filter(|s| !s.is_open());
+    Ok(TransitionSnap {
+        phase: t.phase,
+        old: t.old.clone(),
+        candidate: t.candidate.clone(),
+        epoch: t.epoch,
+        phase_started_ms: t.phase_started_ms,
+        old_fenced,
+        candidate_outcome,
+    })
+}
+
+fn switch(conn: &Connection, group: &str) -> Result<Option<SwitchSnap>> {
+    let Some((sw, rid)) = switches::active(conn, group)? else {
+        return Ok(None);
+    };
+    let launched: Option<String> = match &rid {
+        Some(r) => conn
+            .query_row(
+                "SELECT json_extract(result, '$.instance_id') FROM commands
+                 WHERE request_id = ?1 AND state = 'done'",
+                [r],
+                |row| row.get(0),
+            )
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    Ok(Some(SwitchSnap {
+        id: sw.id,
+        pool: sw.target_pool,
+        launch_request_id: rid,
+        launched_instance: launched,
+    }))
+}
+
+/// Launches queued, running, or done but not yet registered.
+fn launches_in_flight(conn: &Connection, group: &str, since_ms: i64) -> Result<usize> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM commands c WHERE c.group_name = ?1 AND c.kind = 'launch'
+           AND (c.state IN ('queued', 'delivered')
+                OR (c.state = 'done' AND c.created_at_ms > ?2 AND NOT EXISTS (
+                    SELECT 1 FROM instances i
+                    WHERE i.instance_id = json_extract(c.result, '$.instance_id')
+                      AND i.role != 'launching')))",
+        params![group, since_ms],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Observed launch -> registered-healthy seconds, per pool.
+fn boot_secs(conn: &Connection, group: &str) -> Result<HashMap<PoolKey, f64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT json_extract(c.body, '$.action.pool.instance_type'),
+                json_extract(c.body, '$.action.pool.availability_zone'),
+                AVG(a.at_ms - c.created_at_ms) / 1000.0
+         FROM commands c JOIN audit a
+           ON a.entity = 'instance:' || json_extract(c.result, '$.instance_id')
+          AND a.action = 'registered_healthy'
+         WHERE c.group_name = ?1 AND c.kind = 'launch' AND c.state = 'done'
+         GROUP BY 1, 2",
+    )?;
+    let rows = stmt
+        .query_map([group], |r| {
+            Ok((
+                PoolKey::new(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?),
+                r.get(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Pools whose launch failed (no capacity...) since `since_ms`.
+fn failed_pools(conn: &Connection, group: &str, since_ms: i64) -> Result<Vec<PoolKey>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT json_extract(body, '$.action.pool.instance_type'),
+                json_extract(body, '$.action.pool.availability_zone')
+         FROM commands WHERE group_name = ?1 AND kind = 'launch' AND state = 'failed'
+           AND finished_at_ms > ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![group, since_ms], |r| {
+            Ok(PoolKey::new(
+                &r.get::<_, String>(0)?,
+                &r.get::<_, String>(1)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}

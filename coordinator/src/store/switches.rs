@@ -1,0 +1,106 @@
+//! Manual switches: a planned move of the PRIMARY to another pool, with
+//! its measured downtime.
+
+use super::{Read, Result, StoreError, Txn, parse_enum};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
+use spot_common::wire::SwitchView;
+use spot_common::{Pool, SwitchState};
+
+impl Txn<'_> {
+    /// Operator asks to move the PRIMARY to `pool`.
+    pub fn request_switch(&mut self, group: &str, pool: &Pool) -> Result<SwitchView> {
+        let g = self.group(group)?;
+        let Some(primary) = g.primary.clone() else {
+            return Err(StoreError::Invalid(format!(
+                "group {group} has no PRIMARY to switch"
+            )));
+        };
+        if g.transition.is_some() || active(&self.tx, group)?.is_some() {
+            return Err(StoreError::InProgress(format!(
+                "group {group} is already replacing its PRIMARY"
+            )));
+        }
+        self.tx.execute(
+            "INSERT INTO switches (group_name, request_id, from_instance, target_pool, state, started_at_ms)
+             VALUES (?1, ?2, ?3, ?4, 'launching', ?5)",
+            params![
+                group,
+                self.ctx.request_id,
+                primary,
+                serde_json::to_string(pool)?,
+                self.now_ms()
+            ],
+        )?;
+        let id = self.tx.last_insert_rowid();
+        self.audit(
+            &format!("group:{group}"),
+            "switch",
+            json!({"primary": primary}),
+            json!({"switch": id, "pool": pool}),
+        )?;
+        get(&self.tx, id)
+    }
+
+    pub fn switch_launch_queued(&mut self, id: i64, request_id: &str) -> Result<()> {
+        self.tx.execute(
+            "UPDATE switches SET launch_request_id = ?1 WHERE id = ?2",
+            params![request_id, id],
+        )?;
+        Ok(())
+    }
+}
+
+pub fn list(conn: &Connection, group: &str) -> Result<Vec<SwitchView>> {
+    let ids: Vec<i64> = conn
+        .prepare("SELECT id FROM switches WHERE group_name = ?1 ORDER BY id")?
+        .query_map([group], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ids.into_iter().map(|id| get(conn, id)).collect()
+}
+
+/// The group's switch in progress, with its launch's request id.
+pub fn active(conn: &Connection, group: &str) -> Result<Option<(SwitchView, Option<String>)>> {
+    let row: Option<(i64, Option<String>)> = conn
+        .query_row(
+            "SELECT id, launch_request_id FROM switches WHERE group_name = ?1 AND state = ?2
+             ORDER BY id DESC LIMIT 1",
+            params![group, SwitchState::Launching.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    row.map(|(id, rid)| Ok((get(conn, id)?, rid))).transpose()
+}
+
+fn get(conn: &Connection, id: i64) -> Result<SwitchView> {
+    let (row, pool): (SwitchView, String) = conn.query_row(
+        "SELECT id, group_name, target_pool, state, from_instance, to_instance, started_at_ms,
+                demote_started_ms, promote_done_ms, downtime_ms FROM switches WHERE id = ?1",
+        [id],
+        |r| {
+            Ok((
+                SwitchView {
+                    id: r.get(0)?,
+                    group: r.get(1)?,
+                    target_pool: Pool {
+                        instance_type: String::new(),
+                        availability_zone: String::new(),
+                        subnet_id: None,
+                    },
+                    state: parse_enum(3, r.get(3)?)?,
+                    from_instance: r.get(4)?,
+                    to_instance: r.get(5)?,
+                    started_at_ms: r.get(6)?,
+                    demote_started_ms: r.get(7)?,
+                    promote_done_ms: r.get(8)?,
+                    downtime_ms: r.get(9)?,
+                },
+                r.get(2)?,
+            ))
+        },
+    )?;
+    Ok(SwitchView {
+        target_pool: serde_json::from_str(&pool)?,
+        ..row
+    })
+}

@@ -1,0 +1,7 @@
+//! The I/O pieces both binaries share: task supervision with one shutdown
+//! token, logging set-up, and TOML config files. (`spot-common` stays
+//! pure; this crate is where shared code that touches the world lives.)
+
+pub mod config;
+pub mod supervise;
+pub mod telemetry;
