@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --features spot-agent/failpoints -- -D warnings
+cargo clippy --workspace --all-targets --features spot-agent/failpoints,spot-coordinator/failpoints -- -D warnings

@@ -18,7 +18,7 @@ cargo fmt --all -- --check
 
 # Crash points are compiled into these test binaries only (release builds
 # and packages never have them).
-FEATURES="spot-agent/failpoints"
+FEATURES="spot-agent/failpoints,spot-coordinator/failpoints"
 echo "==> building binaries"
 cargo build --workspace --bins --features "$FEATURES"
 echo "==> running tests"

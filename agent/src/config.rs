@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// instances (DescribeInstances) [default: 30s].
     #[arg(long, env = "SPOT_AGENT_EC2_WATCH_INTERVAL", value_parser = humantime::parse_duration)]
     pub ec2_watch_interval: Option<Duration>,
+    /// On SIGTERM, the longest wait for the running command and the last
+    /// delivery to finish [default: 25s].
+    #[arg(long, env = "SPOT_AGENT_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
     /// How often spot prices of the group's pools are captured
     /// (DescribeSpotPriceHistory); the first capture backfills 7 days
     /// [default: 10m].
@@ -89,6 +93,8 @@ struct FileConfig {
     ec2_watch_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pricing_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,9 +111,32 @@ pub struct Config {
     pub poll_wait: Duration,
     pub ec2_watch_interval: Duration,
     pub pricing_interval: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spot-agent/agent.toml";
+
+#[cfg(test)]
+impl Config {
+    /// Defaults with the state and hooks under `dir`, for unit tests.
+    pub fn for_tests(dir: &Path) -> Config {
+        Config {
+            coordinator_url: "http://127.0.0.1:9".into(),
+            enrollment_token: Some("enroll".into()),
+            state_dir: dir.to_owned(),
+            group: Some("g".into()),
+            imds_poll_interval: Duration::from_secs(1),
+            imds_endpoint: None,
+            hooks_dir: dir.join("hooks"),
+            hook_timeout: Duration::from_secs(60),
+            health: HealthCheck::None,
+            poll_wait: Duration::from_secs(25),
+            ec2_watch_interval: Duration::from_secs(30),
+            pricing_interval: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(25),
+        }
+    }
+}
 
 impl Config {
     pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
@@ -188,6 +217,12 @@ impl Config {
                 .pricing_interval
                 .or(file.pricing_interval)
                 .unwrap_or(Duration::from_secs(600)),
+            // Under systemd's default 90 s stop timeout, and long enough for
+            // a hook to finish.
+            shutdown_timeout: a
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .unwrap_or(Duration::from_secs(25)),
         };
         c.validate()?;
         Ok(c)

@@ -6,6 +6,7 @@
 //! times out is. Hooks get `SPOT_REQUEST_ID`, `SPOT_GROUP`, `SPOT_EPOCH`
 //! and `SPOT_ROLE`, run without a shell, and are killed on timeout.
 
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -46,8 +47,14 @@ async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Run `argv` with `env`, killing it after `timeout`.
-pub async fn run_command(argv: &[String], env: &[(&str, String)], timeout: Duration) -> HookRun {
+/// Run `argv` with `env`, killing it (and its process group) after
+/// `timeout` or as soon as `cancel` resolves (with the reason it gives).
+pub async fn run_command(
+    argv: &[String],
+    env: &[(&str, String)],
+    timeout: Duration,
+    cancel: impl Future<Output = String>,
+) -> HookRun {
     let Some((prog, args)) = argv.split_first() else {
         return HookRun {
             ran: false,
@@ -77,11 +84,17 @@ pub async fn run_command(argv: &[String], env: &[(&str, String)], timeout: Durat
     };
     let out = child.stdout.take().map(|s| tokio::spawn(read_bounded(s)));
     let err = child.stderr.take().map(|s| tokio::spawn(read_bounded(s)));
-    let status = tokio::time::timeout(timeout, child.wait()).await;
-    let (success, note) = match status {
-        Ok(Ok(st)) => (st.success(), format!("exit: {st}")),
-        Ok(Err(e)) => (false, format!("wait failed: {e}")),
-        Err(_) => {
+    let stopped = tokio::select! {
+        status = tokio::time::timeout(timeout, child.wait()) => match status {
+            Ok(Ok(st)) => Ok((st.success(), format!("exit: {st}"))),
+            Ok(Err(e)) => Ok((false, format!("wait failed: {e}"))),
+            Err(_) => Err(format!("timed out after {timeout:?}, killed")),
+        },
+        why = cancel => Err(format!("cancelled ({why}), killed")),
+    };
+    let (success, note) = match stopped {
+        Ok(done) => done,
+        Err(note) => {
             if let Some(pid) = child.id() {
                 let _ = tokio::process::Command::new("kill")
                     .arg("-KILL")
@@ -91,7 +104,7 @@ pub async fn run_command(argv: &[String], env: &[(&str, String)], timeout: Durat
                     .await;
             }
             let _ = child.kill().await;
-            (false, format!("timed out after {timeout:?}, killed"))
+            (false, note)
         }
     };
     // A daemonised grandchild may still hold the pipes: do not wait for it.
@@ -121,8 +134,14 @@ pub async fn run_command(argv: &[String], env: &[(&str, String)], timeout: Durat
     }
 }
 
-/// Run the named hook if it exists.
-pub async fn run_hook(dir: &Path, name: &str, env: &HookEnv<'_>, timeout: Duration) -> HookRun {
+/// Run the named hook if it exists; `cancel` as for `run_command`.
+pub async fn run_hook(
+    dir: &Path,
+    name: &str,
+    env: &HookEnv<'_>,
+    timeout: Duration,
+    cancel: impl Future<Output = String>,
+) -> HookRun {
     let path = dir.join(name);
     if !path.exists() {
         return HookRun {
@@ -137,7 +156,7 @@ pub async fn run_hook(dir: &Path, name: &str, env: &HookEnv<'_>, timeout: Durati
         ("SPOT_EPOCH", env.epoch.to_string()),
         ("SPOT_ROLE", env.role.to_owned()),
     ];
-    run_command(&[path.display().to_string()], &vars, timeout).await
+    run_command(&[path.display().to_string()], &vars, timeout, cancel).await
 }
 
 /// How the agent decides its workload is healthy.
@@ -167,7 +186,7 @@ impl HealthCheck {
                 }
             }
             HealthCheck::Command { argv, timeout } => {
-                let r = run_command(argv, &[], *timeout).await;
+                let r = run_command(argv, &[], *timeout, std::future::pending()).await;
                 if r.success {
                     (true, None)
                 } else {
@@ -181,6 +200,7 @@ impl HealthCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::pending;
 
     fn script(dir: &Path, name: &str, body: &str) {
         use std::os::unix::fs::PermissionsExt;
@@ -206,7 +226,14 @@ mod tests {
             "promote",
             "echo $SPOT_REQUEST_ID $SPOT_GROUP $SPOT_EPOCH $SPOT_ROLE; echo oops >&2",
         );
-        let r = run_hook(d.path(), "promote", &env(), Duration::from_secs(5)).await;
+        let r = run_hook(
+            d.path(),
+            "promote",
+            &env(),
+            Duration::from_secs(5),
+            pending(),
+        )
+        .await;
         assert!(r.ran && r.success, "{r:?}");
         assert!(r.output.contains("r-1 db 7 primary"), "{}", r.output);
         assert!(r.output.contains("[stderr]\noops"));
@@ -215,19 +242,63 @@ mod tests {
     #[tokio::test]
     async fn missing_hook_is_fine_failing_or_slow_hook_is_not() {
         let d = tempfile::tempdir().unwrap();
-        let r = run_hook(d.path(), "demote", &env(), Duration::from_secs(1)).await;
+        let r = run_hook(
+            d.path(),
+            "demote",
+            &env(),
+            Duration::from_secs(1),
+            pending(),
+        )
+        .await;
         assert!(!r.ran && r.success);
         script(d.path(), "demote", "exit 3");
         assert!(
-            !run_hook(d.path(), "demote", &env(), Duration::from_secs(5))
-                .await
-                .success
+            !run_hook(
+                d.path(),
+                "demote",
+                &env(),
+                Duration::from_secs(5),
+                pending()
+            )
+            .await
+            .success
         );
         script(d.path(), "promote", "sleep 30");
         let t = std::time::Instant::now();
-        let r = run_hook(d.path(), "promote", &env(), Duration::from_millis(300)).await;
+        let r = run_hook(
+            d.path(),
+            "promote",
+            &env(),
+            Duration::from_millis(300),
+            pending(),
+        )
+        .await;
         assert!(!r.success && r.output.contains("timed out"));
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_hook_is_killed_with_its_children() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("child-alive");
+        script(
+            d.path(),
+            "promote",
+            &format!("(sleep 2; touch {}) &\nsleep 30", marker.display()),
+        );
+        let t = std::time::Instant::now();
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "epoch 9 accepted".to_owned()
+        };
+        let r = run_hook(d.path(), "promote", &env(), Duration::from_secs(60), cancel).await;
+        assert!(
+            !r.success && r.output.contains("cancelled (epoch 9 accepted)"),
+            "{r:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!marker.exists(), "the hook's child was killed too");
     }
 
     #[tokio::test]
@@ -238,7 +309,14 @@ mod tests {
             "promote",
             "head -c 1000000 /dev/zero | tr '\\0' x",
         );
-        let r = run_hook(d.path(), "promote", &env(), Duration::from_secs(10)).await;
+        let r = run_hook(
+            d.path(),
+            "promote",
+            &env(),
+            Duration::from_secs(10),
+            pending(),
+        )
+        .await;
         assert!(r.success);
         assert!(r.output.len() < MAX_OUTPUT + 200, "{}", r.output.len());
     }

@@ -12,14 +12,12 @@
 //! stopped and started) would be retried with, and refused, until then. On
 //! a 401 we therefore build a fresh client (a fresh token) and retry once.
 
-use crate::journal::JournalHandle;
 use aws_config::imds::client::Client;
 use aws_config::imds::client::error::ImdsError;
 use spot_common::NoticeKind;
 use spot_common::notice;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
 
 pub const INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
 pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
@@ -187,30 +185,18 @@ pub fn classify(path: &str, raw: &str) -> (NoticeKind, Option<i64>, Option<Strin
     }
 }
 
-/// Signals from the watcher to the rest of the agent.
-#[derive(Clone, Default)]
-pub struct WatchSignals {
-    /// Something new was journaled: deliver the outbox now.
-    pub outbox: Arc<Notify>,
-}
-
-/// Poll the notice paths every `interval` until shutdown. A new notice is
-/// journaled (with its event) once; a body that does not parse is
-/// journaled as malformed once; an IMDS error costs one tick.
-pub async fn watch(
-    imds: Imds,
-    journal: JournalHandle,
-    interval: Duration,
-    signals: WatchSignals,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(interval);
+/// Poll the notice paths every `imds_poll_interval` until shutdown. A new
+/// notice is journaled (with its event) once; a body that does not parse
+/// is journaled as malformed once; an IMDS error costs one tick; a journal
+/// error ends the task (the failsafe takes over).
+pub async fn watch(imds: Imds, agent: Arc<crate::agent::Agent>) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(agent.config.imds_poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = agent.shutdown.cancelled() => return Ok(()),
         }
         for path in [INSTANCE_ACTION, REBALANCE, SCHEDULED] {
             let body = match imds.get(path).await {
@@ -234,23 +220,18 @@ pub async fn watch(
             }
             let (kind, effective, action) = classify(path, &body);
             let raw = bounded(&body);
-            let now = crate::now_ms();
-            match journal
+            let now = agent.now_ms();
+            let new = agent
+                .journal
                 .call(move |j| j.record_notice(kind, &raw, effective, action.as_deref(), now))
-                .await
-            {
-                Ok(true) => {
-                    if kind == NoticeKind::Malformed {
-                        tracing::warn!(%path, body = %bounded(&body), "malformed IMDS body journaled");
-                    } else {
-                        tracing::warn!(notice = kind.as_str(), effective_at_ms = ?effective, "notice journaled");
-                    }
-                    signals.outbox.notify_one();
+                .await?;
+            if new {
+                if kind == NoticeKind::Malformed {
+                    tracing::warn!(%path, body = %bounded(&body), "malformed IMDS body journaled");
+                } else {
+                    tracing::warn!(notice = kind.as_str(), effective_at_ms = ?effective, "notice journaled");
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(error = %crate::error_chain(&e), "journaling a notice; will retry next tick")
-                }
+                agent.outbox_wake.notify_one();
             }
         }
     }

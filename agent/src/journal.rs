@@ -12,10 +12,16 @@
 //! On restart, a command found `received` or `running` is resumed; launches
 //! reuse the `ClientToken` derived from the `request_id`, so a crash
 //! between the EC2 call and the journal commit never launches twice.
+//! Before every start (first run or resumed), a role-changing command's
+//! epoch is checked against the highest accepted and its deadline against
+//! the clock, in the transaction that marks it running.
+//!
+//! The agent's own state (identity, role, link) is one typed row,
+//! [`LocalState`]; every read and write returns a `Result`.
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
-use spot_common::{Command, CommandOutcome, EventBody, NoticeKind};
+use spot_common::{Command, CommandOutcome, EventBody, NoticeKind, Role};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -27,11 +33,14 @@ pub enum JournalError {
     Json(#[from] serde_json::Error),
     #[error("journal task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("journal I/O error injected by the test fault {0}")]
+    Injected(String),
 }
 
 pub type Result<T, E = JournalError> = std::result::Result<T, E>;
 
-const STEPS: &[&str] = &[r#"
+const STEPS: &[&str] = &[
+    r#"
     CREATE TABLE identity (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
@@ -67,7 +76,112 @@ const STEPS: &[&str] = &[r#"
         group_name TEXT PRIMARY KEY,
         highest    INTEGER NOT NULL
     ) STRICT;
-"#];
+"#,
+    // 1 -> 2: the key-value identity table becomes one typed row.
+    r#"
+    CREATE TABLE agent_state (
+        id                    INTEGER PRIMARY KEY CHECK (id = 1),
+        instance_id           TEXT,
+        group_name            TEXT,
+        agent_id              TEXT,
+        token                 TEXT,
+        coordinator_url       TEXT,
+        register_request_id   TEXT,
+        heartbeat_interval_ms INTEGER,
+        role                  TEXT CHECK (role IN ('launching', 'replica', 'primary', 'zombie')),
+        role_epoch            INTEGER NOT NULL DEFAULT 0,
+        link_state            TEXT,
+        link_last_ok_ms       INTEGER,
+        link_last_error       TEXT,
+        decommissioned_at_ms  INTEGER,
+        pricing_since_ms      INTEGER,
+        self_demoted_at_ms    INTEGER
+    ) STRICT;
+    INSERT INTO agent_state (id) VALUES (1);
+    UPDATE agent_state SET
+        instance_id = (SELECT value FROM identity WHERE key = 'instance_id'),
+        group_name = (SELECT value FROM identity WHERE key = 'group'),
+        agent_id = (SELECT value FROM identity WHERE key = 'agent_id'),
+        token = (SELECT value FROM identity WHERE key = 'token'),
+        coordinator_url = (SELECT value FROM identity WHERE key = 'coordinator_url'),
+        register_request_id = (SELECT value FROM identity WHERE key = 'register_request_id'),
+        heartbeat_interval_ms = CAST((SELECT value FROM identity WHERE key = 'heartbeat_interval_ms') AS INTEGER),
+        role = (SELECT value FROM identity WHERE key = 'role'
+                AND value IN ('launching', 'replica', 'primary', 'zombie')),
+        link_state = (SELECT value FROM identity WHERE key = 'link_state'),
+        link_last_ok_ms = CAST((SELECT value FROM identity WHERE key = 'link_last_ok_ms') AS INTEGER),
+        link_last_error = (SELECT value FROM identity WHERE key = 'link_last_error'),
+        decommissioned_at_ms = CAST((SELECT value FROM identity WHERE key = 'decommissioned') AS INTEGER),
+        pricing_since_ms = CAST((SELECT value FROM identity WHERE key = 'pricing_since_ms') AS INTEGER),
+        self_demoted_at_ms = CAST((SELECT value FROM identity WHERE key = 'self_demoted_at_ms') AS INTEGER);
+    UPDATE agent_state SET role_epoch = COALESCE((SELECT MAX(highest) FROM epochs), 0)
+        WHERE role IN ('primary', 'zombie');
+    DROP TABLE identity;
+"#,
+];
+
+/// The agent's own state: one row, typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LocalState {
+    /// The instance this journal belongs to (bound at first start).
+    pub instance_id: Option<String>,
+    pub group: Option<String>,
+    pub agent_id: Option<String>,
+    #[serde(skip)]
+    pub token: Option<String>,
+    pub coordinator_url: Option<String>,
+    pub register_request_id: Option<String>,
+    pub heartbeat_interval_ms: Option<i64>,
+    /// The role this agent has executed (promote/demote hooks run).
+    pub role: Option<Role>,
+    /// Epoch of the command that gave it that role.
+    pub role_epoch: u64,
+    /// `connected`, `unreachable`, `unregistered`.
+    pub link_state: Option<String>,
+    pub link_last_ok_ms: Option<i64>,
+    pub link_last_error: Option<String>,
+    /// An operator deleted this agent (its cleanup ran).
+    pub decommissioned_at_ms: Option<i64>,
+    /// Spot prices are captured up to this AWS timestamp.
+    pub pricing_since_ms: Option<i64>,
+    pub self_demoted_at_ms: Option<i64>,
+}
+
+/// Registered credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    pub agent_id: String,
+    pub token: String,
+}
+
+impl LocalState {
+    /// The credentials, when registered with `coordinator_url`.
+    pub fn creds_for(&self, coordinator_url: &str) -> Option<Creds> {
+        match (&self.agent_id, &self.token, &self.coordinator_url) {
+            (Some(a), Some(t), Some(u)) if u == coordinator_url => Some(Creds {
+                agent_id: a.clone(),
+                token: t.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Verdict of `start`: run it, or it was refused (and its result queued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    Run {
+        attempts: i64,
+    },
+    /// A newer epoch was accepted since: refused as stale.
+    Stale {
+        highest: u64,
+    },
+    /// Its deadline passed before it could start.
+    Expired,
+    /// Already finished (a duplicate resume).
+    Finished,
+}
 
 /// What happened to a command offered to the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +230,17 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+fn highest_tx(conn: &Connection, group: &str) -> Result<u64> {
+    Ok(conn
+        .query_row(
+            "SELECT highest FROM epochs WHERE group_name = ?1",
+            [group],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map_or(0, |h| u64::try_from(h).unwrap_or(0)))
+}
+
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal> {
         let mut conn = Connection::open(path)?;
@@ -148,40 +273,159 @@ impl Journal {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
-    // ---- identity -----------------------------------------------------
+    // ---- local state --------------------------------------------------
 
-    pub fn get(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM identity WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()?)
+    pub fn state(&self) -> Result<LocalState> {
+        Ok(self.conn.query_row(
+            "SELECT instance_id, group_name, agent_id, token, coordinator_url, register_request_id,
+                    heartbeat_interval_ms, role, role_epoch, link_state, link_last_ok_ms,
+                    link_last_error, decommissioned_at_ms, pricing_since_ms, self_demoted_at_ms
+             FROM agent_state WHERE id = 1",
+            [],
+            |r| {
+                let role: Option<String> = r.get(7)?;
+                Ok(LocalState {
+                    instance_id: r.get(0)?,
+                    group: r.get(1)?,
+                    agent_id: r.get(2)?,
+                    token: r.get(3)?,
+                    coordinator_url: r.get(4)?,
+                    register_request_id: r.get(5)?,
+                    heartbeat_interval_ms: r.get(6)?,
+                    role: role.and_then(|r| r.parse().ok()),
+                    role_epoch: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
+                    link_state: r.get(9)?,
+                    link_last_ok_ms: r.get(10)?,
+                    link_last_error: r.get(11)?,
+                    decommissioned_at_ms: r.get(12)?,
+                    pricing_since_ms: r.get(13)?,
+                    self_demoted_at_ms: r.get(14)?,
+                })
+            },
+        )?)
     }
 
-    /// Set several keys atomically (an identity is all or nothing).
-    pub fn set_many(&mut self, kv: &[(&str, &str)]) -> Result<()> {
+    /// Bind the journal to the instance and group it serves.
+    pub fn bind(&mut self, instance_id: &str, group: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE agent_state SET instance_id = ?1, group_name = ?2 WHERE id = 1",
+            params![instance_id, group],
+        )?;
+        Ok(())
+    }
+
+    /// The registration's request id, created once: a retry after a lost
+    /// answer gets the same identity, not a second one.
+    pub fn register_request_id(&mut self, fresh: &str) -> Result<String> {
+        self.conn.execute(
+            "UPDATE agent_state SET register_request_id = COALESCE(register_request_id, ?1)
+             WHERE id = 1",
+            [fresh],
+        )?;
+        Ok(self.conn.query_row(
+            "SELECT register_request_id FROM agent_state WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// A registration answer (all or nothing).
+    pub fn set_identity(
+        &mut self,
+        creds: &Creds,
+        coordinator_url: &str,
+        heartbeat_interval_ms: u64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE agent_state SET agent_id = ?1, token = ?2, coordinator_url = ?3,
+                 heartbeat_interval_ms = ?4 WHERE id = 1",
+            params![
+                creds.agent_id,
+                creds.token,
+                coordinator_url,
+                to_i64(heartbeat_interval_ms)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The coordinator no longer knows us: register afresh.
+    pub fn forget_identity(&mut self) -> Result<()> {
+        self.conn.execute(
+            "UPDATE agent_state SET agent_id = NULL, token = NULL, register_request_id = NULL
+             WHERE id = 1",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// A role learned from the coordinator (launching -> replica).
+    pub fn set_role(&mut self, role: Role, epoch: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE agent_state SET role = ?1, role_epoch = ?2 WHERE id = 1",
+            params![role.as_str(), to_i64(epoch)],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_link(&mut self, state: &str, ok_ms: Option<i64>, error: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE agent_state SET link_state = ?1,
+                 link_last_ok_ms = COALESCE(?2, link_last_ok_ms),
+                 link_last_error = COALESCE(?3, link_last_error) WHERE id = 1",
+            params![state, ok_ms, error],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_decommissioned(&mut self, at_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE agent_state SET decommissioned_at_ms = ?1 WHERE id = 1",
+            [at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Journal price batches and the capture watermark in one transaction.
+    pub fn record_prices(
+        &mut self,
+        batches: &[EventBody],
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (k, v) in kv {
+        for b in batches {
             tx.execute(
-                "INSERT INTO identity (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![k, v],
+                "INSERT INTO outbox (body, created_at_ms) VALUES (?1, ?2)",
+                params![serde_json::to_string(b)?, now_ms],
             )?;
         }
+        tx.execute(
+            "UPDATE agent_state SET pricing_since_ms = ?1 WHERE id = 1",
+            [since_ms],
+        )?;
         tx.commit()?;
         Ok(())
     }
 
-    pub fn delete_keys(&mut self, keys: &[&str]) -> Result<()> {
+    /// The agent stopped serving on its own (the coordinator answered that
+    /// it is not PRIMARY at its epoch, or its journal failed and it
+    /// recovered): ZOMBIE at `epoch`, with the event for the coordinator.
+    pub fn self_demoted(&mut self, epoch: u64, event: &EventBody, now_ms: i64) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for k in keys {
-            tx.execute("DELETE FROM identity WHERE key = ?1", [k])?;
-        }
+        tx.execute(
+            "UPDATE agent_state SET role = 'zombie', role_epoch = ?1, self_demoted_at_ms = ?2
+             WHERE id = 1",
+            params![to_i64(epoch), now_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO outbox (body, created_at_ms) VALUES (?1, ?2)",
+            params![serde_json::to_string(event)?, now_ms],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -257,14 +501,7 @@ impl Journal {
         if let Some(state) = seen {
             return Ok(Accept::Duplicate { state });
         }
-        let highest: u64 = tx
-            .query_row(
-                "SELECT highest FROM epochs WHERE group_name = ?1",
-                [&cmd.group],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?
-            .map_or(0, |h| u64::try_from(h).unwrap_or(0));
+        let highest = highest_tx(&tx, &cmd.group)?;
         let (state, outcome, verdict) = if cmd.action.is_role_change() && cmd.epoch < highest {
             (
                 "stale",
@@ -323,31 +560,86 @@ impl Journal {
         Ok(verdict)
     }
 
-    /// Mark a command running (one more attempt) before its side effect.
-    pub fn start(&mut self, request_id: &str, now_ms: i64) -> Result<i64> {
+    /// Mark a command running (one more attempt) right before its side
+    /// effect, after checking it is still wanted: a role change whose epoch
+    /// is below the highest accepted is stale; a command past its deadline
+    /// has expired (except a demote, which is always safe to run, and a
+    /// launch already attempted, which must be resumed with its
+    /// ClientToken to learn what it created). A refused command gets its
+    /// result event in the same transaction.
+    pub fn start(&mut self, request_id: &str, now_ms: i64) -> Result<Start> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(String, String, i64)> = tx
+            .query_row(
+                "SELECT body, state, attempts FROM commands WHERE request_id = ?1",
+                [request_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((body, state, attempts)) = row else {
+            return Ok(Start::Finished);
+        };
+        if !matches!(state.as_str(), "received" | "running") {
+            return Ok(Start::Finished);
+        }
+        let cmd: Command = serde_json::from_str(&body)?;
+        let highest = highest_tx(&tx, &cmd.group)?;
+        let (verdict, outcome, detail) = if cmd.action.is_role_change() && cmd.epoch < highest {
+            (
+                Start::Stale { highest },
+                CommandOutcome::Stale,
+                format!("epoch {} was superseded by epoch {highest}", cmd.epoch),
+            )
+        } else if now_ms > cmd.deadline_ms
+            && !matches!(cmd.action, spot_common::CommandKind::Demote)
+            && !(matches!(cmd.action, spot_common::CommandKind::Launch { .. }) && attempts > 0)
+        {
+            (
+                Start::Expired,
+                CommandOutcome::Expired,
+                format!("deadline {} passed before it could start", cmd.deadline_ms),
+            )
+        } else {
+            tx.execute(
+                "UPDATE commands SET state = 'running', attempts = attempts + 1, updated_at_ms = ?2
+                 WHERE request_id = ?1",
+                params![request_id, now_ms],
+            )?;
+            tx.commit()?;
+            return Ok(Start::Run {
+                attempts: attempts + 1,
+            });
+        };
+        let result = EventBody::CommandResult {
+            request_id: request_id.to_owned(),
+            outcome,
+            detail: Some(detail),
+            instance_id: None,
+            error_code: None,
+        };
+        let result = serde_json::to_string(&result)?;
         tx.execute(
-            "UPDATE commands SET state = 'running', attempts = attempts + 1, updated_at_ms = ?2
-             WHERE request_id = ?1 AND state IN ('received', 'running')",
-            params![request_id, now_ms],
+            "UPDATE commands SET state = ?1, result = ?2, updated_at_ms = ?3 WHERE request_id = ?4",
+            params![outcome.as_str(), result, now_ms, request_id],
         )?;
-        let attempts = tx.query_row(
-            "SELECT attempts FROM commands WHERE request_id = ?1",
-            [request_id],
-            |r| r.get(0),
+        tx.execute(
+            "INSERT INTO outbox (body, created_at_ms) VALUES (?1, ?2)",
+            params![result, now_ms],
         )?;
         tx.commit()?;
-        Ok(attempts)
+        Ok(verdict)
     }
 
-    /// Final state and result event, in one transaction.
+    /// Final state and result event, and the role the command gave this
+    /// agent (promote: PRIMARY, demote: ZOMBIE), in one transaction.
     pub fn finish(
         &mut self,
         request_id: &str,
         result: &EventBody,
         output: Option<&str>,
+        role: Option<(Role, u64)>,
         now_ms: i64,
     ) -> Result<()> {
         let state = match result {
@@ -369,6 +661,12 @@ impl Journal {
                 "INSERT INTO outbox (body, created_at_ms) VALUES (?1, ?2)",
                 params![body, now_ms],
             )?;
+            if let Some((role, epoch)) = role {
+                tx.execute(
+                    "UPDATE agent_state SET role = ?1, role_epoch = ?2 WHERE id = 1",
+                    params![role.as_str(), to_i64(epoch)],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -480,17 +778,49 @@ impl Journal {
     }
 }
 
-/// Async handle: the journal runs on the blocking pool.
+/// Async handle: the journal runs on the blocking pool. The first journal
+/// error of any caller trips `failed()`, on which the agent fails closed
+/// (a PRIMARY that cannot journal stops serving, then the process exits
+/// for systemd to restart it): no caller turns a journal error into "not
+/// registered" or "not PRIMARY".
 #[derive(Clone)]
 pub struct JournalHandle {
     inner: Arc<Mutex<Journal>>,
+    failed: tokio_util::sync::CancellationToken,
+    first_error: Arc<Mutex<Option<String>>>,
+    /// Test builds only: while this file exists, every call fails.
+    fault_file: Option<std::path::PathBuf>,
 }
 
 impl JournalHandle {
     pub fn new(j: Journal) -> JournalHandle {
         JournalHandle {
             inner: Arc::new(Mutex::new(j)),
+            failed: tokio_util::sync::CancellationToken::new(),
+            first_error: Arc::default(),
+            fault_file: None,
         }
+    }
+
+    /// Test builds: calls fail while `path` exists (the nemesis's journal
+    /// I/O errors). Ignored without the `failpoints` feature.
+    pub fn with_fault_file(mut self, path: std::path::PathBuf) -> JournalHandle {
+        if cfg!(feature = "failpoints") {
+            self.fault_file = Some(path);
+        }
+        self
+    }
+
+    /// Cancelled on the first journal error.
+    pub fn failed(&self) -> tokio_util::sync::CancellationToken {
+        self.failed.clone()
+    }
+
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub async fn call<R, F>(&self, f: F) -> Result<R>
@@ -498,12 +828,27 @@ impl JournalHandle {
         R: Send + 'static,
         F: FnOnce(&mut Journal) -> Result<R> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut g)
-        })
-        .await?
+        let result = match &self.fault_file {
+            Some(p) if p.exists() => Err(JournalError::Injected(p.display().to_string())),
+            _ => {
+                let inner = Arc::clone(&self.inner);
+                tokio::task::spawn_blocking(move || {
+                    let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+                    f(&mut g)
+                })
+                .await
+                .map_err(JournalError::from)
+                .and_then(|r| r)
+            }
+        };
+        if let Err(e) = &result {
+            let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+            if first.is_none() {
+                *first = Some(crate::error_chain(e));
+            }
+            self.failed.cancel();
+        }
+        result
     }
 }
 
@@ -553,6 +898,7 @@ mod tests {
                     "r2",
                     CommandKind::Promote {
                         promotion: Default::default(),
+                        address_from: Vec::new(),
                     },
                     4,
                 ),
@@ -586,8 +932,8 @@ mod tests {
     fn finish_writes_state_and_event_together_once() {
         let (_d, mut j) = journal();
         j.accept(&cmd("r1", CommandKind::Demote, 1), 10).unwrap();
-        assert_eq!(j.start("r1", 11).unwrap(), 1);
-        assert_eq!(j.start("r1", 12).unwrap(), 2);
+        assert_eq!(j.start("r1", 11).unwrap(), Start::Run { attempts: 1 });
+        assert_eq!(j.start("r1", 12).unwrap(), Start::Run { attempts: 2 });
         let res = EventBody::CommandResult {
             request_id: "r1".into(),
             outcome: CommandOutcome::Done,
@@ -595,8 +941,16 @@ mod tests {
             instance_id: None,
             error_code: None,
         };
-        j.finish("r1", &res, Some("hook ok"), 13).unwrap();
-        j.finish("r1", &res, Some("hook ok"), 14).unwrap();
+        j.finish("r1", &res, Some("hook ok"), Some((Role::Zombie, 1)), 13)
+            .unwrap();
+        j.finish("r1", &res, Some("hook ok"), Some((Role::Primary, 9)), 14)
+            .unwrap();
+        let st = j.state().unwrap();
+        assert_eq!(
+            (st.role, st.role_epoch),
+            (Some(Role::Zombie), 1),
+            "applied once"
+        );
         assert_eq!(j.pending(10).unwrap().len(), 1);
         assert_eq!(j.command_state("r1").unwrap().as_deref(), Some("done"));
         assert!(j.unfinished().unwrap().is_empty());
@@ -643,12 +997,99 @@ mod tests {
     fn identity_is_set_atomically_and_survives_reopen() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("j.db");
+        let creds = Creds {
+            agent_id: "a".into(),
+            token: "t".into(),
+        };
         {
             let mut j = Journal::open(&path).unwrap();
-            j.set_many(&[("agent_id", "a"), ("token", "t")]).unwrap();
+            assert_eq!(j.register_request_id("r-1").unwrap(), "r-1");
+            assert_eq!(j.register_request_id("r-2").unwrap(), "r-1", "created once");
+            j.set_identity(&creds, "http://c", 5000).unwrap();
         }
-        let j = Journal::open(&path).unwrap();
-        assert_eq!(j.get("agent_id").unwrap().as_deref(), Some("a"));
+        let mut j = Journal::open(&path).unwrap();
+        let st = j.state().unwrap();
+        assert_eq!(st.creds_for("http://c"), Some(creds));
+        assert_eq!(st.creds_for("http://other"), None);
         assert_eq!(j.integrity_check().unwrap(), "ok");
+        j.forget_identity().unwrap();
+        assert_eq!(j.state().unwrap().creds_for("http://c"), None);
+        assert_eq!(j.register_request_id("r-3").unwrap(), "r-3");
+    }
+
+    #[test]
+    fn a_start_rechecks_epoch_and_deadline() {
+        let (_d, mut j) = journal();
+        let promote = |rid: &str, epoch| {
+            cmd(
+                rid,
+                CommandKind::Promote {
+                    promotion: Default::default(),
+                    address_from: Vec::new(),
+                },
+                epoch,
+            )
+        };
+        // Accepted at epoch 2, then demote(3) accepted before it started.
+        assert_eq!(j.accept(&promote("p2", 2), 10).unwrap(), Accept::Run);
+        assert_eq!(
+            j.accept(&cmd("d3", CommandKind::Demote, 3), 11).unwrap(),
+            Accept::Run
+        );
+        assert_eq!(j.start("p2", 12).unwrap(), Start::Stale { highest: 3 });
+        assert_eq!(j.command_state("p2").unwrap().as_deref(), Some("stale"));
+        assert!(j.pending(10).unwrap().iter().any(|p| matches!(
+            &p.body,
+            EventBody::CommandResult { outcome: CommandOutcome::Stale, request_id, .. } if request_id == "p2"
+        )));
+        // Past its deadline (1,000): expired, never run; a demote still runs.
+        assert_eq!(j.accept(&promote("p4", 4), 20).unwrap(), Accept::Run);
+        assert_eq!(j.start("p4", 2_000).unwrap(), Start::Expired);
+        assert_eq!(
+            j.accept(&cmd("d5", CommandKind::Demote, 5), 30).unwrap(),
+            Accept::Run
+        );
+        assert_eq!(j.start("d5", 2_000).unwrap(), Start::Run { attempts: 1 });
+        assert_eq!(j.start("nope", 1).unwrap(), Start::Finished);
+    }
+
+    #[test]
+    fn the_identity_table_migrates_to_the_typed_row() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("j.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(STEPS[0]).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.execute_batch(
+                "INSERT INTO identity VALUES ('agent_id', 'agt-1'), ('token', 'tok'),
+                   ('coordinator_url', 'http://c'), ('role', 'primary'), ('instance_id', 'i-1');
+                 INSERT INTO epochs VALUES ('g', 7);",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let st = Journal::open(&path).unwrap().state().unwrap();
+        assert_eq!(st.agent_id.as_deref(), Some("agt-1"));
+        assert_eq!(st.instance_id.as_deref(), Some("i-1"));
+        assert_eq!((st.role, st.role_epoch), (Some(Role::Primary), 7));
+    }
+
+    #[tokio::test]
+    async fn the_first_error_trips_the_failsafe() {
+        let (_d, j) = journal();
+        let h = JournalHandle::new(j);
+        assert!(!h.failed().is_cancelled());
+        let bad: Result<()> = h
+            .call(|j| {
+                Ok(j.conn
+                    .execute("INSERT INTO nope VALUES (1)", [])
+                    .map(|_| ())?)
+            })
+            .await;
+        assert!(bad.is_err());
+        assert!(h.failed().is_cancelled());
+        assert!(h.first_error().unwrap().contains("journal database error"));
     }
 }

@@ -1,185 +1,405 @@
-//! Client of the coordinator's agent API v1.
+//! The coordinator link task: registration, then the heartbeat loop and the
+//! command long-poll side by side, registering again when the identity is
+//! lost (401, or 409 `instance_mismatch`).
 //!
-//! Every call has its own timeout (the long-poll gets its wait plus 10 s);
-//! retries are the caller's, with `spot_common::retry::COORDINATOR_LINK`.
-//! A 401 means the identity is no longer valid (deleted, or the coordinator
-//! lost its database): the caller re-registers.
+//! Heartbeats tick at the interval the coordinator gave (not on a backoff),
+//! so they resume within one interval of a coordinator coming back; the
+//! long-poll retries with `COORDINATOR_RECONNECT` (capped at 5 s);
+//! registration with `COORDINATOR_LINK` (capped at 30 s: a fleet
+//! re-registering must not hammer a recovering coordinator). A coordinator
+//! that cannot be reached changes nothing about serving: see `lease`.
 
-use reqwest::StatusCode;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use spot_common::wire::{
-    ErrorBody, EventsRequest, EventsResponse, HeartbeatRequest, HeartbeatResponse, PollResponse,
-    RegisterRequest, RegisterResponse,
-};
-use spot_common::{Command, Event};
+use crate::agent::{Agent, Job, Lanes};
+use crate::client::LinkError;
+use crate::journal::{Accept, Creds, JournalError};
+use crate::lease::{self, Verdict};
+use spot_common::retry::{COORDINATOR_LINK, COORDINATOR_RECONNECT};
+use spot_common::wire::{HeartbeatRequest, RegisterRequest};
+use spot_common::{Command, Role};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Why the link stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error("coordinator refused our credentials (401)")]
-    Unauthorized,
-    #[error("coordinator refused the request: {status} {code}: {message}")]
-    Rejected {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error("coordinator unreachable or failing")]
-    Transport(#[source] reqwest::Error),
-    #[error("coordinator answered {status}")]
-    Server { status: u16 },
+pub enum Stop {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
-impl LinkError {
-    /// Worth retrying later with the same request.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, LinkError::Transport(_) | LinkError::Server { .. })
+pub async fn run(agent: Arc<Agent>, lanes: Lanes) -> anyhow::Result<()> {
+    loop {
+        let st = agent.journal.call(|j| j.state()).await?;
+        if let Some(at) = st.decommissioned_at_ms {
+            tracing::warn!(
+                at_ms = at,
+                "this agent was deleted by an operator; not registering again (`spot-agent reset` for a fresh identity)"
+            );
+            agent.shutdown.cancelled().await;
+            return Ok(());
+        }
+        let Some(creds) = ensure_registered(&agent).await? else {
+            return Ok(());
+        };
+        agent.creds.send_replace(Some(creds.clone()));
+        let r = tokio::select! {
+            r = heartbeat_loop(&agent, &creds, &lanes) => r,
+            r = poll_loop(&agent, &creds, &lanes) => r,
+            _ = agent.shutdown.cancelled() => return Ok(()),
+        };
+        match r {
+            Err(Stop::Link(e)) if e.identity_lost() => {
+                tracing::warn!(agent_id = %creds.agent_id, error = %e, "giving up this identity; registering again");
+                agent.creds.send_replace(None);
+                agent.journal.call(|j| j.forget_identity()).await?;
+            }
+            Err(Stop::Journal(e)) => return Err(e.into()),
+            Err(Stop::Link(e)) => return Err(e.into()),
+            Ok(()) => return Ok(()),
+        }
     }
 }
 
-#[derive(Clone)]
-pub struct Link {
-    http: reqwest::Client,
-    base: String,
-}
-
-/// Calls other than the long-poll must answer within this.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Link {
-    pub fn new(base: &str) -> Result<Link, LinkError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .user_agent(concat!("spot-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(LinkError::Transport)?;
-        Ok(Link {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
-        })
-    }
-
-    async fn send<B: Serialize, R: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<&B>,
-        timeout: Duration,
-    ) -> Result<R, LinkError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(LinkError::Transport)?;
-        let status = resp.status();
-        if status.is_success() {
-            return resp.json().await.map_err(LinkError::Transport);
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            return Err(LinkError::Unauthorized);
-        }
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(LinkError::Server {
-                status: status.as_u16(),
-            });
-        }
-        let err: ErrorBody = resp.json().await.unwrap_or(ErrorBody {
-            code: "unknown".into(),
-            message: String::new(),
-            rule: None,
-        });
-        Err(LinkError::Rejected {
-            status: status.as_u16(),
-            code: err.code,
-            message: err.message,
-        })
-    }
-
-    pub async fn register(
-        &self,
-        enrollment_token: &str,
-        req: &RegisterRequest,
-    ) -> Result<RegisterResponse, LinkError> {
-        self.send(
-            reqwest::Method::POST,
-            "/v1/agents/register",
-            enrollment_token,
-            Some(req),
-            CALL_TIMEOUT,
-        )
+async fn link_state(
+    agent: &Agent,
+    state: &'static str,
+    error: Option<String>,
+) -> Result<(), JournalError> {
+    let ok = (state == "connected").then(|| agent.now_ms());
+    agent
+        .journal
+        .call(move |j| j.set_link(state, ok, error.as_deref()))
         .await
-    }
+}
 
-    pub async fn heartbeat(
-        &self,
-        agent_id: &str,
-        token: &str,
-        req: &HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, LinkError> {
-        self.send(
-            reqwest::Method::POST,
-            &format!("/v1/agents/{agent_id}/heartbeat"),
-            token,
-            Some(req),
-            CALL_TIMEOUT,
-        )
+/// Registered credentials, registering (idempotently) when there are
+/// none. `None` on shutdown.
+async fn ensure_registered(agent: &Agent) -> Result<Option<Creds>, JournalError> {
+    let url = agent.config.coordinator_url.clone();
+    let st = agent.journal.call(|j| j.state()).await?;
+    if let Some(c) = st.creds_for(&url) {
+        return Ok(Some(c));
+    }
+    let Some(enrollment) = agent.config.enrollment_token.clone() else {
+        tracing::error!("not registered and no enrollment_token configured; set it and restart");
+        agent.shutdown.cancelled().await;
+        return Ok(None);
+    };
+    let fresh = format!("register-{}", uuid::Uuid::new_v4());
+    let rid = agent
+        .journal
+        .call(move |j| j.register_request_id(&fresh))
+        .await?;
+    let req = RegisterRequest {
+        instance_id: agent.identity.instance_id.clone(),
+        instance_type: agent.identity.instance_type.clone(),
+        availability_zone: agent.identity.availability_zone.clone(),
+        region: agent.identity.region.clone(),
+        lifecycle: agent.identity.lifecycle.clone(),
+        group: agent.group.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        request_id: Some(rid),
+    };
+    let mut delays = spot_runtime::retry::delays(COORDINATOR_LINK);
+    loop {
+        match agent.coordinator.register(&enrollment, &req).await {
+            Ok(r) => {
+                let creds = Creds {
+                    agent_id: r.agent_id.clone(),
+                    token: r.token.clone(),
+                };
+                let (c, u, hb) = (creds.clone(), url.clone(), r.heartbeat_interval_ms);
+                agent
+                    .journal
+                    .call(move |j| j.set_identity(&c, &u, hb))
+                    .await?;
+                tracing::info!(agent_id = %r.agent_id, "registered with the coordinator");
+                link_state(agent, "connected", None).await?;
+                return Ok(Some(creds));
+            }
+            Err(e) => {
+                let wait = delays.next().unwrap_or(COORDINATOR_LINK.max_delay);
+                tracing::warn!(error = %spot_common::error_chain(&e), ?wait, "registering; retrying");
+                link_state(agent, "unregistered", Some(spot_common::error_chain(&e))).await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = agent.shutdown.cancelled() => return Ok(None),
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(agent: &Agent, creds: &Creds, lanes: &Lanes) -> Result<(), Stop> {
+    let every = agent
+        .journal
+        .call(|j| j.state())
+        .await?
+        .heartbeat_interval_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        beat(agent, creds, lanes, &mut failing).await?;
+    }
+}
+
+/// One heartbeat and what its answer implies.
+pub async fn beat(
+    agent: &Agent,
+    creds: &Creds,
+    lanes: &Lanes,
+    failing: &mut bool,
+) -> Result<(), Stop> {
+    let (healthy, detail) = agent.config.health.check(&agent.http).await;
+    let (highest_epoch, backlog) = agent
+        .journal
+        .call(|j| Ok((j.highest_epoch()?, j.backlog()?)))
+        .await?;
+    let sent = agent.role();
+    let req = HeartbeatRequest {
+        instance_id: agent.identity.instance_id.clone(),
+        role: sent.role,
+        role_epoch: sent.epoch,
+        highest_epoch,
+        healthy,
+        health_detail: detail,
+        backlog,
+    };
+    // The lease runs from when the renewal was sent, not from when the
+    // answer came: the coordinator's clock for it starts later.
+    let sent_at = tokio::time::Instant::now();
+    let resp = match agent
+        .coordinator
+        .heartbeat(&creds.agent_id, &creds.token, &req)
         .await
+    {
+        Ok(r) => r,
+        Err(e) if e.identity_lost() => return Err(e.into()),
+        Err(e) => {
+            if !*failing {
+                if sent.role == Some(Role::Primary) {
+                    tracing::warn!(error = %spot_common::error_chain(&e),
+                        "heartbeat failed; this PRIMARY keeps serving (nobody can replace it without fencing it first)");
+                } else {
+                    tracing::warn!(error = %spot_common::error_chain(&e), "heartbeat failed; still watching IMDS and journaling");
+                }
+                *failing = true;
+            }
+            link_state(agent, "unreachable", Some(spot_common::error_chain(&e))).await?;
+            return Ok(());
+        }
+    };
+    if std::mem::take(failing) {
+        tracing::info!("coordinator reachable again");
     }
+    *agent.pricing_hint.lock().unwrap_or_else(|p| p.into_inner()) = resp.pricing.clone();
+    if resp.status == spot_common::AgentStatus::Deleted {
+        tracing::warn!("coordinator says this agent was deleted; waiting for its cleanup command");
+    }
+    match lease::judge(sent, agent.role(), &resp) {
+        Verdict::Lease { ms } => agent.set_lease(Some(sent_at + Duration::from_millis(ms))),
+        Verdict::Keep | Verdict::Ignore => {}
+        Verdict::Adopt { role, epoch } => {
+            agent.journal.call(move |j| j.set_role(role, epoch)).await?;
+            agent.set_role(role, epoch);
+        }
+        Verdict::Demote { reason } => {
+            agent.set_lease(None);
+            tracing::warn!(%reason, "stopping serving");
+            if lanes.urgent.send(Job::SelfDemote { reason }).await.is_err() {
+                tracing::error!("the role lane is gone; the process is stopping");
+            }
+        }
+    }
+    link_state(agent, "connected", None).await?;
+    Ok(())
+}
 
-    pub async fn poll(
-        &self,
-        agent_id: &str,
-        token: &str,
-        wait: Duration,
-    ) -> Result<Vec<Command>, LinkError> {
-        let ms = wait.as_millis();
-        let r: PollResponse = self
-            .send::<(), _>(
-                reqwest::Method::GET,
-                &format!("/v1/agents/{agent_id}/commands?wait_ms={ms}"),
-                token,
-                None,
-                wait + CALL_TIMEOUT,
+async fn poll_loop(agent: &Agent, creds: &Creds, lanes: &Lanes) -> Result<(), Stop> {
+    let mut delays = spot_runtime::retry::delays(COORDINATOR_RECONNECT);
+    loop {
+        match agent
+            .coordinator
+            .poll(
+                &creds.agent_id,
+                &creds.token,
+                &agent.identity.instance_id,
+                agent.config.poll_wait,
             )
-            .await?;
-        Ok(r.commands)
+            .await
+        {
+            Ok(list) => {
+                delays = spot_runtime::retry::delays(COORDINATOR_RECONNECT);
+                for cmd in list {
+                    offer(agent, cmd, lanes).await?;
+                }
+            }
+            Err(e) if e.identity_lost() => return Err(e.into()),
+            Err(e) => {
+                let wait = delays.next().unwrap_or(COORDINATOR_RECONNECT.max_delay);
+                tracing::debug!(error = %spot_common::error_chain(&e), ?wait, "long-poll failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Journal a command before anything else (raising the highest epoch for
+/// a role change in the same transaction), then hand it to its lane.
+pub async fn offer(agent: &Agent, cmd: Command, lanes: &Lanes) -> Result<(), JournalError> {
+    crate::crash_point!("before_journal_insert");
+    let now = agent.now_ms();
+    let c = cmd.clone();
+    match agent.journal.call(move |j| j.accept(&c, now)).await? {
+        Accept::Run => {
+            tracing::info!(request_id = %cmd.request_id, kind = cmd.action.name(), epoch = cmd.epoch, "command journaled");
+            if cmd.action.is_role_change() {
+                agent.raise_epoch(cmd.epoch);
+            }
+            if lanes
+                .for_command(&cmd)
+                .send(Job::Command(cmd))
+                .await
+                .is_err()
+            {
+                tracing::warn!("executor stopped; the command resumes at next start");
+            }
+        }
+        Accept::Duplicate { state } => {
+            tracing::debug!(request_id = %cmd.request_id, %state, "command already journaled");
+        }
+        Accept::Stale { highest } => {
+            tracing::warn!(request_id = %cmd.request_id, epoch = cmd.epoch, highest, "stale epoch: command refused");
+            agent.outbox_wake.notify_one();
+        }
+        Accept::Expired => {
+            tracing::warn!(request_id = %cmd.request_id, "command past its deadline: refused");
+            agent.outbox_wake.notify_one();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::RoleState;
+    use crate::agent::testing::agent;
+    use crate::client::fake::answer;
+    use tokio::sync::mpsc;
+
+    fn lanes() -> (Lanes, mpsc::Receiver<Job>, mpsc::Receiver<Job>) {
+        let (u, urx) = mpsc::channel(8);
+        let (r, rrx) = mpsc::channel(8);
+        (
+            Lanes {
+                urgent: u,
+                routine: r,
+            },
+            urx,
+            rrx,
+        )
     }
 
-    pub async fn pricing(
-        &self,
-        agent_id: &str,
-        token: &str,
-        points: Vec<spot_common::PricePoint>,
-    ) -> Result<spot_common::wire::PricingResponse, LinkError> {
-        self.send(
-            reqwest::Method::POST,
-            &format!("/v1/agents/{agent_id}/pricing"),
-            token,
-            Some(&spot_common::wire::PricingRequest { points }),
-            CALL_TIMEOUT,
-        )
-        .await
+    fn creds() -> Creds {
+        Creds {
+            agent_id: "agt-1".into(),
+            token: "t".into(),
+        }
     }
 
-    pub async fn events(
-        &self,
-        agent_id: &str,
-        token: &str,
-        events: Vec<Event>,
-    ) -> Result<EventsResponse, LinkError> {
-        self.send(
-            reqwest::Method::POST,
-            &format!("/v1/agents/{agent_id}/events"),
-            token,
-            Some(&EventsRequest { events }),
-            CALL_TIMEOUT,
-        )
-        .await
+    #[tokio::test(start_paused = true)]
+    async fn a_coordinator_outage_never_demotes_a_primary() {
+        let t = agent(RoleState {
+            role: Some(Role::Primary),
+            epoch: 3,
+        });
+        t.coordinator
+            .steady
+            .lock()
+            .unwrap()
+            .clone_from(&answer(Role::Primary, 3, 3_000));
+        let (l, mut urgent, _) = lanes();
+        let mut failing = false;
+        beat(&t.agent, &creds(), &l, &mut failing).await.unwrap();
+        assert!(t.agent.lease_valid());
+        // The coordinator goes away for far longer than the lease.
+        t.coordinator
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            beat(&t.agent, &creds(), &l, &mut failing).await.unwrap();
+        }
+        assert!(!t.agent.lease_valid(), "the lease ran out");
+        assert!(
+            urgent.try_recv().is_err(),
+            "and nothing demoted the PRIMARY"
+        );
+        assert_eq!(t.agent.role().role, Some(Role::Primary));
+        // It comes back and confirms: leased again.
+        t.coordinator
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        beat(&t.agent, &creds(), &l, &mut failing).await.unwrap();
+        assert!(t.agent.lease_valid());
+        let hb = t.coordinator.heartbeats.lock().unwrap();
+        let last = hb.last().unwrap();
+        assert_eq!((last.role, last.role_epoch), (Some(Role::Primary), 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_is_not_primary_at_our_epoch_demotes() {
+        let t = agent(RoleState {
+            role: Some(Role::Primary),
+            epoch: 3,
+        });
+        t.coordinator
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(Ok(answer(Role::Replica, 0, 0)));
+        let (l, mut urgent, _) = lanes();
+        beat(&t.agent, &creds(), &l, &mut false).await.unwrap();
+        assert!(matches!(urgent.try_recv(), Ok(Job::SelfDemote { .. })));
+        assert!(
+            !t.agent.lease_valid(),
+            "no lease for a PRIMARY the store does not know"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_role_change_raises_the_epoch_and_goes_to_the_urgent_lane() {
+        let t = agent(RoleState::default());
+        let (l, mut urgent, mut routine) = lanes();
+        let cmd = |rid: &str, action, epoch| Command {
+            request_id: rid.into(),
+            group: "g".into(),
+            action,
+            priority: 100,
+            epoch,
+            deadline_ms: 2_000_000,
+        };
+        offer(&t.agent, cmd("d5", spot_common::CommandKind::Demote, 5), &l)
+            .await
+            .unwrap();
+        assert_eq!(*t.agent.epoch.borrow(), 5);
+        assert!(matches!(urgent.try_recv(), Ok(Job::Command(c)) if c.request_id == "d5"));
+        let launch = spot_common::CommandKind::Terminate {
+            instance_id: "i-x".into(),
+        };
+        offer(&t.agent, cmd("t1", launch, 5), &l).await.unwrap();
+        assert!(matches!(routine.try_recv(), Ok(Job::Command(c)) if c.request_id == "t1"));
+        // A stale role change is refused and never reaches a lane.
+        offer(&t.agent, cmd("d4", spot_common::CommandKind::Demote, 4), &l)
+            .await
+            .unwrap();
+        assert!(urgent.try_recv().is_err());
     }
 }

@@ -3,7 +3,6 @@
 //! are only ever added.
 
 use crate::journal::{CommandRow, Journal, NoticeRow};
-use crate::keys;
 use serde::Serialize;
 use std::path::Path;
 
@@ -13,6 +12,10 @@ pub struct Status {
     pub instance_id: Option<String>,
     pub group: Option<String>,
     pub role: Option<String>,
+    /// Epoch of the command that gave this agent its role.
+    pub role_epoch: u64,
+    /// When the agent demoted itself last (unix ms).
+    pub self_demoted_at_ms: Option<i64>,
     pub coordinator_url: Option<String>,
     pub link: Link,
     pub highest_epoch: u64,
@@ -37,16 +40,19 @@ pub fn read(state_dir: &Path) -> anyhow::Result<Status> {
         anyhow::bail!("no journal at {} (has the agent run yet?)", path.display());
     }
     let j = Journal::open_read_only(&path)?;
+    let st = j.state()?;
     Ok(Status {
-        agent_id: j.get(keys::AGENT_ID)?,
-        instance_id: j.get(keys::INSTANCE_ID)?,
-        group: j.get(keys::GROUP)?,
-        role: j.get(keys::ROLE)?,
-        coordinator_url: j.get(keys::COORDINATOR_URL)?,
+        agent_id: st.agent_id,
+        instance_id: st.instance_id,
+        group: st.group,
+        role: st.role.map(|r| r.to_string()),
+        role_epoch: st.role_epoch,
+        self_demoted_at_ms: st.self_demoted_at_ms,
+        coordinator_url: st.coordinator_url,
         link: Link {
-            state: j.get(keys::LINK_STATE)?,
-            last_ok_ms: j.get(keys::LINK_LAST_OK)?.and_then(|v| v.parse().ok()),
-            last_error: j.get(keys::LINK_LAST_ERROR)?,
+            state: st.link_state,
+            last_ok_ms: st.link_last_ok_ms,
+            last_error: st.link_last_error,
         },
         highest_epoch: j.highest_epoch()?,
         backlog: j.backlog()?,
@@ -64,11 +70,12 @@ fn when(ms: i64) -> String {
 pub fn render_text(s: &Status) -> String {
     let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut out = format!(
-        "agent:        {}\ninstance:     {}\ngroup:        {}\nrole:         {}\ncoordinator:  {}\nlink:         {}{}{}\nepoch:        {}\nbacklog:      {} event(s) not yet acknowledged\n",
+        "agent:        {}\ninstance:     {}\ngroup:        {}\nrole:         {} (epoch {})\ncoordinator:  {}\nlink:         {}{}{}\nepoch:        {}\nbacklog:      {} event(s) not yet acknowledged\n",
         o(&s.agent_id),
         o(&s.instance_id),
         o(&s.group),
         o(&s.role),
+        s.role_epoch,
         o(&s.coordinator_url),
         o(&s.link.state),
         s.link

@@ -19,9 +19,16 @@ pub enum CommandKind {
     Promote {
         #[serde(default)]
         promotion: Promotion,
+        /// Instances the coordinator has fenced: the Elastic IP may be
+        /// taken from them (or from nobody), never from anyone else.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        address_from: Vec<String>,
     },
     /// Stop serving: `demote` hook.
     Demote,
+    /// STONITH: terminate `instance_id` through EC2 and wait until EC2
+    /// reports it terminated.
+    Fence { instance_id: String },
     /// Terminate the named instance.
     Terminate { instance_id: String },
     /// The operator deleted this agent: stop reporting and forget the
@@ -35,6 +42,7 @@ impl CommandKind {
             CommandKind::Launch { .. } => "launch",
             CommandKind::Promote { .. } => "promote",
             CommandKind::Demote => "demote",
+            CommandKind::Fence { .. } => "fence",
             CommandKind::Terminate { .. } => "terminate",
             CommandKind::Cleanup => "cleanup",
         }
@@ -43,6 +51,15 @@ impl CommandKind {
     /// Role-changing commands carry the group epoch and are fenced by it.
     pub fn is_role_change(&self) -> bool {
         matches!(self, CommandKind::Promote { .. } | CommandKind::Demote)
+    }
+
+    /// Commands of the failover path: they run in the agent's role lane,
+    /// never behind a slow launch.
+    pub fn is_urgent(&self) -> bool {
+        matches!(
+            self,
+            CommandKind::Promote { .. } | CommandKind::Demote | CommandKind::Fence { .. }
+        )
     }
 }
 
@@ -164,9 +181,15 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
-    /// The PRIMARY's lease ran out without a renewal: its agent ran the
-    /// `demote` hook by itself.
-    SelfDemoted { epoch: u64, reason: String },
+    /// The agent stopped serving on its own: the coordinator answered that
+    /// it is not PRIMARY at its epoch, or its journal failed. `hook_ok`:
+    /// its `demote` hook succeeded (only then does it count as fenced).
+    SelfDemoted {
+        epoch: u64,
+        reason: String,
+        #[serde(default)]
+        hook_ok: bool,
+    },
     /// EC2 states of the group's instances, as DescribeInstances shows them.
     Ec2States { instances: Vec<Ec2State> },
     /// Spot prices captured from DescribeSpotPriceHistory; journaled in

@@ -14,9 +14,10 @@ pub fn demote(instance: &str, epoch: u64) -> String {
     format!("demote-{instance}-e{epoch}")
 }
 
-/// `fence-{instance}-e{epoch}`: stops `instance` through EC2 at `epoch`.
-pub fn fence(instance: &str, epoch: u64) -> String {
-    format!("fence-{instance}-e{epoch}")
+/// `fence-{instance}-e{epoch}-{attempt}`: the `attempt`-th try to stop
+/// `instance` through EC2 for its demotion at `epoch`.
+pub fn fence(instance: &str, epoch: u64, attempt: u32) -> String {
+    format!("fence-{instance}-e{epoch}-{attempt}")
 }
 
 /// `terminate-{instance}`: one termination per instance, ever.
@@ -53,12 +54,28 @@ pub fn pool(key: &PoolKey) -> String {
 /// What a derived command id says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Derived {
-    Promote { instance: String, epoch: u64 },
-    Demote { instance: String, epoch: u64 },
-    Fence { instance: String, epoch: u64 },
-    Terminate { instance: String },
-    SwitchLaunch { switch_id: i64 },
-    Cleanup { agent_id: String },
+    Promote {
+        instance: String,
+        epoch: u64,
+    },
+    Demote {
+        instance: String,
+        epoch: u64,
+    },
+    Fence {
+        instance: String,
+        epoch: u64,
+        attempt: u32,
+    },
+    Terminate {
+        instance: String,
+    },
+    SwitchLaunch {
+        switch_id: i64,
+    },
+    Cleanup {
+        agent_id: String,
+    },
 }
 
 fn with_epoch(rest: &str) -> Option<(String, u64)> {
@@ -81,8 +98,13 @@ pub fn parse(id: &str) -> Option<Derived> {
         return Some(Derived::Demote { instance, epoch });
     }
     if let Some(rest) = id.strip_prefix("fence-") {
+        let (rest, attempt) = rest.rsplit_once('-')?;
         let (instance, epoch) = with_epoch(rest)?;
-        return Some(Derived::Fence { instance, epoch });
+        return Some(Derived::Fence {
+            instance,
+            epoch,
+            attempt: attempt.parse().ok()?,
+        });
     }
     if let Some(instance) = id.strip_prefix("terminate-") {
         return (!instance.is_empty()).then(|| Derived::Terminate {
@@ -123,10 +145,11 @@ mod tests {
                 },
             ),
             (
-                fence("i-e-e9", 9),
+                fence("i-e-e9", 9, 2),
                 Derived::Fence {
                     instance: "i-e-e9".into(),
                     epoch: 9,
+                    attempt: 2,
                 },
             ),
             (

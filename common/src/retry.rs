@@ -1,10 +1,11 @@
 //! The one retry policy family. Every retrying caller (agent -> coordinator,
 //! agent -> EC2) picks a named policy here and wraps it in its overall
-//! deadline; the agent turns it into a `backon` builder.
+//! deadline; `spot_runtime::retry` turns it into delays.
 
 use std::time::Duration;
 
-/// Capped exponential backoff with full jitter.
+/// Capped exponential backoff; the runtime adds a random jitter of up to
+/// `min_delay` to each delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub min_delay: Duration,
@@ -25,6 +26,18 @@ pub const COORDINATOR_LINK: RetryPolicy = RetryPolicy {
     max_retries: None,
 };
 
+/// Agent -> coordinator for the long-poll and the outbox once registered.
+/// Capped at 5 s, not 30: after a coordinator outage an emergency command
+/// and the results the coordinator waits for (a promotion's) must flow
+/// within seconds, and these calls are as frequent as heartbeats anyway
+/// (jitter spreads a fleet's reconnections).
+pub const COORDINATOR_RECONNECT: RetryPolicy = RetryPolicy {
+    min_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(5),
+    factor: 2,
+    max_retries: None,
+};
+
 /// Agent -> EC2 for throttling and 5xx. EC2's own guidance is exponential
 /// backoff from about 100 ms; 6 retries with a 5 s cap keep a launch inside
 /// the 2-minute interruption budget even when every retry waits the cap.
@@ -36,8 +49,7 @@ pub const EC2_CALL: RetryPolicy = RetryPolicy {
 };
 
 impl RetryPolicy {
-    /// The un-jittered delay before retry number `n` (0-based): what the
-    /// jitter is drawn under.
+    /// The un-jittered delay before retry number `n` (0-based).
     pub fn ceiling(&self, n: u32) -> Duration {
         let mult = self.factor.saturating_pow(n);
         self.min_delay.saturating_mul(mult).min(self.max_delay)

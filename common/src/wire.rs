@@ -46,9 +46,12 @@ pub struct RegisterResponse {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub instance_id: String,
-    /// Role as the agent believes it.
+    /// Role as the agent believes it (the hooks it has run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// Epoch of the command that gave it that role.
+    #[serde(default)]
+    pub role_epoch: u64,
     /// Highest group epoch the agent has accepted.
     pub highest_epoch: u64,
     pub healthy: bool,
@@ -61,9 +64,17 @@ pub struct HeartbeatRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub status: AgentStatus,
-    /// Role as the coordinator records it.
+    /// Role as the coordinator records it (PRIMARY too for a candidate
+    /// whose promotion was granted).
     pub role: Role,
+    /// Epoch of that role's assignment (for a PRIMARY: its promotion's).
+    #[serde(default)]
+    pub role_epoch: u64,
+    /// The group's epoch.
     pub epoch: u64,
+    /// The lease granted by this answer: non-zero only to the PRIMARY at
+    /// its epoch. An agent that believes it is PRIMARY and gets anything
+    /// else stops serving.
     pub lease_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// Pools to capture spot prices for; absent for a ZOMBIE (its reports
@@ -150,8 +161,19 @@ pub struct LaunchRequest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueuedCommand {
-    pub agent_id: String,
+    /// The agent that runs it; the coordinator's EC2 executor when absent.
+    pub agent_id: Option<String>,
     pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclareDeadRequest {
+    /// The instance the operator vouches is not serving (stopped,
+    /// terminated, disconnected from its data): it counts as fenced.
+    pub instance_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +225,25 @@ pub struct TransitionView {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switch_id: Option<i64>,
+    /// Instances that must be shown not to serve before the candidate is
+    /// promoted (the old PRIMARY, candidates a roll-over gave up on), each
+    /// with the epoch it was demoted at.
+    #[serde(default)]
+    pub fence: Vec<FenceTarget>,
+    /// The candidate must finish its promotion within this of the grant.
+    #[serde(default = "default_promote_budget")]
+    pub promote_budget_ms: i64,
+}
+
+fn default_promote_budget() -> i64 {
+    25_000
+}
+
+/// An instance a transition must fence, and the epoch of its demotion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceTarget {
+    pub instance_id: String,
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +283,13 @@ pub struct InstanceView {
     /// As an agent of the group last saw it in EC2.
     #[serde(default)]
     pub ec2_state: Option<String>,
+    /// Epoch of the command that gave it its role (for a PRIMARY: its
+    /// promotion's).
+    #[serde(default)]
+    pub role_epoch: u64,
+    /// An operator declared it dead (not serving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_dead_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,7 +310,8 @@ pub struct AgentView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandView {
     pub command: Command,
-    pub agent_id: String,
+    /// The agent that runs it; the coordinator's EC2 executor when absent.
+    pub agent_id: Option<String>,
     pub state: CommandState,
     pub created_at_ms: i64,
     pub result: Option<serde_json::Value>,

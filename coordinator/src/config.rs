@@ -74,10 +74,35 @@ pub struct ServeArgs {
     /// Canonical hourly prices are kept this long, at least 92d [default: 100d].
     #[arg(long, env = "SPOT_COORDINATOR_PRICE_RETENTION", value_parser = humantime::parse_duration)]
     pub price_retention: Option<Duration>,
+    /// A fence target whose demotion is not acknowledged within this is
+    /// fenced through EC2 (STONITH) [default: 15s].
+    #[arg(long, env = "SPOT_COORDINATOR_DEMOTE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub demote_timeout: Option<Duration>,
+    /// Longest an EC2 fence may take (terminate, then wait for
+    /// `terminated`) before it is tried again [default: 60s].
+    #[arg(long, env = "SPOT_COORDINATOR_FENCE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub fence_timeout: Option<Duration>,
+    /// Let the coordinator make EC2 calls itself (fences and launches no
+    /// live agent can make: a lone PRIMARY lost, a group that lost every
+    /// instance), with the credentials of its own environment and the
+    /// tag-scoped policy in packaging/iam-policy-coordinator.json
+    /// [default: off].
+    #[arg(long, env = "SPOT_COORDINATOR_EC2_EXECUTOR", num_args = 0..=1, default_missing_value = "true")]
+    pub ec2_executor: Option<bool>,
+    /// Region of the coordinator's EC2 executor [default: $AWS_REGION,
+    /// else us-east-1].
+    #[arg(long, env = "SPOT_COORDINATOR_EC2_REGION")]
+    pub ec2_region: Option<String>,
     /// On SIGTERM, the longest wait for tasks to finish (long-polls
     /// answered, heartbeats persisted) [default: 10s].
     #[arg(long, env = "SPOT_COORDINATOR_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// TEST BUILDS ONLY: take an instance silent past its lease for dead
+    /// (no fence). It breaks the fencing rule on purpose, so a test can
+    /// show the checker catching two serving PRIMARIES.
+    #[cfg(feature = "failpoints")]
+    #[arg(long, hide = true)]
+    pub unsafe_silence_is_death: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -107,6 +132,12 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     price_retention: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    demote_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    fence_timeout: Option<Duration>,
+    ec2_executor: Option<bool>,
+    ec2_region: Option<String>,
+    #[serde(default, with = "humantime_serde")]
     shutdown_timeout: Option<Duration>,
     /// On-demand hourly prices per instance type, for the savings figures.
     #[serde(default)]
@@ -130,7 +161,13 @@ pub struct Config {
     pub price_max_gap: Duration,
     pub staging_retention: Duration,
     pub price_retention: Duration,
+    pub demote_timeout: Duration,
+    pub fence_timeout: Duration,
+    pub ec2_executor: bool,
+    pub ec2_region: String,
     pub shutdown_timeout: Duration,
+    /// Test builds only (see `ServeArgs`); always false otherwise.
+    pub unsafe_silence_is_death: bool,
     /// Instance type -> on-demand hourly price (decimal string).
     pub on_demand_prices: std::collections::BTreeMap<String, String>,
 }
@@ -158,9 +195,18 @@ impl Default for Config {
             price_max_gap: Duration::from_secs(24 * 3600),
             staging_retention: Duration::from_secs(14 * 86_400),
             price_retention: Duration::from_secs(100 * 86_400),
+            // Three heartbeats: a live agent answers a demotion in one
+            // heartbeat at most (long-poll); a hook gets the rest.
+            demote_timeout: Duration::from_secs(15),
+            // TerminateInstances answers in seconds; `terminated` takes
+            // from seconds to about a minute on AWS.
+            fence_timeout: Duration::from_secs(60),
+            ec2_executor: false,
+            ec2_region: "us-east-1".into(),
             // Long enough to persist the last heartbeats and answer every
             // long-poll; short enough for systemd's default stop timeout.
             shutdown_timeout: Duration::from_secs(10),
+            unsafe_silence_is_death: false,
             on_demand_prices: std::collections::BTreeMap::new(),
         }
     }
@@ -219,16 +265,41 @@ impl Config {
                 .price_retention
                 .or(file.price_retention)
                 .unwrap_or(d.price_retention),
+            demote_timeout: args
+                .demote_timeout
+                .or(file.demote_timeout)
+                .unwrap_or(d.demote_timeout),
+            fence_timeout: args
+                .fence_timeout
+                .or(file.fence_timeout)
+                .unwrap_or(d.fence_timeout),
+            ec2_executor: args
+                .ec2_executor
+                .or(file.ec2_executor)
+                .unwrap_or(d.ec2_executor),
+            ec2_region: args
+                .ec2_region
+                .clone()
+                .or(file.ec2_region)
+                .or_else(|| std::env::var("AWS_REGION").ok())
+                .unwrap_or(d.ec2_region),
             shutdown_timeout: args
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(d.shutdown_timeout),
+            #[cfg(feature = "failpoints")]
+            unsafe_silence_is_death: args.unsafe_silence_is_death,
+            #[cfg(not(feature = "failpoints"))]
+            unsafe_silence_is_death: false,
             on_demand_prices: file.on_demand_prices,
         };
         c.validate()?;
         Ok(c)
     }
 
+    /// Checks every value and the timing relations the protocol needs
+    /// (docs/STATE_MACHINE.md, "Timing relations"); each error says which
+    /// relation broke and with which values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.heartbeat_interval < Duration::from_millis(100) {
@@ -237,8 +308,39 @@ impl Config {
         if self.missed_heartbeats == 0 {
             return bad("missed_heartbeats must be at least 1");
         }
-        if self.lease < self.heartbeat_interval {
-            return bad("lease must be at least one heartbeat_interval");
+        for (ok, relation) in [
+            (
+                self.lease >= self.heartbeat_interval * 2,
+                "lease >= 2 x heartbeat_interval (one lost heartbeat must not cost the lease)",
+            ),
+            (
+                self.offline_after() <= self.lease_expiry(),
+                "heartbeat_interval x missed_heartbeats <= lease + heartbeat_interval + 1s (an agent silent past its lease is OFFLINE)",
+            ),
+            (
+                self.demote_timeout >= self.heartbeat_interval * 2,
+                "demote_timeout >= 2 x heartbeat_interval (a demotion reaches a live agent and is answered)",
+            ),
+            (
+                self.promotion_timeout >= self.heartbeat_interval * 2 + Duration::from_secs(5),
+                "promotion_timeout >= 2 x heartbeat_interval + 5s (the agent's promote deadline is promotion_timeout - 5s)",
+            ),
+            (
+                self.fence_timeout >= Duration::from_secs(10),
+                "fence_timeout >= 10s (EC2 needs seconds to terminate an instance)",
+            ),
+        ] {
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "timing relation broken: {relation}; got heartbeat_interval {}, missed_heartbeats {}, lease {}, demote_timeout {}, promotion_timeout {}, fence_timeout {}",
+                    humantime::format_duration(self.heartbeat_interval),
+                    self.missed_heartbeats,
+                    humantime::format_duration(self.lease),
+                    humantime::format_duration(self.demote_timeout),
+                    humantime::format_duration(self.promotion_timeout),
+                    humantime::format_duration(self.fence_timeout),
+                )));
+            }
         }
         if self.price_retention < Duration::from_secs(92 * 86_400) {
             return bad("price_retention must be at least 92d (3 months of training data)");
@@ -280,12 +382,21 @@ impl Config {
         }
     }
 
-    /// Silence after which a PRIMARY's agent has certainly demoted itself:
-    /// its lease (timed by the agent from when it *sent* the renewal, so it
-    /// runs out first) plus one heartbeat interval of margin plus the 1 s
-    /// the coordinator may lag in persisting the last heartbeat.
+    /// Silence after which a PRIMARY is presumed lost and replaced (it is
+    /// fenced through EC2 before anything is granted): its lease plus one
+    /// heartbeat interval plus 1 s of margin.
     pub fn lease_expiry(&self) -> Duration {
         self.lease + self.heartbeat_interval + Duration::from_secs(1)
+    }
+
+    /// How long a granted candidate has to finish its promotion: the
+    /// promotion timeout minus 5 s, so the agent gives up (and reports)
+    /// before the coordinator rolls the promotion over.
+    pub fn promote_budget_ms(&self) -> i64 {
+        let d = self
+            .promotion_timeout
+            .saturating_sub(Duration::from_secs(5));
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Silence after which an agent is OFFLINE.
@@ -335,6 +446,26 @@ mod tests {
         .unwrap_err();
         let chain = format!("{:?}", anyhow_chain(&err));
         assert!(chain.contains("hearbeat_interval"), "{chain}");
+    }
+
+    #[test]
+    fn timing_relations_are_checked() {
+        let c = Config {
+            lease: Duration::from_secs(6),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("missed_heartbeats"), "{e}");
+        let c = Config {
+            promotion_timeout: Duration::from_secs(8),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("promotion_timeout >= 2 x heartbeat_interval + 5s"),
+            "{e}"
+        );
+        assert!(Config::default().validate().is_ok());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod executor;
 pub mod export;
 pub mod live;
 pub mod metrics;
@@ -34,6 +36,8 @@ pub struct AppState {
     pub db: Db,
     pub live: Live,
     pub metrics: Metrics,
+    /// Monotonic time with the coordinator's own stalls taken out.
+    pub clock: clock::MonoClock,
     pub enrollment_token_hash: String,
     pub admin_token_hash: String,
     pub started: Instant,
@@ -41,6 +45,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Something happened that may need a failover decision.
     pub reconcile: Notify,
+    /// Commands were queued for the coordinator's own EC2 executor.
+    pub executor_wake: Notify,
 }
 
 pub fn now_ms() -> i64 {
@@ -69,7 +75,11 @@ impl AppState {
     /// commands for, and hand back its answer.
     pub fn woke<T>(&self, done: Done<T>) -> T {
         for agent in &done.wake {
-            self.live.wake(agent);
+            if agent == store::COORDINATOR_EXECUTOR {
+                self.executor_wake.notify_one();
+            } else {
+                self.live.wake(agent);
+            }
         }
         done.value
     }
@@ -128,14 +138,17 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
     let db = Db::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
     // Not serving yet: reading on this thread blocks nobody.
     let agents = db.read_now(|s| s.active_agents())?;
+    let clock = clock::MonoClock::new();
     Ok(Arc::new(AppState {
-        live: Live::from_store(agents),
+        live: Live::from_store(agents, clock.now()),
+        clock,
         metrics: Metrics::new(),
         enrollment_token_hash: spot_common::token_hash(&enrollment),
         admin_token_hash: spot_common::token_hash(&admin),
         started: Instant::now(),
         shutdown: CancellationToken::new(),
         reconcile: Notify::new(),
+        executor_wake: Notify::new(),
         config,
         db,
     }))
@@ -160,9 +173,17 @@ pub async fn run(
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "coordinator listening");
 
     let mut tasks = spot_runtime::supervise::Supervisor::new(state.shutdown.clone());
+    tasks.spawn("clock", clock::run(Arc::clone(&state)));
     tasks.spawn("monitor", monitor::run(Arc::clone(&state)));
     tasks.spawn("reconciler", reconcile::run(Arc::clone(&state)));
     tasks.spawn("pricing job", pricing_job::run(Arc::clone(&state)));
+    if state.config.ec2_executor {
+        let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
+        tasks.spawn(
+            "ec2 executor",
+            executor::run(Arc::clone(&state), Arc::new(ec2)),
+        );
+    }
     let app = api::router(Arc::clone(&state));
     let stop = state.shutdown.clone();
     tasks.spawn("http server", async move {

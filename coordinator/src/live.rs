@@ -4,15 +4,19 @@
 //! they update this table only. The monitor persists them in batches and is
 //! the single writer of ONLINE/OFFLINE to the store, so a heartbeat racing
 //! the offline sweep can never leave the store and memory disagreeing.
+//! Silence is measured here, on the coordinator's monotonic clock
+//! (`clock::MonoClock`, stalls discounted), never from stored wall times;
+//! after a restart every agent gets a full window from the start.
 //! Locks here are `std` locks held for a few map operations, never across
 //! an `.await`.
 
-use crate::store::{AgentAuth, HeartbeatRecord};
-use spot_common::{AgentStatus, token_hash};
+use crate::store::{AgentAuth, AgentLive as AgentView, HeartbeatRecord};
+use spot_common::{AgentStatus, Role, token_hash};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthError {
@@ -24,12 +28,18 @@ pub enum AuthError {
 
 struct AgentLive {
     token_hash: String,
+    instance_id: String,
     /// The truth, decided here.
     status: AgentStatus,
     /// What the store holds; the monitor reconciles the two.
     persisted: AgentStatus,
     last_seen: Instant,
     pending: Option<HeartbeatRecord>,
+    /// Its last report: role and role epoch.
+    report: Option<(Option<Role>, u64)>,
+    /// The kind of disagreement between its report and the store, last
+    /// seen (so each is counted and audited once).
+    disagreement: Option<&'static str>,
     /// Wakes the agent's long-poll when a command is queued.
     notify: Arc<Notify>,
     /// Past LAUNCHING: no need to ask the store on each healthy heartbeat.
@@ -57,12 +67,12 @@ pub struct StatusChange {
 
 impl Live {
     /// Start from the store; every known agent gets a full offline window
-    /// from now, so a coordinator restart does not mark the fleet offline.
-    pub fn from_store(agents: Vec<AgentAuth>) -> Live {
+    /// from `now`, so a coordinator restart does not mark the fleet offline
+    /// and no PRIMARY looks silent.
+    pub fn from_store(agents: Vec<AgentAuth>, now: Instant) -> Live {
         let live = Live::default();
-        let now = Instant::now();
         for a in agents {
-            live.insert_at(&a.agent_id, a.token_hash, a.status, now);
+            live.insert_at(&a.agent_id, a.token_hash, &a.instance_id, a.status, now);
         }
         live
     }
@@ -75,23 +85,33 @@ impl Live {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert_at(&self, agent_id: &str, token_hash: String, status: AgentStatus, now: Instant) {
+    fn insert_at(
+        &self,
+        agent_id: &str,
+        token_hash: String,
+        instance_id: &str,
+        status: AgentStatus,
+        now: Instant,
+    ) {
         let mut g = self.write();
         g.by_token.insert(token_hash.clone(), agent_id.to_owned());
         g.agents.entry(agent_id.to_owned()).or_insert(AgentLive {
             token_hash,
+            instance_id: instance_id.to_owned(),
             status,
             persisted: status,
             last_seen: now,
             pending: None,
+            report: None,
+            disagreement: None,
             notify: Arc::new(Notify::new()),
             settled: false,
         });
     }
 
     /// A newly registered agent (ONLINE in the store already).
-    pub fn insert(&self, agent_id: &str, token_hash: String) {
-        self.insert_at(agent_id, token_hash, AgentStatus::Online, Instant::now());
+    pub fn insert(&self, agent_id: &str, token_hash: String, instance_id: &str, now: Instant) {
+        self.insert_at(agent_id, token_hash, instance_id, AgentStatus::Online, now);
     }
 
     /// Forget an agent (deleted or replaced): its token stops working.
@@ -124,22 +144,43 @@ impl Live {
         }
     }
 
+    /// The instance an agent registered for.
+    pub fn instance_of(&self, agent_id: &str) -> Option<String> {
+        self.read()
+            .agents
+            .get(agent_id)
+            .map(|a| a.instance_id.clone())
+    }
+
     /// Record a heartbeat. Returns whether the agent still needs its
     /// health reported to the store (it may be LAUNCHING).
-    pub fn heartbeat(&self, rec: HeartbeatRecord) -> bool {
+    pub fn heartbeat(&self, rec: HeartbeatRecord, role_epoch: u64, now: Instant) -> bool {
         let mut g = self.write();
         let Some(a) = g.agents.get_mut(&rec.agent_id) else {
             return false;
         };
-        a.last_seen = Instant::now();
+        a.last_seen = now;
         // A deleted agent keeps its token only to fetch its cleanup command.
         if a.status == AgentStatus::Deleted {
             return false;
         }
         a.status = AgentStatus::Online;
+        a.report = Some((rec.reported_role, role_epoch));
         let needs_store = rec.healthy && !a.settled;
         a.pending = Some(rec);
         needs_store
+    }
+
+    /// Record the agent's disagreement with the store (`None`: they agree).
+    /// True when it changed to a new kind: count and audit it once.
+    pub fn disagreement(&self, agent_id: &str, kind: Option<&'static str>) -> bool {
+        let mut g = self.write();
+        let Some(a) = g.agents.get_mut(agent_id) else {
+            return false;
+        };
+        let changed = a.disagreement != kind;
+        a.disagreement = kind;
+        changed && kind.is_some()
     }
 
     pub fn mark_settled(&self, agent_id: &str) {
@@ -176,7 +217,9 @@ impl Live {
             if a.status == AgentStatus::Deleted {
                 continue;
             }
-            if a.status == AgentStatus::Online && now.duration_since(a.last_seen) > offline_after {
+            if a.status == AgentStatus::Online
+                && now.saturating_duration_since(a.last_seen) > offline_after
+            {
                 a.status = AgentStatus::Offline;
             }
             if a.status != a.persisted {
@@ -214,12 +257,35 @@ impl Live {
             .collect()
     }
 
-    pub fn online(&self) -> std::collections::HashSet<String> {
+    /// A batch the store refused goes back, unless a newer heartbeat of
+    /// the same agent arrived meanwhile: nothing is lost.
+    pub fn restore_pending(&self, batch: Vec<HeartbeatRecord>) {
+        let mut g = self.write();
+        for rec in batch {
+            if let Some(a) = g.agents.get_mut(&rec.agent_id)
+                && a.pending.is_none()
+            {
+                a.pending = Some(rec);
+            }
+        }
+    }
+
+    /// What the planner needs per agent: online, silence, last report.
+    pub fn view(&self, now: Instant) -> HashMap<String, AgentView> {
         self.read()
             .agents
             .iter()
-            .filter(|(_, a)| a.status == AgentStatus::Online)
-            .map(|(id, _)| id.clone())
+            .map(|(id, a)| {
+                let silent = now.saturating_duration_since(a.last_seen);
+                (
+                    id.clone(),
+                    AgentView {
+                        online: a.status == AgentStatus::Online,
+                        silent_ms: Some(i64::try_from(silent.as_millis()).unwrap_or(i64::MAX)),
+                        reported: a.report,
+                    },
+                )
+            })
             .collect()
     }
 
@@ -253,9 +319,11 @@ mod tests {
     #[test]
     fn wrong_token_is_401_and_foreign_token_is_403() {
         let live = Live::default();
-        live.insert("a", token_hash("tok-a"));
-        live.insert("b", token_hash("tok-b"));
+        let now = Instant::now();
+        live.insert("a", token_hash("tok-a"), "i-a", now);
+        live.insert("b", token_hash("tok-b"), "i-b", now);
         assert!(live.authenticate("a", Some("tok-a")).is_ok());
+        assert_eq!(live.instance_of("a").as_deref(), Some("i-a"));
         assert_eq!(
             live.authenticate("a", None).unwrap_err(),
             AuthError::Unauthorized
@@ -278,8 +346,9 @@ mod tests {
     #[test]
     fn silence_marks_offline_and_a_heartbeat_brings_it_back() {
         let live = Live::default();
-        live.insert("a", token_hash("t"));
-        let later = Instant::now() + Duration::from_secs(16);
+        let t0 = Instant::now();
+        live.insert("a", token_hash("t"), "i-a", t0);
+        let later = t0 + Duration::from_secs(16);
         let changes = live.sweep(later, Duration::from_secs(15));
         assert_eq!(
             changes,
@@ -291,10 +360,25 @@ mod tests {
         );
         live.persisted(&changes[0], true);
         assert_eq!(live.status("a"), Some(AgentStatus::Offline));
-        live.heartbeat(rec("a"));
-        let back = live.sweep(Instant::now(), Duration::from_secs(15));
+        assert_eq!(live.view(later)["a"].silent_ms, Some(16_000));
+        live.heartbeat(rec("a"), 0, later);
+        let back = live.sweep(later, Duration::from_secs(15));
         assert_eq!(back[0].to, AgentStatus::Online);
-        assert_eq!(live.take_pending().len(), 1);
+        let batch = live.take_pending();
+        assert_eq!(batch.len(), 1);
         assert!(live.take_pending().is_empty());
+        // A refused batch comes back.
+        live.restore_pending(batch);
+        assert_eq!(live.take_pending().len(), 1);
+    }
+
+    #[test]
+    fn a_disagreement_is_reported_once_per_kind() {
+        let live = Live::default();
+        live.insert("a", token_hash("t"), "i-a", Instant::now());
+        assert!(live.disagreement("a", Some("store_primary_not_serving")));
+        assert!(!live.disagreement("a", Some("store_primary_not_serving")));
+        assert!(!live.disagreement("a", None));
+        assert!(live.disagreement("a", Some("store_primary_not_serving")));
     }
 }

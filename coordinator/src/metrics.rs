@@ -44,6 +44,11 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     pub promotions: Family<OutcomeLabel, Counter>,
     pub consolidations: Counter,
+    pub convergences: Counter,
+    pub disagreements: Family<KindLabel, Counter>,
+    pub fences: Family<OutcomeLabel, Counter>,
+    pub groups_blocked: Gauge,
+    pub stalled_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub consolidation_rows: Family<KindLabel, Counter>,
     pub consolidation_duration: Histogram,
 }
@@ -76,6 +81,36 @@ impl Metrics {
         registry.register("events", "Agent events received", events.clone());
         let promotions = Family::<OutcomeLabel, Counter>::default();
         registry.register("promotions", "Promotions by outcome", promotions.clone());
+        let convergences = Counter::default();
+        registry.register(
+            "epoch_convergences",
+            "Times the store was behind an agent's epoch (restored or stale store) and converged",
+            convergences.clone(),
+        );
+        let disagreements = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "role_disagreements",
+            "Disagreements between an agent's reported role and the store, by kind",
+            disagreements.clone(),
+        );
+        let fences = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "fences",
+            "EC2 fences (STONITH) by outcome: queued, done, failed",
+            fences.clone(),
+        );
+        let groups_blocked = Gauge::default();
+        registry.register(
+            "groups_fence_blocked",
+            "Groups waiting for an operator because an instance cannot be fenced",
+            groups_blocked.clone(),
+        );
+        let stalled_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "stalled_seconds",
+            "Time the coordinator did not run (frozen, starved), discounted from its timers",
+            stalled_seconds.clone(),
+        );
         let consolidations = Counter::default();
         registry.register(
             "price_consolidations",
@@ -97,6 +132,11 @@ impl Metrics {
             consolidation_duration.clone(),
         );
         Metrics {
+            convergences,
+            disagreements,
+            fences,
+            groups_blocked,
+            stalled_seconds,
             consolidations,
             consolidation_rows,
             consolidation_duration,

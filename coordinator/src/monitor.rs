@@ -50,7 +50,7 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
 async fn sweep(state: &AppState) {
     let changes = state
         .live
-        .sweep(Instant::now(), state.config.offline_after());
+        .sweep(state.clock.now(), state.config.offline_after());
     for change in changes {
         let c = change.clone();
         match state
@@ -62,7 +62,9 @@ async fn sweep(state: &AppState) {
         {
             Ok(done) => {
                 tracing::info!(agent_id = %change.agent_id, from = ?change.from, to = ?change.to, "agent status changed");
-                state.live.persisted(&change, done.value);
+                let applied = state.woke(done);
+                state.live.persisted(&change, applied);
+                state.reconcile.notify_one();
             }
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), agent_id = %change.agent_id, "persisting agent status; will retry")
@@ -77,6 +79,7 @@ async fn flush(state: &AppState) {
         return;
     }
     let n = batch.len();
+    let kept = batch.clone();
     if let Err(e) = state
         .db
         .transact(Ctx::system(crate::now_ms()), move |tx| {
@@ -84,8 +87,9 @@ async fn flush(state: &AppState) {
         })
         .await
     {
-        // Liveness is decided in memory; a lost batch only delays the
-        // last_heartbeat_ms column until the next heartbeat.
-        tracing::warn!(error = %crate::error_chain(&e), heartbeats = n, "persisting heartbeats");
+        // Liveness is decided in memory; the batch goes back so the next
+        // flush persists it (unless a newer heartbeat replaced it).
+        tracing::warn!(error = %crate::error_chain(&e), heartbeats = n, "persisting heartbeats; kept for the next flush");
+        state.live.restore_pending(kept);
     }
 }

@@ -5,13 +5,22 @@
 //! transaction: if the world moved in between, the step is refused (stale
 //! epoch) and the next pass decides again. The transition state is in the
 //! store, so a restarted coordinator resumes a promotion where it stopped.
+//!
+//! Timers (silence, a transition's phase) run on the coordinator's
+//! monotonic clock with its stalls discounted. After a start, nothing that
+//! replaces a PRIMARY happens until every live agent has had the time to
+//! report (`settle`): the store may be older than the agents' reality (a
+//! restore), and their reports converge it first.
 
 use crate::AppState;
-use crate::store::{Ctx, Read, ReplaceRequest, StoreError};
+use crate::store::{Ctx, Read, ReplaceRequest, SnapshotInput, StoreError, Via};
+use spot_common::Phase;
 use spot_common::ids;
 use spot_common::planner::{PlanConfig, Step, plan};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// A launch whose instance has not registered healthy after this is no
 /// longer waited for.
@@ -21,45 +30,145 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// When each group's current transition phase was first seen.
+#[derive(Default)]
+struct Timers {
+    phases: HashMap<String, (u64, Phase, Instant)>,
+    blocked: HashMap<String, String>,
+}
+
+impl Timers {
+    /// Age of `group`'s phase on the monotonic clock (from when this
+    /// coordinator first saw it: a restart restarts the timers, which only
+    /// ever waits longer).
+    fn age(&mut self, group: &str, epoch: u64, phase: Phase, now: Instant) -> i64 {
+        let e = self
+            .phases
+            .entry(group.to_owned())
+            .or_insert((epoch, phase, now));
+        if (e.0, e.1) != (epoch, phase) {
+            *e = (epoch, phase, now);
+        }
+        ms(now.saturating_duration_since(e.2))
+    }
+}
+
 pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = state.clock.now();
+    let settle = state.config.heartbeat_interval * 2 + Duration::from_secs(1);
+    let mut timers = Timers::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = state.reconcile.notified() => {}
             _ = state.shutdown.cancelled() => return Ok(()),
         }
-        if let Err(e) = pass(&state).await {
+        let settled = state.clock.now().saturating_duration_since(started) >= settle;
+        if let Err(e) = pass(&state, &mut timers, settled).await {
             tracing::warn!(error = %crate::error_chain(&e), "reconcile pass failed; retrying");
         }
     }
 }
 
-async fn pass(state: &AppState) -> Result<(), StoreError> {
-    let cfg = PlanConfig {
+fn plan_config(state: &AppState) -> PlanConfig {
+    PlanConfig {
         rebalance_window_ms: ms(state.config.rebalance_window),
         lease_expiry_ms: ms(state.config.lease_expiry()),
         promotion_timeout_ms: ms(state.config.promotion_timeout),
+        demote_timeout_ms: ms(state.config.demote_timeout),
+        max_fence_attempts: 3,
         // An interruption takes effect at its time; 10 s later a silent
         // instance is gone.
         notice_grace_ms: 10_000,
-    };
+    }
+}
+
+async fn pass(state: &AppState, timers: &mut Timers, settled: bool) -> Result<(), StoreError> {
+    let cfg = plan_config(state);
     let groups = state.db.read(|s| s.group_names()).await?;
     for group in groups {
-        let online = state.live.online();
-        let now = crate::now_ms();
+        let now = state.clock.now();
+        let input = SnapshotInput {
+            agents: state.live.view(now),
+            now_ms: crate::now_ms(),
+            launch_timeout_ms: LAUNCH_TIMEOUT_MS,
+            coordinator_executor: state.config.ec2_executor,
+        };
         let g = group.clone();
-        let snap = state
-            .db
-            .read(move |s| s.group_snapshot(&g, &online, now, LAUNCH_TIMEOUT_MS))
-            .await?;
-        let decided = plan(&snap, now, &cfg);
+        let mut snap = state.db.read(move |s| s.group_snapshot(&g, &input)).await?;
+        if let Some(t) = snap.transition.as_mut() {
+            t.phase_age_ms = timers.age(&group, t.epoch, t.phase, now);
+        } else {
+            timers.phases.remove(&group);
+        }
+        if state.config.unsafe_silence_is_death {
+            silence_is_death(state, &snap, &cfg).await;
+        }
+        let decided = plan(&snap, crate::now_ms(), &cfg);
+        match (&decided.blocked, timers.blocked.get(&group)) {
+            (Some(why), prev) if prev != Some(why) => {
+                tracing::error!(%group, reason = %why, "group blocked: fencing is impossible; an operator must declare the instance dead");
+                timers.blocked.insert(group.clone(), why.clone());
+            }
+            (None, Some(_)) => {
+                tracing::info!(%group, "group no longer blocked");
+                timers.blocked.remove(&group);
+            }
+            _ => {}
+        }
         for step in decided.steps {
+            if state.config.unsafe_silence_is_death && matches!(step, Step::Fence { .. }) {
+                continue;
+            }
+            if !settled && replaces(&step) {
+                tracing::debug!(%group, ?step, "settling after start: agents report first");
+                continue;
+            }
             apply(state, &group, decided.rule, step).await;
         }
     }
+    state
+        .metrics
+        .groups_blocked
+        .set(i64::try_from(timers.blocked.len()).unwrap_or(i64::MAX));
     Ok(())
+}
+
+/// Test builds only: the fence this project exists for, switched off.
+/// Every fence target silent past its lease is declared dead, as the clock
+/// used to decide, and no EC2 fence is sent: the checker must then see two
+/// PRIMARIES serving.
+async fn silence_is_death(
+    state: &AppState,
+    snap: &spot_common::planner::GroupSnap,
+    cfg: &PlanConfig,
+) {
+    let Some(t) = &snap.transition else { return };
+    for target in t.targets.iter().filter(|x| !x.fenced) {
+        let silent = snap
+            .instance(&target.instance_id)
+            .is_none_or(|i| i.silent_ms.is_none_or(|s| s > cfg.lease_expiry_ms));
+        if silent {
+            let (g, i) = (snap.name.clone(), target.instance_id.clone());
+            let r = state
+                .db
+                .transact(Ctx::system(crate::now_ms()), move |tx| {
+                    tx.declare_dead(&g, &i)
+                })
+                .await;
+            tracing::error!(instance = %target.instance_id, ok = r.is_ok(), "UNSAFE (test build): silence taken for death, no fence");
+        }
+    }
+}
+
+/// Steps that take serving away from someone: not before agents reported.
+fn replaces(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::Replace { .. } | Step::Grant { .. } | Step::Fence { .. } | Step::RollOver { .. }
+    )
 }
 
 fn outcome(state: &AppState, outcome: &'static str) {
@@ -80,7 +189,6 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
             candidate,
             expected_epoch,
             emergency,
-            old_fenced,
             deadline_ms,
             switch_id,
             reason,
@@ -91,10 +199,10 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
                 candidate,
                 expected_epoch,
                 emergency,
-                old_fenced,
                 deadline_ms,
                 reason: reason.to_owned(),
                 switch_id,
+                promote_budget_ms: state.config.promote_budget_ms(),
             };
             state
                 .db
@@ -135,7 +243,7 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
             .await
             .map(|d| {
                 outcome(state, "rolled_over");
-                tracing::warn!(%group, reason, "promotion rolled over to the next candidate");
+                tracing::warn!(%group, reason, "promotion rolled over: the candidate is fenced, the next one waits for it");
                 d.wake
             }),
         Step::Retarget {
@@ -146,8 +254,34 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
             .transact(ctx, move |tx| tx.retarget(&g, expected_epoch, &candidate))
             .await
             .map(|d| d.wake),
+        Step::Fence {
+            expected_epoch,
+            instance_id,
+            epoch,
+            attempt,
+            via,
+            reason,
+        } => {
+            let timeout = ms(state.config.fence_timeout);
+            let target = instance_id.clone();
+            state
+                .db
+                .transact(ctx, move |tx| {
+                    tx.queue_fence(&g, expected_epoch, &target, epoch, attempt, Via::of(&via).agent(), timeout)
+                })
+                .await
+                .map(|d| {
+                    state
+                        .metrics
+                        .fences
+                        .get_or_create(&crate::metrics::OutcomeLabel { outcome: "queued" })
+                        .inc();
+                    tracing::warn!(%group, instance = %instance_id, attempt, reason, "fencing through EC2 (terminate, wait for terminated)");
+                    d.wake
+                })
+        }
         Step::Launch {
-            via_agent,
+            via,
             pool,
             emergency,
             switch_id,
@@ -161,7 +295,7 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
             state
                 .db
                 .idempotent("launch", ctx.request(Some(rid)), move |tx| {
-                    let q = tx.queue_launch(&r, &g, Some(&via_agent), &pool, emergency)?;
+                    let q = tx.queue_launch(&r, &g, Via::of(&via), &pool, emergency)?;
                     if let Some(id) = switch_id {
                         tx.switch_launch_queued(id, &r)?;
                     }
@@ -170,16 +304,13 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
                 .await
                 .map(|d| {
                     let q = &d.value;
-                    tracing::warn!(%group, via = %q.agent_id, request_id = %q.command.request_id, emergency, reason, "launch queued");
+                    tracing::warn!(%group, via = ?q.agent_id, request_id = %q.command.request_id, emergency, reason, "launch queued");
                     d.wake
                 })
         }
-        Step::Retire {
-            instance_id,
-            via_agent,
-        } => state
+        Step::Retire { instance_id, via } => state
             .db
-            .transact(ctx, move |tx| tx.retire(&g, &instance_id, &via_agent))
+            .transact(ctx, move |tx| tx.retire(&g, &instance_id, Via::of(&via).agent()))
             .await
             .map(|d| d.wake),
         Step::LaunchFailed { instance_id } => state
@@ -203,7 +334,9 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
             }),
     };
     match result {
-        Ok(wake) => wake.iter().for_each(|a| state.live.wake(a)),
+        Ok(wake) => {
+            state.woke(crate::store::Done { value: (), wake });
+        }
         // Another decision got there first; the next pass decides again.
         Err(e) => tracing::info!(%group, rule, ?step, error = %e, "step not applied"),
     }

@@ -3,5 +3,7 @@
 //! pure; this crate is where shared code that touches the world lives.)
 
 pub mod config;
+pub mod ec2;
+pub mod retry;
 pub mod supervise;
 pub mod telemetry;

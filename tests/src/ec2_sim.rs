@@ -17,7 +17,8 @@ use axum::{Form, Router};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimInstance {
@@ -76,6 +77,15 @@ struct Inner {
     calls: HashMap<String, u64>,
     next: u64,
     launches: Option<mpsc::UnboundedSender<SimInstance>>,
+    /// Instances being terminated: the listener kills them, then acks.
+    terminations: Option<mpsc::UnboundedSender<(String, oneshot::Sender<()>)>>,
+    /// `shutting-down` lasts this long before `terminated`.
+    terminate_delay: Duration,
+    /// The next calls of an action succeed but their answer is lost (the
+    /// connection is dropped after the effect).
+    lost_answers: HashMap<String, usize>,
+    /// Every answer is delayed this long.
+    answer_delay: Duration,
 }
 
 #[derive(Clone)]
@@ -160,7 +170,10 @@ impl Ec2Sim {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let sim = Ec2Sim {
-            inner: Arc::new(Mutex::new(Inner::default())),
+            inner: Arc::new(Mutex::new(Inner {
+                terminate_delay: Duration::from_millis(500),
+                ..Inner::default()
+            })),
             addr,
         };
         let app = Router::new()
@@ -194,6 +207,65 @@ impl Ec2Sim {
                 },
                 times,
             ));
+    }
+
+    /// Instances EC2 is terminating: the receiver kills each (agent and
+    /// workload) and acks; only then does EC2 report it `terminated`, so
+    /// a fence that saw `terminated` never races a live workload.
+    pub fn on_terminate(&self) -> mpsc::UnboundedReceiver<(String, oneshot::Sender<()>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().terminations = Some(tx);
+        rx
+    }
+
+    /// How long an instance stays `shutting-down` (slow state changes).
+    pub fn set_terminate_delay(&self, d: Duration) {
+        self.lock().terminate_delay = d;
+    }
+
+    /// The next `times` calls of `action` take effect but lose their answer.
+    pub fn lose_answers(&self, action: &str, times: usize) {
+        *self
+            .lock()
+            .lost_answers
+            .entry(action.to_owned())
+            .or_default() += times;
+    }
+
+    /// Delay every answer (a slow EC2).
+    pub fn set_answer_delay(&self, d: Duration) {
+        self.lock().answer_delay = d;
+    }
+
+    /// Start terminating `ids` as EC2 does: `shutting-down` now, killed
+    /// and `terminated` after the terminate delay, addresses released.
+    fn terminate_later(&self, ids: Vec<String>) {
+        let sim = self.clone();
+        tokio::spawn(async move {
+            let (delay, tx) = {
+                let g = sim.lock();
+                (g.terminate_delay, g.terminations.clone())
+            };
+            tokio::time::sleep(delay).await;
+            for id in ids {
+                if let Some(tx) = &tx {
+                    let (ack, done) = oneshot::channel();
+                    if tx.send((id.clone(), ack)).is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+                    }
+                }
+                let mut g = sim.lock();
+                if let Some(i) = g.instances.iter_mut().find(|i| i.instance_id == id) {
+                    i.state = "terminated".into();
+                }
+                for a in g.addresses.values_mut() {
+                    if a.instance_id.as_deref() == Some(id.as_str()) {
+                        a.instance_id = None;
+                        a.association_id = None;
+                    }
+                }
+            }
+        });
     }
 
     pub fn calls(&self, action: &str) -> u64 {
@@ -281,44 +353,74 @@ async fn handle(
     Form(p): Form<HashMap<String, String>>,
 ) -> Response {
     let action = p.get("Action").cloned().unwrap_or_default();
-    let caller = access_key(&headers);
-    let mut g = sim.lock();
-    *g.calls.entry(action.clone()).or_default() += 1;
-    if let Some(f) = g.faults.get_mut(&action).and_then(VecDeque::pop_front) {
-        return err(
-            f.status,
-            &f.code,
-            &format!("injected {} for {action}", f.code),
+    let delay = sim.lock().answer_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let (resp, terminating, lost) = {
+        let mut g = sim.lock();
+        let lost = match g.lost_answers.get_mut(&action) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
+        let (resp, terminating) = answer(&mut g, &action, &p, &headers);
+        (resp, terminating, lost)
+    };
+    if !terminating.is_empty() {
+        sim.terminate_later(terminating);
+    }
+    if lost {
+        // The effect happened; the caller never hears of it.
+        return (StatusCode::INTERNAL_SERVER_ERROR, "answer lost (injected)").into_response();
+    }
+    resp
+}
+
+fn answer(
+    g: &mut Inner,
+    action: &str,
+    p: &HashMap<String, String>,
+    headers: &axum::http::HeaderMap,
+) -> (Response, Vec<String>) {
+    let caller = access_key(headers);
+    *g.calls.entry(action.to_owned()).or_default() += 1;
+    if let Some(f) = g.faults.get_mut(action).and_then(VecDeque::pop_front) {
+        return (
+            err(
+                f.status,
+                &f.code,
+                &format!("injected {} for {action}", f.code),
+            ),
+            Vec::new(),
         );
     }
-    match action.as_str() {
-        "RunInstances" => run_instances(&mut g, &p),
-        "DescribeInstances" => describe_instances(&g, &p),
-        "TerminateInstances" => {
-            let ids = list(&p, "InstanceId");
-            let mut items = String::new();
-            for id in &ids {
-                let Some(i) = g.instances.iter_mut().find(|i| &i.instance_id == id) else {
-                    return err(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidInstanceID.NotFound",
-                        &format!("The instance ID '{id}' does not exist"),
-                    );
-                };
-                let prev = i.state.clone();
-                i.state = "shutting-down".into();
-                items.push_str(&format!(
-                    "<item><instanceId>{id}</instanceId><currentState><code>32</code><name>shutting-down</name></currentState><previousState><code>{}</code><name>{prev}</name></previousState></item>",
-                    state_code(&prev)
-                ));
-            }
-            ok(
-                "TerminateInstances",
-                &format!("<instancesSet>{items}</instancesSet>"),
-            )
-        }
+    if action == "TerminateInstances" {
+        return terminate(g, p);
+    }
+    (answer_other(g, action, p, caller), Vec::new())
+}
+
+fn terminate(g: &mut Inner, p: &HashMap<String, String>) -> (Response, Vec<String>) {
+    match action_terminate(g, p) {
+        Ok(v) => v,
+        Err(r) => (*r, Vec::new()),
+    }
+}
+
+fn answer_other(
+    g: &mut Inner,
+    action: &str,
+    p: &HashMap<String, String>,
+    caller: Option<String>,
+) -> Response {
+    match action {
+        "RunInstances" => run_instances(g, p),
+        "DescribeInstances" => describe_instances(g, p),
         "CreateTags" => {
-            let ids = list(&p, "ResourceId");
+            let ids = list(p, "ResourceId");
             let tags: Vec<(String, String)> = (1..)
                 .map_while(|i| {
                     Some((
@@ -339,7 +441,7 @@ async fn handle(
             ok("CreateTags", "<return>true</return>")
         }
         "DescribeAddresses" => {
-            let ids = list(&p, "AllocationId");
+            let ids = list(p, "AllocationId");
             let mut items = String::new();
             for id in &ids {
                 let Some(a) = g.addresses.get(id) else {
@@ -454,7 +556,7 @@ async fn handle(
             let view = caller
                 .and_then(|k| g.price_views.get(&k))
                 .unwrap_or(&g.prices);
-            spot_prices(view, &p)
+            spot_prices(view, p)
         }
         other => err(
             StatusCode::BAD_REQUEST,
@@ -618,4 +720,39 @@ fn spot_prices(prices: &[SimPrice], p: &HashMap<String, String>) -> Response {
         "DescribeSpotPriceHistory",
         &format!("<spotPriceHistorySet>{items}</spotPriceHistorySet>{next}"),
     )
+}
+
+/// TerminateInstances: `shutting-down` now; the caller schedules the rest.
+fn action_terminate(
+    g: &mut Inner,
+    p: &HashMap<String, String>,
+) -> Result<(Response, Vec<String>), Box<Response>> {
+    let ids = list(p, "InstanceId");
+    let mut items = String::new();
+    let mut terminating = Vec::new();
+    for id in &ids {
+        let Some(i) = g.instances.iter_mut().find(|i| &i.instance_id == id) else {
+            return Err(Box::new(err(
+                StatusCode::BAD_REQUEST,
+                "InvalidInstanceID.NotFound",
+                &format!("The instance ID '{id}' does not exist"),
+            )));
+        };
+        let prev = i.state.clone();
+        if !matches!(prev.as_str(), "shutting-down" | "terminated") {
+            i.state = "shutting-down".into();
+            terminating.push(id.clone());
+        }
+        items.push_str(&format!(
+                    "<item><instanceId>{id}</instanceId><currentState><code>32</code><name>shutting-down</name></currentState><previousState><code>{}</code><name>{prev}</name></previousState></item>",
+                    state_code(&prev)
+                ));
+    }
+    Ok((
+        ok(
+            "TerminateInstances",
+            &format!("<instancesSet>{items}</instancesSet>"),
+        ),
+        terminating,
+    ))
 }

@@ -1,29 +1,84 @@
 //! The fleet simulator: a real coordinator, the EC2 simulator, and for
-//! every instance a real `spot-agent` process with its own IMDS simulator.
+//! every instance a real `spot-agent` process with its own IMDS simulator,
+//! its own fake workload process (`spot-workload`, started and stopped by
+//! the agent's hooks, recording what it serves in the fleet's ledger) and
+//! two proxies (agent <-> coordinator, agent <-> EC2) that can be cut.
 //!
-//! Instances created by RunInstances boot after `boot_delay` (EC2 state
-//! `pending` -> `running`, then the agent starts). An interruption sets the
-//! notice in the instance's IMDS and, at the notice time, kills the agent
-//! (kill -9) and marks the instance terminated, as AWS does.
+//! Instances created by RunInstances boot after `boot_delay`. An instance
+//! dies (agent and workload killed, `killed` in the ledger) when its
+//! interruption takes effect or when EC2 terminates it; EC2 reports it
+//! `terminated` only once it is dead, as a fence must be able to trust.
 
 use crate::ec2_sim::Ec2Sim;
-use crate::harness::{AgentProc, Api, Coordinator};
+use crate::harness::{AgentProc, Api, Coordinator, bin_path};
 use crate::imds_sim::{ImdsSim, InstanceMeta};
+use crate::ledger::{Ledger, Line, append, monotonic_ns};
 use crate::proxy::Proxy;
 use anyhow::{Context, Result, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub struct Node {
     pub imds: ImdsSim,
     pub agent: AgentProc,
+    pub workload: Option<Child>,
     pub group: String,
     /// The agent reaches the coordinator through this (cut = partition).
     pub link: Proxy,
+    /// The agent reaches EC2 through this.
+    pub ec2_link: Proxy,
+    pub dir: PathBuf,
+    /// The instance runs (not killed).
+    pub alive: bool,
+}
+
+impl Node {
+    /// A hook delay (the promote hook sleeps first), or `None` to clear.
+    pub fn slow_hook(&self, name: &str, delay: Option<Duration>) -> Result<()> {
+        let f = self.agent.hooks_dir.join(format!("{name}.delay"));
+        match delay {
+            Some(d) => std::fs::write(f, format!("{:.3}", d.as_secs_f64()))?,
+            None => {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the workload's health check fail (or pass again).
+    pub fn unhealthy(&self, on: bool) -> Result<()> {
+        flag(&self.dir.join("unhealthy"), on)
+    }
+
+    /// Make every journal call of the agent fail (or work again).
+    pub fn journal_faults(&self, on: bool) -> Result<()> {
+        flag(&self.agent.state_dir.join(spot_agent_fault_file()), on)
+    }
+
+    /// Step the agent's wall clock by `offset_ms` from true time.
+    pub fn clock_offset(&self, offset_ms: i64) -> Result<()> {
+        std::fs::write(self.dir.join("clock-offset"), offset_ms.to_string())?;
+        Ok(())
+    }
+}
+
+fn spot_agent_fault_file() -> &'static str {
+    // The agent's test-only fault file (agent::JOURNAL_FAULT_FILE).
+    "fault-journal-io"
+}
+
+fn flag(path: &Path, on: bool) -> Result<()> {
+    if on {
+        std::fs::write(path, "1")?;
+    } else if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -36,6 +91,11 @@ pub struct FleetOptions {
     pub listen: String,
     /// Extra agent flags.
     pub agent_args: Vec<String>,
+    /// The coordinator's own EC2 executor (for groups without a live
+    /// agent).
+    pub coordinator_executor: bool,
+    /// How long EC2 keeps a terminated instance `shutting-down`.
+    pub terminate_delay: Duration,
 }
 
 impl Default for FleetOptions {
@@ -43,7 +103,16 @@ impl Default for FleetOptions {
         FleetOptions {
             boot_delay: Duration::from_secs(2),
             imds_poll: Duration::from_millis(200),
-            coordinator_args: vec!["--heartbeat-interval".into(), "1s".into()],
+            coordinator_args: vec![
+                "--heartbeat-interval".into(),
+                "1s".into(),
+                "--demote-timeout".into(),
+                "5s".into(),
+                "--promotion-timeout".into(),
+                "15s".into(),
+                "--redeliver-after".into(),
+                "5s".into(),
+            ],
             listen: "127.0.0.1:0".into(),
             agent_args: vec![
                 "--ec2-watch-interval".into(),
@@ -51,6 +120,8 @@ impl Default for FleetOptions {
                 "--pricing-interval".into(),
                 "2s".into(),
             ],
+            coordinator_executor: true,
+            terminate_delay: Duration::from_millis(500),
         }
     }
 }
@@ -61,6 +132,8 @@ pub struct Fleet {
     pub api: Api,
     pub ec2: Ec2Sim,
     pub nodes: Arc<Mutex<HashMap<String, Node>>>,
+    /// The workloads' ledger.
+    pub ledger: PathBuf,
     opts: FleetOptions,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -78,6 +151,50 @@ pub fn default_pools() -> Value {
     ])
 }
 
+/// Environment of a process that calls the EC2 simulator.
+fn ec2_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        // Never let a test reach the link-local IMDS for credentials.
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+type Nodes = Arc<Mutex<HashMap<String, Node>>>;
+
+fn lock(nodes: &Nodes) -> std::sync::MutexGuard<'_, HashMap<String, Node>> {
+    nodes.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kill an instance: its agent and its workload, and record the end of
+/// whatever it served (after it is dead, so the true end is no later).
+fn kill_instance(nodes: &Nodes, ledger: &Path, id: &str) {
+    let mut nodes = lock(nodes);
+    let Some(n) = nodes.get_mut(id) else { return };
+    if !n.alive {
+        return;
+    }
+    n.alive = false;
+    n.agent.kill9();
+    if let Some(mut w) = n.workload.take() {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let _ = append(
+        ledger,
+        &Line {
+            t_ns: monotonic_ns(),
+            group: n.group.clone(),
+            instance: id.to_owned(),
+            event: "killed".into(),
+            epoch: 0,
+        },
+    );
+}
+
 impl Fleet {
     pub async fn start(opts: FleetOptions) -> Result<Fleet> {
         let tmp = tempfile::tempdir()?;
@@ -88,67 +205,81 @@ impl Fleet {
     }
 
     pub async fn start_in(root: PathBuf, opts: FleetOptions) -> Result<Fleet> {
-        let args: Vec<&str> = opts.coordinator_args.iter().map(String::as_str).collect();
-        let coord = Coordinator::start_on(&root.join("coordinator"), &opts.listen, &args)?;
-        let api = coord.api();
+        std::fs::create_dir_all(&root)?;
         let ec2 = Ec2Sim::start().await?;
-        let nodes: Arc<Mutex<HashMap<String, Node>>> = Arc::default();
+        ec2.set_terminate_delay(opts.terminate_delay);
+        let mut args: Vec<&str> = opts.coordinator_args.iter().map(String::as_str).collect();
+        if opts.coordinator_executor {
+            args.push("--ec2-executor");
+        }
+        let env = ec2_env(&ec2.endpoint());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let coord = Coordinator::start_with(&root.join("coordinator"), &opts.listen, &args, &env)?;
+        let api = coord.api();
         let fleet = Fleet {
+            ledger: root.join("ledger.jsonl"),
             root,
             coord,
             api,
             ec2,
-            nodes,
+            nodes: Arc::default(),
             opts,
             _tmp: None,
         };
         fleet.watch_launches();
+        fleet.watch_terminations();
         Ok(fleet)
     }
 
     /// Boot an agent for every instance RunInstances creates.
     fn watch_launches(&self) {
         let mut rx = self.ec2.on_launch();
-        let (ec2, nodes, root, opts) = (
-            self.ec2.clone(),
-            Arc::clone(&self.nodes),
-            self.root.clone(),
-            self.opts.clone(),
-        );
-        let (base, enroll) = (self.coord.base.clone(), self.coord.enrollment_token.clone());
+        let boot = self.booter();
         tokio::spawn(async move {
             while let Some(inst) = rx.recv().await {
-                let (ec2, nodes, root, opts, base, enroll) = (
-                    ec2.clone(),
-                    Arc::clone(&nodes),
-                    root.clone(),
-                    opts.clone(),
-                    base.clone(),
-                    enroll.clone(),
-                );
+                let boot = boot.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(opts.boot_delay).await;
-                    ec2.set_state(&inst.instance_id, "running");
+                    tokio::time::sleep(boot.opts.boot_delay).await;
+                    boot.ec2.set_state(&inst.instance_id, "running");
                     let group = inst.tag("spot:group").unwrap_or("unknown").to_owned();
-                    if let Err(e) = boot(
-                        &nodes,
-                        &root,
-                        &opts,
-                        &base,
-                        &enroll,
-                        &ec2.endpoint(),
-                        &inst.instance_id,
-                        &inst.instance_type,
-                        &inst.availability_zone,
-                        &group,
-                    )
-                    .await
+                    if let Err(e) = boot
+                        .boot(
+                            &inst.instance_id,
+                            &inst.instance_type,
+                            &inst.availability_zone,
+                            &group,
+                        )
+                        .await
                     {
                         tracing::error!(error = %e, instance = %inst.instance_id, "booting a simulated instance");
                     }
                 });
             }
         });
+    }
+
+    /// Kill every instance EC2 terminates, before EC2 says `terminated`.
+    fn watch_terminations(&self) {
+        let mut rx = self.ec2.on_terminate();
+        let (nodes, ledger) = (Arc::clone(&self.nodes), self.ledger.clone());
+        tokio::spawn(async move {
+            while let Some((id, ack)) = rx.recv().await {
+                kill_instance(&nodes, &ledger, &id);
+                let _ = ack.send(());
+            }
+        });
+    }
+
+    fn booter(&self) -> Booter {
+        Booter {
+            nodes: Arc::clone(&self.nodes),
+            root: self.root.clone(),
+            opts: self.opts.clone(),
+            coordinator: self.coord.base.clone(),
+            enrollment: self.coord.enrollment_token.clone(),
+            ec2: self.ec2.clone(),
+            ledger: self.ledger.clone(),
+        }
     }
 
     /// Create a group and its first instance (already running).
@@ -178,53 +309,78 @@ impl Fleet {
     /// An instance that exists outside RunInstances, booted now.
     pub async fn add_instance(&self, id: &str, itype: &str, az: &str, group: &str) -> Result<()> {
         self.ec2.add_instance(id, itype, az, group);
-        boot(
-            &self.nodes,
-            &self.root,
-            &self.opts,
-            &self.coord.base,
-            &self.coord.enrollment_token,
-            &self.ec2.endpoint(),
-            id,
-            itype,
-            az,
-            group,
-        )
-        .await
+        self.booter().boot(id, itype, az, group).await
+    }
+
+    /// An instance whose disk was cloned from `from`'s (its agent's state
+    /// directory copied), booted now.
+    pub async fn add_clone(&self, id: &str, from: &str, group: &str) -> Result<()> {
+        let (src, dst) = (self.root.join(from), self.root.join(id));
+        std::fs::create_dir_all(&dst)?;
+        for f in ["journal.db", "journal.db-wal", "journal.db-shm"] {
+            if src.join(f).exists() {
+                std::fs::copy(src.join(f), dst.join(f))?;
+            }
+        }
+        self.add_instance(id, "m5.large", "us-east-1b", group).await
     }
 
     /// Interruption notice on `instance_id`, taking effect `lead` from now;
     /// the instance dies then.
     pub fn interrupt(&self, instance_id: &str, lead: Duration) -> Result<SystemTime> {
         let at = SystemTime::now() + lead;
-        {
-            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-            let n = nodes.get(instance_id).context("no such instance")?;
-            n.imds.interrupt("terminate", at, Duration::ZERO);
-        }
-        let (nodes, ec2, id) = (
+        lock(&self.nodes)
+            .get(instance_id)
+            .context("no such instance")?
+            .imds
+            .interrupt("terminate", at, Duration::ZERO);
+        let (nodes, ec2, id, ledger) = (
             Arc::clone(&self.nodes),
             self.ec2.clone(),
             instance_id.to_owned(),
+            self.ledger.clone(),
         );
         tokio::spawn(async move {
             tokio::time::sleep(lead).await;
+            kill_instance(&nodes, &ledger, &id);
             ec2.set_state(&id, "terminated");
-            if let Some(n) = nodes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
-                n.agent.kill9();
-            }
         });
         Ok(at)
     }
 
+    /// The instance dies now, with no notice (hardware failure).
+    pub fn lose(&self, instance_id: &str) {
+        kill_instance(&self.nodes, &self.ledger, instance_id);
+        self.ec2.set_state(instance_id, "terminated");
+    }
+
     pub fn rebalance(&self, instance_id: &str) -> Result<()> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes
+        lock(&self.nodes)
             .get(instance_id)
             .context("no such instance")?
             .imds
             .rebalance(SystemTime::now());
         Ok(())
+    }
+
+    /// Run `f` on a node.
+    pub fn with_node<T>(&self, id: &str, f: impl FnOnce(&mut Node) -> Result<T>) -> Result<T> {
+        let mut nodes = lock(&self.nodes);
+        let n = nodes
+            .get_mut(id)
+            .with_context(|| format!("no instance {id}"))?;
+        f(n)
+    }
+
+    /// Kill an agent and start it again (the instance stays up).
+    pub fn restart_agent(&self, id: &str) -> Result<()> {
+        self.with_node(id, |n| {
+            n.agent.kill9();
+            if n.alive {
+                n.agent.start(None)?;
+            }
+            Ok(())
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -272,76 +428,158 @@ impl Fleet {
 
     /// Cut one agent's link to the coordinator.
     pub fn partition(&self, instance_id: &str) -> Result<()> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes
-            .get(instance_id)
-            .context("no such instance")?
-            .link
-            .cut();
-        Ok(())
+        self.with_node(instance_id, |n| {
+            n.link.cut();
+            Ok(())
+        })
     }
 
     pub fn journal_key(&self, instance_id: &str, key: &str) -> Option<String> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.get(instance_id)?.agent.journal_key(key)
+        lock(&self.nodes).get(instance_id)?.agent.journal_key(key)
+    }
+
+    /// What the workloads served so far.
+    pub fn ledger(&self) -> Result<Ledger> {
+        Ledger::read(&self.ledger)
+    }
+
+    /// Fail unless no two instances of a group ever served at once.
+    pub fn check_no_overlap(&self) -> Result<()> {
+        let overlaps = self.ledger()?.overlaps();
+        anyhow::ensure!(
+            overlaps.is_empty(),
+            "two instances served at once: {}",
+            serde_json::to_string(&overlaps).unwrap_or_default()
+        );
+        Ok(())
     }
 }
 
-/// Running agents that believe they are PRIMARY, per group.
-pub fn agent_primaries(nodes: &Arc<Mutex<HashMap<String, Node>>>) -> HashMap<String, Vec<String>> {
-    let mut nodes = nodes.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    for (id, n) in nodes.iter_mut() {
-        if !n.agent.is_running() {
-            continue;
-        }
-        if n.agent.journal_key("role").as_deref() == Some("primary") {
-            out.entry(n.group.clone()).or_default().push(id.clone());
-        }
-    }
-    out
+/// What booting an instance needs (cloned into the launch watcher).
+#[derive(Clone)]
+struct Booter {
+    nodes: Nodes,
+    root: PathBuf,
+    opts: FleetOptions,
+    coordinator: String,
+    enrollment: String,
+    ec2: Ec2Sim,
+    ledger: PathBuf,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn boot(
-    nodes: &Arc<Mutex<HashMap<String, Node>>>,
-    root: &std::path::Path,
-    opts: &FleetOptions,
-    coordinator: &str,
-    enrollment: &str,
-    ec2: &str,
-    instance_id: &str,
-    itype: &str,
-    az: &str,
-    group: &str,
-) -> Result<()> {
-    let imds = ImdsSim::start(InstanceMeta::spot(instance_id, itype, az, group)).await?;
-    let target: std::net::SocketAddr = coordinator.trim_start_matches("http://").parse()?;
-    let link = Proxy::start(target).await?;
-    let mut agent = AgentProc::new(
-        &root.join(instance_id),
-        &link.url(),
-        enrollment,
-        &imds.endpoint(),
-        ec2,
-    );
-    let poll = humantime::format_duration(opts.imds_poll).to_string();
-    agent.arg("--imds-poll-interval").arg(&poll);
-    for a in &opts.agent_args {
-        agent.arg(a);
-    }
-    // Each instance signs with its own key: the EC2 simulator can show
-    // different agents different price histories.
-    agent.env("AWS_ACCESS_KEY_ID", &format!("AKID-{instance_id}"));
-    agent.start(None)?;
-    nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        instance_id.to_owned(),
-        Node {
-            imds,
-            agent,
-            group: group.to_owned(),
-            link,
-        },
-    );
+fn write_hook(dir: &Path, name: &str, workload: &Path, socket: &Path, verb: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n\
+             # {name}: optional delay and failure (test faults), then tell the workload.\n\
+             d=\"$(dirname \"$0\")\"\n\
+             [ -f \"$d/{name}.delay\" ] && sleep \"$(cat \"$d/{name}.delay\")\"\n\
+             [ -f \"$d/{name}.fail\" ] && exit 1\n\
+             exec {} ctl --socket {} {verb}\n",
+            workload.display(),
+            socket.display()
+        ),
+    )?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
+}
+
+impl Booter {
+    async fn boot(&self, instance_id: &str, itype: &str, az: &str, group: &str) -> Result<()> {
+        let dir = self.root.join(instance_id);
+        std::fs::create_dir_all(&dir)?;
+        let workload_bin = bin_path("spot-workload")?;
+        let socket = dir.join("workload.sock");
+        let workload = std::process::Command::new(&workload_bin)
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .arg("--ledger")
+            .arg(&self.ledger)
+            .args([
+                "--instance",
+                instance_id,
+                "--group",
+                group,
+                "--unhealthy-file",
+            ])
+            .arg(dir.join("unhealthy"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting spot-workload")?;
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let imds = ImdsSim::start(InstanceMeta::spot(instance_id, itype, az, group)).await?;
+        let target: std::net::SocketAddr =
+            self.coordinator.trim_start_matches("http://").parse()?;
+        let link = Proxy::start(target).await?;
+        let ec2_link = Proxy::start(self.ec2.addr).await?;
+        let mut agent = AgentProc::new(
+            &dir,
+            &link.url(),
+            &self.enrollment,
+            &imds.endpoint(),
+            &ec2_link.url(),
+        );
+        std::fs::create_dir_all(&agent.hooks_dir)?;
+        write_hook(
+            &agent.hooks_dir,
+            "promote",
+            &workload_bin,
+            &socket,
+            "start \"$SPOT_EPOCH\"",
+        )?;
+        write_hook(&agent.hooks_dir, "demote", &workload_bin, &socket, "stop")?;
+        let poll = humantime::format_duration(self.opts.imds_poll).to_string();
+        agent.arg("--imds-poll-interval").arg(&poll);
+        agent.arg("--health-command").arg(&format!(
+            "{} ctl --socket {} health",
+            workload_bin.display(),
+            socket.display()
+        ));
+        for a in &self.opts.agent_args {
+            agent.arg(a);
+        }
+        // Each instance signs with its own key: the EC2 simulator can show
+        // different agents different price histories.
+        agent.env("AWS_ACCESS_KEY_ID", &format!("AKID-{instance_id}"));
+        agent.env(
+            "SPOT_AGENT_CLOCK_OFFSET_FILE",
+            &dir.join("clock-offset").display().to_string(),
+        );
+        agent.start(None)?;
+        lock(&self.nodes).insert(
+            instance_id.to_owned(),
+            Node {
+                imds,
+                agent,
+                workload: Some(workload),
+                group: group.to_owned(),
+                link,
+                ec2_link,
+                dir,
+                alive: true,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for n in lock(&self.nodes).values_mut() {
+            n.agent.kill9();
+            if let Some(mut w) = n.workload.take() {
+                let _ = w.kill();
+                let _ = w.wait();
+            }
+        }
+    }
 }

@@ -33,37 +33,48 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     )
 }
 
-/// Make sure `spot-coordinator` and `spot-agent` sit next to this
-/// executable; when started by `cargo run`, build them (same profile) if
-/// they are missing, so `cargo run --bin spot-sim -- demo` works on a fresh
-/// clone. Tests do not call this: the test command builds the binaries.
+/// The sibling binaries the simulator drives.
+pub const BINARIES: &[&str] = &["spot-coordinator", "spot-agent", "spot-workload"];
+
+/// Make sure the sibling binaries sit next to this executable and are up
+/// to date: when started by `cargo run` (a fresh clone included), build
+/// them in the same profile (cargo does nothing when they are current).
+/// Tests do not call this: the test command builds the binaries.
 pub fn ensure_binaries() -> Result<()> {
-    if bin_path("spot-coordinator").is_ok() && bin_path("spot-agent").is_ok() {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        for b in BINARIES {
+            bin_path(b)?;
+        }
         return Ok(());
-    }
-    let cargo = std::env::var("CARGO").context(
-        "spot-coordinator/spot-agent not built: run `cargo build --workspace --bins` first",
-    )?;
+    };
     let exe = std::env::current_exe()?;
     let release = exe.parent().is_some_and(|d| d.ends_with("release"));
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-    eprintln!("spot-sim: building spot-coordinator and spot-agent ...");
+    eprintln!("spot-sim: building spot-coordinator, spot-agent and spot-workload if needed ...");
     let mut cmd = Command::new(cargo);
     cmd.args([
         "build",
+        "--quiet",
         "--manifest-path",
         manifest,
         "-p",
         "spot-coordinator",
         "-p",
         "spot-agent",
-        "--bins",
+        "-p",
+        "spot-tests",
+        "--bin",
+        "spot-coordinator",
+        "--bin",
+        "spot-agent",
+        "--bin",
+        "spot-workload",
     ]);
     if release {
         cmd.arg("--release");
     }
     if !cmd.status()?.success() {
-        bail!("building spot-coordinator and spot-agent failed");
+        bail!("building the simulator's binaries failed");
     }
     Ok(())
 }
@@ -92,6 +103,7 @@ pub struct Coordinator {
     pub admin_token: String,
     pub enrollment_token: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     pub log: PathBuf,
     listen: String,
 }
@@ -107,6 +119,16 @@ impl Coordinator {
 
     /// Start listening on `listen` (the demo uses a fixed port).
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Coordinator> {
+        Self::start_with(data_dir, listen, extra, &[])
+    }
+
+    /// Start with extra environment (the EC2 executor's endpoint).
+    pub fn start_with(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Coordinator> {
         let mut c = Coordinator {
             child: None,
             data_dir: data_dir.to_owned(),
@@ -114,6 +136,10 @@ impl Coordinator {
             admin_token: TEST_ADMIN_TOKEN.to_owned(),
             enrollment_token: TEST_ENROLLMENT_TOKEN.to_owned(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             log: data_dir.join("coordinator.log"),
             listen: listen.to_owned(),
         };
@@ -140,6 +166,7 @@ impl Coordinator {
             .arg("--enrollment-token")
             .arg(&self.enrollment_token)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -160,6 +187,27 @@ impl Coordinator {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP (true) or SIGCONT (false): a frozen coordinator.
+    pub fn freeze(&self, stop: bool) -> Result<()> {
+        signal(
+            self.pid().context("not running")?,
+            if stop { "-STOP" } else { "-CONT" },
+        )
+    }
+
+    /// Start again on the same data dir and address, without killing
+    /// first (after a `kill9`).
+    pub fn start_again(&mut self) -> Result<()> {
+        self.listen = self.base.trim_start_matches("http://").to_owned();
+        let r = self.spawn();
+        self.listen = "127.0.0.1:0".to_owned();
+        r
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit status.
@@ -425,18 +473,58 @@ impl AgentProc {
         self.child.is_some() && self.exited().is_none()
     }
 
-    /// One identity key of the journal, read while the agent runs.
+    /// One field of the agent's state row in its journal (`role`,
+    /// `role_epoch`, `agent_id`, ...), as text, read while the agent runs.
     pub fn journal_key(&self, key: &str) -> Option<String> {
+        const FIELDS: &[&str] = &[
+            "instance_id",
+            "group_name",
+            "agent_id",
+            "token",
+            "coordinator_url",
+            "role",
+            "role_epoch",
+            "link_state",
+            "decommissioned_at_ms",
+            "self_demoted_at_ms",
+        ];
+        let field = FIELDS.iter().find(|f| **f == key)?;
         let c = rusqlite::Connection::open_with_flags(
             self.state_dir.join("journal.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .ok()?;
         c.busy_timeout(Duration::from_secs(1)).ok()?;
-        c.query_row("SELECT value FROM identity WHERE key = ?1", [key], |r| {
-            r.get(0)
+        c.query_row(
+            &format!("SELECT CAST({field} AS TEXT) FROM agent_state WHERE id = 1"),
+            [],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .ok()
+        .flatten()
+    }
+
+    /// The highest epoch the agent's journal has accepted.
+    pub fn highest_epoch(&self) -> Option<u64> {
+        let c = rusqlite::Connection::open_with_flags(
+            self.state_dir.join("journal.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .ok()?;
+        c.busy_timeout(Duration::from_secs(1)).ok()?;
+        c.query_row("SELECT COALESCE(MAX(highest), 0) FROM epochs", [], |r| {
+            r.get::<_, i64>(0)
         })
         .ok()
+        .and_then(|v| u64::try_from(v).ok())
+    }
+
+    /// SIGSTOP (true) or SIGCONT (false): a frozen agent.
+    pub fn freeze(&self, stop: bool) -> Result<()> {
+        signal(
+            self.pid().context("not running")?,
+            if stop { "-STOP" } else { "-CONT" },
+        )
     }
 
     pub fn log_text(&self) -> String {
@@ -448,6 +536,16 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Send a signal (`-STOP`, `-CONT`, `-KILL`) to a process.
+pub fn signal(pid: u32, sig: &str) -> Result<()> {
+    let st = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(st.success(), "kill {sig} {pid} failed");
+    Ok(())
 }
 
 /// Poll `f` every 50 ms until it returns `Some`, or fail after `timeout`.

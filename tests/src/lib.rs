@@ -8,6 +8,7 @@ pub mod failover_bench;
 pub mod fleet;
 pub mod harness;
 pub mod imds_sim;
+pub mod ledger;
 pub mod pricing_bench;
 pub mod proxy;
 pub mod scenarios;

@@ -16,10 +16,13 @@ enum Command {
     /// A simulated fleet with a live coordinator: a few groups, an
     /// interruption every so often, the API on 127.0.0.1 to watch.
     Demo(spot_tests::failover_bench::Demo),
-    /// Run a failover flow on the simulated fleet and print its verdict
-    /// and timings: rebalance, warm-failover, cold-failover,
-    /// failed-promotion, switch, manual-replica, terminated,
-    /// coordinator-crash, partition, or all.
+    /// Run a failover or fencing flow on the simulated fleet and print its
+    /// verdict and timings (judged by what the workloads served): one of
+    /// rebalance, warm-failover, cold-failover, failed-promotion, switch,
+    /// manual-replica, terminated, coordinator-crash, partition,
+    /// slow-promote, frozen-agent, frozen-coordinator, coordinator-restart,
+    /// restored-store, lost-primary, journal-failure, shared-identity; or
+    /// all.
     Scenario {
         name: String,
         /// One JSON object per scenario instead of text.
@@ -86,12 +89,8 @@ fn main() -> ExitCode {
 
 /// Run the named scenario (or all), print verdicts; fail if any failed.
 async fn scenarios(name: &str, json: bool) -> anyhow::Result<()> {
-    use spot_tests::scenarios::{NAMES, run};
-    let names: Vec<&str> = if name == "all" {
-        NAMES.to_vec()
-    } else {
-        vec![name]
-    };
+    use spot_tests::scenarios::{names, run};
+    let names: Vec<&str> = if name == "all" { names() } else { vec![name] };
     let mut failed = 0;
     for n in names {
         let t = std::time::Instant::now();

@@ -268,6 +268,119 @@ async fn tokens_are_checked() {
 }
 
 #[tokio::test]
+async fn every_route_authenticates_before_it_reads_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let a = register(&api, &c, "i-1", "db").await;
+    let garbage = json!({});
+    for (path, token) in [
+        ("/v1/agents/register".to_owned(), None),
+        (
+            "/v1/agents/register".to_owned(),
+            Some(c.admin_token.as_str()),
+        ),
+        (format!("/v1/agents/{}/heartbeat", a.id), None),
+        (format!("/v1/agents/{}/events", a.id), Some("wrong")),
+        (format!("/v1/agents/{}/pricing", a.id), None),
+        ("/v1/groups".to_owned(), Some(a.token.as_str())),
+        ("/v1/groups/db/promote".to_owned(), None),
+    ] {
+        let (st, v) = api
+            .call(Method::POST, &path, token, Some(&garbage))
+            .await
+            .unwrap();
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+            "{path}: {v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_identity_used_from_another_instance_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let a = register(&api, &c, "i-1", "db").await;
+    // A disk cloned from i-1 running on i-2 with i-1's identity.
+    let (st, v) = heartbeat(&api, &a, "i-2").await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("instance_mismatch")),
+        "{v}"
+    );
+    let (st, v) = api
+        .call(
+            Method::GET,
+            &format!("/v1/agents/{}/commands?wait_ms=0&instance_id=i-2", a.id),
+            Some(&a.token),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("instance_mismatch")),
+        "{v}"
+    );
+    // The rightful instance is served.
+    assert_eq!(heartbeat(&api, &a, "i-1").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_reused_request_id_with_another_body_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    let create = |name: &str| json!({"name": name, "request_id": "op-1"});
+    let (st, first) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&c.admin_token),
+            Some(&create("a")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CREATED);
+    // The same request again: the same answer, nothing new.
+    let (st, again) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&c.admin_token),
+            Some(&create("a")),
+        )
+        .await
+        .unwrap();
+    assert_eq!((st, &again), (StatusCode::CREATED, &first));
+    // The same id for another request: refused, nothing written.
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(&c.admin_token),
+            Some(&create("b")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("idempotency_key_reused")),
+        "{v}"
+    );
+    let (st, _) = api
+        .call(Method::GET, "/v1/groups/b", Some(&c.admin_token), None)
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_stable_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(dir.path(), &[]).unwrap();

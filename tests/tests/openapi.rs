@@ -212,6 +212,13 @@ async fn documented_api_matches_the_server() {
             None,
         ),
         (
+            "post",
+            "/v1/groups/{name}/declare-dead",
+            "/v1/groups/db/declare-dead".into(),
+            adm.clone(),
+            Some(json!({"instance_id": "i-2"})),
+        ),
+        (
             "get",
             "/v1/groups/{name}/switches",
             "/v1/groups/db/switches".into(),

@@ -103,17 +103,6 @@ async fn agents_report_and_the_api_serves_the_canonical_series() {
         // 26 h later: longer than the 24 h gap limit.
         p("1b", t0 + 27 * H, "0.800000"),
     ];
-    f.ec2.set_prices(base.clone());
-    // Replica 1 disagrees with the PRIMARY at t0+30m, and reports t0+1h
-    // in 1b (which the PRIMARY never saw) as 0.5; replica 2 as 0.7.
-    let mut r1 = base.clone();
-    r1[1] = p("1a", t0 + 30 * M, "0.300000");
-    r1.push(p("1b", t0 + H, "0.500000"));
-    let mut r2 = base.clone();
-    r2.push(p("1b", t0 + H, "0.700000"));
-    f.ec2.set_prices_for("AKID-i-db-r1", r1);
-    f.ec2.set_prices_for("AKID-i-db-r2", r2);
-
     let first = f
         .group(
             "db",
@@ -128,6 +117,19 @@ async fn agents_report_and_the_api_serves_the_canonical_series() {
     })
     .await
     .unwrap();
+    // The history appears once the PRIMARY is confirmed, so that its
+    // reports are staged as the PRIMARY's.
+    f.ec2.set_prices(base.clone());
+    // Replica 1 disagrees with the PRIMARY at t0+30m, and reports t0+1h
+    // in 1b (which the PRIMARY never saw) as 0.5; replica 2 as 0.7.
+    let mut r1 = base.clone();
+    r1[1] = p("1a", t0 + 30 * M, "0.300000");
+    r1.push(p("1b", t0 + H, "0.500000"));
+    let mut r2 = base.clone();
+    r2.push(p("1b", t0 + H, "0.700000"));
+    f.ec2.set_prices_for("AKID-i-db-r1", r1);
+    f.ec2.set_prices_for("AKID-i-db-r2", r2);
+
     f.add_instance("i-db-r1", "m5.large", "us-east-1b", "db")
         .await
         .unwrap();

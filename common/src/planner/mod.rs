@@ -8,12 +8,17 @@
 //! rule that applies decides (possibly "nothing now"), the rest are not
 //! asked. Replacing a PRIMARY is a transition in three steps:
 //! * **T1 replace**: the epoch goes to e+1 and `demote(e+1)` is queued to the
-//!   old PRIMARY (fencing it: its agent refuses anything older);
-//! * **T2 grant**: only once the old PRIMARY is fenced; the old PRIMARY
-//!   becomes ZOMBIE and `promote(e+1)` goes to the candidate;
+//!   old PRIMARY (its agent refuses anything older from then on);
+//! * **T2 grant**: only once every fence target (the old PRIMARY, and any
+//!   candidate a roll-over gave up on) is *shown* not to serve: its agent
+//!   acknowledged the demotion with a successful `demote` hook, or EC2
+//!   reports it terminated (STONITH through a `fence` command), or an
+//!   operator declared it dead. The clock never grants: silence or a slow
+//!   demotion only escalates to the EC2 fence;
 //! * **T3 commit**: the candidate confirmed: it becomes PRIMARY. If it
 //!   fails or does not confirm within the promotion timeout, the
-//!   transition **rolls over** to the next candidate.
+//!   transition **rolls over**: the candidate becomes a fence target at a
+//!   new epoch and the next candidate waits for it to be fenced too.
 
 mod rules;
 #[cfg(test)]
@@ -25,22 +30,46 @@ use crate::command::{CommandState, NoticeKind};
 use crate::types::{Phase, Pool, PoolKey, Role};
 use std::collections::HashMap;
 
+/// Who makes an EC2 call or runs a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Executor {
+    Agent(String),
+    /// The coordinator's optional EC2 executor (its own tag-scoped role).
+    Coordinator,
+}
+
+/// What an instance's agent last reported about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reported {
+    pub role: Option<Role>,
+    pub role_epoch: u64,
+    /// Sent after the store gave the instance its current role (an older
+    /// report says nothing about the current role).
+    pub fresh: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct InstanceSnap {
     pub instance_id: String,
     pub role: Role,
+    /// Epoch of the store's role (for a PRIMARY: its promotion's).
+    pub role_epoch: u64,
     pub instance_type: String,
     pub availability_zone: String,
     pub agent_id: Option<String>,
     pub online: bool,
     pub healthy: bool,
-    pub last_heartbeat_ms: Option<i64>,
+    /// Since its agent was last heard, on the coordinator's monotonic clock
+    /// (stalls of the coordinator itself discounted); `None`: not heard
+    /// since the coordinator started, or no agent.
+    pub silent_ms: Option<i64>,
     /// EC2 (seen by an agent of the group) says shutting-down/terminated.
     pub ec2_gone: bool,
     /// Its last promotion failed within the cool-down: not a candidate.
     pub promote_failed_recently: bool,
     /// LAUNCHING for longer than the launch timeout (never registered).
     pub launch_overdue: bool,
+    pub reported: Option<Reported>,
 }
 
 impl InstanceSnap {
@@ -48,8 +77,14 @@ impl InstanceSnap {
         PoolKey::new(&self.instance_type, &self.availability_zone)
     }
 
-    fn silent_for(&self, now_ms: i64) -> i64 {
-        self.last_heartbeat_ms.map_or(i64::MAX, |t| now_ms - t)
+    fn silent_past(&self, ms: i64) -> bool {
+        self.silent_ms.is_none_or(|s| s > ms)
+    }
+
+    /// Its agent says, freshly, that it is not serving as PRIMARY.
+    fn reports_not_primary(&self) -> bool {
+        self.reported
+            .is_some_and(|r| r.fresh && r.role != Some(Role::Primary))
     }
 }
 
@@ -60,18 +95,42 @@ pub struct NoticeSnap {
     pub effective_at_ms: Option<i64>,
 }
 
+/// One instance a transition must fence, and what is known about it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FenceSnap {
+    pub instance_id: String,
+    pub epoch: u64,
+    /// Shown not to serve: acknowledged demotion (hook succeeded), EC2
+    /// terminated, or declared dead by an operator.
+    pub fenced: bool,
+    /// Its `demote(epoch)`: `None` when none was queued (no agent).
+    pub demote: Option<CommandState>,
+    /// Fence commands tried so far, and the last one's state and EC2 code.
+    pub fence_attempts: u32,
+    pub last_fence: Option<CommandState>,
+    pub last_fence_code: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransitionSnap {
     pub phase: Phase,
     pub old: Option<String>,
     pub candidate: String,
     pub epoch: u64,
-    pub phase_started_ms: i64,
-    /// The old PRIMARY's agent acknowledged `demote(epoch)` or demoted
-    /// itself when its lease ran out.
-    pub old_fenced: bool,
+    /// Time in this phase, on the coordinator's monotonic clock.
+    pub phase_age_ms: i64,
+    pub targets: Vec<FenceSnap>,
     /// Final state of the candidate's `promote(epoch)`, once it has one.
     pub candidate_outcome: Option<CommandState>,
+    /// The candidate's agent reports PRIMARY at this epoch (its result
+    /// event may still be on its way).
+    pub candidate_reports_primary: bool,
+}
+
+impl TransitionSnap {
+    fn is_target(&self, instance: &str) -> bool {
+        self.targets.iter().any(|t| t.instance_id == instance)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,9 +147,16 @@ pub struct SwitchSnap {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlanConfig {
     pub rebalance_window_ms: i64,
-    /// Lease plus margin: a PRIMARY silent this long has demoted itself.
+    /// Lease plus margin: a PRIMARY silent this long is presumed lost and
+    /// replaced (fenced through EC2 first).
     pub lease_expiry_ms: i64,
     pub promotion_timeout_ms: i64,
+    /// A fence target whose demotion is not acknowledged within this is
+    /// fenced through EC2.
+    pub demote_timeout_ms: i64,
+    /// Fence attempts (transient failures) before the group is blocked
+    /// and an operator must decide.
+    pub max_fence_attempts: u32,
     /// An instance whose interruption took effect this long ago while its
     /// agent is silent is gone.
     pub notice_grace_ms: i64,
@@ -100,8 +166,10 @@ impl Default for PlanConfig {
     fn default() -> Self {
         PlanConfig {
             rebalance_window_ms: 600_000,
-            lease_expiry_ms: 20_000,
+            lease_expiry_ms: 21_000,
             promotion_timeout_ms: 30_000,
+            demote_timeout_ms: 15_000,
+            max_fence_attempts: 3,
             notice_grace_ms: 10_000,
         }
     }
@@ -127,6 +195,11 @@ pub struct GroupSnap {
     pub boot_secs: HashMap<PoolKey, f64>,
     /// Pools whose last launch failed recently (e.g. no capacity): avoided.
     pub failed_pools: Vec<PoolKey>,
+    /// The coordinator can make EC2 calls itself (its executor is on).
+    pub coordinator_executor: bool,
+    /// The group has had an instance (a brand-new group waits for its
+    /// first, started by the operator).
+    pub had_instances: bool,
 }
 
 impl GroupSnap {
@@ -149,14 +222,12 @@ impl GroupSnap {
 /// One thing the coordinator must do, as one store transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// T1. `old_fenced`: the old PRIMARY is already gone or silent past
-    /// its lease, so the store grants at once.
+    /// T1 (granted at once when there is nothing to fence).
     Replace {
         old: Option<String>,
         candidate: String,
         expected_epoch: u64,
         emergency: bool,
-        old_fenced: bool,
         /// Unix ms; `None`: the default deadline.
         deadline_ms: Option<i64>,
         /// The manual switch this replacement completes.
@@ -179,8 +250,18 @@ pub enum Step {
         expected_epoch: u64,
         candidate: String,
     },
+    /// STONITH a fence target through EC2.
+    Fence {
+        expected_epoch: u64,
+        instance_id: String,
+        /// The epoch of the target's demotion.
+        epoch: u64,
+        attempt: u32,
+        via: Executor,
+        reason: &'static str,
+    },
     Launch {
-        via_agent: String,
+        via: Executor,
         pool: Pool,
         emergency: bool,
         /// The manual switch this launch serves.
@@ -188,10 +269,7 @@ pub enum Step {
         reason: &'static str,
     },
     /// Terminate a REPLICA (manual replica: extras).
-    Retire {
-        instance_id: String,
-        via_agent: String,
-    },
+    Retire { instance_id: String, via: Executor },
     /// EC2 says the instance is gone.
     Gone {
         instance_id: String,
@@ -206,19 +284,68 @@ pub enum Step {
 pub struct Plan {
     pub rule: &'static str,
     pub steps: Vec<Step>,
+    /// The group cannot go on without an operator (fencing impossible):
+    /// why. An alert fires on it.
+    pub blocked: Option<String>,
+}
+
+/// A rule's answer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    pub steps: Vec<Step>,
+    pub blocked: Option<String>,
+}
+
+impl From<Vec<Step>> for Decision {
+    fn from(steps: Vec<Step>) -> Decision {
+        Decision {
+            steps,
+            blocked: None,
+        }
+    }
 }
 
 /// Ask the rules in priority order; the first that applies decides.
 pub fn plan(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Plan {
     for (rule, f) in RULES {
-        if let Some(steps) = f(snap, now_ms, cfg) {
-            return Plan { rule, steps };
+        if let Some(d) = f(snap, now_ms, cfg) {
+            return Plan {
+                rule,
+                steps: d.steps,
+                blocked: d.blocked,
+            };
         }
     }
     Plan {
         rule: "healthy",
         steps: Vec::new(),
+        blocked: None,
     }
+}
+
+/// Who should make a call for the group: `prefer`'s agent when online,
+/// else any online agent not in `exclude`, else the coordinator's executor
+/// when it is on.
+pub fn executor(
+    snap: &GroupSnap,
+    prefer: Option<&InstanceSnap>,
+    exclude: &[&str],
+) -> Option<Executor> {
+    let usable = |i: &&InstanceSnap| {
+        i.online
+            && !i.ec2_gone
+            && !exclude.contains(&i.instance_id.as_str())
+            && matches!(i.role, Role::Primary | Role::Replica)
+    };
+    prefer
+        .filter(usable)
+        .or_else(|| {
+            let mut live: Vec<&InstanceSnap> = snap.instances.iter().filter(usable).collect();
+            live.sort_by_key(|i| (i.role != Role::Primary, i.silent_ms.unwrap_or(i64::MAX)));
+            live.into_iter().next()
+        })
+        .and_then(|i| i.agent_id.clone().map(Executor::Agent))
+        .or_else(|| snap.coordinator_executor.then_some(Executor::Coordinator))
 }
 
 /// 0: another zone, 1: same zone other type, 2: same pool.
@@ -253,9 +380,9 @@ pub fn launch_pools(snap: &GroupSnap, avoid: Option<&PoolKey>) -> Vec<Pool> {
     pools.into_iter().map(|(_, p)| p.clone()).collect()
 }
 
-/// Online, healthy REPLICAs without an interruption notice or a recently
-/// failed promotion, least correlated with `primary` first, then the most
-/// recent heartbeat.
+/// Online, healthy REPLICAs without an interruption notice, a recently
+/// failed promotion or a pending fence, least correlated with `primary`
+/// first, then the most recent heartbeat.
 pub fn candidates<'a>(
     snap: &'a GroupSnap,
     primary: Option<&InstanceSnap>,
@@ -270,11 +397,17 @@ pub fn candidates<'a>(
         .filter(|i| !i.promote_failed_recently)
         // A replica with its own interruption notice is no refuge.
         .filter(|i| snap.interruption(&i.instance_id).is_none())
+        // A candidate a roll-over gave up on is fenced, not promoted.
+        .filter(|i| {
+            snap.transition
+                .as_ref()
+                .is_none_or(|t| !t.is_target(&i.instance_id))
+        })
         .collect();
     c.sort_by(|a, b| {
         correlation(a, zone, itype)
             .cmp(&correlation(b, zone, itype))
-            .then(b.last_heartbeat_ms.cmp(&a.last_heartbeat_ms))
+            .then(a.silent_ms.cmp(&b.silent_ms))
             .then(a.instance_id.cmp(&b.instance_id))
     });
     c

@@ -1,14 +1,15 @@
 //! The planner's rules, in priority order. Each answers `None` ("not my
-//! case, ask the next rule") or `Some(steps)` ("decided": possibly no step
-//! now, e.g. waiting for a fence). docs/STATE_MACHINE.md lists them.
+//! case, ask the next rule") or `Some(decision)` ("decided": possibly no
+//! step now, e.g. waiting for a fence). docs/STATE_MACHINE.md lists them.
 
 use super::{
-    GroupSnap, InstanceSnap, PlanConfig, Step, SwitchSnap, TransitionSnap, candidates, launch_pools,
+    Decision, Executor, FenceSnap, GroupSnap, InstanceSnap, PlanConfig, Step, SwitchSnap,
+    TransitionSnap, candidates, executor, launch_pools,
 };
 use crate::command::{CommandState, NoticeKind};
-use crate::types::{Phase, PoolKey, Role};
+use crate::types::{Phase, Pool, PoolKey, Role};
 
-pub type Rule = fn(&GroupSnap, i64, &PlanConfig) -> Option<Vec<Step>>;
+pub type Rule = fn(&GroupSnap, i64, &PlanConfig) -> Option<Decision>;
 
 /// Every rule, highest priority first.
 pub const RULES: &[(&str, Rule)] = &[
@@ -19,28 +20,33 @@ pub const RULES: &[(&str, Rule)] = &[
     ("no_primary", no_primary),
     ("interruption", interruption),
     ("silent_primary", silent_primary),
+    ("primary_not_serving", primary_not_serving),
     ("switch", switch),
     ("manual_replica", manual_replica),
     ("rebalance", rebalance),
 ];
 
+fn steps(s: Vec<Step>) -> Option<Decision> {
+    Some(s.into())
+}
+
 /// Paused: no decision of our own, but a promotion an operator started is
 /// carried through.
-fn paused(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step>> {
+fn paused(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision> {
     if !snap.paused {
         return None;
     }
     Some(match &snap.transition {
         Some(t) => plan_transition(snap, t, now_ms, cfg),
-        None => Vec::new(),
+        None => Decision::default(),
     })
 }
 
 /// Instances EC2 has taken away, or whose interruption took effect while
 /// their agent fell silent: TERMINATED, history kept. The PRIMARY and the
 /// instances of a transition are settled by the other rules.
-fn gone(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step>> {
-    let steps: Vec<Step> = snap
+fn gone(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision> {
+    let s: Vec<Step> = snap
         .instances
         .iter()
         .filter(|i| {
@@ -53,7 +59,9 @@ fn gone(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step>> {
         })
         .filter(|i| {
             snap.transition.as_ref().is_none_or(|t| {
-                t.old.as_deref() != Some(&i.instance_id) && t.candidate != i.instance_id
+                t.old.as_deref() != Some(&i.instance_id)
+                    && t.candidate != i.instance_id
+                    && !t.is_target(&i.instance_id)
             })
         })
         .filter(|i| i.role != Role::Primary)
@@ -66,12 +74,12 @@ fn gone(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step>> {
             },
         })
         .collect();
-    (!steps.is_empty()).then_some(steps)
+    (!s.is_empty()).then(|| s.into())
 }
 
 /// Launched instances that never registered: FAILED.
-fn launch_overdue(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Vec<Step>> {
-    let steps: Vec<Step> = snap
+fn launch_overdue(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
+    let s: Vec<Step> = snap
         .instances
         .iter()
         .filter(|i| i.role == Role::Launching && i.launch_overdue)
@@ -79,135 +87,175 @@ fn launch_overdue(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Vec<Step>>
             instance_id: i.instance_id.clone(),
         })
         .collect();
-    (!steps.is_empty()).then_some(steps)
+    (!s.is_empty()).then(|| s.into())
 }
 
-/// A transition in progress: grant, commit, roll over or retarget.
-fn transition(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step>> {
+/// A transition in progress: fence, grant, commit, roll over or retarget.
+fn transition(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision> {
     let t = snap.transition.as_ref()?;
     Some(plan_transition(snap, t, now_ms, cfg))
 }
 
+/// An emergency launch for a group that needs an instance, away from
+/// `avoid`, unless one is on its way or nobody can launch.
+fn emergency_launch(
+    snap: &GroupSnap,
+    prefer: Option<&InstanceSnap>,
+    avoid: Option<&PoolKey>,
+    reason: &'static str,
+) -> Vec<Step> {
+    if snap.launches_in_flight > 0 || snap.instances.iter().any(|i| i.role == Role::Launching) {
+        return Vec::new();
+    }
+    match (
+        executor(snap, prefer, &[]),
+        launch_pools(snap, avoid).into_iter().next(),
+    ) {
+        (Some(via), Some(pool)) => vec![Step::Launch {
+            via,
+            pool,
+            emergency: true,
+            switch_id: None,
+            reason,
+        }],
+        _ => Vec::new(),
+    }
+}
+
+/// An emergency replacement of `p` (or of nobody) by `c`.
+fn replace(
+    p: Option<&InstanceSnap>,
+    c: &InstanceSnap,
+    snap: &GroupSnap,
+    deadline_ms: Option<i64>,
+    reason: &'static str,
+) -> Step {
+    Step::Replace {
+        old: p.map(|p| p.instance_id.clone()),
+        candidate: c.instance_id.clone(),
+        expected_epoch: snap.epoch,
+        emergency: p.is_some(),
+        deadline_ms,
+        switch_id: None,
+        reason,
+    }
+}
+
 /// No PRIMARY: promote the best candidate; with none, launch one through
-/// any live agent of the group, away from the interrupted pool. A group
-/// that never had an instance (no agent) waits for its first.
-fn no_primary(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Vec<Step>> {
+/// any live agent (or the coordinator's executor), away from an
+/// interrupted pool. A group that never had an instance waits for its
+/// first.
+fn no_primary(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
     if snap.primary().is_some() {
         return None;
     }
     if let Some(c) = candidates(snap, None).first() {
-        return Some(vec![Step::Replace {
-            old: None,
-            candidate: c.instance_id.clone(),
-            expected_epoch: snap.epoch,
-            emergency: false,
-            old_fenced: true,
-            deadline_ms: None,
-            switch_id: None,
-            reason: "group has no PRIMARY",
-        }]);
+        return steps(vec![replace(None, c, snap, None, "group has no PRIMARY")]);
     }
-    let launching = snap.instances.iter().any(|i| i.role == Role::Launching);
-    let via = snap
-        .instances
-        .iter()
-        .filter(|i| i.online)
-        .find_map(|i| i.agent_id.clone());
+    if !snap.had_instances {
+        return steps(Vec::new());
+    }
     let avoid: Option<PoolKey> = snap
         .notices
         .iter()
         .filter(|n| n.kind == NoticeKind::Interruption)
         .find_map(|n| snap.instance(&n.instance_id))
         .map(InstanceSnap::pool);
-    if !launching
-        && snap.launches_in_flight == 0
-        && let (Some(agent), Some(pool)) =
-            (via, launch_pools(snap, avoid.as_ref()).into_iter().next())
-    {
-        return Some(vec![Step::Launch {
-            via_agent: agent,
-            pool,
-            emergency: true,
-            switch_id: None,
-            reason: "no PRIMARY and no candidate left",
-        }]);
-    }
-    Some(Vec::new())
-}
-
-fn silent_past_lease(p: &InstanceSnap, now_ms: i64, cfg: &PlanConfig) -> bool {
-    p.ec2_gone || p.silent_for(now_ms) > cfg.lease_expiry_ms
+    steps(emergency_launch(
+        snap,
+        None,
+        avoid.as_ref(),
+        "no PRIMARY and no candidate left",
+    ))
 }
 
 /// Interruption notice on the PRIMARY: replace it with the best candidate
-/// at emergency priority, the notice time as deadline; with none, its
-/// agent launches a replacement at once into the fastest-booting pool,
-/// never the interrupted one.
-fn interruption(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step>> {
+/// at emergency priority, the notice time as deadline; with none, launch a
+/// replacement at once into the fastest-booting pool, never the
+/// interrupted one.
+fn interruption(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
     let p = snap.primary()?;
     let n = snap.interruption(&p.instance_id)?;
     if let Some(c) = candidates(snap, Some(p)).first() {
-        return Some(vec![Step::Replace {
-            old: Some(p.instance_id.clone()),
-            candidate: c.instance_id.clone(),
-            expected_epoch: snap.epoch,
-            emergency: true,
-            old_fenced: silent_past_lease(p, now_ms, cfg),
-            deadline_ms: n.effective_at_ms,
-            switch_id: None,
-            reason: "interruption notice on the PRIMARY",
-        }]);
+        return steps(vec![replace(
+            Some(p),
+            c,
+            snap,
+            n.effective_at_ms,
+            "interruption notice on the PRIMARY",
+        )]);
     }
-    if snap.launches_in_flight == 0
-        && let (Some(agent), Some(pool)) = (
-            p.agent_id.clone(),
-            launch_pools(snap, Some(&p.pool())).into_iter().next(),
-        )
-    {
-        return Some(vec![Step::Launch {
-            via_agent: agent,
-            pool,
-            emergency: true,
-            switch_id: None,
-            reason: "interruption notice on the PRIMARY and no REPLICA",
-        }]);
-    }
-    Some(Vec::new())
+    steps(emergency_launch(
+        snap,
+        Some(p),
+        Some(&p.pool()),
+        "interruption notice on the PRIMARY and no REPLICA",
+    ))
 }
 
-/// PRIMARY silent past its lease expiry (or gone): replace it.
-fn silent_primary(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step>> {
+/// PRIMARY silent past its lease expiry (or EC2 shows it going): replace
+/// it (the transition fences it through EC2 before anything is granted);
+/// with no candidate, launch one first and fence when it is ready (killing
+/// a PRIMARY that may only be cut off from the coordinator, before there
+/// is a replacement, would turn a partition into an outage).
+fn silent_primary(snap: &GroupSnap, _: i64, cfg: &PlanConfig) -> Option<Decision> {
     let p = snap.primary()?;
-    if !silent_past_lease(p, now_ms, cfg) {
+    if !(p.ec2_gone || p.silent_past(cfg.lease_expiry_ms)) {
         return None;
     }
-    let c = candidates(snap, Some(p)).into_iter().next()?;
-    Some(vec![Step::Replace {
-        old: Some(p.instance_id.clone()),
-        candidate: c.instance_id.clone(),
-        expected_epoch: snap.epoch,
-        emergency: true,
-        old_fenced: true,
-        deadline_ms: None,
-        switch_id: None,
-        reason: "PRIMARY silent past its lease (or gone)",
-    }])
+    if let Some(c) = candidates(snap, Some(p)).first() {
+        return steps(vec![replace(
+            Some(p),
+            c,
+            snap,
+            None,
+            "PRIMARY silent past its lease (or gone)",
+        )]);
+    }
+    steps(emergency_launch(
+        snap,
+        None,
+        Some(&p.pool()),
+        "PRIMARY silent past its lease and no REPLICA",
+    ))
+}
+
+/// The store's PRIMARY says it does not serve (it demoted itself, or its
+/// agent lost its journal): the store converges: replace it.
+fn primary_not_serving(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
+    let p = snap.primary()?;
+    if !p.reports_not_primary() {
+        return None;
+    }
+    if let Some(c) = candidates(snap, Some(p)).first() {
+        return steps(vec![replace(
+            Some(p),
+            c,
+            snap,
+            None,
+            "the PRIMARY's agent reports it is not serving",
+        )]);
+    }
+    steps(emergency_launch(
+        snap,
+        Some(p),
+        None,
+        "the PRIMARY's agent reports it is not serving and there is no REPLICA",
+    ))
 }
 
 /// Manual switch: launch into the target pool, wait healthy, replace.
-fn switch(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Vec<Step>> {
+fn switch(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
     let sw = snap.switch.as_ref()?;
     let p = snap.primary()?;
-    Some(plan_switch(snap, sw, p))
+    steps(plan_switch(snap, sw, p))
 }
 
 fn plan_switch(snap: &GroupSnap, sw: &SwitchSnap, p: &InstanceSnap) -> Vec<Step> {
     match &sw.launched_instance {
-        None if sw.launch_request_id.is_none() => p
-            .agent_id
-            .clone()
-            .map(|agent| Step::Launch {
-                via_agent: agent,
+        None if sw.launch_request_id.is_none() => executor(snap, Some(p), &[])
+            .map(|via| Step::Launch {
+                via,
                 pool: sw.pool.clone(),
                 emergency: false,
                 switch_id: Some(sw.id),
@@ -225,7 +273,6 @@ fn plan_switch(snap: &GroupSnap, sw: &SwitchSnap, p: &InstanceSnap) -> Vec<Step>
                     candidate: id.clone(),
                     expected_epoch: snap.epoch,
                     emergency: false,
-                    old_fenced: false,
                     deadline_ms: None,
                     switch_id: Some(sw.id),
                     reason: "manual switch: the new instance is healthy",
@@ -245,51 +292,55 @@ fn replicas(snap: &GroupSnap) -> Vec<&InstanceSnap> {
         .collect()
 }
 
+fn launch(via: Executor, pool: Pool, reason: &'static str) -> Step {
+    Step::Launch {
+        via,
+        pool,
+        emergency: false,
+        switch_id: None,
+        reason,
+    }
+}
+
 /// Manual replica: exactly one REPLICA (launch if none, retire extras).
-fn manual_replica(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Vec<Step>> {
+fn manual_replica(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
     if !snap.manual_replica {
         return None;
     }
     let p = snap.primary()?;
     let replicas = replicas(snap);
     if replicas.is_empty() && snap.launches_in_flight == 0 {
-        if let (Some(agent), Some(pool)) = (
-            p.agent_id.clone(),
+        if let (Some(via), Some(pool)) = (
+            executor(snap, Some(p), &[]),
             launch_pools(snap, Some(&p.pool())).into_iter().next(),
         ) {
-            return Some(vec![Step::Launch {
-                via_agent: agent,
-                pool,
-                emergency: false,
-                switch_id: None,
-                reason: "manual replica mode: no REPLICA",
-            }]);
+            return steps(vec![launch(via, pool, "manual replica mode: no REPLICA")]);
         }
     } else if replicas.len() > 1
-        && let Some(agent) = p.agent_id.clone()
+        && let Some(via) = executor(snap, Some(p), &[])
     {
         // Keep the best candidate, retire the rest.
         let keep = candidates(snap, Some(p))
             .first()
             .map(|c| c.instance_id.clone())
             .or_else(|| replicas.first().map(|r| r.instance_id.clone()));
-        return Some(
+        return steps(
             replicas
                 .iter()
                 .filter(|r| Some(&r.instance_id) != keep.as_ref() && r.role == Role::Replica)
                 .map(|r| Step::Retire {
                     instance_id: r.instance_id.clone(),
-                    via_agent: agent.clone(),
+                    via: via.clone(),
                 })
                 .collect(),
         );
     }
-    Some(Vec::new())
+    steps(Vec::new())
 }
 
 /// Rebalance recommendation on the PRIMARY and no REPLICA: launch one in
 /// another pool, at most once per `rebalance_window`.
-fn rebalance(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step>> {
+fn rebalance(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision> {
     let p = snap.primary()?;
     let recommended = snap
         .notices
@@ -304,66 +355,148 @@ fn rebalance(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Vec<Step
     {
         return None;
     }
-    let agent = p.agent_id.clone()?;
+    let via = executor(snap, Some(p), &[])?;
     let pool = launch_pools(snap, Some(&p.pool())).into_iter().next()?;
-    Some(vec![Step::Launch {
-        via_agent: agent,
+    steps(vec![launch(
+        via,
         pool,
-        emergency: false,
-        switch_id: None,
-        reason: "rebalance recommendation on the PRIMARY and no REPLICA",
-    }])
+        "rebalance recommendation on the PRIMARY and no REPLICA",
+    )])
 }
 
-fn plan_transition(
+/// EC2 failures worth another fence attempt (the next may succeed).
+fn transient(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("FenceTimeout" | "DeadlineExceeded" | "RequestLimitExceeded" | "InternalError")
+            | Some("ServiceUnavailable" | "Unavailable" | "Throttling")
+    )
+}
+
+/// What to do about one unfenced target; `Err` when fencing it is
+/// impossible without an operator.
+fn fence_target(
     snap: &GroupSnap,
     t: &TransitionSnap,
-    now_ms: i64,
+    target: &FenceSnap,
     cfg: &PlanConfig,
-) -> Vec<Step> {
+) -> Result<Option<Step>, String> {
+    let inst = snap.instance(&target.instance_id);
+    let demote_failed = matches!(
+        target.demote,
+        Some(
+            CommandState::Failed
+                | CommandState::Expired
+                | CommandState::Stale
+                | CommandState::Cancelled
+        )
+    );
+    let needs_ec2 = target.demote.is_none()
+        || demote_failed
+        || t.phase_age_ms > cfg.demote_timeout_ms
+        || inst.is_none_or(|i| i.ec2_gone || !i.online || i.silent_past(cfg.lease_expiry_ms));
+    if !needs_ec2 {
+        return Ok(None);
+    }
+    match target.last_fence {
+        Some(CommandState::Queued | CommandState::Delivered) => return Ok(None),
+        Some(CommandState::Failed) if !transient(target.last_fence_code.as_deref()) => {
+            return Err(format!(
+                "fencing {} through EC2 failed ({}): an operator must declare it dead",
+                target.instance_id,
+                target.last_fence_code.as_deref().unwrap_or("error")
+            ));
+        }
+        _ => {}
+    }
+    if target.fence_attempts >= cfg.max_fence_attempts {
+        return Err(format!(
+            "fencing {} failed {} times: an operator must declare it dead",
+            target.instance_id, target.fence_attempts
+        ));
+    }
+    let candidate = snap.instance(&t.candidate);
+    let Some(via) = executor(snap, candidate, &[target.instance_id.as_str()]) else {
+        return Err(format!(
+            "no live agent and no coordinator EC2 executor can fence {}",
+            target.instance_id
+        ));
+    };
+    Ok(Some(Step::Fence {
+        expected_epoch: snap.epoch,
+        instance_id: target.instance_id.clone(),
+        epoch: target.epoch,
+        attempt: target.fence_attempts + 1,
+        via,
+        reason: if demote_failed {
+            "its demotion failed"
+        } else if target.demote.is_none() {
+            "it has no agent to demote it"
+        } else if inst.is_none_or(|i| !i.online || i.silent_past(cfg.lease_expiry_ms)) {
+            "it is silent"
+        } else {
+            "its demotion was not acknowledged in time"
+        },
+    }))
+}
+
+fn plan_transition(snap: &GroupSnap, t: &TransitionSnap, _: i64, cfg: &PlanConfig) -> Decision {
     let e = snap.epoch;
     match t.phase {
         Phase::Demoting => {
-            let old = t.old.as_ref().and_then(|o| snap.instance(o));
-            let fenced = t.old_fenced || old.is_none_or(|o| silent_past_lease(o, now_ms, cfg));
-            let cand_ok = snap
-                .instance(&t.candidate)
-                .is_some_and(|i| i.role == Role::Replica && i.online && i.healthy && !i.ec2_gone);
-            if !cand_ok
-                && let Some(c) = candidates(snap, old)
-                    .into_iter()
-                    .find(|c| c.instance_id != t.candidate)
-            {
-                return vec![Step::Retarget {
-                    expected_epoch: e,
-                    candidate: c.instance_id.clone(),
-                }];
+            let mut out = Vec::new();
+            let mut blocked = None;
+            for target in t.targets.iter().filter(|x| !x.fenced) {
+                match fence_target(snap, t, target, cfg) {
+                    Ok(step) => out.extend(step),
+                    Err(why) => blocked = Some(why),
+                }
             }
-            if fenced && cand_ok {
-                return vec![Step::Grant {
+            let cands = candidates(snap, t.old.as_deref().and_then(|o| snap.instance(o)));
+            let cand_ok = cands.iter().any(|c| c.instance_id == t.candidate);
+            if !cand_ok {
+                if let Some(c) = cands.first() {
+                    out.push(Step::Retarget {
+                        expected_epoch: e,
+                        candidate: c.instance_id.clone(),
+                    });
+                } else {
+                    let old = t.old.as_deref().and_then(|o| snap.instance(o));
+                    out.extend(emergency_launch(
+                        snap,
+                        None,
+                        old.map(InstanceSnap::pool).as_ref(),
+                        "replacement waiting for a candidate",
+                    ));
+                }
+            } else if t.targets.iter().all(|x| x.fenced) {
+                out.push(Step::Grant {
                     expected_epoch: e,
-                    reason: if t.old_fenced {
-                        "old PRIMARY acknowledged its demotion"
-                    } else {
-                        "old PRIMARY gone or past its lease"
-                    },
-                }];
+                    reason: "every fence target is shown not to serve",
+                });
             }
-            Vec::new()
+            Decision {
+                steps: out,
+                blocked,
+            }
         }
-        Phase::Promoting => match t.candidate_outcome {
-            Some(CommandState::Done) => vec![Step::Commit { expected_epoch: e }],
-            Some(_) => vec![Step::RollOver {
-                expected_epoch: e,
-                reason: "the candidate's promotion failed",
-            }],
-            None if now_ms - t.phase_started_ms > cfg.promotion_timeout_ms => {
+        Phase::Promoting => {
+            let roll = |reason| {
                 vec![Step::RollOver {
                     expected_epoch: e,
-                    reason: "the candidate did not confirm in time",
+                    reason,
                 }]
+                .into()
+            };
+            match t.candidate_outcome {
+                Some(CommandState::Done) => vec![Step::Commit { expected_epoch: e }].into(),
+                _ if t.candidate_reports_primary => vec![Step::Commit { expected_epoch: e }].into(),
+                Some(_) => roll("the candidate's promotion failed"),
+                None if t.phase_age_ms > cfg.promotion_timeout_ms => {
+                    roll("the candidate did not confirm in time")
+                }
+                None => Decision::default(),
             }
-            None => Vec::new(),
-        },
+        }
     }
 }

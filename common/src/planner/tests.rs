@@ -8,7 +8,7 @@ fn plan(s: &GroupSnap, now: i64, cfg: &PlanConfig) -> Vec<Step> {
     super::plan(s, now, cfg).steps
 }
 
-fn inst(id: &str, role: Role, az: &str, hb: i64) -> InstanceSnap {
+fn inst(id: &str, role: Role, az: &str) -> InstanceSnap {
     InstanceSnap {
         instance_id: id.into(),
         role,
@@ -17,7 +17,7 @@ fn inst(id: &str, role: Role, az: &str, hb: i64) -> InstanceSnap {
         agent_id: Some(format!("a-{id}")),
         online: true,
         healthy: true,
-        last_heartbeat_ms: Some(hb),
+        silent_ms: Some(100),
         ..InstanceSnap::default()
     }
 }
@@ -40,6 +40,7 @@ fn snap(instances: Vec<InstanceSnap>) -> GroupSnap {
             mkpool("c5.large", "a"),
         ],
         instances,
+        had_instances: true,
         ..GroupSnap::default()
     }
 }
@@ -54,25 +55,53 @@ fn interrupt(s: &mut GroupSnap, id: &str) {
 
 const CFG: PlanConfig = PlanConfig {
     rebalance_window_ms: 600_000,
-    lease_expiry_ms: 20_000,
+    lease_expiry_ms: 21_000,
     promotion_timeout_ms: 30_000,
+    demote_timeout_ms: 15_000,
+    max_fence_attempts: 3,
     notice_grace_ms: 10_000,
 };
 
+/// A transition from `p` to `r` at epoch 4, demoting, `age` ms in.
+fn demoting(age: i64) -> TransitionSnap {
+    TransitionSnap {
+        phase: Phase::Demoting,
+        old: Some("p".into()),
+        candidate: "r".into(),
+        epoch: 4,
+        phase_age_ms: age,
+        targets: vec![FenceSnap {
+            instance_id: "p".into(),
+            epoch: 4,
+            demote: Some(CommandState::Delivered),
+            ..FenceSnap::default()
+        }],
+        candidate_outcome: None,
+        candidate_reports_primary: false,
+    }
+}
+
+fn pr() -> GroupSnap {
+    snap(vec![
+        inst("p", Role::Primary, "a"),
+        inst("r", Role::Replica, "b"),
+    ])
+}
+
 #[test]
 fn bootstrap_grants_at_once() {
-    let s = snap(vec![inst("r1", Role::Replica, "a", 1)]);
+    let s = snap(vec![inst("r1", Role::Replica, "a")]);
     assert!(
-        matches!(&plan(&s, 1, &CFG)[..], [Step::Replace { old: None, candidate, old_fenced: true, .. }] if candidate == "r1")
+        matches!(&plan(&s, 1, &CFG)[..], [Step::Replace { old: None, candidate, .. }] if candidate == "r1")
     );
 }
 
 #[test]
-fn interruption_replaces_with_the_least_correlated_replica_and_fences_first() {
+fn interruption_replaces_with_the_least_correlated_replica() {
     let mut s = snap(vec![
-        inst("p", Role::Primary, "a", 1),
-        inst("same-zone", Role::Replica, "a", 9),
-        inst("other-zone", Role::Replica, "b", 5),
+        inst("p", Role::Primary, "a"),
+        inst("same-zone", Role::Replica, "a"),
+        inst("other-zone", Role::Replica, "b"),
     ]);
     interrupt(&mut s, "p");
     match &plan(&s, 10, &CFG)[..] {
@@ -81,73 +110,141 @@ fn interruption_replaces_with_the_least_correlated_replica_and_fences_first() {
                 old: Some(o),
                 candidate,
                 emergency: true,
-                old_fenced: false,
                 deadline_ms: Some(120_000),
                 expected_epoch: 4,
                 ..
             },
-        ] => {
-            assert_eq!((o.as_str(), candidate.as_str()), ("p", "other-zone"))
-        }
+        ] => assert_eq!((o.as_str(), candidate.as_str()), ("p", "other-zone")),
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
-fn grant_waits_for_the_old_primary_to_be_fenced() {
-    let mut s = snap(vec![
-        inst("p", Role::Primary, "a", 1_000),
-        inst("r", Role::Replica, "b", 1_000),
-    ]);
-    s.transition = Some(TransitionSnap {
-        phase: Phase::Demoting,
-        old: Some("p".into()),
-        candidate: "r".into(),
-        epoch: 4,
-        phase_started_ms: 1_000,
-        old_fenced: false,
-        candidate_outcome: None,
-    });
+fn the_clock_never_grants_silence_escalates_to_an_ec2_fence() {
+    let mut s = pr();
+    s.transition = Some(demoting(1_000));
+    assert!(plan(&s, 0, &CFG).is_empty(), "demote in flight: wait");
+    // The old PRIMARY falls silent, for ever: never a grant, a fence.
+    s.instances[0].online = false;
+    s.instances[0].silent_ms = Some(10 * 60_000);
+    match &plan(&s, 0, &CFG)[..] {
+        [
+            Step::Fence {
+                instance_id,
+                epoch: 4,
+                attempt: 1,
+                via: Executor::Agent(via),
+                ..
+            },
+        ] => assert_eq!(
+            (instance_id.as_str(), via.as_str()),
+            ("p", "a-r"),
+            "by the candidate"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The fence is on its way: wait for it.
+    s.transition.as_mut().unwrap().targets[0].last_fence = Some(CommandState::Delivered);
+    s.transition.as_mut().unwrap().targets[0].fence_attempts = 1;
+    assert!(plan(&s, 0, &CFG).is_empty());
+    // EC2 reports it terminated: fenced, granted.
+    s.transition.as_mut().unwrap().targets[0].fenced = true;
+    assert!(matches!(
+        &plan(&s, 0, &CFG)[..],
+        [Step::Grant {
+            expected_epoch: 4,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn an_unacknowledged_or_failed_demotion_is_fenced_through_ec2() {
+    let mut s = pr();
+    s.transition = Some(demoting(16_000));
     assert!(
-        plan(&s, 5_000, &CFG).is_empty(),
-        "old PRIMARY reachable and not yet demoted: wait"
+        matches!(&plan(&s, 0, &CFG)[..], [Step::Fence { reason, .. }] if reason.contains("in time")),
+        "past demote_timeout"
     );
+    let mut t = demoting(1_000);
+    t.targets[0].demote = Some(CommandState::Failed);
+    s.transition = Some(t);
     assert!(
-        matches!(&plan(&s, 25_000, &CFG)[..], [Step::Grant { .. }]),
-        "lease plus margin passed"
+        matches!(&plan(&s, 0, &CFG)[..], [Step::Fence { reason, .. }] if reason.contains("failed")),
+        "a failed demote hook does not count"
     );
-    s.transition.as_mut().unwrap().old_fenced = true;
+    let mut t = demoting(1_000);
+    t.targets[0].demote = Some(CommandState::Done);
+    t.targets[0].fenced = true;
+    s.transition = Some(t);
     assert!(
-        matches!(&plan(&s, 5_000, &CFG)[..], [Step::Grant { .. }]),
+        matches!(&plan(&s, 0, &CFG)[..], [Step::Grant { .. }]),
         "acknowledged"
-    );
-    s.transition.as_mut().unwrap().old_fenced = false;
-    s.instances[0].ec2_gone = true;
-    assert!(
-        matches!(&plan(&s, 5_000, &CFG)[..], [Step::Grant { .. }]),
-        "EC2 shows it gone"
     );
 }
 
 #[test]
-fn commit_or_roll_over() {
+fn when_fencing_is_impossible_the_group_waits_blocked() {
+    let mut s = pr();
+    let mut t = demoting(16_000);
+    t.targets[0].fence_attempts = 1;
+    t.targets[0].last_fence = Some(CommandState::Failed);
+    t.targets[0].last_fence_code = Some("UnauthorizedOperation".into());
+    s.transition = Some(t.clone());
+    let p = super::plan(&s, 0, &CFG);
+    assert!(p.steps.is_empty(), "no grant: {:?}", p.steps);
+    assert!(p.blocked.unwrap().contains("UnauthorizedOperation"));
+    // A transient failure is tried again, up to the limit.
+    t.targets[0].last_fence_code = Some("FenceTimeout".into());
+    s.transition = Some(t.clone());
+    assert!(matches!(
+        &plan(&s, 0, &CFG)[..],
+        [Step::Fence { attempt: 2, .. }]
+    ));
+    t.targets[0].fence_attempts = 3;
+    s.transition = Some(t);
+    assert!(super::plan(&s, 0, &CFG).blocked.is_some());
+    // Nobody to fence with: no live agent but the target, no executor.
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
+    s.instances[0].online = false;
+    s.instances.push(InstanceSnap {
+        online: false,
+        ..inst("r", Role::Replica, "b")
+    });
+    s.transition = Some(demoting(16_000));
+    assert!(super::plan(&s, 0, &CFG).blocked.is_some());
+    s.coordinator_executor = true;
+    assert!(matches!(
+        &plan(&s, 0, &CFG)[..],
+        [
+            Step::Fence {
+                via: Executor::Coordinator,
+                ..
+            },
+            ..
+        ]
+    ));
+}
+
+#[test]
+fn commit_on_the_result_or_the_candidates_own_report_else_roll_over() {
     let mut s = snap(vec![
-        inst("p", Role::Zombie, "a", 1),
-        inst("r", Role::Replica, "b", 1),
+        inst("p", Role::Zombie, "a"),
+        inst("r", Role::Replica, "b"),
     ]);
     let t = TransitionSnap {
         phase: Phase::Promoting,
-        old: Some("p".into()),
-        candidate: "r".into(),
-        epoch: 4,
-        phase_started_ms: 1_000,
-        old_fenced: true,
-        candidate_outcome: None,
+        phase_age_ms: 1_000,
+        ..demoting(0)
     };
     s.transition = Some(t.clone());
-    assert!(plan(&s, 2_000, &CFG).is_empty());
+    assert!(plan(&s, 0, &CFG).is_empty());
+    s.transition = Some(TransitionSnap {
+        phase_age_ms: 31_000,
+        ..t.clone()
+    });
     assert!(
-        matches!(&plan(&s, 40_000, &CFG)[..], [Step::RollOver { .. }]),
+        matches!(&plan(&s, 0, &CFG)[..], [Step::RollOver { .. }]),
         "timeout"
     );
     s.transition = Some(TransitionSnap {
@@ -155,63 +252,156 @@ fn commit_or_roll_over() {
         ..t.clone()
     });
     assert!(matches!(
-        &plan(&s, 2_000, &CFG)[..],
+        &plan(&s, 0, &CFG)[..],
         [Step::Commit { expected_epoch: 4 }]
     ));
+    s.transition = Some(TransitionSnap {
+        candidate_reports_primary: true,
+        phase_age_ms: 31_000,
+        ..t.clone()
+    });
+    assert!(
+        matches!(&plan(&s, 0, &CFG)[..], [Step::Commit { .. }]),
+        "its heartbeat says PRIMARY at this epoch: the result is on its way"
+    );
     s.transition = Some(TransitionSnap {
         candidate_outcome: Some(CommandState::Failed),
         ..t
     });
-    assert!(matches!(
-        &plan(&s, 2_000, &CFG)[..],
-        [Step::RollOver { .. }]
-    ));
+    assert!(matches!(&plan(&s, 0, &CFG)[..], [Step::RollOver { .. }]));
 }
 
 #[test]
-fn a_silent_primary_is_replaced_only_after_its_lease() {
-    let s = snap(vec![
-        inst("p", Role::Primary, "a", 0),
-        inst("r", Role::Replica, "b", 15_000),
+fn a_rolled_over_candidate_is_fenced_before_the_next_is_granted() {
+    let mut s = snap(vec![
+        inst("p", Role::Zombie, "a"),
+        inst("r", Role::Replica, "b"),
+        inst("r2", Role::Replica, "b"),
     ]);
-    assert!(plan(&s, 15_000, &CFG).is_empty(), "within lease + margin");
+    let mut t = demoting(1_000);
+    t.epoch = 5;
+    s.epoch = 5;
+    t.targets[0].fenced = true; // the old PRIMARY
+    t.targets.push(FenceSnap {
+        instance_id: "r".into(),
+        epoch: 5,
+        demote: Some(CommandState::Delivered),
+        ..FenceSnap::default()
+    });
+    s.transition = Some(t.clone());
+    // The failed candidate is no candidate: point at r2, grant nothing yet.
+    assert!(
+        matches!(&plan(&s, 0, &CFG)[..], [Step::Retarget { candidate, .. }] if candidate == "r2")
+    );
+    t.candidate = "r2".into();
+    s.transition = Some(t.clone());
+    assert!(
+        plan(&s, 0, &CFG).is_empty(),
+        "r still promoting for all we know"
+    );
+    t.targets[1].fenced = true;
+    s.transition = Some(t);
+    assert!(matches!(&plan(&s, 0, &CFG)[..], [Step::Grant { .. }]));
+}
+
+#[test]
+fn no_candidate_left_launches_while_the_transition_waits() {
+    let mut s = snap(vec![
+        inst("p", Role::Zombie, "a"),
+        inst("r", Role::Replica, "b"),
+    ]);
+    let mut t = demoting(1_000);
+    t.targets[0].fenced = true;
+    t.targets.push(FenceSnap {
+        instance_id: "r".into(),
+        epoch: 4,
+        fenced: true,
+        ..FenceSnap::default()
+    });
+    s.transition = Some(t);
     assert!(matches!(
-        &plan(&s, 21_000, &CFG)[..],
-        [Step::Replace {
-            old_fenced: true,
+        &plan(&s, 0, &CFG)[..],
+        [Step::Launch {
+            emergency: true,
             ..
         }]
     ));
+    s.launches_in_flight = 1;
+    assert!(plan(&s, 0, &CFG).is_empty());
 }
 
 #[test]
-fn a_primary_is_silent_only_once_it_has_been_seen() {
-    // No heartbeat known at all: the store gives the registration time;
-    // an instance without one is treated as silent (it has no agent).
-    let s = snap(vec![
-        inst("p", Role::Primary, "a", 1_000),
-        inst("r", Role::Replica, "b", 1_000),
-    ]);
+fn a_silent_primary_is_replaced_after_its_lease_and_fenced_by_the_transition() {
+    let mut s = pr();
+    s.instances[0].silent_ms = Some(15_000);
+    assert!(plan(&s, 0, &CFG).is_empty(), "within lease + margin");
+    s.instances[0].silent_ms = Some(22_000);
+    assert!(matches!(
+        &plan(&s, 0, &CFG)[..],
+        [Step::Replace { old: Some(o), .. }] if o == "p"
+    ));
+}
+
+#[test]
+fn a_lone_primary_lost_gets_a_replacement_launched_first() {
+    // Its agent silent, no REPLICA, no other agent: only the coordinator
+    // can launch, and only when its executor is on.
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
+    s.instances[0].online = false;
+    s.instances[0].silent_ms = None;
+    assert!(plan(&s, 0, &CFG).is_empty());
+    s.coordinator_executor = true;
+    match &plan(&s, 0, &CFG)[..] {
+        [
+            Step::Launch {
+                via: Executor::Coordinator,
+                emergency: true,
+                pool,
+                ..
+            },
+        ] => assert_ne!(pool, &mkpool("m5.large", "a"), "not its pool"),
+        other => panic!("{other:?}"),
+    }
+    // Never fenced before the replacement is there.
     assert!(
-        plan(&s, 1_500, &CFG).is_empty(),
-        "a fresh PRIMARY is not replaced"
+        !plan(&s, 0, &CFG)
+            .iter()
+            .any(|x| matches!(x, Step::Fence { .. }))
     );
 }
 
 #[test]
+fn a_primary_that_reports_not_serving_is_replaced() {
+    let mut s = pr();
+    s.instances[0].reported = Some(Reported {
+        role: Some(Role::Zombie),
+        role_epoch: 4,
+        fresh: true,
+    });
+    assert!(matches!(&plan(&s, 0, &CFG)[..], [Step::Replace { .. }]));
+    // A stale report (sent before the promotion) says nothing.
+    s.instances[0].reported = Some(Reported {
+        role: Some(Role::Replica),
+        role_epoch: 0,
+        fresh: false,
+    });
+    assert!(plan(&s, 0, &CFG).is_empty());
+}
+
+#[test]
 fn unfit_replicas_are_not_candidates() {
-    let mut sick = inst("sick", Role::Replica, "b", 5);
+    let mut sick = inst("sick", Role::Replica, "b");
     sick.healthy = false;
-    let mut gone = inst("gone", Role::Replica, "b", 5);
+    let mut gone = inst("gone", Role::Replica, "b");
     gone.online = false;
-    let mut failed = inst("failed", Role::Replica, "b", 5);
+    let mut failed = inst("failed", Role::Replica, "b");
     failed.promote_failed_recently = true;
     let mut s = snap(vec![
-        inst("p", Role::Primary, "a", 1),
+        inst("p", Role::Primary, "a"),
         sick,
         gone,
         failed,
-        inst("doomed", Role::Replica, "b", 5),
+        inst("doomed", Role::Replica, "b"),
     ]);
     interrupt(&mut s, "p");
     interrupt(&mut s, "doomed");
@@ -226,7 +416,7 @@ fn unfit_replicas_are_not_candidates() {
 
 #[test]
 fn interruption_without_replica_launches_via_the_primary_outside_its_pool() {
-    let mut s = snap(vec![inst("p", Role::Primary, "a", 1)]);
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
     interrupt(&mut s, "p");
     s.boot_secs.insert(PoolKey::new("c5.large", "a"), 30.0);
     s.boot_secs.insert(PoolKey::new("m5.large", "b"), 45.0);
@@ -234,13 +424,13 @@ fn interruption_without_replica_launches_via_the_primary_outside_its_pool() {
     match &plan(&s, 2, &CFG)[..] {
         [
             Step::Launch {
-                via_agent,
+                via: Executor::Agent(via),
                 pool,
                 emergency: true,
                 ..
             },
         ] => {
-            assert_eq!(via_agent, "a-p");
+            assert_eq!(via, "a-p");
             assert_eq!(
                 pool,
                 &mkpool("c5.large", "a"),
@@ -264,7 +454,7 @@ fn configured_order_until_there_is_boot_history() {
 
 #[test]
 fn rebalance_launches_one_replica_per_window() {
-    let mut s = snap(vec![inst("p", Role::Primary, "a", 1_000)]);
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
     s.notices.push(NoticeSnap {
         instance_id: "p".into(),
         kind: NoticeKind::Rebalance,
@@ -279,9 +469,8 @@ fn rebalance_launches_one_replica_per_window() {
     ));
     s.last_proactive_launch_ms = Some(900);
     assert!(plan(&s, 1_000, &CFG).is_empty(), "damped inside the window");
-    s.instances[0].last_heartbeat_ms = Some(700_000);
     assert_eq!(plan(&s, 700_000, &CFG).len(), 1);
-    s.instances.push(inst("r", Role::Launching, "b", 700_000));
+    s.instances.push(inst("r", Role::Launching, "b"));
     assert!(
         plan(&s, 700_000, &CFG).is_empty(),
         "a replica is on its way"
@@ -290,11 +479,11 @@ fn rebalance_launches_one_replica_per_window() {
 
 #[test]
 fn manual_replica_keeps_exactly_one() {
-    let mut s = snap(vec![inst("p", Role::Primary, "a", 1)]);
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
     s.manual_replica = true;
     assert!(matches!(&plan(&s, 2, &CFG)[..], [Step::Launch { .. }]));
-    s.instances.push(inst("r1", Role::Replica, "b", 1));
-    s.instances.push(inst("r2", Role::Replica, "a", 1));
+    s.instances.push(inst("r1", Role::Replica, "b"));
+    s.instances.push(inst("r2", Role::Replica, "a"));
     match &plan(&s, 2, &CFG)[..] {
         [Step::Retire { instance_id, .. }] => {
             assert_eq!(instance_id, "r2", "keeps the least correlated")
@@ -305,7 +494,7 @@ fn manual_replica_keeps_exactly_one() {
 
 #[test]
 fn switch_launches_then_replaces() {
-    let mut s = snap(vec![inst("p", Role::Primary, "a", 1)]);
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
     s.switch = Some(SwitchSnap {
         id: 7,
         pool: mkpool("c5.large", "a"),
@@ -326,19 +515,19 @@ fn switch_launches_then_replaces() {
         launched_instance: Some("n".into()),
     });
     assert!(plan(&s, 2, &CFG).is_empty(), "not registered yet");
-    s.instances.push(inst("n", Role::Replica, "a", 1));
+    s.instances.push(inst("n", Role::Replica, "a"));
     assert!(
-        matches!(&plan(&s, 2, &CFG)[..], [Step::Replace { candidate, old_fenced: false, .. }] if candidate == "n")
+        matches!(&plan(&s, 2, &CFG)[..], [Step::Replace { candidate, switch_id: Some(7), .. }] if candidate == "n")
     );
 }
 
 #[test]
 fn gone_instances_are_marked() {
-    let mut r = inst("r", Role::Replica, "b", 1);
+    let mut r = inst("r", Role::Replica, "b");
     r.ec2_gone = true;
-    let mut z = inst("z", Role::Zombie, "a", 1);
+    let mut z = inst("z", Role::Zombie, "a");
     z.online = false;
-    let mut s = snap(vec![inst("p", Role::Primary, "a", 1), r, z]);
+    let mut s = snap(vec![inst("p", Role::Primary, "a"), r, z]);
     interrupt(&mut s, "z");
     let acts = plan(&s, 200_000, &CFG);
     assert_eq!(acts.len(), 2, "{acts:?}");
@@ -347,25 +536,23 @@ fn gone_instances_are_marked() {
 
 #[test]
 fn paused_groups_only_finish_what_was_started() {
-    let mut s = snap(vec![inst("r", Role::Replica, "b", 1)]);
+    let mut s = snap(vec![inst("r", Role::Replica, "b")]);
     s.paused = true;
     assert!(plan(&s, 2, &CFG).is_empty(), "no bootstrap while paused");
     s.transition = Some(TransitionSnap {
         phase: Phase::Promoting,
         old: None,
-        candidate: "r".into(),
-        epoch: 4,
-        phase_started_ms: 1,
-        old_fenced: true,
+        targets: Vec::new(),
         candidate_outcome: Some(CommandState::Done),
+        ..demoting(0)
     });
     assert!(matches!(&plan(&s, 2, &CFG)[..], [Step::Commit { .. }]));
 }
 
 #[test]
 fn no_primary_and_no_candidate_launches_through_any_live_agent() {
-    let z = inst("z", Role::Zombie, "a", 1);
-    let mut failed = inst("r", Role::Replica, "b", 1);
+    let z = inst("z", Role::Zombie, "a");
+    let mut failed = inst("r", Role::Replica, "b");
     failed.promote_failed_recently = true;
     let mut s = snap(vec![z, failed]);
     interrupt(&mut s, "z");
@@ -376,24 +563,27 @@ fn no_primary_and_no_candidate_launches_through_any_live_agent() {
                 pool,
                 ..
             },
-        ] => {
-            assert_ne!(pool, &mkpool("m5.large", "a"), "not the interrupted pool")
-        }
+        ] => assert_ne!(pool, &mkpool("m5.large", "a"), "not the interrupted pool"),
         other => panic!("{other:?}"),
     }
     s.launches_in_flight = 1;
     assert!(plan(&s, 2, &CFG).is_empty());
+    // A brand-new group waits for its first instance.
+    let mut fresh = snap(vec![]);
+    fresh.had_instances = false;
+    fresh.coordinator_executor = true;
+    assert!(plan(&fresh, 2, &CFG).is_empty());
 }
 
 #[test]
 fn overdue_launches_fail_and_failed_pools_are_avoided() {
-    let mut l = inst("l", Role::Launching, "b", 1);
+    let mut l = inst("l", Role::Launching, "b");
     l.launch_overdue = true;
-    let s = snap(vec![inst("p", Role::Primary, "a", 1), l]);
+    let s = snap(vec![inst("p", Role::Primary, "a"), l]);
     assert!(
         matches!(&plan(&s, 2, &CFG)[..], [Step::LaunchFailed { instance_id }] if instance_id == "l")
     );
-    let mut s = snap(vec![inst("p", Role::Primary, "a", 1)]);
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
     s.failed_pools = vec![PoolKey::new("m5.large", "b")];
     assert_eq!(
         launch_pools(&s, Some(&PoolKey::new("m5.large", "a"))),
@@ -403,9 +593,5 @@ fn overdue_launches_fail_and_failed_pools_are_avoided() {
 
 #[test]
 fn a_healthy_group_needs_nothing() {
-    let s = snap(vec![
-        inst("p", Role::Primary, "a", 1),
-        inst("r", Role::Replica, "b", 1),
-    ]);
-    assert!(plan(&s, 2, &CFG).is_empty());
+    assert!(plan(&pr(), 2, &CFG).is_empty());
 }

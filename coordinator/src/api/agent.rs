@@ -3,7 +3,7 @@
 
 use super::{AgentCaller, ApiError, ApiJson, ApiQuery, Enrolled};
 use crate::AppState;
-use crate::store::{Ctx, HeartbeatRecord, Read};
+use crate::store::{Ctx, HeartbeatRecord, Read, Reported, RoleOf};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -44,6 +44,7 @@ pub async fn register(
         return Err(ApiError::bad_request("lifecycle must be spot or on-demand"));
     }
     let agent_id = format!("agt-{}", uuid::Uuid::new_v4().simple());
+    let instance_id = req.instance_id.clone();
     let token = crate::random_token();
     let (hb, lease) = (
         crate::millis(state.config.heartbeat_interval),
@@ -62,9 +63,12 @@ pub async fn register(
         state.live.remove(old);
     }
     let resp = reg.response;
-    state
-        .live
-        .insert(&resp.agent_id, spot_common::token_hash(&resp.token));
+    state.live.insert(
+        &resp.agent_id,
+        spot_common::token_hash(&resp.token),
+        &instance_id,
+        state.clock.now(),
+    );
     tracing::info!(agent_id = %resp.agent_id, "agent registered");
     Ok((StatusCode::CREATED, Json(resp)))
 }
@@ -75,16 +79,23 @@ pub async fn heartbeat(
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let agent_id = caller.agent_id;
+    if state.live.instance_of(&agent_id).as_deref() != Some(req.instance_id.as_str()) {
+        return Err(ApiError::instance_mismatch(&agent_id, &req.instance_id));
+    }
     state.metrics.heartbeats.inc();
     let now = crate::now_ms();
-    let needs_store = state.live.heartbeat(HeartbeatRecord {
-        agent_id: agent_id.clone(),
-        at_ms: now,
-        reported_role: req.role,
-        highest_epoch: req.highest_epoch,
-        healthy: req.healthy,
-        backlog: req.backlog,
-    });
+    let needs_store = state.live.heartbeat(
+        HeartbeatRecord {
+            agent_id: agent_id.clone(),
+            at_ms: now,
+            reported_role: req.role,
+            highest_epoch: req.highest_epoch,
+            healthy: req.healthy,
+            backlog: req.backlog,
+        },
+        req.role_epoch,
+        state.clock.now(),
+    );
     if needs_store {
         let id = agent_id.clone();
         let ctx = Ctx::new(now, Actor::Agent(agent_id.clone()));
@@ -100,15 +111,92 @@ pub async fn heartbeat(
         state.reconcile.notify_one();
     }
     let id = agent_id.clone();
-    let (role, epoch, pricing) = state.db.read(move |s| s.agent_role(&id)).await?;
+    let mut r = state.db.read(move |s| s.agent_role(&id)).await?;
+    if req.highest_epoch > r.epoch {
+        // The store is behind an agent: restored from an older copy.
+        let reported = Reported {
+            role: req.role,
+            role_epoch: req.role_epoch,
+            highest_epoch: req.highest_epoch,
+        };
+        let instance = r.instance_id.clone();
+        let ctx = Ctx::new(now, Actor::Agent(agent_id.clone()));
+        let done = state
+            .db
+            .transact(ctx, move |tx| tx.converge_epoch(&instance, reported))
+            .await?;
+        if state.woke(done) {
+            state.metrics.convergences.inc();
+            state.reconcile.notify_one();
+        }
+        let id = agent_id.clone();
+        r = state.db.read(move |s| s.agent_role(&id)).await?;
+    }
+    let (role, role_epoch) = r.answer();
+    let agrees = role == Role::Primary && req.role_epoch == role_epoch;
+    let kind = if req.role == Some(Role::Primary) && !agrees {
+        Some("agent_primary_not_in_store")
+    } else if r.role == Role::Primary
+        && req.role != Some(Role::Primary)
+        && req.role_epoch >= r.role_epoch
+    {
+        Some("store_primary_not_serving")
+    } else {
+        None
+    };
+    if state.live.disagreement(&agent_id, kind)
+        && let Some(kind) = kind
+    {
+        record_disagreement(&state, &agent_id, &r, &req, kind).await?;
+    }
+    // The lease goes to the store's PRIMARY at its epoch only.
+    let lease_ms = if req.role == Some(Role::Primary) && agrees {
+        crate::millis(state.config.lease)
+    } else {
+        0
+    };
     Ok(Json(HeartbeatResponse {
         status: state.live.status(&agent_id).unwrap_or(AgentStatus::Online),
         role,
-        epoch,
-        lease_ms: crate::millis(state.config.lease),
+        role_epoch,
+        epoch: r.epoch,
+        lease_ms,
         heartbeat_interval_ms: crate::millis(state.config.heartbeat_interval),
-        pricing,
+        pricing: r.pricing,
     }))
+}
+
+/// Count, log and audit a disagreement (once per kind, see `Live`); the
+/// planner resolves it (an agent not serving is replaced; a PRIMARY the
+/// store does not know demotes itself on this very answer).
+async fn record_disagreement(
+    state: &AppState,
+    agent_id: &str,
+    r: &RoleOf,
+    req: &HeartbeatRequest,
+    kind: &'static str,
+) -> Result<(), ApiError> {
+    state
+        .metrics
+        .disagreements
+        .get_or_create(&crate::metrics::KindLabel { kind })
+        .inc();
+    tracing::warn!(agent_id, instance = %r.instance_id, kind, store_role = %r.role, store_epoch = r.role_epoch,
+        reported_role = ?req.role, reported_epoch = req.role_epoch, "agent and store disagree");
+    let detail = serde_json::json!({
+        "store": {"role": r.role, "role_epoch": r.role_epoch},
+        "agent": {"role": req.role, "role_epoch": req.role_epoch},
+    });
+    let instance = r.instance_id.clone();
+    let ctx = Ctx::new(crate::now_ms(), Actor::Agent(agent_id.to_owned()));
+    state
+        .db
+        .transact(ctx, move |tx| {
+            tx.record_disagreement(&instance, kind, detail)
+        })
+        .await?;
+    state.reconcile.notify_one();
+    Ok(())
 }
 
 /// Spot prices as the agent read them from DescribeSpotPriceHistory.
@@ -141,6 +229,9 @@ pub struct PollQuery {
     /// How long to hold the request when nothing is queued.
     #[serde(default)]
     wait_ms: u64,
+    /// The caller's instance: a mismatch (two instances sharing one
+    /// identity) is refused.
+    instance_id: Option<String>,
 }
 
 /// Long-poll: answers at once when a command is queued (highest priority
@@ -151,6 +242,11 @@ pub async fn poll_commands(
     ApiQuery(q): ApiQuery<PollQuery>,
 ) -> Result<Json<PollResponse>, ApiError> {
     let AgentCaller { agent_id, notify } = caller;
+    if let Some(i) = &q.instance_id
+        && state.live.instance_of(&agent_id).as_deref() != Some(i.as_str())
+    {
+        return Err(ApiError::instance_mismatch(&agent_id, i));
+    }
     let wait = Duration::from_millis(q.wait_ms.min(MAX_POLL_WAIT_MS));
     let deadline = tokio::time::Instant::now() + wait;
     let redeliver = i64::try_from(crate::millis(state.config.redeliver_after)).unwrap_or(i64::MAX);

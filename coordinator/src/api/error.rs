@@ -30,6 +30,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    pub fn instance_mismatch(agent_id: &str, instance_id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "instance_mismatch",
+            format!(
+                "agent {agent_id} belongs to another instance than {instance_id}: register afresh"
+            ),
+        )
+    }
+
     pub fn unauthorized() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -110,6 +120,12 @@ impl From<StoreError> for ApiError {
             S::RequestIdReuse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "request_id_reused", e.to_string())
             }
+            S::IdempotencyKeyReused(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                e.to_string(),
+            ),
+            S::NotFenced(m) => ApiError::new(StatusCode::CONFLICT, "not_fenced", m),
             S::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", m),
             S::InProgress(m) => ApiError::new(StatusCode::CONFLICT, "promotion_in_progress", m),
             S::NotIngested(m) => ApiError::new(StatusCode::FORBIDDEN, "not_ingested", m),

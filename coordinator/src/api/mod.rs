@@ -150,6 +150,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/groups/{name}/launch", post(operator::launch))
         .route("/v1/groups/{name}/switch", post(operator::switch))
         .route("/v1/groups/{name}/switches", get(operator::list_switches))
+        .route(
+            "/v1/groups/{name}/declare-dead",
+            post(operator::declare_dead),
+        )
         .route("/v1/notices", get(operator::list_notices))
         .route("/v1/instances", get(operator::list_instances))
         .route("/v1/instances/{instance_id}", get(operator::get_instance))
@@ -224,6 +228,10 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.set_agent_counts(&state.live.counts());
+    state
+        .metrics
+        .stalled_seconds
+        .set(state.clock.stalled().as_secs_f64());
     match state.metrics.encode() {
         Ok(text) => (
             [(

@@ -4,16 +4,16 @@
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::AppState;
-use crate::store::{AuditQuery, Ctx, PromoteResult, Read, ReplaceRequest};
+use crate::store::{AuditQuery, Ctx, PromoteResult, Read, ReplaceRequest, Via};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use spot_common::Actor;
 use spot_common::wire::{
-    AgentView, AuditEntry, CommandView, CreateGroupRequest, DeleteAgentRequest, GroupView,
-    InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand, SwitchRequest,
-    SwitchView, UpdateGroupRequest,
+    AgentView, AuditEntry, CommandView, CreateGroupRequest, DeclareDeadRequest, DeleteAgentRequest,
+    GroupView, InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand,
+    SwitchRequest, SwitchView, UpdateGroupRequest,
 };
 use std::sync::Arc;
 
@@ -29,8 +29,11 @@ pub struct AgentFilter {
     agent_id: Option<String>,
 }
 
-fn operator(request_id: Option<String>) -> Ctx {
-    Ctx::new(crate::now_ms(), Actor::Operator).request(request_id)
+/// An operator request: its id and content make it idempotent.
+fn operator<T: serde::Serialize>(request_id: Option<String>, body: &T) -> Ctx {
+    Ctx::new(crate::now_ms(), Actor::Operator)
+        .request(request_id)
+        .body(body)
 }
 
 pub async fn list_groups(
@@ -43,7 +46,7 @@ pub async fn create_group(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<GroupView>), ApiError> {
-    let ctx = operator(req.request_id.clone());
+    let ctx = operator(req.request_id.clone(), &req);
     let done = state
         .db
         .idempotent("create_group", ctx, move |tx| {
@@ -67,7 +70,7 @@ pub async fn update_group(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateGroupRequest>,
 ) -> Result<Json<GroupView>, ApiError> {
-    let ctx = operator(req.request_id.clone());
+    let ctx = operator(req.request_id.clone(), &(&name, &req));
     let done = state
         .db
         .idempotent("update_group", ctx, move |tx| {
@@ -87,21 +90,20 @@ pub async fn promote(
 ) -> Result<Json<PromoteResult>, ApiError> {
     // An operator promotion is planned work: the old PRIMARY (if any) is
     // demoted first, then the candidate promoted (docs/STATE_MACHINE.md).
+    let ctx = operator(req.request_id.clone(), &(&name, &req));
     let replace = ReplaceRequest {
         group: name,
         candidate: req.instance_id,
         expected_epoch: req.expected_epoch,
         emergency: false,
-        old_fenced: false,
         deadline_ms: None,
         reason: "operator promotion".into(),
         switch_id: None,
+        promote_budget_ms: state.config.promote_budget_ms(),
     };
     let done = state
         .db
-        .idempotent("promote", operator(req.request_id), move |tx| {
-            tx.begin_replace(&replace)
-        })
+        .idempotent("promote", ctx, move |tx| tx.begin_replace(&replace))
         .await;
     if done.is_err() {
         state
@@ -121,11 +123,10 @@ pub async fn switch(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<SwitchRequest>,
 ) -> Result<Json<SwitchView>, ApiError> {
+    let ctx = operator(req.request_id.clone(), &(&name, &req));
     let done = state
         .db
-        .idempotent("switch", operator(req.request_id), move |tx| {
-            tx.request_switch(&name, &req.pool)
-        })
+        .idempotent("switch", ctx, move |tx| tx.request_switch(&name, &req.pool))
         .await?;
     let sw = state.woke(done);
     tracing::info!(group = %sw.group, switch = sw.id, pool = %sw.target_pool, "switch requested");
@@ -159,15 +160,41 @@ pub async fn launch(
         .clone()
         .unwrap_or_else(|| spot_common::ids::launch(&uuid::Uuid::new_v4().to_string()));
     let r = rid.clone();
+    let ctx = operator(Some(rid), &(&name, &req));
     let done = state
         .db
-        .idempotent("launch", operator(Some(rid)), move |tx| {
-            tx.queue_launch(&r, &name, req.agent_id.as_deref(), &req.pool, req.emergency)
+        .idempotent("launch", ctx, move |tx| {
+            let via = match req.agent_id.as_deref() {
+                Some(a) => Via::Agent(a),
+                None => Via::Auto,
+            };
+            tx.queue_launch(&r, &name, via, &req.pool, req.emergency)
         })
         .await?;
     let q = state.woke(done);
-    tracing::info!(request_id = %q.command.request_id, agent_id = %q.agent_id, "launch queued");
+    tracing::info!(request_id = %q.command.request_id, agent_id = ?q.agent_id, "launch queued");
     Ok(Json(q))
+}
+
+/// An operator vouches that an instance does not serve: it counts as
+/// fenced, so a replacement blocked on fencing it can go on. Audited.
+pub async fn declare_dead(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<DeclareDeadRequest>,
+) -> Result<Json<InstanceView>, ApiError> {
+    let ctx = operator(req.request_id.clone(), &(&name, &req));
+    let done = state
+        .db
+        .idempotent("declare_dead", ctx, move |tx| {
+            tx.declare_dead(&name, &req.instance_id)?;
+            tx.instance(&req.instance_id)
+        })
+        .await?;
+    let inst = state.woke(done);
+    tracing::warn!(group = %inst.group, instance = %inst.instance_id, "operator declared the instance dead: it counts as fenced");
+    state.reconcile.notify_one();
+    Ok(Json(inst))
 }
 
 pub async fn list_notices(
@@ -223,11 +250,10 @@ pub async fn delete_agent(
     ApiQuery(q): ApiQuery<DeleteAgentRequest>,
 ) -> Result<Json<AgentView>, ApiError> {
     let agent = id.clone();
+    let ctx = operator(q.request_id.clone(), &id);
     let done = state
         .db
-        .idempotent("delete_agent", operator(q.request_id), move |tx| {
-            tx.delete_agent(&agent)
-        })
+        .idempotent("delete_agent", ctx, move |tx| tx.delete_agent(&agent))
         .await?;
     let view = state.woke(done);
     // The token keeps working only to fetch the cleanup command and report

@@ -5,14 +5,42 @@ use super::{Read, Result, StoreError, Txn, parse_enum, to_i64};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 use spot_common::wire::{CommandView, QueuedCommand};
-use spot_common::{AgentStatus, Command, CommandKind, Pool};
+use spot_common::{AgentStatus, Command, CommandKind, CommandOutcome, EventBody, Pool};
+
+/// Who runs a command the caller queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via<'a> {
+    /// The PRIMARY's agent, else the most recently seen online agent.
+    Auto,
+    Agent(&'a str),
+    /// The coordinator's own EC2 executor.
+    Coordinator,
+}
+
+impl<'a> Via<'a> {
+    pub fn of(e: &'a spot_common::planner::Executor) -> Via<'a> {
+        match e {
+            spot_common::planner::Executor::Agent(a) => Via::Agent(a),
+            spot_common::planner::Executor::Coordinator => Via::Coordinator,
+        }
+    }
+
+    /// The agent id a command is stored under (`None`: the coordinator).
+    pub fn agent(self) -> Option<&'a str> {
+        match self {
+            Via::Agent(a) => Some(a),
+            Via::Auto | Via::Coordinator => None,
+        }
+    }
+}
 
 impl Txn<'_> {
-    /// Queue `cmd` for `agent_id`. `subject` is the instance the command
-    /// is about (the promoted, demoted or terminated one).
+    /// Queue `cmd` for `agent` (`None`: the coordinator's EC2 executor).
+    /// `subject` is the instance the command is about (the promoted,
+    /// demoted, fenced or terminated one).
     pub(super) fn queue(
         &mut self,
-        agent_id: &str,
+        agent: Option<&str>,
         cmd: &Command,
         subject: Option<&str>,
     ) -> Result<()> {
@@ -22,7 +50,7 @@ impl Txn<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
             params![
                 cmd.request_id,
-                agent_id,
+                agent,
                 cmd.group,
                 cmd.action.name(),
                 serde_json::to_string(cmd)?,
@@ -33,7 +61,7 @@ impl Txn<'_> {
                 subject
             ],
         )?;
-        self.wake(agent_id);
+        self.wake(agent);
         Ok(())
     }
 
@@ -41,14 +69,99 @@ impl Txn<'_> {
     /// id queued again, e.g. the old PRIMARY's demote at T1 and at T2).
     pub(super) fn queue_once(
         &mut self,
-        agent_id: &str,
+        agent: Option<&str>,
         cmd: &Command,
         subject: Option<&str>,
     ) -> Result<()> {
         if !command_exists(&self.tx, &cmd.request_id)? {
-            self.queue(agent_id, cmd, subject)?;
+            self.queue(agent, cmd, subject)?;
         }
         Ok(())
+    }
+
+    /// The coordinator's executor takes its queued commands (and those it
+    /// took but did not finish, after `redeliver_after_ms`: a crash
+    /// mid-call; EC2 calls are idempotent by ClientToken or by nature).
+    pub fn take_coordinator_commands(
+        &mut self,
+        redeliver_after_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Command>> {
+        let now_ms = self.now_ms();
+        let rows: Vec<(String, String)> = self
+            .tx
+            .prepare(
+                "SELECT request_id, body FROM commands WHERE agent_id IS NULL AND
+                    (state = 'queued' OR (state = 'delivered' AND delivered_at_ms <= ?1))
+                 ORDER BY priority DESC, created_at_ms, request_id LIMIT ?2",
+            )?
+            .query_map(params![now_ms - redeliver_after_ms, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (rid, body) in rows {
+            self.tx.execute(
+                "UPDATE commands SET state = 'delivered', delivered_at_ms = ?1 WHERE request_id = ?2",
+                params![now_ms, rid],
+            )?;
+            out.push(serde_json::from_str(&body)?);
+        }
+        Ok(out)
+    }
+
+    /// A command's result, from its agent (`Some`) or the coordinator's
+    /// executor (`None`): closes it, and a launch's instance is LAUNCHING
+    /// from then on. A result for a command already closed (cancelled,
+    /// or a duplicate) changes nothing.
+    pub fn command_result(&mut self, agent: Option<&str>, body: &EventBody) -> Result<()> {
+        let EventBody::CommandResult {
+            request_id,
+            outcome,
+            instance_id,
+            ..
+        } = body
+        else {
+            return Ok(());
+        };
+        let n = self.tx.execute(
+            "UPDATE commands SET state = ?1, finished_at_ms = ?2, result = ?3
+             WHERE request_id = ?4 AND agent_id IS ?5 AND state IN ('queued', 'delivered')",
+            params![
+                outcome.as_str(),
+                self.now_ms(),
+                serde_json::to_string(body)?,
+                request_id,
+                agent
+            ],
+        )?;
+        if n == 1 {
+            if let (CommandOutcome::Done, Some(new_id)) = (outcome, instance_id) {
+                self.insert_launched(new_id, request_id)?;
+            }
+            // A fence that worked: EC2 has terminated the instance.
+            if *outcome == CommandOutcome::Done
+                && let Some(spot_common::ids::Derived::Fence { instance, .. }) =
+                    spot_common::ids::parse(request_id)
+            {
+                self.tx.execute(
+                    "UPDATE instances SET ec2_state = 'terminated' WHERE instance_id = ?1",
+                    [&instance],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An agent went OFFLINE: the EC2 work queued for it (launches,
+    /// terminations, fences) expires, so the planner routes it elsewhere.
+    /// Role commands stay: an agent that comes back must see its demotion.
+    pub(super) fn expire_routable(&mut self, agent_id: &str) -> Result<usize> {
+        Ok(self.tx.execute(
+            "UPDATE commands SET state = 'expired', finished_at_ms = ?2
+             WHERE agent_id = ?1 AND state = 'queued' AND kind IN ('launch', 'terminate', 'fence')",
+            params![agent_id, self.now_ms()],
+        )?)
     }
 
     /// Hand the agent its queued commands, highest priority first, and
@@ -90,19 +203,19 @@ impl Txn<'_> {
         Ok(out)
     }
 
-    /// Queue a launch into `pool` for the group, made by `agent_id` or by
-    /// the PRIMARY's agent, else the most recently seen online agent.
+    /// Queue a launch into `pool` for the group, made by `via`.
     pub fn queue_launch(
         &mut self,
         request_id: &str,
         group: &str,
-        agent_id: Option<&str>,
+        via: Via<'_>,
         pool: &Pool,
         emergency: bool,
     ) -> Result<QueuedCommand> {
         let g = self.group(group)?;
-        let agent = match agent_id {
-            Some(a) => {
+        let agent = match via {
+            Via::Coordinator => None,
+            Via::Agent(a) => {
                 let v = self.agent(a)?;
                 if v.group != group
                     || !matches!(v.status, AgentStatus::Online | AgentStatus::Offline)
@@ -111,23 +224,26 @@ impl Txn<'_> {
                         "agent {a} is not a live agent of group {group}"
                     )));
                 }
-                a.to_owned()
+                Some(a.to_owned())
             }
-            None => self
-                .tx
-                .query_row(
-                    "SELECT a.agent_id FROM agents a
+            Via::Auto => Some(
+                self.tx
+                    .query_row(
+                        "SELECT a.agent_id FROM agents a
                      LEFT JOIN instances i ON i.agent_id = a.agent_id
                      WHERE a.group_name = ?1 AND a.status = 'online'
                      ORDER BY (i.role = 'primary') DESC, a.last_heartbeat_ms DESC NULLS LAST
                      LIMIT 1",
-                    [group],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .ok_or_else(|| {
-                    StoreError::Invalid(format!("group {group} has no online agent to launch with"))
-                })?,
+                        [group],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .ok_or_else(|| {
+                        StoreError::Invalid(format!(
+                            "group {group} has no online agent to launch with"
+                        ))
+                    })?,
+            ),
         };
         let cmd = Command {
             request_id: request_id.to_owned(),
@@ -145,7 +261,7 @@ impl Txn<'_> {
             epoch: g.epoch,
             deadline_ms: self.now_ms() + 120_000,
         };
-        self.queue(&agent, &cmd, None)?;
+        self.queue(agent.as_deref(), &cmd, None)?;
         self.audit(
             &format!("group:{group}"),
             "launch",
@@ -187,7 +303,9 @@ pub fn list(conn: &Connection, agent_id: Option<&str>) -> Result<Vec<CommandView
         "SELECT body, agent_id, state, created_at_ms, result FROM commands
          WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY created_at_ms, request_id",
     )?;
-    let rows: Vec<(String, String, String, i64, Option<String>)> = stmt
+    /// body, agent, state, created, result
+    type Row = (String, Option<String>, String, i64, Option<String>);
+    let rows: Vec<Row> = stmt
         .query_map([agent_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?

@@ -5,7 +5,7 @@
 use super::{Read, Result, StoreError, Txn, parse_enum};
 use rusqlite::{Connection, params};
 use spot_common::wire::{EventsResponse, NoticeView};
-use spot_common::{CommandOutcome, Event, EventBody};
+use spot_common::{Event, EventBody};
 
 impl Txn<'_> {
     /// Apply a batch of events exactly once: an event id seen before is
@@ -45,27 +45,7 @@ impl Txn<'_> {
             }
             resp.applied += 1;
             match &e.body {
-                EventBody::CommandResult {
-                    request_id,
-                    outcome,
-                    instance_id,
-                    ..
-                } => {
-                    self.tx.execute(
-                        "UPDATE commands SET state = ?1, finished_at_ms = ?2, result = ?3
-                         WHERE request_id = ?4 AND agent_id = ?5 AND state IN ('queued', 'delivered')",
-                        params![
-                            outcome.as_str(),
-                            self.now_ms(),
-                            serde_json::to_string(&e.body)?,
-                            request_id,
-                            agent_id
-                        ],
-                    )?;
-                    if let (CommandOutcome::Done, Some(new_id)) = (outcome, instance_id) {
-                        self.insert_launched(new_id, request_id)?;
-                    }
-                }
+                EventBody::CommandResult { .. } => self.command_result(Some(agent_id), &e.body)?,
                 EventBody::Notice {
                     notice,
                     effective_at_ms,
@@ -92,8 +72,16 @@ impl Txn<'_> {
                         params![healthy, agent_id],
                     )?;
                 }
-                // Read back by the group snapshot (the old PRIMARY fenced).
-                EventBody::SelfDemoted { .. } => {}
+                // Read back by the group snapshot (evidence of a fence
+                // when the hook succeeded); the store converges to it.
+                EventBody::SelfDemoted { epoch, hook_ok, .. } => {
+                    self.audit(
+                        &format!("instance:{}", agent.instance_id),
+                        "self_demoted",
+                        serde_json::json!({}),
+                        serde_json::json!({"epoch": epoch, "hook_ok": hook_ok}),
+                    )?;
+                }
                 // Price batches are delivered to the pricing endpoint.
                 EventBody::Prices { .. } => {}
                 EventBody::Ec2States { instances } => {

@@ -80,7 +80,7 @@ impl Txn<'_> {
             if let Some(via) = via {
                 for r in self.instances(Some(name))? {
                     if r.role == Role::Replica {
-                        self.retire(name, &r.instance_id, &via)?;
+                        self.retire(name, &r.instance_id, Some(&via))?;
                     }
                 }
             }

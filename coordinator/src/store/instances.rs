@@ -20,16 +20,21 @@ impl Txn<'_> {
         Ok(to)
     }
 
+    /// Write a checked role change; the role's epoch is the group's epoch
+    /// at the change (for a promotion: the epoch it was granted at).
     fn write_role(&mut self, inst: &InstanceView, to: Role, event: RoleEvent) -> Result<()> {
+        let epoch = self.group(&inst.group)?.epoch;
         let n = self.tx.execute(
-            "UPDATE instances SET role = ?1, version = version + 1, updated_at_ms = ?2
+            "UPDATE instances SET role = ?1, version = version + 1, updated_at_ms = ?2,
+                 role_epoch = ?6
              WHERE instance_id = ?3 AND version = ?4 AND role = ?5",
             params![
                 to.as_str(),
                 self.now_ms(),
                 inst.instance_id,
                 inst.version,
-                inst.role.as_str()
+                inst.role.as_str(),
+                super::to_i64(epoch)
             ],
         )?;
         if n != 1 {
@@ -64,8 +69,9 @@ impl Txn<'_> {
     }
 
     /// Retire a REPLICA (or ZOMBIE, FAILED): TERMINATED, and `terminate`
-    /// queued to `via_agent`. Returns the command's request id.
-    pub fn retire(&mut self, group: &str, instance_id: &str, via_agent: &str) -> Result<String> {
+    /// queued to `via` (an agent; `None`: the coordinator's executor).
+    /// Returns the command's request id.
+    pub fn retire(&mut self, group: &str, instance_id: &str, via: Option<&str>) -> Result<String> {
         let g = self.group(group)?;
         self.role_event(instance_id, RoleEvent::Retire)?;
         let rid = spot_common::ids::terminate(instance_id);
@@ -79,7 +85,7 @@ impl Txn<'_> {
             epoch: g.epoch,
             deadline_ms: self.now_ms() + 600_000,
         };
-        self.queue(via_agent, &cmd, Some(instance_id))?;
+        self.queue(via, &cmd, Some(instance_id))?;
         Ok(rid)
     }
 

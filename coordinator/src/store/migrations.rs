@@ -194,6 +194,44 @@ const STEPS: &[&str] = &[
     CREATE INDEX commands_by_subject ON commands(subject, kind, state);
     UPDATE groups SET config = json_remove(config, '$.health_check');
     "#,
+    // 4 -> 5: fencing. Commands without an agent are the coordinator's EC2
+    // executor's; instances remember the epoch of their role and an
+    // operator's "declared dead"; idempotency answers remember a hash of
+    // their request so a reused id with other content is refused.
+    r#"
+    CREATE TABLE commands_v5 (
+        request_id      TEXT PRIMARY KEY,
+        agent_id        TEXT REFERENCES agents(agent_id),
+        group_name      TEXT NOT NULL REFERENCES groups(name),
+        kind            TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        priority        INTEGER NOT NULL,
+        epoch           INTEGER NOT NULL,
+        deadline_ms     INTEGER NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN
+            ('queued', 'delivered', 'done', 'failed', 'stale', 'expired', 'cancelled')),
+        created_at_ms   INTEGER NOT NULL,
+        delivered_at_ms INTEGER,
+        finished_at_ms  INTEGER,
+        result          TEXT,
+        subject         TEXT
+    ) STRICT;
+    INSERT INTO commands_v5 SELECT request_id, agent_id, group_name, kind, body, priority, epoch,
+        deadline_ms, state, created_at_ms, delivered_at_ms, finished_at_ms, result, subject FROM commands;
+    DROP TABLE commands;
+    ALTER TABLE commands_v5 RENAME TO commands;
+    CREATE INDEX commands_pending ON commands(agent_id, state, priority DESC, created_at_ms);
+    CREATE INDEX commands_by_group ON commands(group_name, kind, state);
+    CREATE INDEX commands_by_subject ON commands(subject, kind, state);
+    CREATE INDEX commands_for_coordinator ON commands(state, priority DESC, created_at_ms)
+        WHERE agent_id IS NULL;
+    ALTER TABLE instances ADD COLUMN role_epoch INTEGER NOT NULL DEFAULT 0;
+    UPDATE instances SET role_epoch = COALESCE((SELECT MAX(c.epoch) FROM commands c
+        WHERE c.subject = instances.instance_id AND c.kind = 'promote' AND c.state = 'done'), 0)
+        WHERE role = 'primary';
+    ALTER TABLE instances ADD COLUMN declared_dead_at_ms INTEGER;
+    ALTER TABLE idempotency ADD COLUMN request_hash TEXT;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

@@ -22,6 +22,7 @@ mod agents;
 mod audit;
 mod commands;
 mod events;
+mod fence;
 mod groups;
 mod instances;
 mod migrations;
@@ -31,11 +32,13 @@ mod rows;
 mod snapshot;
 mod switches;
 
-pub use agents::{AgentAuth, HeartbeatRecord, Registered};
+pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
+pub use commands::Via;
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use pricing::{ConsolidationConfig, SeriesKey};
 pub use promotion::{PromoteResult, ReplaceRequest};
+pub use snapshot::{AgentLive, SnapshotInput};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -44,9 +47,9 @@ use spot_common::planner::GroupSnap;
 use spot_common::pricing::HourPoint;
 use spot_common::wire::{
     AgentView, AuditEntry, CommandView, ConsolidationRun, GroupView, InstanceView, NoticeView,
-    PricingHint, SwitchView,
+    SwitchView,
 };
-use spot_common::{Actor, ConfigRuleError, Role, RoleError};
+use spot_common::{Actor, ConfigRuleError, RoleError};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -69,6 +72,10 @@ pub enum StoreError {
     Rule(#[from] ConfigRuleError),
     #[error("request_id {request_id:?} was already used for {scope}")]
     RequestIdReuse { request_id: String, scope: String },
+    #[error("request_id {0:?} was already used with a different request")]
+    IdempotencyKeyReused(String),
+    #[error("{0}")]
+    NotFenced(String),
     #[error("{0}")]
     Invalid(String),
     #[error("store task failed")]
@@ -186,12 +193,14 @@ impl Db {
     }
 }
 
-/// Who changes the store, when, and under which client request id.
+/// Who changes the store, when, and under which client request id (with
+/// a hash of the request it names, so a reused id is recognised).
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub now_ms: i64,
     pub actor: Actor,
     pub request_id: Option<String>,
+    pub request_hash: Option<String>,
 }
 
 impl Ctx {
@@ -200,6 +209,7 @@ impl Ctx {
             now_ms,
             actor,
             request_id: None,
+            request_hash: None,
         }
     }
 
@@ -211,7 +221,20 @@ impl Ctx {
         self.request_id = request_id;
         self
     }
+
+    /// The request's content, for idempotency: the same id with another
+    /// content is refused (409 `idempotency_key_reused`).
+    pub fn body<T: Serialize>(mut self, body: &T) -> Ctx {
+        use sha2::{Digest, Sha256};
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.request_hash = Some(hex::encode(Sha256::digest(bytes)));
+        self
+    }
 }
+
+/// The wake target of the coordinator's own EC2 executor (commands with no
+/// agent).
+pub const COORDINATOR_EXECUTOR: &str = "coordinator";
 
 /// A committed transaction's answer, and the agents whose long-polls
 /// must wake because commands were queued for them.
@@ -244,8 +267,11 @@ impl Txn<'_> {
         Ok(self.wake.into_iter().collect())
     }
 
-    fn wake(&mut self, agent_id: &str) {
-        self.wake.insert(agent_id.to_owned());
+    /// Wake whoever runs commands queued for `agent` (the coordinator's
+    /// executor for `None`).
+    fn wake(&mut self, agent: Option<&str>) {
+        self.wake
+            .insert(agent.unwrap_or(COORDINATOR_EXECUTOR).to_owned());
     }
 }
 
@@ -288,22 +314,28 @@ impl Store {
         T: Serialize + DeserializeOwned,
     {
         let rid = ctx.request_id.clone();
+        let hash = ctx.request_hash.clone();
         let mut tx = self.begin(ctx)?;
         if let Some(rid) = &rid {
-            let seen: Option<(String, String)> = tx
+            let seen: Option<(String, String, Option<String>)> = tx
                 .tx
                 .query_row(
-                    "SELECT scope, response FROM idempotency WHERE request_id = ?1",
+                    "SELECT scope, response, request_hash FROM idempotency WHERE request_id = ?1",
                     [rid],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            if let Some((seen_scope, response)) = seen {
+            if let Some((seen_scope, response, seen_hash)) = seen {
                 if seen_scope != scope {
                     return Err(StoreError::RequestIdReuse {
                         request_id: rid.clone(),
                         scope: seen_scope,
                     });
+                }
+                if let (Some(a), Some(b)) = (&seen_hash, &hash)
+                    && a != b
+                {
+                    return Err(StoreError::IdempotencyKeyReused(rid.clone()));
                 }
                 return Ok(Done {
                     value: serde_json::from_str(&response)?,
@@ -314,9 +346,15 @@ impl Store {
         let value = f(&mut tx)?;
         if let Some(rid) = &rid {
             tx.tx.execute(
-                "INSERT INTO idempotency (request_id, scope, response, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![rid, scope, serde_json::to_string(&value)?, tx.now_ms()],
+                "INSERT INTO idempotency (request_id, scope, response, created_at_ms, request_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    rid,
+                    scope,
+                    serde_json::to_string(&value)?,
+                    tx.now_ms(),
+                    hash
+                ],
             )?;
         }
         let wake = tx.commit()?;
@@ -360,14 +398,8 @@ pub trait Read {
     fn group_names(&self) -> Result<Vec<String>> {
         groups::names(self.conn())
     }
-    fn group_snapshot(
-        &self,
-        group: &str,
-        online: &HashSet<String>,
-        now_ms: i64,
-        launch_timeout_ms: i64,
-    ) -> Result<GroupSnap> {
-        snapshot::group(self.conn(), group, online, now_ms, launch_timeout_ms)
+    fn group_snapshot(&self, group: &str, input: &SnapshotInput) -> Result<GroupSnap> {
+        snapshot::group(self.conn(), group, input)
     }
     fn agent(&self, agent_id: &str) -> Result<AgentView> {
         rows::agent(self.conn(), agent_id)
@@ -379,8 +411,8 @@ pub trait Read {
     fn active_agents(&self) -> Result<Vec<AgentAuth>> {
         agents::active(self.conn())
     }
-    /// Role and epoch as recorded, and the pricing hint, for a heartbeat.
-    fn agent_role(&self, agent_id: &str) -> Result<(Role, u64, Option<PricingHint>)> {
+    /// What a heartbeat answer is made of.
+    fn agent_role(&self, agent_id: &str) -> Result<RoleOf> {
         agents::role_of(self.conn(), agent_id)
     }
     fn instance(&self, instance_id: &str) -> Result<InstanceView> {

@@ -3,13 +3,17 @@
 //!
 //! The group's transition lives in `groups.transition` (JSON, one row): a
 //! coordinator killed in the middle of a promotion resumes it from there.
-//! Every step checks the epoch it was decided against.
+//! Every step checks the epoch it was decided against, and the grant
+//! checks, in its own transaction, that every fence target is fenced
+//! (`fence::fenced`): the store itself refuses to promote past an
+//! unfenced instance, whatever the planner decided.
 
+use super::fence::fenced;
 use super::{Read, Result, StoreError, Txn};
 use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 use spot_common::ids;
-use spot_common::wire::TransitionView;
+use spot_common::wire::{FenceTarget, TransitionView};
 use spot_common::{Command, CommandKind, Phase, Promotion, Role, RoleError, RoleEvent};
 
 /// T1, as the planner or an operator asks for it.
@@ -20,13 +24,15 @@ pub struct ReplaceRequest {
     /// The group epoch the decision was made against.
     pub expected_epoch: u64,
     pub emergency: bool,
-    /// The old PRIMARY is already gone or past its lease: grant at once.
-    pub old_fenced: bool,
     /// Unix ms the new PRIMARY must serve by; `None`: 60 s from now.
     pub deadline_ms: Option<i64>,
     pub reason: String,
     /// The manual switch this replacement completes.
     pub switch_id: Option<i64>,
+    /// The candidate must finish its promotion within this after the
+    /// grant (shorter than the coordinator's promotion timeout, so a late
+    /// promotion is abandoned by the agent before it is rolled over).
+    pub promote_budget_ms: i64,
 }
 
 /// What a replacement started or became.
@@ -58,6 +64,7 @@ impl Txn<'_> {
         request_id: String,
         action: CommandKind,
         t: &TransitionView,
+        deadline_ms: i64,
     ) -> Result<Option<String>> {
         let Some(agent) = self.instance(instance)?.agent_id else {
             return Ok(None);
@@ -68,14 +75,42 @@ impl Txn<'_> {
             action,
             priority: t.priority,
             epoch: t.epoch,
-            deadline_ms: t.deadline_ms.max(self.now_ms() + 5_000),
+            deadline_ms,
         };
-        self.queue_once(&agent, &cmd, Some(instance))?;
+        self.queue_once(Some(&agent), &cmd, Some(instance))?;
         Ok(Some(cmd.request_id))
     }
 
+    fn demote(
+        &mut self,
+        instance: &str,
+        group: &str,
+        t: &TransitionView,
+    ) -> Result<Option<String>> {
+        let deadline = t.deadline_ms.max(self.now_ms() + 5_000);
+        self.queue_role_command(
+            instance,
+            group,
+            ids::demote(instance, t.epoch),
+            CommandKind::Demote,
+            t,
+            deadline,
+        )
+    }
+
+    fn all_fenced(&self, t: &TransitionView) -> Result<bool> {
+        for target in &t.fence {
+            if !fenced(&self.tx, target, t.started_at_ms)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// T1: start replacing the PRIMARY (or, with none, promoting) by the
-    /// candidate.
+    /// candidate: the old PRIMARY is demoted at the new epoch and becomes
+    /// the transition's fence target. With nothing to fence, granted at
+    /// once.
     pub fn begin_replace(&mut self, req: &ReplaceRequest) -> Result<PromoteResult> {
         let group = req.group.as_str();
         let g = self.group(group)?;
@@ -114,6 +149,15 @@ impl Txn<'_> {
             },
             reason: req.reason.clone(),
             switch_id: req.switch_id,
+            fence: g
+                .primary
+                .iter()
+                .map(|o| FenceTarget {
+                    instance_id: o.clone(),
+                    epoch,
+                })
+                .collect(),
+            promote_budget_ms: req.promote_budget_ms,
         };
         self.audit(
             &format!("group:{group}"),
@@ -121,10 +165,6 @@ impl Txn<'_> {
             json!({"epoch": g.epoch, "primary": g.primary}),
             json!({"epoch": epoch, "candidate": req.candidate, "reason": req.reason}),
         )?;
-        let old_has_agent = match &g.primary {
-            Some(o) => self.instance(o)?.agent_id.is_some(),
-            None => false,
-        };
         let mut result = PromoteResult {
             group: group.into(),
             epoch,
@@ -133,28 +173,18 @@ impl Txn<'_> {
             demoted: g.primary.clone(),
             commands: Vec::new(),
         };
-        if let Some(old) = &g.primary
-            && !req.old_fenced
-            && old_has_agent
-        {
-            result.commands.extend(self.queue_role_command(
-                old,
-                group,
-                ids::demote(old, epoch),
-                CommandKind::Demote,
-                &t,
-            )?);
-            self.write_transition(group, Some(&t), epoch)?;
-            return Ok(result);
+        if let Some(old) = &g.primary {
+            result.commands.extend(self.demote(old, group, &t)?);
         }
-        // Nothing to wait for: grant now.
         self.write_transition(group, Some(&t), epoch)?;
-        result.commands = self.grant_transition(group, &g.config.promotion, t)?;
-        result.phase = Phase::Promoting;
+        if self.all_fenced(&t)? {
+            result.commands = self.grant_transition(group, &g.config.promotion, t)?;
+            result.phase = Phase::Promoting;
+        }
         Ok(result)
     }
 
-    /// T2: the old PRIMARY is fenced; promote the candidate.
+    /// T2: every fence target is fenced; promote the candidate.
     pub fn grant(&mut self, group: &str, expected_epoch: u64) -> Result<()> {
         let g = self.group(group)?;
         check_epoch(g.epoch, expected_epoch)?;
@@ -163,6 +193,11 @@ impl Txn<'_> {
                 "group {group} has no demotion to grant"
             )));
         };
+        if !self.all_fenced(&t)? {
+            return Err(StoreError::NotFenced(format!(
+                "group {group}: not every fence target is shown not to serve"
+            )));
+        }
         self.grant_transition(group, &g.config.promotion, t)
             .map(|_| ())
     }
@@ -175,35 +210,36 @@ impl Txn<'_> {
         mut t: TransitionView,
     ) -> Result<Vec<String>> {
         let mut queued = Vec::new();
-        if let Some(old) = t.old.clone()
-            && self.instance(&old)?.role == Role::Primary
-        {
-            self.role_event(&old, RoleEvent::Demote)?;
-            // Should it come back, it must not serve: fence it too.
-            queued.extend(self.queue_role_command(
-                &old,
-                group,
-                ids::demote(&old, t.epoch),
-                CommandKind::Demote,
-                &t,
-            )?);
+        for target in &t.fence {
+            if self.instance(&target.instance_id)?.role == Role::Primary {
+                self.role_event(&target.instance_id, RoleEvent::Demote)?;
+            }
         }
         let candidate = t.candidate.clone();
+        let now = self.now_ms();
+        // The agent abandons a promotion that cannot finish in time, before
+        // the coordinator rolls it over.
+        let deadline = t
+            .deadline_ms
+            .min(now + t.promote_budget_ms)
+            .max(now + 1_000);
         queued.extend(self.queue_role_command(
             &candidate,
             group,
             ids::promote(&candidate, t.epoch),
             CommandKind::Promote {
                 promotion: promotion.clone(),
+                address_from: t.fence.iter().map(|f| f.instance_id.clone()).collect(),
             },
             &t,
+            deadline,
         )?);
         t.phase = Phase::Promoting;
-        t.phase_started_ms = self.now_ms();
+        t.phase_started_ms = now;
         self.audit(
             &format!("group:{group}"),
             "grant",
-            json!({"old": t.old}),
+            json!({"fenced": t.fence}),
             json!({"candidate": t.candidate, "epoch": t.epoch}),
         )?;
         self.write_transition(group, Some(&t), t.epoch)?;
@@ -219,6 +255,11 @@ impl Txn<'_> {
                 "group {group} has no demotion in progress"
             )));
         };
+        if t.fence.iter().any(|f| f.instance_id == candidate) {
+            return Err(StoreError::Invalid(format!(
+                "{candidate} is being fenced; it cannot be the candidate"
+            )));
+        }
         self.audit(
             &format!("group:{group}"),
             "retarget",
@@ -244,6 +285,7 @@ impl Txn<'_> {
             && self.instance(old)?.role == Role::Zombie
         {
             self.role_event(old, RoleEvent::Retire)?;
+            let deadline = self.now_ms() + 600_000;
             self.queue_role_command(
                 &t.candidate,
                 group,
@@ -252,6 +294,7 @@ impl Txn<'_> {
                     instance_id: old.clone(),
                 },
                 &t,
+                deadline,
             )?;
         }
         if let Some(sw) = t.switch_id {
@@ -298,8 +341,10 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// The candidate failed or did not confirm: fence it at a new epoch and
-    /// clear the transition; the next pass picks the next candidate.
+    /// The candidate failed or did not confirm: it may have half-promoted,
+    /// so it becomes a fence target at a new epoch (demoted now, fenced
+    /// through EC2 if that is not acknowledged), and the transition waits
+    /// for it to be fenced before granting the next candidate.
     pub fn roll_over(&mut self, group: &str, expected_epoch: u64, reason: &str) -> Result<()> {
         let g = self.group(group)?;
         check_epoch(g.epoch, expected_epoch)?;
@@ -316,23 +361,25 @@ impl Txn<'_> {
         let epoch = g.epoch + 1;
         t.epoch = epoch;
         let candidate = t.candidate.clone();
-        self.queue_role_command(
-            &candidate,
-            group,
-            ids::demote(&candidate, epoch),
-            CommandKind::Demote,
-            &t,
-        )?;
-        if let Some(sw) = t.switch_id {
+        if !t.fence.iter().any(|f| f.instance_id == candidate) {
+            t.fence.push(FenceTarget {
+                instance_id: candidate.clone(),
+                epoch,
+            });
+        }
+        self.demote(&candidate, group, &t)?;
+        t.phase = Phase::Demoting;
+        t.phase_started_ms = self.now_ms();
+        if let Some(sw) = t.switch_id.take() {
             self.tx
                 .execute("UPDATE switches SET state = 'failed' WHERE id = ?1", [sw])?;
         }
         self.audit(
             &format!("group:{group}"),
             "roll_over",
-            json!({"epoch": g.epoch, "candidate": t.candidate}),
-            json!({"epoch": epoch, "reason": reason}),
+            json!({"epoch": g.epoch, "candidate": candidate}),
+            json!({"epoch": epoch, "reason": reason, "fence": t.fence}),
         )?;
-        self.write_transition(group, None, epoch)
+        self.write_transition(group, Some(&t), epoch)
     }
 }

@@ -38,7 +38,8 @@ pub fn finish_group((mut g, config, transition): GroupRow) -> Result<GroupView> 
 }
 
 pub const INSTANCE_COLS: &str = "instance_id, group_name, role, agent_id, instance_type,
-    availability_zone, version, created_at_ms, updated_at_ms, ec2_state";
+    availability_zone, version, created_at_ms, updated_at_ms, ec2_state, role_epoch,
+    declared_dead_at_ms";
 
 pub fn instance_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceView> {
     Ok(InstanceView {
@@ -52,6 +53,8 @@ pub fn instance_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceView> {
         created_at_ms: r.get(7)?,
         updated_at_ms: r.get(8)?,
         ec2_state: r.get(9)?,
+        role_epoch: to_u64(r.get(10)?),
+        declared_dead_at_ms: r.get(11)?,
     })
 }
 

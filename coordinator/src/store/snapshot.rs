@@ -1,35 +1,53 @@
 //! The group snapshot: everything the failover planner
 //! (`spot_common::planner`) needs about one group, read in one go.
 
-use super::{Result, commands, parse_enum, rows, switches};
+use super::{Result, commands, fence, parse_enum, rows, switches, to_u64};
 use rusqlite::{Connection, params};
-use spot_common::planner::{GroupSnap, InstanceSnap, NoticeSnap, SwitchSnap, TransitionSnap};
+use spot_common::planner::{
+    GroupSnap, InstanceSnap, NoticeSnap, Reported, SwitchSnap, TransitionSnap,
+};
 use spot_common::wire::TransitionView;
-use spot_common::{CommandState, PoolKey, ids};
-use std::collections::{HashMap, HashSet};
+use spot_common::{PoolKey, Role, ids};
+use std::collections::HashMap;
+
+/// What the coordinator's liveness table knows of one agent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentLive {
+    pub online: bool,
+    /// Since last heard, on the coordinator's monotonic clock.
+    pub silent_ms: Option<i64>,
+    /// Its last heartbeat's role and role epoch.
+    pub reported: Option<(Option<Role>, u64)>,
+}
+
+/// The inputs of a snapshot that do not come from the database.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotInput {
+    pub agents: HashMap<String, AgentLive>,
+    pub now_ms: i64,
+    /// A LAUNCHING instance older than this is overdue.
+    pub launch_timeout_ms: i64,
+    pub coordinator_executor: bool,
+}
 
 /// A candidate whose promotion failed is not tried again for this long.
 const PROMOTE_FAILURE_COOLDOWN_MS: i64 = 5 * 60 * 1000;
 /// A pool where a launch failed (capacity) is avoided for this long.
 const FAILED_POOL_COOLDOWN_MS: i64 = 10 * 60 * 1000;
 
-/// Read one group's snapshot. `online`: agents the liveness table sees
-/// online; `launch_timeout_ms`: a LAUNCHING instance older than this is
-/// overdue.
-pub fn group(
-    conn: &Connection,
-    group: &str,
-    online: &HashSet<String>,
-    now_ms: i64,
-    launch_timeout_ms: i64,
-) -> Result<GroupSnap> {
+/// Read one group's snapshot. The transition's `phase_age_ms` is left at
+/// the wall-clock age: the reconciler replaces it with its monotonic one.
+pub fn group(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<GroupSnap> {
     let g = rows::group(conn, group)?;
+    let now_ms = input.now_ms;
+    let instances = instances(conn, group, input)?;
     let transition = match &g.transition {
         None => None,
-        Some(t) => Some(transition(conn, t)?),
+        Some(t) => Some(transition(conn, t, &instances, input)?),
     };
+    let launch_timeout_ms = input.launch_timeout_ms;
     Ok(GroupSnap {
-        instances: instances(conn, group, online, now_ms, launch_timeout_ms)?,
+        instances,
         notices: notices(conn, group)?,
         transition,
         switch: switch(conn, group)?,
@@ -42,6 +60,12 @@ pub fn group(
         )?,
         boot_secs: boot_secs(conn, group)?,
         failed_pools: failed_pools(conn, group, now_ms - FAILED_POOL_COOLDOWN_MS)?,
+        coordinator_executor: input.coordinator_executor,
+        had_instances: conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM instances WHERE group_name = ?1)",
+            [group],
+            |r| r.get(0),
+        )?,
         name: g.name,
         epoch: g.epoch,
         paused: g.config.paused,
@@ -50,26 +74,18 @@ pub fn group(
     })
 }
 
-fn instances(
-    conn: &Connection,
-    group: &str,
-    online: &HashSet<String>,
-    now_ms: i64,
-    launch_timeout_ms: i64,
-) -> Result<Vec<InstanceSnap>> {
+fn instances(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Vec<InstanceSnap>> {
     let mut stmt = conn.prepare_cached(
         "SELECT i.instance_id, i.role, i.instance_type, i.availability_zone, i.agent_id,
                 COALESCE(a.healthy, 0),
-                -- Never heartbeated yet (or not persisted yet: the monitor
-                -- flushes within a tick): silent since it registered, not
-                -- forever.
-                COALESCE(a.last_heartbeat_ms, a.registered_at_ms),
                 COALESCE(i.ec2_state IN ('shutting-down', 'terminated'), 0),
                 EXISTS (SELECT 1 FROM commands c WHERE c.subject = i.instance_id
                         AND c.kind = 'promote'
                         AND c.state IN ('failed', 'cancelled', 'expired', 'stale')
                         AND c.created_at_ms > ?2),
-                i.role = 'launching' AND i.created_at_ms < ?3
+                i.role = 'launching' AND i.created_at_ms < ?3,
+                i.role_epoch,
+                COALESCE(a.registered_at_ms > i.updated_at_ms, 0)
          FROM instances i LEFT JOIN agents a ON a.agent_id = i.agent_id
          WHERE i.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')",
     )?;
@@ -77,23 +93,36 @@ fn instances(
         .query_map(
             params![
                 group,
-                now_ms - PROMOTE_FAILURE_COOLDOWN_MS,
-                now_ms - launch_timeout_ms
+                input.now_ms - PROMOTE_FAILURE_COOLDOWN_MS,
+                input.now_ms - input.launch_timeout_ms
             ],
             |r| {
                 let agent: Option<String> = r.get(4)?;
+                let live = agent
+                    .as_ref()
+                    .and_then(|a| input.agents.get(a))
+                    .cloned()
+                    .unwrap_or_default();
+                let role_epoch = to_u64(r.get(9)?);
+                let registered_after_role: bool = r.get(10)?;
                 Ok(InstanceSnap {
                     instance_id: r.get(0)?,
                     role: parse_enum(1, r.get(1)?)?,
+                    role_epoch,
                     instance_type: r.get(2)?,
                     availability_zone: r.get(3)?,
-                    online: agent.as_ref().is_some_and(|a| online.contains(a)),
+                    online: live.online,
+                    silent_ms: live.silent_ms,
+                    reported: live.reported.map(|(role, e)| Reported {
+                        role,
+                        role_epoch: e,
+                        fresh: e >= role_epoch || registered_after_role,
+                    }),
                     agent_id: agent,
                     healthy: r.get(5)?,
-                    last_heartbeat_ms: r.get(6)?,
-                    ec2_gone: r.get(7)?,
-                    promote_failed_recently: r.get(8)?,
-                    launch_overdue: r.get(9)?,
+                    ec2_gone: r.get(6)?,
+                    promote_failed_recently: r.get(7)?,
+                    launch_overdue: r.get(8)?,
                 })
             },
         )?
@@ -120,31 +149,33 @@ fn notices(conn: &Connection, group: &str) -> Result<Vec<NoticeSnap>> {
     Ok(rows)
 }
 
-fn transition(conn: &Connection, t: &TransitionView) -> Result<TransitionSnap> {
-    let old_fenced = match &t.old {
-        None => true,
-        Some(o) => {
-            let acked =
-                commands::state(conn, &ids::demote(o, t.epoch))? == Some(CommandState::Done);
-            let self_demoted: bool = conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM events e JOIN instances i ON i.agent_id = e.agent_id
-                   WHERE i.instance_id = ?1 AND e.kind = 'self_demoted' AND e.received_at_ms >= ?2)",
-                params![o, t.started_at_ms],
-                |r| r.get(0),
-            )?;
-            acked || self_demoted
-        }
-    };
+fn transition(
+    conn: &Connection,
+    t: &TransitionView,
+    instances: &[InstanceSnap],
+    input: &SnapshotInput,
+) -> Result<TransitionSnap> {
+    let targets = t
+        .fence
+        .iter()
+        .map(|target| fence::snap(conn, target, t.started_at_ms))
+        .collect::<Result<_>>()?;
     let candidate_outcome =
         commands::state(conn, &ids::promote(&t.candidate, t.epoch))?.filter(|s| !s.is_open());
+    let candidate_reports_primary = instances
+        .iter()
+        .find(|i| i.instance_id == t.candidate)
+        .and_then(|i| i.reported)
+        .is_some_and(|r| r.role == Some(Role::Primary) && r.role_epoch == t.epoch);
     Ok(TransitionSnap {
         phase: t.phase,
         old: t.old.clone(),
         candidate: t.candidate.clone(),
         epoch: t.epoch,
-        phase_started_ms: t.phase_started_ms,
-        old_fenced,
+        phase_age_ms: input.now_ms - t.phase_started_ms,
+        targets,
         candidate_outcome,
+        candidate_reports_primary,
     })
 }
 
@@ -172,7 +203,8 @@ fn switch(conn: &Connection, group: &str) -> Result<Option<SwitchSnap>> {
     }))
 }
 
-/// Launches queued, running, or done but not yet registered.
+/// Launches queued, running, or done but not yet registered. (A launch
+/// queued to an agent that went offline has expired: it does not count.)
 fn launches_in_flight(conn: &Connection, group: &str, since_ms: i64) -> Result<usize> {
     let n: i64 = conn.query_row(
         "SELECT COUNT(*) FROM commands c WHERE c.group_name = ?1 AND c.kind = 'launch'

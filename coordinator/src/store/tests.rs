@@ -1,8 +1,9 @@
 use super::*;
+use spot_common::ids;
 use spot_common::wire::RegisterRequest;
 use spot_common::{
     AgentStatus, Command, CommandKind, CommandOutcome, CommandState, Event, EventBody, GroupConfig,
-    Phase, PoolKey, SwitchState,
+    Phase, PoolKey, Role, SwitchState,
 };
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -49,10 +50,10 @@ fn replace(candidate: &str, epoch: u64) -> ReplaceRequest {
         candidate: candidate.into(),
         expected_epoch: epoch,
         emergency: false,
-        old_fenced: false,
         deadline_ms: None,
         reason: "test".into(),
         switch_id: None,
+        promote_budget_ms: 25_000,
     }
 }
 
@@ -67,24 +68,57 @@ fn take(s: &mut Store, agent: &str, now: i64, redeliver_ms: i64) -> Vec<Command>
 }
 
 fn queue(s: &mut Store, agent: &str, now: i64, c: &Command) {
-    tx(s, now, |t| t.queue(agent, c, None)).unwrap();
+    tx(s, now, |t| t.queue(Some(agent), c, None)).unwrap();
 }
 
-/// The agent of `instance` reports its promote command `done`.
-fn confirm(s: &mut Store, agent: &str, instance: &str, epoch: u64, seq: i64) {
+/// `agent` reports command `request_id` finished with `outcome`.
+fn report(s: &mut Store, agent: &str, request_id: &str, outcome: CommandOutcome, seq: i64) {
     let ev = Event {
         event_id: format!("{agent}:{seq}"),
         seq,
         at_ms: 5,
         body: EventBody::CommandResult {
-            request_id: format!("promote-{instance}-e{epoch}"),
-            outcome: CommandOutcome::Done,
+            request_id: request_id.into(),
+            outcome,
             detail: None,
             instance_id: None,
             error_code: None,
         },
     };
     tx(s, 5, |t| t.apply_events(agent, &[ev])).unwrap();
+}
+
+/// The agent of `instance` reports its promote command `done`.
+fn confirm(s: &mut Store, agent: &str, instance: &str, epoch: u64, seq: i64) {
+    report(
+        s,
+        agent,
+        &ids::promote(instance, epoch),
+        CommandOutcome::Done,
+        seq,
+    );
+}
+
+fn snapshot(s: &Store, online: &[&str], now: i64) -> spot_common::planner::GroupSnap {
+    let input = SnapshotInput {
+        agents: online
+            .iter()
+            .map(|a| {
+                (
+                    (*a).to_owned(),
+                    AgentLive {
+                        online: true,
+                        silent_ms: Some(0),
+                        reported: None,
+                    },
+                )
+            })
+            .collect(),
+        now_ms: now,
+        launch_timeout_ms: 300_000,
+        coordinator_executor: false,
+    };
+    s.group_snapshot("g", &input).unwrap()
 }
 
 /// A group with one PRIMARY (`i-p`, agent `a-p`, epoch 1) and replicas
@@ -98,13 +132,7 @@ fn live_group(s: &mut Store) {
         register(s, i, a, 2).unwrap();
         tx(s, 3, |t| t.agent_healthy(a)).unwrap();
     }
-    let r = tx(s, 4, |t| {
-        t.begin_replace(&ReplaceRequest {
-            old_fenced: true,
-            ..replace("i-p", 0)
-        })
-    })
-    .unwrap();
+    let r = tx(s, 4, |t| t.begin_replace(&replace("i-p", 0))).unwrap();
     assert_eq!(r.phase, Phase::Promoting, "no old PRIMARY: granted at once");
     confirm(s, "a-p", "i-p", 1, 1);
     tx(s, 5, |t| t.commit_promotion("g", 1)).unwrap();
@@ -173,13 +201,55 @@ fn replacement_fences_the_old_primary_before_promoting() {
     );
     let t = s.group("g").unwrap().transition.unwrap();
     assert_eq!((t.deadline_ms, t.candidate.as_str()), (9_000, "i-r1"));
-    // T2: old -> ZOMBIE, promote(2) to the candidate.
+    // The store itself refuses to grant before the old PRIMARY is fenced.
+    let before = table_counts(&s);
+    let err = tx(&mut s, 12, |t| t.grant("g", 2)).unwrap_err();
+    assert!(matches!(err, StoreError::NotFenced(_)), "{err:?}");
+    assert_eq!(table_counts(&s), before);
+    // A failed demote hook is no fence either.
+    report(
+        &mut s,
+        "a-p",
+        &ids::demote("i-p", 2),
+        CommandOutcome::Failed,
+        101,
+    );
+    assert!(tx(&mut s, 12, |t| t.grant("g", 2)).is_err());
+    assert!(
+        !snapshot(&s, &["a-p", "a-r1"], 12)
+            .transition
+            .unwrap()
+            .targets[0]
+            .fenced
+    );
+    // EC2 says it is terminated: fenced. T2: old -> ZOMBIE, promote(2).
+    tx(&mut s, 12, |t| t.set_ec2_state("g", "i-p", "terminated")).unwrap();
+    assert!(
+        snapshot(&s, &["a-p", "a-r1"], 12)
+            .transition
+            .unwrap()
+            .targets[0]
+            .fenced
+    );
     tx(&mut s, 12, |t| t.grant("g", 2)).unwrap();
     assert_eq!(s.instance("i-p").unwrap().role, Role::Zombie);
     assert_eq!(s.group("g").unwrap().primary, None);
     let promote = take(&mut s, "a-r1", 13, 30_000);
-    assert!(matches!(promote[0].action, CommandKind::Promote { .. }));
+    match &promote[0].action {
+        CommandKind::Promote { address_from, .. } => {
+            assert_eq!(
+                address_from,
+                &vec!["i-p".to_owned()],
+                "may take the address from the fenced"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(promote[0].epoch, 2);
+    assert!(
+        promote[0].deadline_ms <= 12 + 25_000,
+        "within the promote budget"
+    );
     // T3 after the candidate confirms.
     confirm(&mut s, "a-r1", "i-r1", 2, 1);
     tx(&mut s, 14, |t| t.commit_promotion("g", 2)).unwrap();
@@ -191,36 +261,204 @@ fn replacement_fences_the_old_primary_before_promoting() {
 }
 
 #[test]
-fn a_failed_candidate_is_fenced_at_a_new_epoch() {
+fn a_failed_candidate_is_fenced_before_the_next_is_granted() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    tx(&mut s, 10, |t| {
-        t.begin_replace(&ReplaceRequest {
-            emergency: true,
-            old_fenced: true,
-            ..replace("i-r1", 1)
-        })
-    })
-    .unwrap();
+    tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    report(
+        &mut s,
+        "a-p",
+        &ids::demote("i-p", 2),
+        CommandOutcome::Done,
+        102,
+    );
+    tx(&mut s, 11, |t| t.grant("g", 2)).unwrap();
     take(&mut s, "a-r1", 11, 30_000);
     tx(&mut s, 12, |t| t.roll_over("g", 2, "test")).unwrap();
     let g = s.group("g").unwrap();
-    assert_eq!((g.epoch, g.transition, g.primary), (3, None, None));
+    assert_eq!((g.epoch, g.primary.as_deref()), (3, None));
+    let t = g.transition.expect("the transition goes on");
+    assert_eq!(t.phase, Phase::Demoting);
+    assert!(
+        t.fence
+            .iter()
+            .any(|f| f.instance_id == "i-r1" && f.epoch == 3)
+    );
     let cmds = take(&mut s, "a-r1", 13, 0);
     assert!(
         cmds.iter()
             .any(|c| c.action == CommandKind::Demote && c.epoch == 3),
         "{cmds:?}"
     );
-    let online: std::collections::HashSet<String> =
-        ["a-r1", "a-r2"].iter().map(|x| x.to_string()).collect();
-    let snap = s.group_snapshot("g", &online, 14, 300_000).unwrap();
+    // The next candidate cannot be the fenced one, and waits for the fence.
+    assert!(tx(&mut s, 14, |t| t.retarget("g", 3, "i-r1")).is_err());
+    tx(&mut s, 14, |t| t.retarget("g", 3, "i-r2")).unwrap();
+    assert!(matches!(
+        tx(&mut s, 14, |t| t.grant("g", 3)),
+        Err(StoreError::NotFenced(_))
+    ));
+    let snap = snapshot(&s, &["a-r1", "a-r2"], 14);
     let r1 = snap
         .instances
         .iter()
         .find(|i| i.instance_id == "i-r1")
         .unwrap();
     assert!(r1.promote_failed_recently, "not tried again at once");
+    // Its demotion acknowledged (the late promote hook was killed): granted.
+    report(
+        &mut s,
+        "a-r1",
+        &ids::demote("i-r1", 3),
+        CommandOutcome::Done,
+        103,
+    );
+    tx(&mut s, 15, |t| t.grant("g", 3)).unwrap();
+    let promote = take(&mut s, "a-r2", 16, 30_000);
+    assert!(
+        matches!(&promote[0].action, CommandKind::Promote { address_from, .. } if address_from.len() == 2)
+    );
+}
+
+#[test]
+fn a_fence_is_queued_once_and_its_success_is_evidence() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    let rid = tx(&mut s, 11, |t| {
+        t.queue_fence("g", 2, "i-p", 2, 1, Some("a-r1"), 60_000)
+    })
+    .unwrap();
+    assert!(
+        tx(&mut s, 11, |t| t.queue_fence(
+            "g",
+            2,
+            "i-p",
+            2,
+            1,
+            Some("a-r1"),
+            60_000
+        ))
+        .is_err()
+    );
+    assert!(
+        tx(&mut s, 11, |t| t.queue_fence(
+            "g",
+            1,
+            "i-p",
+            2,
+            2,
+            Some("a-r1"),
+            60_000
+        ))
+        .is_err(),
+        "stale epoch"
+    );
+    let t = snapshot(&s, &["a-r1"], 12).transition.unwrap();
+    assert_eq!(
+        (t.targets[0].fence_attempts, t.targets[0].last_fence),
+        (1, Some(CommandState::Queued))
+    );
+    let cmd = take(&mut s, "a-r1", 12, 30_000).remove(0);
+    assert_eq!(cmd.request_id, rid);
+    assert_eq!(cmd.priority, 100);
+    report(&mut s, "a-r1", &rid, CommandOutcome::Done, 104);
+    assert_eq!(
+        s.instance("i-p").unwrap().ec2_state.as_deref(),
+        Some("terminated")
+    );
+    tx(&mut s, 13, |t| t.grant("g", 2)).unwrap();
+}
+
+#[test]
+fn an_operator_may_declare_an_instance_dead_and_it_is_audited() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    assert!(tx(&mut s, 11, |t| t.grant("g", 2)).is_err());
+    op(&mut s, "declare_dead", None, 11, |t| {
+        t.declare_dead("g", "i-p")
+    })
+    .unwrap();
+    tx(&mut s, 12, |t| t.grant("g", 2)).unwrap();
+    let trail = s
+        .audit_log(&AuditQuery {
+            entity: Some("instance:i-p".into()),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.action == "declared_dead" && e.actor == "operator")
+    );
+}
+
+#[test]
+fn a_store_behind_an_agent_converges_to_it() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    // Reality moved on while this store (a restored copy) did not: i-r1 is
+    // PRIMARY at epoch 5.
+    let changed = tx(&mut s, 10, |t| {
+        t.converge_epoch(
+            "i-r1",
+            Reported {
+                role: Some(Role::Primary),
+                role_epoch: 5,
+                highest_epoch: 5,
+            },
+        )
+    })
+    .unwrap();
+    assert!(changed);
+    let g = s.group("g").unwrap();
+    assert_eq!((g.epoch, g.primary.as_deref()), (5, Some("i-r1")));
+    assert_eq!(s.instance("i-r1").unwrap().role_epoch, 5);
+    assert_eq!(s.instance("i-p").unwrap().role, Role::Zombie);
+    // Not behind: nothing changes.
+    let before = table_counts(&s);
+    let again = tx(&mut s, 11, |t| {
+        t.converge_epoch(
+            "i-r2",
+            Reported {
+                role: Some(Role::Replica),
+                role_epoch: 0,
+                highest_epoch: 5,
+            },
+        )
+    })
+    .unwrap();
+    assert!(!again);
+    assert_eq!(table_counts(&s), before);
+}
+
+#[test]
+fn a_reused_request_id_with_another_body_is_refused() {
+    let (_d, mut s) = store();
+    let ctx = |body: &str| {
+        Ctx::new(1, Actor::Operator)
+            .request(Some("op-7".into()))
+            .body(&body)
+    };
+    s.idempotent("create_group", ctx("g"), |t| {
+        t.create_group("g", &GroupConfig::default())
+    })
+    .unwrap();
+    // The same request again: the first answer.
+    s.idempotent("create_group", ctx("g"), |t| {
+        t.create_group("g", &GroupConfig::default())
+    })
+    .unwrap();
+    let err = s
+        .idempotent("create_group", ctx("h"), |t| {
+            t.create_group("h", &GroupConfig::default())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::IdempotencyKeyReused(_)),
+        "{err:?}"
+    );
+    assert!(s.group("h").is_err());
 }
 
 #[test]
@@ -379,7 +617,7 @@ fn events_apply_once_and_close_their_command() {
         subnet_id: None,
     };
     tx(&mut s, 5, |t| {
-        t.queue_launch("launch-1", "g", Some("a-p"), &pool, false)
+        t.queue_launch("launch-1", "g", Via::Agent("a-p"), &pool, false)
     })
     .unwrap();
     let cmd = take(&mut s, "a-p", 5, 30_000).remove(0);
@@ -537,7 +775,7 @@ fn gone_and_retired_instances_keep_their_history() {
     live_group(&mut s);
     tx(&mut s, 10, |t| t.mark_gone("i-r2", "test")).unwrap();
     assert_eq!(s.instance("i-r2").unwrap().role, Role::Terminated);
-    let rid = tx(&mut s, 11, |t| t.retire("g", "i-r1", "a-p")).unwrap();
+    let rid = tx(&mut s, 11, |t| t.retire("g", "i-r1", Some("a-p"))).unwrap();
     assert_eq!(s.instance("i-r1").unwrap().role, Role::Terminated);
     let cmds = take(&mut s, "a-p", 12, 30_000);
     assert!(cmds.iter().any(|c| c.request_id == rid));
@@ -578,6 +816,13 @@ fn switch_is_recorded_with_its_downtime() {
     })
     .unwrap();
     take(&mut s, "a-p", 13, 30_000); // demote delivered at 13
+    report(
+        &mut s,
+        "a-p",
+        &ids::demote("i-p", 2),
+        CommandOutcome::Done,
+        105,
+    );
     tx(&mut s, 14, |t| t.grant("g", 2)).unwrap();
     confirm(&mut s, "a-r1", "i-r1", 2, 1); // finished at 5 in this test's clock
     tx(&mut s, 15, |t| t.commit_promotion("g", 2)).unwrap();
@@ -635,13 +880,15 @@ fn zombie_reports_are_refused_and_bad_points_write_nothing() {
         before,
         "the good point of a bad batch is not half-written"
     );
-    tx(&mut s, 5, |t| {
-        t.begin_replace(&ReplaceRequest {
-            old_fenced: true,
-            ..replace("i-r1", 1)
-        })
-    })
-    .unwrap();
+    tx(&mut s, 5, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    report(
+        &mut s,
+        "a-p",
+        &ids::demote("i-p", 2),
+        CommandOutcome::Done,
+        102,
+    );
+    tx(&mut s, 6, |t| t.grant("g", 2)).unwrap();
     assert_eq!(s.instance("i-p").unwrap().role, Role::Zombie);
     assert!(matches!(
         tx(&mut s, 100 * h, |t| t
@@ -703,7 +950,7 @@ fn a_launched_instance_is_launching_until_it_registers_or_fails() {
         subnet_id: None,
     };
     tx(&mut s, 10, |t| {
-        t.queue_launch("l-1", "g", Some("a-p"), &pool, true)
+        t.queue_launch("l-1", "g", Via::Agent("a-p"), &pool, true)
     })
     .unwrap();
     let ev = Event {
@@ -724,10 +971,7 @@ fn a_launched_instance_is_launching_until_it_registers_or_fails() {
         (i.role, i.instance_type.as_str(), i.agent_id),
         (Role::Launching, "c5.large", None)
     );
-    let online: std::collections::HashSet<String> = ["a-p".to_owned()].into();
-    let snap = s
-        .group_snapshot("g", &online, 12 + 300_001, 300_000)
-        .unwrap();
+    let snap = snapshot(&s, &["a-p"], 12 + 300_001);
     assert!(
         snap.instances
             .iter()

@@ -1,23 +1,29 @@
-//! EC2 actions, made with the instance's own role through `aws-sdk-ec2`
-//! (endpoint from `AWS_ENDPOINT_URL`, region from IMDS).
+//! EC2 actions through `aws-sdk-ec2` (endpoint from `AWS_ENDPOINT_URL`):
+//! made by an agent with its instance's role, or by the coordinator's
+//! optional executor with its own tag-scoped role. Callers use the
+//! [`Ec2Api`] trait; `Ec2` is the real client and `fake::FakeEc2` (feature
+//! `test-util`) an in-memory one for unit tests.
 //!
 //! The SDK's own retries are off so there is one retry policy:
 //! `spot_common::retry::EC2_CALL` (capped exponential backoff with jitter,
-//! via `backon`) for throttling, 5xx and transport errors, inside an overall
+//! via `spot_runtime::retry`) for throttling, 5xx and transport errors, inside an overall
 //! deadline of 60 s per action. Capacity errors are returned at once so the
 //! coordinator can pick another pool; auth and idempotency errors are never
 //! retried.
 
+use async_trait::async_trait;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Filter, InstanceMarketOptionsRequest, InstanceType, LaunchTemplateSpecification, MarketType,
     Placement, ResourceType, Tag, TagSpecification,
 };
-use backon::{ExponentialBuilder, Retryable};
 use spot_common::Pool;
 use spot_common::retry::EC2_CALL;
 use std::future::Future;
 use std::time::Duration;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 
 /// How an EC2 error must be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +158,74 @@ pub struct SpotPrice {
     pub price: String,
 }
 
+/// The EC2 calls the system makes. Every implementation classifies its
+/// errors with [`ErrorClass`]; retries are the implementation's business.
+#[async_trait]
+pub trait Ec2Api: Send + Sync {
+    /// RunInstances with a ClientToken derived from the request id: a
+    /// retried or resumed launch returns the instance of the first one.
+    async fn launch(&self, spec: &LaunchSpec) -> Result<String, Ec2Error>;
+    async fn terminate(&self, instance_id: &str) -> Result<(), Ec2Error>;
+    /// The instance's state name; `None` when EC2 does not know it.
+    async fn instance_state(&self, instance_id: &str) -> Result<Option<String>, Ec2Error>;
+    /// States of the group's instances, by the `spot:group` tag.
+    async fn group_instances(&self, group: &str) -> Result<Vec<(String, String)>, Ec2Error>;
+    /// Move an Elastic IP to `instance_id`, taking it only from an instance
+    /// in `allowed_holders` (or from nobody): see `Ec2::move_address`.
+    async fn move_address(
+        &self,
+        allocation_id: &str,
+        instance_id: &str,
+        allowed_holders: &[String],
+    ) -> Result<String, Ec2Error>;
+    async fn attach_interface(&self, eni: &str, instance_id: &str) -> Result<String, Ec2Error>;
+    async fn spot_prices(
+        &self,
+        instance_types: &[String],
+        product_description: &str,
+        start_ms: i64,
+    ) -> Result<Vec<SpotPrice>, Ec2Error>;
+}
+
+/// STONITH through EC2: terminate `instance_id` and wait until EC2 reports
+/// it `terminated` (or no longer knows it), polling every `poll` for at
+/// most `within`. Only then is the instance certainly not serving.
+pub async fn fence(
+    ec2: &dyn Ec2Api,
+    instance_id: &str,
+    within: Duration,
+    poll: Duration,
+) -> Result<(), Ec2Error> {
+    let timed_out = || Ec2Error {
+        op: "Fence",
+        class: ErrorClass::Transport,
+        code: "FenceTimeout".into(),
+        message: format!("{instance_id} not terminated within {within:?}"),
+    };
+    let wait = async {
+        match ec2.terminate(instance_id).await {
+            Ok(()) => {}
+            Err(e) if e.class == ErrorClass::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        loop {
+            match ec2.instance_state(instance_id).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(s)) if s == "terminated" => return Ok(()),
+                Ok(Some(_)) => {}
+                // A failed look is retried on the next poll: the deadline
+                // bounds the whole fence.
+                Err(e) if e.class.retryable() => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    };
+    tokio::time::timeout(within, wait)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
 #[derive(Clone)]
 pub struct Ec2 {
     client: aws_sdk_ec2::Client,
@@ -210,20 +284,14 @@ impl Ec2 {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Ec2Error>>,
     {
-        let mut policy = ExponentialBuilder::default()
-            .with_min_delay(EC2_CALL.min_delay)
-            .with_max_delay(EC2_CALL.max_delay)
-            .with_factor(EC2_CALL.factor as f32)
-            .with_jitter();
-        if let Some(n) = EC2_CALL.max_retries {
-            policy = policy.with_max_times(n);
-        }
-        let fut = call
-            .retry(policy)
-            .when(|e: &Ec2Error| e.class.retryable())
-            .notify(|e: &Ec2Error, wait: Duration| {
+        let fut = crate::retry::retry(
+            EC2_CALL,
+            call,
+            |e: &Ec2Error| e.class.retryable(),
+            |e: &Ec2Error, wait: Duration| {
                 tracing::warn!(op, code = %e.code, class = ?e.class, ?wait, "EC2 call failed; retrying");
-            });
+            },
+        );
         match tokio::time::timeout(self.deadline, fut).await {
             Ok(r) => r,
             Err(_) => Err(Ec2Error {
@@ -235,9 +303,38 @@ impl Ec2 {
         }
     }
 
-    /// RunInstances with a ClientToken derived from the request id: a
-    /// retried or resumed launch returns the instance of the first one.
-    pub async fn launch(&self, spec: &LaunchSpec) -> Result<String, Ec2Error> {
+    /// Current association of an Elastic IP: (association id, instance id).
+    pub async fn address(
+        &self,
+        allocation_id: &str,
+    ) -> Result<(Option<String>, Option<String>), Ec2Error> {
+        self.retry("DescribeAddresses", || async {
+            let out = self
+                .client
+                .describe_addresses()
+                .allocation_ids(allocation_id)
+                .send()
+                .await
+                .map_err(|e| to_error("DescribeAddresses", e))?;
+            let a = out.addresses().first().ok_or_else(|| Ec2Error {
+                op: "DescribeAddresses",
+                class: ErrorClass::NotFound,
+                code: "InvalidAllocationID.NotFound".into(),
+                message: format!("{allocation_id} not found"),
+            })?;
+            Ok((
+                a.association_id().map(str::to_owned),
+                a.instance_id().map(str::to_owned),
+            ))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Ec2Api for Ec2 {
+    #[tracing::instrument(skip(self, spec), fields(request_id = %spec.request_id, pool = %spec.pool), err)]
+    async fn launch(&self, spec: &LaunchSpec) -> Result<String, Ec2Error> {
         let token = spot_common::client_token(&spec.request_id);
         self.retry("RunInstances", || async {
             let mut req = self
@@ -297,7 +394,8 @@ impl Ec2 {
         .await
     }
 
-    pub async fn terminate(&self, instance_id: &str) -> Result<(), Ec2Error> {
+    #[tracing::instrument(skip(self), err)]
+    async fn terminate(&self, instance_id: &str) -> Result<(), Ec2Error> {
         self.retry("TerminateInstances", || async {
             self.client
                 .terminate_instances()
@@ -310,8 +408,32 @@ impl Ec2 {
         .await
     }
 
-    /// States of the group's instances, by the `spot:group` tag.
-    pub async fn group_instances(&self, group: &str) -> Result<Vec<(String, String)>, Ec2Error> {
+    #[tracing::instrument(skip(self), err)]
+    async fn instance_state(&self, instance_id: &str) -> Result<Option<String>, Ec2Error> {
+        let r = self
+            .retry("DescribeInstances", || async {
+                let out = self
+                    .client
+                    .describe_instances()
+                    .instance_ids(instance_id)
+                    .send()
+                    .await
+                    .map_err(|e| to_error("DescribeInstances", e))?;
+                Ok(out
+                    .reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .find(|i| i.instance_id() == Some(instance_id))
+                    .and_then(|i| Some(i.state()?.name()?.as_str().to_owned())))
+            })
+            .await;
+        match r {
+            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+            other => other,
+        }
+    }
+
+    async fn group_instances(&self, group: &str) -> Result<Vec<(String, String)>, Ec2Error> {
         self.retry("DescribeInstances", || async {
             let out = self
                 .client
@@ -340,42 +462,19 @@ impl Ec2 {
         .await
     }
 
-    /// Current association of an Elastic IP: (association id, instance id).
-    pub async fn address(
-        &self,
-        allocation_id: &str,
-    ) -> Result<(Option<String>, Option<String>), Ec2Error> {
-        self.retry("DescribeAddresses", || async {
-            let out = self
-                .client
-                .describe_addresses()
-                .allocation_ids(allocation_id)
-                .send()
-                .await
-                .map_err(|e| to_error("DescribeAddresses", e))?;
-            let a = out.addresses().first().ok_or_else(|| Ec2Error {
-                op: "DescribeAddresses",
-                class: ErrorClass::NotFound,
-                code: "InvalidAllocationID.NotFound".into(),
-                message: format!("{allocation_id} not found"),
-            })?;
-            Ok((
-                a.association_id().map(str::to_owned),
-                a.instance_id().map(str::to_owned),
-            ))
-        })
-        .await
-    }
-
     /// Move an Elastic IP to `instance_id` as a compare-and-set: AWS knows
-    /// nothing of our epochs and the last AssociateAddress wins, so we
-    /// disassociate the association we observed, associate with
-    /// `AllowReassociation=false` (refused if someone else got there
-    /// first), and verify. A lost race is an error, never papered over.
-    pub async fn move_address(
+    /// nothing of our epochs and the last AssociateAddress wins, so we take
+    /// the address only from an instance the coordinator fenced (named in
+    /// `allowed_holders`) or from nobody, disassociate the association we
+    /// observed, associate with `AllowReassociation=false` (refused if
+    /// someone else got there first), and verify. A lost race or a holder
+    /// we were not told about is an error, never papered over.
+    #[tracing::instrument(skip(self), err)]
+    async fn move_address(
         &self,
         allocation_id: &str,
         instance_id: &str,
+        allowed_holders: &[String],
     ) -> Result<String, Ec2Error> {
         let lost = |message: String| Ec2Error {
             op: "MoveAddress",
@@ -388,6 +487,18 @@ impl Ec2 {
             && let Some(a) = assoc
         {
             return Ok(a);
+        }
+        if let Some(holder) = &owner
+            && !allowed_holders.contains(holder)
+        {
+            return Err(Ec2Error {
+                op: "MoveAddress",
+                class: ErrorClass::Client,
+                code: "UnexpectedHolder".into(),
+                message: format!(
+                    "{allocation_id} is held by {holder}, which was not fenced (expected one of {allowed_holders:?}): refusing to take it"
+                ),
+            });
         }
         if let Some(assoc) = &assoc {
             let r = self
@@ -446,7 +557,8 @@ impl Ec2 {
     }
 
     /// Attach a secondary ENI as device 1.
-    pub async fn attach_interface(&self, eni: &str, instance_id: &str) -> Result<String, Ec2Error> {
+    #[tracing::instrument(skip(self), err)]
+    async fn attach_interface(&self, eni: &str, instance_id: &str) -> Result<String, Ec2Error> {
         self.retry("AttachNetworkInterface", || async {
             let out = self
                 .client
@@ -464,7 +576,8 @@ impl Ec2 {
 
     /// DescribeSpotPriceHistory for the given pools since `start_ms`, all
     /// pages.
-    pub async fn spot_prices(
+    #[tracing::instrument(skip(self), err)]
+    async fn spot_prices(
         &self,
         instance_types: &[String],
         product_description: &str,

@@ -3,6 +3,7 @@
 
 use super::rows::{self, AGENT_COLS};
 use super::{Read, Result, StoreError, Txn, parse_enum, to_i64, to_u64};
+pub use converge::Reported;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -26,6 +27,7 @@ pub struct AgentAuth {
     pub agent_id: String,
     pub token_hash: String,
     pub status: AgentStatus,
+    pub instance_id: String,
 }
 
 /// A registration and the earlier agents of the same instance it replaced
@@ -35,6 +37,8 @@ pub struct Registered {
     pub response: RegisterResponse,
     pub replaced: Vec<String>,
 }
+
+mod converge;
 
 impl Txn<'_> {
     /// Register a new agent. Earlier agents of the same instance become
@@ -178,6 +182,16 @@ impl Txn<'_> {
                 json!({"status": from}),
                 json!({"status": to}),
             )?;
+            if to == AgentStatus::Offline {
+                let expired = self.expire_routable(agent_id)?;
+                if expired > 0 {
+                    tracing::info!(
+                        agent_id,
+                        expired,
+                        "EC2 work queued for an offline agent expired; it will be routed elsewhere"
+                    );
+                }
+            }
         }
         Ok(n == 1)
     }
@@ -222,7 +236,7 @@ impl Txn<'_> {
             epoch: 0,
             deadline_ms: self.now_ms() + 24 * 3600 * 1000,
         };
-        self.queue(agent_id, &cmd, None)?;
+        self.queue(Some(agent_id), &cmd, None)?;
         let after = self.agent(agent_id)?;
         self.audit(
             &format!("agent:{agent_id}"),
@@ -238,7 +252,7 @@ impl Txn<'_> {
 /// and deleted ones until they have fetched and finished their cleanup.
 pub fn active(conn: &Connection) -> Result<Vec<AgentAuth>> {
     let mut stmt = conn.prepare(
-        "SELECT agent_id, token_hash, status FROM agents WHERE status IN ('online', 'offline')
+        "SELECT agent_id, token_hash, status, instance_id FROM agents WHERE status IN ('online', 'offline')
          OR (status = 'deleted' AND EXISTS (SELECT 1 FROM commands c
              WHERE c.agent_id = agents.agent_id AND c.kind = 'cleanup'
              AND c.state IN ('queued', 'delivered')))",
@@ -249,6 +263,7 @@ pub fn active(conn: &Connection) -> Result<Vec<AgentAuth>> {
                 agent_id: r.get(0)?,
                 token_hash: r.get(1)?,
                 status: parse_enum(2, r.get(2)?)?,
+                instance_id: r.get(3)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -266,22 +281,80 @@ pub fn list(conn: &Connection, group: Option<&str>) -> Result<Vec<AgentView>> {
     Ok(rows)
 }
 
-/// Role and epoch as the coordinator records them, and what to capture
-/// prices for, for the heartbeat answer.
-pub fn role_of(conn: &Connection, agent_id: &str) -> Result<(Role, u64, Option<PricingHint>)> {
-    let (role, epoch, config): (Role, u64, String) = conn.query_row(
-        "SELECT i.role, g.epoch, g.config FROM agents a
+/// What the heartbeat answer is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleOf {
+    pub instance_id: String,
+    pub group: String,
+    pub role: Role,
+    /// Epoch of that role (for a PRIMARY: its promotion's).
+    pub role_epoch: u64,
+    /// The group's epoch.
+    pub epoch: u64,
+    /// This instance is the candidate whose promotion was granted, at this
+    /// epoch (PRIMARY for the agent, not yet for the store).
+    pub granted: Option<u64>,
+    /// What to capture prices for; none for a ZOMBIE.
+    pub pricing: Option<PricingHint>,
+}
+
+impl RoleOf {
+    /// The role and epoch the agent is told: a granted candidate is
+    /// PRIMARY at the transition's epoch.
+    pub fn answer(&self) -> (Role, u64) {
+        match self.granted {
+            Some(e) => (Role::Primary, e),
+            None => (self.role, self.role_epoch),
+        }
+    }
+}
+
+pub fn role_of(conn: &Connection, agent_id: &str) -> Result<RoleOf> {
+    let (instance_id, group, role, role_epoch, epoch, config, transition): (
+        String,
+        String,
+        Role,
+        u64,
+        u64,
+        String,
+        Option<String>,
+    ) = conn.query_row(
+        "SELECT i.instance_id, g.name, i.role, i.role_epoch, g.epoch, g.config, g.transition
+         FROM agents a
          JOIN instances i ON i.instance_id = a.instance_id
          JOIN groups g ON g.name = i.group_name
          WHERE a.agent_id = ?1",
         [agent_id],
-        |r| Ok((parse_enum(0, r.get(0)?)?, to_u64(r.get(1)?), r.get(2)?)),
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                parse_enum(2, r.get(2)?)?,
+                to_u64(r.get(3)?),
+                to_u64(r.get(4)?),
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
     )?;
     let config: GroupConfig = serde_json::from_str(&config)?;
+    let transition: Option<spot_common::wire::TransitionView> =
+        transition.map(|t| serde_json::from_str(&t)).transpose()?;
+    let granted = transition
+        .filter(|t| t.phase == spot_common::Phase::Promoting && t.candidate == instance_id)
+        .map(|t| t.epoch);
     // A ZOMBIE stops reporting (its reports are not ingested either).
-    let hint = (matches!(role, Role::Primary | Role::Replica) && !config.pools.is_empty())
+    let pricing = (matches!(role, Role::Primary | Role::Replica) && !config.pools.is_empty())
         .then(|| pricing_hint(&config));
-    Ok((role, epoch, hint))
+    Ok(RoleOf {
+        instance_id,
+        group,
+        role,
+        role_epoch,
+        epoch,
+        granted,
+        pricing,
+    })
 }
 
 fn pricing_hint(config: &GroupConfig) -> PricingHint {

@@ -8,8 +8,8 @@
 //! to its `moto_server`; without it the test fails under CI and is skipped
 //! with a message elsewhere.
 
-use spot_agent::ec2::{Ec2, ErrorClass, LaunchSpec};
 use spot_common::Pool;
+use spot_runtime::ec2::{Ec2, Ec2Api, ErrorClass, LaunchSpec};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -150,18 +150,28 @@ async fn agent_ec2_calls_round_trip_through_moto() {
         .await
         .unwrap();
     let alloc_id = alloc.allocation_id().unwrap().to_owned();
-    ec2.move_address(&alloc_id, &a).await.unwrap();
+    ec2.move_address(&alloc_id, &a, &[]).await.unwrap();
     assert_eq!(
         ec2.address(&alloc_id).await.unwrap().1.as_deref(),
         Some(a.as_str())
     );
-    ec2.move_address(&alloc_id, &b).await.unwrap();
+    // Never from a holder the coordinator did not fence.
+    let e = ec2.move_address(&alloc_id, &b, &[]).await.unwrap_err();
+    assert_eq!(e.code, "UnexpectedHolder", "{e:?}");
+    ec2.move_address(&alloc_id, &b, std::slice::from_ref(&a))
+        .await
+        .unwrap();
     assert_eq!(
         ec2.address(&alloc_id).await.unwrap().1.as_deref(),
         Some(b.as_str())
     );
     // Already there: a no-op that still answers the association.
-    assert!(!ec2.move_address(&alloc_id, &b).await.unwrap().is_empty());
+    assert!(
+        !ec2.move_address(&alloc_id, &b, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Secondary ENI.
     let eni = sdk
@@ -198,7 +208,16 @@ async fn agent_ec2_calls_round_trip_through_moto() {
     let e = ec2.address("eipalloc-00000000").await.unwrap_err();
     assert_eq!(e.class, ErrorClass::NotFound, "{e:?}");
 
+    assert_eq!(
+        ec2.instance_state(&a).await.unwrap().as_deref(),
+        Some("running")
+    );
     ec2.terminate(&a).await.unwrap();
+    let s = ec2.instance_state(&a).await.unwrap();
+    assert!(
+        matches!(s.as_deref(), Some("shutting-down" | "terminated")),
+        "{s:?}"
+    );
     let states = ec2.group_instances("db").await.unwrap();
     let sa = states.iter().find(|(id, _)| *id == a).unwrap();
     assert!(sa.1 == "shutting-down" || sa.1 == "terminated", "{sa:?}");

@@ -1,0 +1,104 @@
+//! The coordinator's monotonic clock, with its own stalls taken out.
+//!
+//! Silence (OFFLINE, lease expiry) and protocol timers (promotion, demote
+//! timeouts) are measured on it, never on the wall clock, so a clock step
+//! changes nothing. And when the coordinator itself stops running for a
+//! while (SIGSTOP, a slow disk, a starved VM), every agent would look
+//! silent the moment it resumes although it is the coordinator that was
+//! away: such a stall is detected (a ticker calls `now` every 250 ms; a gap
+//! of more than 2 s between two calls is the process not running) and
+//! removed from the clock, so a frozen coordinator never fails over a
+//! healthy fleet.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A gap between two readings longer than this is a stall.
+const STALL: Duration = Duration::from_secs(2);
+/// How often the ticker reads the clock.
+pub const TICK: Duration = Duration::from_millis(250);
+
+struct State {
+    last: Instant,
+    stalled: Duration,
+}
+
+pub struct MonoClock {
+    state: Mutex<State>,
+}
+
+impl Default for MonoClock {
+    fn default() -> Self {
+        MonoClock {
+            state: Mutex::new(State {
+                last: Instant::now(),
+                stalled: Duration::ZERO,
+            }),
+        }
+    }
+}
+
+impl MonoClock {
+    pub fn new() -> MonoClock {
+        MonoClock::default()
+    }
+
+    /// Now, minus every stall so far.
+    pub fn now(&self) -> Instant {
+        let real = Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let gap = real.saturating_duration_since(s.last);
+        if gap > STALL {
+            let lost = gap - TICK;
+            s.stalled += lost;
+            tracing::warn!(stalled = ?lost, total = ?s.stalled,
+                "the coordinator did not run for a while (frozen, starved or paused); silence and timers discount it");
+        }
+        s.last = real;
+        real.checked_sub(s.stalled).unwrap_or(real)
+    }
+
+    /// Total time discounted so far.
+    pub fn stalled(&self) -> Duration {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stalled
+    }
+}
+
+/// Read the clock every `TICK` until shutdown, so a stall is measured
+/// from the last tick before it.
+pub async fn run(state: std::sync::Arc<crate::AppState>) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { state.clock.now(); }
+            _ = state.shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_is_taken_out_and_steady_time_is_not() {
+        let c = MonoClock::new();
+        let t0 = c.now();
+        for _ in 0..40 {
+            tokio::time::advance(TICK).await;
+            c.now();
+        }
+        assert_eq!(
+            c.now() - t0,
+            TICK * 40,
+            "regular readings: nothing discounted"
+        );
+        // The process is frozen for 40 s.
+        tokio::time::advance(Duration::from_secs(40)).await;
+        let after = c.now();
+        assert_eq!(after - t0, TICK * 40 + TICK, "the stall counts as one tick");
+        assert_eq!(c.stalled(), Duration::from_secs(40) - TICK);
+    }
+}

@@ -1,0 +1,189 @@
+//! The coordinator's optional EC2 executor: runs the commands queued for
+//! nobody (agent `NULL`): fences and launches that no live agent of a
+//! group can make (a lone PRIMARY lost, a group that lost every instance).
+//! It uses the coordinator's own credentials, scoped by the IAM policy in
+//! packaging/iam-policy-coordinator.json to instances tagged `spot:group`.
+//!
+//! The same discipline as an agent's: a command is marked delivered before
+//! its call, a launch's ClientToken derives from its request id (a retried
+//! or resumed launch never creates a second instance), a termination or
+//! fence is idempotent by nature; a command taken but unfinished (a crash)
+//! is taken again after `redeliver_after`. Each runs as its own task, so a
+//! minute-long fence never delays a launch.
+
+use crate::AppState;
+use crate::store::Ctx;
+use spot_common::{Command, CommandKind, CommandOutcome, EventBody};
+use spot_runtime::ec2::{self, Ec2Api, ErrorClass, LaunchSpec};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub async fn run(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<()> {
+    tracing::info!(region = %state.config.ec2_region, "coordinator EC2 executor on");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let redeliver = crate::millis(state.config.redeliver_after);
+    let redeliver = i64::try_from(redeliver).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.executor_wake.notified() => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "an executor command task failed");
+                }
+                continue;
+            }
+            _ = state.shutdown.cancelled() => {
+                tasks.abort_all();
+                return Ok(());
+            }
+        }
+        let cmds = match state
+            .db
+            .transact(Ctx::system(crate::now_ms()), move |tx| {
+                tx.take_coordinator_commands(redeliver, 16)
+            })
+            .await
+        {
+            Ok(d) => d.value,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "taking the executor's commands; next tick");
+                continue;
+            }
+        };
+        for cmd in cmds {
+            if !running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cmd.request_id.clone())
+            {
+                continue;
+            }
+            let (state, ec2, running) =
+                (Arc::clone(&state), Arc::clone(&ec2), Arc::clone(&running));
+            tasks.spawn(async move {
+                let rid = cmd.request_id.clone();
+                let result = execute(&state, ec2.as_ref(), &cmd).await;
+                record(&state, result).await;
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&rid);
+            });
+        }
+    }
+}
+
+fn result(cmd: &Command, outcome: CommandOutcome, detail: Option<String>) -> EventBody {
+    EventBody::CommandResult {
+        request_id: cmd.request_id.clone(),
+        outcome,
+        detail,
+        instance_id: None,
+        error_code: None,
+    }
+}
+
+fn failed(cmd: &Command, e: ec2::Ec2Error) -> EventBody {
+    EventBody::CommandResult {
+        request_id: cmd.request_id.clone(),
+        outcome: CommandOutcome::Failed,
+        detail: Some(e.to_string()),
+        instance_id: None,
+        error_code: Some(e.code),
+    }
+}
+
+async fn execute(state: &AppState, ec2: &dyn Ec2Api, cmd: &Command) -> EventBody {
+    let now = crate::now_ms();
+    match &cmd.action {
+        CommandKind::Launch {
+            pool,
+            launch_template_id,
+            ..
+        } => {
+            let spec = LaunchSpec {
+                request_id: cmd.request_id.clone(),
+                group: cmd.group.clone(),
+                pool: pool.clone(),
+                launch_template_id: launch_template_id.clone(),
+                spot: true,
+            };
+            match ec2.launch(&spec).await {
+                Ok(id) => {
+                    tracing::warn!(group = %cmd.group, instance_id = %id, %pool, "the coordinator launched an instance");
+                    EventBody::CommandResult {
+                        request_id: cmd.request_id.clone(),
+                        outcome: CommandOutcome::Done,
+                        detail: None,
+                        instance_id: Some(id),
+                        error_code: None,
+                    }
+                }
+                Err(e) => failed(cmd, e),
+            }
+        }
+        CommandKind::Fence { instance_id } => {
+            let within = Duration::from_millis(u64::try_from(cmd.deadline_ms - now).unwrap_or(0))
+                .max(Duration::from_secs(10));
+            tracing::warn!(group = %cmd.group, target_instance = %instance_id, "the coordinator fences through EC2");
+            let r = ec2::fence(ec2, instance_id, within, Duration::from_secs(1)).await;
+            state
+                .metrics
+                .fences
+                .get_or_create(&crate::metrics::OutcomeLabel {
+                    outcome: if r.is_ok() { "done" } else { "failed" },
+                })
+                .inc();
+            match r {
+                Ok(()) => result(
+                    cmd,
+                    CommandOutcome::Done,
+                    Some(format!("{instance_id} terminated")),
+                ),
+                Err(e) => failed(cmd, e),
+            }
+        }
+        CommandKind::Terminate { instance_id } => match ec2.terminate(instance_id).await {
+            Ok(()) => result(cmd, CommandOutcome::Done, None),
+            Err(e) if e.class == ErrorClass::NotFound => {
+                result(cmd, CommandOutcome::Done, Some("already gone".into()))
+            }
+            Err(e) => failed(cmd, e),
+        },
+        other => result(
+            cmd,
+            CommandOutcome::Failed,
+            Some(format!(
+                "{} is an agent's command, not the coordinator's",
+                other.name()
+            )),
+        ),
+    }
+}
+
+/// Record a result as an agent's would be; the reconciler looks at once.
+async fn record(state: &AppState, body: EventBody) {
+    let b = body.clone();
+    match state
+        .db
+        .transact(Ctx::system(crate::now_ms()), move |tx| {
+            tx.command_result(None, &b)
+        })
+        .await
+    {
+        Ok(done) => {
+            state.woke(done);
+            state.reconcile.notify_one();
+        }
+        // Not recorded: the command stays delivered and is run again after
+        // `redeliver_after` (idempotently).
+        Err(e) => {
+            tracing::error!(error = %crate::error_chain(&e), ?body, "recording an executor result")
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The store converges to what agents report. When an agent reports a
+//! higher epoch than the store's (a store restored from an older copy, a
+//! coordinator restarted onto a stale file), the store is behind reality:
+//! its group epoch jumps above every epoch reported, a transition it holds
+//! is abandoned (it belongs to the stale world; its commands are refused
+//! as stale by agents anyway), and an agent that reports PRIMARY at the
+//! reported epoch becomes the store's PRIMARY. Audited as `converged`.
+
+use super::super::{Read, Result, Txn, to_i64};
+use rusqlite::params;
+use serde_json::json;
+use spot_common::{Role, RoleEvent};
+
+/// What an agent's heartbeat says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported {
+    pub role: Option<Role>,
+    pub role_epoch: u64,
+    pub highest_epoch: u64,
+}
+
+impl Txn<'_> {
+    /// Bring the group of `instance` up to what its agent reported; true
+    /// when the store was behind and changed.
+    pub fn converge_epoch(&mut self, instance: &str, reported: Reported) -> Result<bool> {
+        let inst = self.instance(instance)?;
+        let g = self.group(&inst.group)?;
+        if reported.highest_epoch <= g.epoch {
+            return Ok(false);
+        }
+        let before = json!({"epoch": g.epoch, "primary": g.primary, "transition": g.transition});
+        if let Some(t) = &g.transition {
+            self.tx.execute(
+                "UPDATE commands SET state = 'cancelled', finished_at_ms = ?2
+                 WHERE group_name = ?1 AND state IN ('queued', 'delivered') AND epoch <= ?3
+                   AND kind IN ('promote', 'demote', 'fence')",
+                params![g.name, self.now_ms(), to_i64(t.epoch)],
+            )?;
+        }
+        self.write_transition(&g.name, None, reported.highest_epoch)?;
+        let mut adopted = false;
+        if reported.role == Some(Role::Primary) && reported.role_epoch > g.epoch {
+            if let Some(other) = g.primary.as_deref().filter(|p| *p != instance) {
+                self.role_event(other, RoleEvent::Demote)?;
+            }
+            let mut role = self.instance(instance)?.role;
+            if role == Role::Launching {
+                role = self.role_event(instance, RoleEvent::RegisteredHealthy)?;
+            }
+            if role == Role::Replica {
+                self.role_event(instance, RoleEvent::Promote)?;
+            }
+            self.tx.execute(
+                "UPDATE instances SET role_epoch = ?1 WHERE instance_id = ?2",
+                params![to_i64(reported.role_epoch), instance],
+            )?;
+            adopted = self.instance(instance)?.role == Role::Primary;
+        }
+        let after = self.group(&g.name)?;
+        self.audit(
+            &format!("group:{}", g.name),
+            "converged",
+            before,
+            json!({"epoch": after.epoch, "primary": after.primary,
+                   "reported_by": instance, "adopted_primary": adopted}),
+        )?;
+        tracing::warn!(group = %g.name, from = g.epoch, to = after.epoch, reported_by = instance, adopted,
+            "the store was behind an agent's epoch (restored or stale store): converged");
+        Ok(true)
+    }
+
+    /// Audit a disagreement between an agent's report and the store.
+    pub fn record_disagreement(
+        &mut self,
+        instance: &str,
+        kind: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        self.audit(
+            &format!("instance:{instance}"),
+            "disagreement",
+            json!({"kind": kind}),
+            detail,
+        )
+    }
+}

@@ -1,0 +1,300 @@
+//! An in-memory EC2 for unit tests: instances with states, Elastic IPs,
+//! ClientToken idempotency, injected errors, and a log of calls. It is a
+//! fake of the trait, not of the wire: protocol fidelity is the EC2
+//! simulator's and moto's job (in `tests/`).
+
+use super::{Ec2Api, Ec2Error, ErrorClass, LaunchSpec, SpotPrice};
+use async_trait::async_trait;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct State {
+    /// instance id -> state name
+    instances: HashMap<String, String>,
+    /// allocation id -> holder
+    addresses: HashMap<String, Option<String>>,
+    /// client token -> instance id
+    tokens: HashMap<String, String>,
+    failures: HashMap<&'static str, VecDeque<Ec2Error>>,
+    calls: Vec<String>,
+    next: u64,
+    /// Polls of `instance_state` a terminating instance stays
+    /// `shutting-down` for.
+    shutdown_polls: u32,
+    polls_left: HashMap<String, u32>,
+}
+
+#[derive(Default)]
+pub struct FakeEc2 {
+    state: Mutex<State>,
+}
+
+impl FakeEc2 {
+    pub fn new() -> FakeEc2 {
+        FakeEc2::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add_instance(&self, id: &str, state: &str) {
+        self.lock()
+            .instances
+            .insert(id.to_owned(), state.to_owned());
+    }
+
+    pub fn add_address(&self, allocation_id: &str, holder: Option<&str>) {
+        self.lock()
+            .addresses
+            .insert(allocation_id.to_owned(), holder.map(str::to_owned));
+    }
+
+    pub fn holder(&self, allocation_id: &str) -> Option<String> {
+        self.lock().addresses.get(allocation_id).cloned().flatten()
+    }
+
+    pub fn state(&self, id: &str) -> Option<String> {
+        self.lock().instances.get(id).cloned()
+    }
+
+    /// A terminated instance reads `shutting-down` for this many polls.
+    pub fn slow_termination(&self, polls: u32) {
+        self.lock().shutdown_polls = polls;
+    }
+
+    /// The next call of `op` (e.g. "TerminateInstances") fails so.
+    pub fn fail_next(&self, op: &'static str, class: ErrorClass, code: &str) {
+        self.lock()
+            .failures
+            .entry(op)
+            .or_default()
+            .push_back(Ec2Error {
+                op,
+                class,
+                code: code.to_owned(),
+                message: format!("injected {code}"),
+            });
+    }
+
+    /// Every call made, as `Op(args)`.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    fn enter(
+        &self,
+        op: &'static str,
+        args: String,
+    ) -> Result<std::sync::MutexGuard<'_, State>, Ec2Error> {
+        let mut g = self.lock();
+        g.calls.push(format!("{op}({args})"));
+        if let Some(e) = g.failures.get_mut(op).and_then(VecDeque::pop_front) {
+            return Err(e);
+        }
+        Ok(g)
+    }
+}
+
+fn not_found(op: &'static str, id: &str) -> Ec2Error {
+    Ec2Error {
+        op,
+        class: ErrorClass::NotFound,
+        code: "InvalidInstanceID.NotFound".into(),
+        message: format!("{id} not found"),
+    }
+}
+
+#[async_trait]
+impl Ec2Api for FakeEc2 {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<String, Ec2Error> {
+        let mut g = self.enter("RunInstances", spec.request_id.clone())?;
+        let token = spot_common::client_token(&spec.request_id);
+        if let Some(id) = g.tokens.get(&token) {
+            return Ok(id.clone());
+        }
+        g.next += 1;
+        let id = format!("i-fake{:04}", g.next);
+        g.instances.insert(id.clone(), "pending".into());
+        g.tokens.insert(token, id.clone());
+        Ok(id)
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), Ec2Error> {
+        let mut g = self.enter("TerminateInstances", instance_id.to_owned())?;
+        if !g.instances.contains_key(instance_id) {
+            return Err(not_found("TerminateInstances", instance_id));
+        }
+        let polls = g.shutdown_polls;
+        let next = if polls == 0 {
+            "terminated"
+        } else {
+            "shutting-down"
+        };
+        g.instances.insert(instance_id.to_owned(), next.into());
+        g.polls_left.insert(instance_id.to_owned(), polls);
+        for holder in g.addresses.values_mut() {
+            if holder.as_deref() == Some(instance_id) {
+                *holder = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn instance_state(&self, instance_id: &str) -> Result<Option<String>, Ec2Error> {
+        let mut g = self.enter("DescribeInstances", instance_id.to_owned())?;
+        if let Some(left) = g.polls_left.get_mut(instance_id) {
+            if *left == 0 {
+                g.polls_left.remove(instance_id);
+                g.instances
+                    .insert(instance_id.to_owned(), "terminated".into());
+            } else {
+                *left -= 1;
+            }
+        }
+        Ok(g.instances.get(instance_id).cloned())
+    }
+
+    async fn group_instances(&self, group: &str) -> Result<Vec<(String, String)>, Ec2Error> {
+        let g = self.enter("DescribeInstances", group.to_owned())?;
+        let mut v: Vec<(String, String)> = g
+            .instances
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn move_address(
+        &self,
+        allocation_id: &str,
+        instance_id: &str,
+        allowed_holders: &[String],
+    ) -> Result<String, Ec2Error> {
+        let mut g = self.enter("MoveAddress", format!("{allocation_id}->{instance_id}"))?;
+        let holder = g
+            .addresses
+            .get(allocation_id)
+            .cloned()
+            .ok_or_else(|| Ec2Error {
+                op: "MoveAddress",
+                class: ErrorClass::NotFound,
+                code: "InvalidAllocationID.NotFound".into(),
+                message: allocation_id.to_owned(),
+            })?;
+        if let Some(h) = &holder
+            && h != instance_id
+            && !allowed_holders.contains(h)
+        {
+            return Err(Ec2Error {
+                op: "MoveAddress",
+                class: ErrorClass::Client,
+                code: "UnexpectedHolder".into(),
+                message: format!("{allocation_id} is held by {h}"),
+            });
+        }
+        g.addresses
+            .insert(allocation_id.to_owned(), Some(instance_id.to_owned()));
+        Ok(format!("eipassoc-{instance_id}"))
+    }
+
+    async fn attach_interface(&self, eni: &str, instance_id: &str) -> Result<String, Ec2Error> {
+        drop(self.enter("AttachNetworkInterface", format!("{eni}->{instance_id}"))?);
+        Ok(format!("attach-{eni}"))
+    }
+
+    async fn spot_prices(
+        &self,
+        instance_types: &[String],
+        _product_description: &str,
+        _start_ms: i64,
+    ) -> Result<Vec<SpotPrice>, Ec2Error> {
+        drop(self.enter("DescribeSpotPriceHistory", instance_types.join(","))?);
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn fence_waits_for_terminated() {
+        let ec2 = FakeEc2::new();
+        ec2.add_instance("i-old", "running");
+        ec2.slow_termination(3);
+        super::super::fence(
+            &ec2,
+            "i-old",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ec2.state("i-old").as_deref(), Some("terminated"));
+        let polls = ec2
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("DescribeInstances"))
+            .count();
+        assert_eq!(polls, 4, "three polls shutting-down, the fourth terminated");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fence_fails_when_ec2_refuses_or_never_terminates() {
+        let ec2 = FakeEc2::new();
+        ec2.add_instance("i-old", "running");
+        ec2.fail_next(
+            "TerminateInstances",
+            ErrorClass::Auth,
+            "UnauthorizedOperation",
+        );
+        let e = super::super::fence(
+            &ec2,
+            "i-old",
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, "UnauthorizedOperation");
+        ec2.slow_termination(1_000_000);
+        let e = super::super::fence(
+            &ec2,
+            "i-old",
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, "FenceTimeout");
+        // An instance EC2 no longer knows is fenced.
+        super::super::fence(
+            &ec2,
+            "i-gone",
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_address_is_taken_only_from_a_fenced_holder() {
+        let ec2 = FakeEc2::new();
+        ec2.add_address("eip", Some("i-real-primary"));
+        let e = ec2
+            .move_address("eip", "i-stale", &["i-old".to_owned()])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "UnexpectedHolder");
+        assert_eq!(ec2.holder("eip").as_deref(), Some("i-real-primary"));
+        ec2.move_address("eip", "i-new", &["i-real-primary".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(ec2.holder("eip").as_deref(), Some("i-new"));
+    }
+}

@@ -1,0 +1,274 @@
+//! The failover flows: rebalance, interruption with and without a
+//! REPLICA, a failed promotion, switch, manual replica, an instance EC2
+//! took away, a coordinator killed mid-promotion.
+
+use super::{
+    InvariantChecker, Timings, WAIT, group, hook_flag, launched, put_config, wait_confirmed,
+    wait_role, wait_serving,
+};
+use crate::fleet::{Fleet, FleetOptions, default_pools};
+use crate::harness::eventually;
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+use std::time::{Duration, Instant, SystemTime};
+
+pub async fn rebalance() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), None).await?;
+    let t = Instant::now();
+    f.rebalance(&first)?;
+    let replica = eventually("a replica from the rebalance", WAIT, || async {
+        let inst = f.get("/v1/instances?group=db").await.ok()?;
+        inst.as_array()?.iter().find(|i| i["role"] == "replica")?["instance_id"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(replica != first);
+    ensure!(
+        f.primary("db").await?.as_deref() == Some(first.as_str()),
+        "a rebalance does not switch by itself"
+    );
+    // A second recommendation inside the window launches nothing more.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.rebalance(&first)?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(launched(&f).len() == 1, "damped: one launch per window");
+    f.check_no_overlap()?;
+    Ok(vec![("notice_to_replica_registered_s", took)])
+}
+
+pub async fn warm_failover() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    f.ec2.add_address("eipalloc-db", "203.0.113.5");
+    let first = group(
+        &f,
+        json!({"promotion": {"elastic_ip_allocation_id": "eipalloc-db"}}),
+        Some("i-db-replica"),
+    )
+    .await?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    f.interrupt(&first, Duration::from_secs(120))?;
+    wait_confirmed(&f, "db", Some("i-db-replica"), None).await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(f.role(&first).await? == "zombie");
+    ensure!(
+        f.ec2
+            .address("eipalloc-db")
+            .and_then(|a| a.instance_id)
+            .as_deref()
+            == Some("i-db-replica"),
+        "the address moved"
+    );
+    wait_serving(&f, "db", "i-db-replica").await?;
+    eventually("the old PRIMARY demoted", WAIT, || async {
+        (f.journal_key(&first, "role")? == "zombie").then_some(())
+    })
+    .await?;
+    checker.check().await?;
+    Ok(vec![("notice_to_new_primary_s", took)])
+}
+
+pub async fn cold_failover() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions {
+        boot_delay: Duration::from_secs(3),
+        ..FleetOptions::default()
+    })
+    .await?;
+    let first = group(&f, json!({}), None).await?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    let deadline = f.interrupt(&first, Duration::from_secs(40))?;
+    let new = wait_confirmed(&f, "db", None, Some(&first)).await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(
+        SystemTime::now() < deadline,
+        "new PRIMARY {new} confirmed after the notice time"
+    );
+    let l = launched(&f);
+    ensure!(l.len() == 1, "exactly one emergency launch: {l:?}");
+    ensure!(
+        !(l[0].instance_type == "m5.large" && l[0].availability_zone == "us-east-1a"),
+        "not into the interrupted pool"
+    );
+    wait_serving(&f, "db", &new).await?;
+    checker.check().await?;
+    Ok(vec![("notice_to_new_primary_s", took), ("boot_s", 3.0)])
+}
+
+pub async fn failed_promotion() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-bad")).await?;
+    f.add_instance("i-db-good", "c5.large", "us-east-1a", "db")
+        .await?;
+    wait_role(&f, "i-db-good", "replica").await?;
+    // The preferred candidate (another zone) cannot serve.
+    hook_flag(&f, "i-db-bad", "promote.fail", true)?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    f.interrupt(&first, Duration::from_secs(120))?;
+    wait_confirmed(&f, "db", Some("i-db-good"), None).await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(
+        f.role("i-db-bad").await? == "replica",
+        "it never became PRIMARY; fenced at a newer epoch"
+    );
+    let cmds = f.get("/v1/commands").await?;
+    let failed = cmds.as_array().into_iter().flatten().any(|c| {
+        c["command"]["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("promote-i-db-bad-"))
+            && c["state"] == "failed"
+    });
+    ensure!(failed, "the bad candidate was tried first and failed");
+    wait_serving(&f, "db", "i-db-good").await?;
+    checker.check().await?;
+    Ok(vec![("notice_to_new_primary_s", took)])
+}
+
+pub async fn switch() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    f.ec2.add_address("eipalloc-sw", "203.0.113.7");
+    let first = group(
+        &f,
+        json!({"promotion": {"elastic_ip_allocation_id": "eipalloc-sw"}}),
+        None,
+    )
+    .await?;
+    let checker = InvariantChecker::start(&f);
+    let (st, sw) = f
+        .api
+        .call(reqwest::Method::POST, "/v1/groups/db/switch", Some(&f.coord.admin_token),
+            Some(&json!({"pool": {"instance_type": "c5.large", "availability_zone": "us-east-1a"}, "request_id": "sw-1"})))
+        .await?;
+    ensure!(st.is_success(), "switch refused: {st} {sw}");
+    let done = eventually("switch done", WAIT, || async {
+        let list = f.get("/v1/groups/db/switches").await.ok()?;
+        let s = list.as_array()?.first()?.clone();
+        (s["state"] == "done").then_some(s)
+    })
+    .await?;
+    let new = done["to_instance"]
+        .as_str()
+        .context("to_instance")?
+        .to_owned();
+    ensure!(f.get(&format!("/v1/instances/{new}")).await?["instance_type"] == "c5.large");
+    wait_confirmed(&f, "db", Some(&new), None).await?;
+    ensure!(f.role(&first).await? == "zombie");
+    ensure!(
+        f.ec2
+            .address("eipalloc-sw")
+            .and_then(|a| a.instance_id)
+            .as_deref()
+            == Some(new.as_str())
+    );
+    let downtime = done["downtime_ms"].as_i64().context("downtime recorded")?;
+    ensure!((0..10_000).contains(&downtime), "downtime {downtime} ms");
+    wait_serving(&f, "db", &new).await?;
+    checker.check().await?;
+    Ok(vec![("downtime_s", downtime as f64 / 1000.0)])
+}
+
+pub async fn manual_replica() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    group(&f, json!({}), None).await?;
+    let t = Instant::now();
+    let (st, g) = put_config(
+        &f,
+        json!({"pools": default_pools(), "manual_replica": true}),
+    )
+    .await?;
+    ensure!(st.is_success(), "{g}");
+    let replica = eventually("one replica", WAIT, || async {
+        let inst = f.get("/v1/instances?group=db").await.ok()?;
+        inst.as_array()?.iter().find(|i| i["role"] == "replica")?["instance_id"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await?;
+    let took = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(launched(&f).len() == 1, "exactly one REPLICA");
+    let (st, v) = put_config(
+        &f,
+        json!({"pools": default_pools(), "manual_replica": true, "auto_switch": true}),
+    )
+    .await?;
+    ensure!(
+        st.as_u16() == 409 && v["rule"] == "auto_switch_excludes_manual_replica",
+        "auto-switch refused: {v}"
+    );
+    let (st, v) = put_config(
+        &f,
+        json!({"pools": default_pools(), "manual_replica": false}),
+    )
+    .await?;
+    ensure!(st.is_success(), "{v}");
+    ensure!(
+        f.role(&replica).await? == "terminated",
+        "OFF retires the REPLICA"
+    );
+    eventually("the replica terminated in EC2", WAIT, || async {
+        let i = f
+            .ec2
+            .instances()
+            .into_iter()
+            .find(|i| i.instance_id == replica)?;
+        (i.state == "shutting-down" || i.state == "terminated").then_some(())
+    })
+    .await?;
+    Ok(vec![("on_to_replica_registered_s", took)])
+}
+
+pub async fn terminated() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let t = Instant::now();
+    // EC2 takes the replica away; its agent dies with it. The PRIMARY's
+    // agent sees it in DescribeInstances.
+    f.lose("i-db-r");
+    wait_role(&f, "i-db-r", "terminated").await?;
+    let took = t.elapsed().as_secs_f64();
+    let audit = f.get("/v1/audit?entity=instance:i-db-r&limit=100").await?;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    ensure!(
+        actions.contains(&"registered_healthy") && actions.contains(&"instance_gone"),
+        "history kept: {actions:?}"
+    );
+    ensure!(f.primary("db").await?.as_deref() == Some(first.as_str()));
+    Ok(vec![("gone_to_terminated_s", took)])
+}
+
+pub async fn coordinator_crash() -> Result<Timings> {
+    let mut f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    // A slow promote hook keeps the promotion in flight.
+    f.with_node("i-db-r", |n| {
+        n.slow_hook("promote", Some(Duration::from_secs(2)))
+    })?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    f.interrupt(&first, Duration::from_secs(120))?;
+    eventually("promotion in flight", WAIT, || async {
+        (f.get("/v1/groups/db").await.ok()?["transition"]["phase"] == "promoting").then_some(())
+    })
+    .await?;
+    f.coord.restart_same_port()?;
+    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(f.role(&first).await? == "zombie");
+    ensure!(
+        f.get("/v1/groups/db").await?["transition"].is_null(),
+        "transition finished"
+    );
+    wait_serving(&f, "db", "i-db-r").await?;
+    checker.check().await?;
+    Ok(vec![("notice_to_new_primary_s", took)])
+}

@@ -1,0 +1,362 @@
+//! The fencing scenarios: each reproduces a way two PRIMARIES (or none)
+//! used to happen, and is judged by the workload ledger. See
+//! docs/STATE_MACHINE.md, "Fencing".
+
+use super::{
+    InvariantChecker, Timings, WAIT, fleet_with_lease, group, wait_confirmed, wait_serving,
+};
+use crate::fleet::{Fleet, FleetOptions};
+use crate::harness::eventually;
+use crate::ledger::{Ledger, monotonic_ns};
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// How `id`'s last serving interval in the ledger ended: `stop` (its
+/// demote hook), `killed` (the instance died), or `None` (still serving).
+fn how_it_ended(f: &Fleet, id: &str) -> Result<Option<String>> {
+    let text = std::fs::read_to_string(&f.ledger).unwrap_or_default();
+    let mut last = None;
+    for line in text.lines() {
+        let l: crate::ledger::Line = serde_json::from_str(line)?;
+        if l.instance == id {
+            last = (l.event != "start").then_some(l.event);
+        }
+    }
+    Ok(last)
+}
+
+fn group_epoch(v: &serde_json::Value) -> u64 {
+    v["epoch"].as_u64().unwrap_or(0)
+}
+
+/// A command of `kind` about `instance` finished `done`.
+async fn command_done(f: &Fleet, prefix: &str) -> Result<bool> {
+    let cmds = f.get("/v1/commands").await?;
+    Ok(cmds.as_array().into_iter().flatten().any(|c| {
+        c["command"]["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(prefix))
+            && c["state"] == "done"
+    }))
+}
+
+/// A PRIMARY cut off from the coordinator keeps serving until EC2 has
+/// terminated it (fenced by the REPLICA's agent); only then is the REPLICA
+/// promoted.
+pub async fn partition() -> Result<Timings> {
+    let f = fleet_with_lease("3s").await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let checker = InvariantChecker::start(&f);
+    let cut = Instant::now();
+    f.partition(&first)?;
+    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+    wait_serving(&f, "db", "i-db-r").await?;
+    let took = cut.elapsed().as_secs_f64();
+    ensure!(
+        how_it_ended(&f, &first)?.as_deref() == Some("killed"),
+        "the partitioned PRIMARY served until EC2 terminated it"
+    );
+    ensure!(
+        f.journal_key(&first, "self_demoted_at_ms").is_none(),
+        "it never stopped on its own: a partition is not an outage"
+    );
+    ensure!(
+        command_done(&f, &format!("fence-{first}-")).await?,
+        "fenced through EC2"
+    );
+    checker.check().await?;
+    Ok(vec![("cut_to_new_primary_serving_s", took)])
+}
+
+/// A promote hook slower than the promotion timeout: the candidate is
+/// rolled over, its hook killed when it accepts the newer epoch, and the
+/// next candidate is promoted only once it is fenced. It never serves.
+pub async fn slow_promote() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-slow")).await?;
+    f.add_instance("i-db-ok", "c5.large", "us-east-1a", "db")
+        .await?;
+    super::wait_role(&f, "i-db-ok", "replica").await?;
+    f.with_node("i-db-slow", |n| {
+        n.slow_hook("promote", Some(Duration::from_secs(40)))
+    })?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    f.interrupt(&first, Duration::from_secs(120))?;
+    wait_confirmed(&f, "db", Some("i-db-ok"), None).await?;
+    wait_serving(&f, "db", "i-db-ok").await?;
+    let took = t.elapsed().as_secs_f64();
+    let ledger = f.ledger()?;
+    ensure!(
+        ledger.groups["db"]
+            .iter()
+            .all(|i| i.instance != "i-db-slow"),
+        "the slow candidate never served"
+    );
+    let cmds = f.get("/v1/commands").await?;
+    let slow: Vec<String> = cmds
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["command"]["request_id"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("promote-i-db-slow-"))
+        })
+        .map(|c| c["state"].as_str().unwrap_or("").to_owned())
+        .collect();
+    ensure!(
+        !slow.is_empty() && slow.iter().all(|s| s != "done"),
+        "its late promotion never counted: {slow:?}"
+    );
+    // Long after, its hook would have finished: still not serving.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(f.ledger()?.serving_now("db").map(|i| i.instance.as_str()) == Some("i-db-ok"));
+    checker.check().await?;
+    Ok(vec![("notice_to_new_primary_s", took)])
+}
+
+/// A SIGSTOPped agent on a PRIMARY whose workload keeps running: the
+/// coordinator cannot demote it, so it fences it through EC2 first.
+pub async fn frozen_agent() -> Result<Timings> {
+    let f = fleet_with_lease("3s").await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    f.with_node(&first, |n| n.agent.freeze(true))?;
+    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+    wait_serving(&f, "db", "i-db-r").await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(how_it_ended(&f, &first)?.as_deref() == Some("killed"));
+    checker.check().await?;
+    Ok(vec![("freeze_to_new_primary_serving_s", took)])
+}
+
+/// A coordinator frozen for 40 s (longer than the lease and the promotion
+/// timeout): the PRIMARY keeps serving throughout, nothing fails over when
+/// it resumes, and store and agents agree afterwards.
+pub async fn frozen_coordinator() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let before = f.get("/v1/groups/db").await?;
+    let checker = InvariantChecker::start(&f);
+    let t0 = monotonic_ns();
+    f.coord.freeze(true)?;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    f.coord.freeze(false)?;
+    // Time for the coordinator to catch up and for any mistake to show.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = f.get("/v1/groups/db").await?;
+    ensure!(
+        group_epoch(&after) == group_epoch(&before) && after["primary"] == before["primary"],
+        "nothing failed over: before {before}, after {after}"
+    );
+    ensure!(
+        after["transition"].is_null(),
+        "no replacement started: {after}"
+    );
+    let ledger: Ledger = f.ledger()?;
+    let unserved = ledger.unserved_ns("db", t0, ledger.horizon_ns);
+    ensure!(
+        unserved == 0,
+        "the PRIMARY stopped serving for {} ms",
+        unserved / 1_000_000
+    );
+    ensure!(
+        ledger.serving_now("db").map(|i| i.instance.as_str()) == Some(first.as_str()),
+        "still the same PRIMARY serving"
+    );
+    let inst = f.get(&format!("/v1/instances/{first}")).await?;
+    eventually("store and agent agree", WAIT, || async {
+        let role = f.journal_key(&first, "role")?;
+        let epoch: u64 = f.journal_key(&first, "role_epoch")?.parse().ok()?;
+        (role == "primary" && Some(epoch) == inst["role_epoch"].as_u64()).then_some(())
+    })
+    .await?;
+    checker.check().await?;
+    Ok(vec![
+        ("frozen_s", 40.0),
+        ("unserved_s", unserved as f64 / 1e9),
+    ])
+}
+
+/// A coordinator killed (heartbeats it had not persisted lost) and
+/// restarted 20 s later: no failover, the PRIMARY serves throughout.
+pub async fn coordinator_restart() -> Result<Timings> {
+    let mut f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let before = f.get("/v1/groups/db").await?;
+    let checker = InvariantChecker::start(&f);
+    let t0 = monotonic_ns();
+    f.coord.kill9();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    f.coord.start_again()?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = f.get("/v1/groups/db").await?;
+    ensure!(
+        group_epoch(&after) == group_epoch(&before) && after["primary"] == before["primary"],
+        "nothing failed over: before {before}, after {after}"
+    );
+    let ledger = f.ledger()?;
+    let unserved = ledger.unserved_ns("db", t0, ledger.horizon_ns);
+    ensure!(
+        unserved == 0,
+        "the PRIMARY stopped serving for {} ms",
+        unserved / 1_000_000
+    );
+    ensure!(ledger.serving_now("db").map(|i| i.instance.as_str()) == Some(first.as_str()));
+    checker.check().await?;
+    Ok(vec![("down_s", 20.0)])
+}
+
+/// The coordinator restarts onto an older copy of its store (a restore):
+/// the agents' epochs are above the store's. The store converges to them
+/// (the real PRIMARY kept, its epoch adopted) and never promotes a second.
+pub async fn restored_store() -> Result<Timings> {
+    let mut f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let db = f.coord.data_dir.join("coordinator.db");
+    let backup = f.root.join("backup.db");
+    {
+        let c = rusqlite::Connection::open(&db)?;
+        c.execute("VACUUM INTO ?1", [backup.display().to_string()])?;
+    }
+    let checker = InvariantChecker::start(&f);
+    f.interrupt(&first, Duration::from_secs(120))?;
+    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+    wait_serving(&f, "db", "i-db-r").await?;
+    let real_epoch = group_epoch(&f.get("/v1/groups/db").await?);
+    f.coord.kill9();
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(f.coord.data_dir.join(format!("coordinator.db{ext}")));
+    }
+    std::fs::copy(&backup, &db)?;
+    let t = Instant::now();
+    f.coord.start_again()?;
+    let g = f.get("/v1/groups/db").await?;
+    ensure!(
+        group_epoch(&g) < real_epoch && g["primary"] == first.as_str(),
+        "the restored store is behind: {g}"
+    );
+    let converged = eventually("the store converged to the agents", WAIT, || async {
+        let g = f.get("/v1/groups/db").await.ok()?;
+        (g["primary"] == "i-db-r" && group_epoch(&g) >= real_epoch).then_some(g)
+    })
+    .await?;
+    let took = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(
+        f.ledger()?.serving_now("db").map(|i| i.instance.as_str()) == Some("i-db-r"),
+        "the real PRIMARY kept serving"
+    );
+    let audit = f.get("/v1/audit?entity=group:db&limit=1000").await?;
+    ensure!(
+        audit
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["action"] == "converged"),
+        "audited: {converged}"
+    );
+    checker.check().await?;
+    Ok(vec![("restart_to_converged_s", took)])
+}
+
+/// A lone PRIMARY whose instance disappears without a notice, its agent
+/// with it: no live agent in the group, so the coordinator's executor
+/// launches a replacement, which is promoted once the old one is fenced.
+pub async fn lost_primary() -> Result<Timings> {
+    let f = fleet_with_lease("3s").await?;
+    let first = group(&f, json!({}), None).await?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    f.lose(&first);
+    let new = wait_confirmed(&f, "db", None, Some(&first)).await?;
+    wait_serving(&f, "db", &new).await?;
+    let took = t.elapsed().as_secs_f64();
+    let cmds = f.get("/v1/commands").await?;
+    ensure!(
+        cmds.as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| { c["command"]["action"]["kind"] == "launch" && c["agent_id"].is_null() }),
+        "the coordinator launched it itself"
+    );
+    checker.check().await?;
+    Ok(vec![("lost_to_new_primary_serving_s", took)])
+}
+
+/// The journal of a PRIMARY's agent starts failing: the agent stops the
+/// workload (demote hook) and exits; the coordinator fences the silent
+/// instance and promotes the REPLICA.
+pub async fn journal_failure() -> Result<Timings> {
+    let f = fleet_with_lease("3s").await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    f.with_node(&first, |n| n.journal_faults(true))?;
+    let status = eventually("the agent to exit", WAIT, || async {
+        f.with_node(&first, |n| Ok(n.agent.exited())).ok().flatten()
+    })
+    .await?;
+    ensure!(
+        !status.success(),
+        "it exits non-zero for systemd to restart it"
+    );
+    ensure!(
+        how_it_ended(&f, &first)?.as_deref() == Some("stop"),
+        "it stopped serving before exiting"
+    );
+    let stopped = t.elapsed().as_secs_f64();
+    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+    wait_serving(&f, "db", "i-db-r").await?;
+    let took = t.elapsed().as_secs_f64();
+    checker.check().await?;
+    Ok(vec![
+        ("fault_to_stop_s", stopped),
+        ("fault_to_new_primary_s", took),
+    ])
+}
+
+/// A disk cloned from a running agent's instance: the clone's agent sees a
+/// journal bound to another instance, sets it aside and registers afresh.
+pub async fn shared_identity() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), None).await?;
+    let original = f
+        .journal_key(&first, "agent_id")
+        .context("first agent id")?;
+    let t = Instant::now();
+    f.add_clone("i-db-clone", &first, "db").await?;
+    let clone_id = eventually("the clone registered", WAIT, || async {
+        let id = f.journal_key("i-db-clone", "agent_id")?;
+        (id != original).then_some(id)
+    })
+    .await?;
+    let took = t.elapsed().as_secs_f64();
+    super::wait_role(&f, "i-db-clone", "replica").await?;
+    let agents = f.get("/v1/agents?group=db").await?;
+    let online: Vec<(&str, &str)> = agents
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["status"] == "online")
+        .filter_map(|a| Some((a["agent_id"].as_str()?, a["instance_id"].as_str()?)))
+        .collect();
+    ensure!(
+        online.contains(&(original.as_str(), first.as_str()))
+            && online.contains(&(clone_id.as_str(), "i-db-clone")),
+        "two instances, two identities: {online:?}"
+    );
+    let set_aside = std::fs::read_dir(f.root.join("i-db-clone"))?
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("journal.db.of-{first}-"))
+        });
+    ensure!(set_aside, "the cloned journal was set aside, not used");
+    ensure!(f.primary("db").await?.as_deref() == Some(first.as_str()));
+    Ok(vec![("clone_to_registered_s", took)])
+}

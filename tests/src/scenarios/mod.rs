@@ -1,0 +1,261 @@
+//! The failover and fencing flows as named scenarios on the fleet
+//! simulator, each ending with a verdict and its timings. `spot-sim
+//! scenario NAME` runs them from the command line; the end-to-end tests
+//! run the same code.
+//!
+//! Every scenario is judged by what the **workloads** did (the fleet's
+//! ledger): no two instances of a group ever served at once. A checker
+//! also samples every running agent's journal: an agent's highest accepted
+//! epoch never goes backwards.
+
+mod failover;
+mod fencing;
+
+use crate::fleet::{Fleet, FleetOptions};
+use crate::harness::eventually;
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Timings of a passed scenario, in seconds.
+pub type Timings = Vec<(&'static str, f64)>;
+
+type Run = fn() -> Pin<Box<dyn Future<Output = Result<Timings>> + Send>>;
+
+/// Every scenario, by name.
+pub const SCENARIOS: &[(&str, Run)] = &[
+    ("rebalance", || Box::pin(failover::rebalance())),
+    ("warm-failover", || Box::pin(failover::warm_failover())),
+    ("cold-failover", || Box::pin(failover::cold_failover())),
+    (
+        "failed-promotion",
+        || Box::pin(failover::failed_promotion()),
+    ),
+    ("switch", || Box::pin(failover::switch())),
+    ("manual-replica", || Box::pin(failover::manual_replica())),
+    ("terminated", || Box::pin(failover::terminated())),
+    ("coordinator-crash", || {
+        Box::pin(failover::coordinator_crash())
+    }),
+    ("partition", || Box::pin(fencing::partition())),
+    ("slow-promote", || Box::pin(fencing::slow_promote())),
+    ("frozen-agent", || Box::pin(fencing::frozen_agent())),
+    ("frozen-coordinator", || {
+        Box::pin(fencing::frozen_coordinator())
+    }),
+    ("coordinator-restart", || {
+        Box::pin(fencing::coordinator_restart())
+    }),
+    ("restored-store", || Box::pin(fencing::restored_store())),
+    ("lost-primary", || Box::pin(fencing::lost_primary())),
+    ("journal-failure", || Box::pin(fencing::journal_failure())),
+    ("shared-identity", || Box::pin(fencing::shared_identity())),
+];
+
+pub fn names() -> Vec<&'static str> {
+    SCENARIOS.iter().map(|(n, _)| *n).collect()
+}
+
+/// Run one scenario by name.
+pub async fn run(name: &str) -> Result<Timings> {
+    match SCENARIOS.iter().find(|(n, _)| *n == name) {
+        Some((_, f)) => f().await,
+        None => anyhow::bail!("no scenario {name:?}; known: {}", names().join(", ")),
+    }
+}
+
+/// Samples every running agent's journal until stopped; at the end, reads
+/// the ledger.
+pub struct InvariantChecker {
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<Vec<String>>,
+    ledger: std::path::PathBuf,
+}
+
+impl InvariantChecker {
+    pub fn start(f: &Fleet) -> InvariantChecker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, nodes) = (Arc::clone(&stop), Arc::clone(&f.nodes));
+        let handle = tokio::spawn(async move {
+            let mut problems = Vec::new();
+            let mut epochs: HashMap<String, u64> = HashMap::new();
+            while !s.load(Ordering::Relaxed) {
+                let seen: Vec<(String, Option<u64>)> = nodes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter(|(_, n)| n.alive)
+                    .map(|(id, n)| (id.clone(), n.agent.highest_epoch()))
+                    .collect();
+                for (id, e) in seen {
+                    let Some(e) = e else { continue };
+                    let last = epochs.entry(id.clone()).or_insert(e);
+                    if e < *last {
+                        problems.push(format!("{id}'s highest epoch went back from {last} to {e}"));
+                    }
+                    *last = e;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            problems
+        });
+        InvariantChecker {
+            stop,
+            handle,
+            ledger: f.ledger.clone(),
+        }
+    }
+
+    /// Stop and return the violations seen, overlaps of serving included.
+    pub async fn finish(self) -> Result<Vec<String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut v = self.handle.await?;
+        for o in crate::ledger::Ledger::read(&self.ledger)?.overlaps() {
+            v.push(format!(
+                "{} and {} of {} served at once for {:.3} s",
+                o.a.instance,
+                o.b.instance,
+                o.group,
+                (o.to_ns - o.from_ns) as f64 / 1e9
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Stop; fail on any violation.
+    pub async fn check(self) -> Result<()> {
+        let v = self.finish().await?;
+        ensure!(v.is_empty(), "invariant violations: {v:?}");
+        Ok(())
+    }
+}
+
+/// The confirmed PRIMARY once it is `want` (any when None) and not `not`.
+pub async fn wait_confirmed(
+    f: &Fleet,
+    group: &str,
+    want: Option<&str>,
+    not: Option<&str>,
+) -> Result<String> {
+    eventually("a confirmed PRIMARY", WAIT, || async {
+        let p = f.confirmed_primary(group).await.ok().flatten()?;
+        (want.is_none_or(|w| w == p) && not.is_none_or(|n| n != p)).then_some(p)
+    })
+    .await
+}
+
+pub async fn wait_role(f: &Fleet, id: &str, role: &str) -> Result<()> {
+    eventually(&format!("{id} to be {role}"), WAIT, || async {
+        (f.role(id).await.ok()? == role).then_some(())
+    })
+    .await
+}
+
+/// Wait until `id`'s workload serves `group` (per the ledger).
+pub async fn wait_serving(f: &Fleet, group: &str, id: &str) -> Result<()> {
+    eventually(&format!("{id} serving {group}"), WAIT, || async {
+        let l = f.ledger().ok()?;
+        (l.serving_now(group)?.instance == id).then_some(())
+    })
+    .await
+}
+
+/// A hook file flag: `promote.fail`, `demote.fail`.
+pub fn hook_flag(f: &Fleet, instance: &str, name: &str, on: bool) -> Result<()> {
+    f.with_node(instance, |n| {
+        let p = n.agent.hooks_dir.join(name);
+        if on {
+            std::fs::write(p, "1")?;
+        } else if p.exists() {
+            std::fs::remove_file(p)?;
+        }
+        Ok(())
+    })
+}
+
+pub fn launched(f: &Fleet) -> Vec<crate::ec2_sim::SimInstance> {
+    f.ec2
+        .instances()
+        .into_iter()
+        .filter(|i| i.client_token.is_some())
+        .collect()
+}
+
+/// A group `db` with a confirmed, serving PRIMARY and (optionally) a
+/// REPLICA in another zone.
+pub async fn group(f: &Fleet, config: Value, replica: Option<&str>) -> Result<String> {
+    let first = f.group("db", config).await?;
+    wait_confirmed(f, "db", Some(&first), None).await?;
+    wait_serving(f, "db", &first).await?;
+    if let Some(r) = replica {
+        f.add_instance(r, "m5.large", "us-east-1b", "db").await?;
+        wait_role(f, r, "replica").await?;
+        // A REPLICA joining must not displace a healthy PRIMARY (it once
+        // did, when the PRIMARY's first heartbeat was not persisted yet).
+        ensure!(
+            f.primary("db").await?.as_deref() == Some(first.as_str()),
+            "the PRIMARY changed when a REPLICA joined"
+        );
+    }
+    Ok(first)
+}
+
+pub async fn put_config(f: &Fleet, config: Value) -> Result<(reqwest::StatusCode, Value)> {
+    let version = f.get("/v1/groups/db").await?["version"]
+        .as_i64()
+        .context("version")?;
+    f.api
+        .call(
+            reqwest::Method::PUT,
+            "/v1/groups/db",
+            Some(&f.coord.admin_token),
+            Some(&json!({"config": config, "version": version})),
+        )
+        .await
+}
+
+/// The partition scenario with fencing switched off (a test-build-only
+/// coordinator flag): the checker must report the two PRIMARIES. Returns
+/// the violations it saw.
+pub async fn partition_without_fencing() -> Result<Vec<String>> {
+    let mut opts = FleetOptions::default();
+    opts.coordinator_args.extend([
+        "--lease".into(),
+        "3s".into(),
+        "--unsafe-silence-is-death".into(),
+    ]);
+    let f = Fleet::start(opts).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let checker = InvariantChecker::start(&f);
+    f.partition(&first)?;
+    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+    wait_serving_too(&f, "i-db-r").await?;
+    checker.finish().await
+}
+
+async fn wait_serving_too(f: &Fleet, id: &str) -> Result<()> {
+    eventually(&format!("{id} serving"), WAIT, || async {
+        let l = f.ledger().ok()?;
+        l.groups
+            .get("db")?
+            .iter()
+            .any(|i| i.instance == id && i.end_ns.is_none())
+            .then_some(())
+    })
+    .await
+}
+
+/// A fleet with the default options and a lease of `lease`.
+pub async fn fleet_with_lease(lease: &str) -> Result<Fleet> {
+    let mut opts = FleetOptions::default();
+    opts.coordinator_args
+        .extend(["--lease".into(), lease.into()]);
+    Fleet::start(opts).await
+}
