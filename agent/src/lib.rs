@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;

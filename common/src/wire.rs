@@ -2,7 +2,7 @@
 //!
 //! Requests are strict (`deny_unknown_fields`: a typo is an error, not a
 //! silently ignored field); responses are lenient so an older agent can read
-//! a newer coordinator. docs/openapi.yaml describes the same shapes.
+//! a newer coordinator. docs/openapi.json describes the same shapes.
 
 use crate::command::{Command, CommandState, Event, NoticeKind, PricePoint};
 use crate::types::{AgentStatus, GroupConfig, Phase, Pool, Role, SwitchState};

@@ -86,6 +86,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let state = crate::prepare(config)?;
-        crate::run(state, listener, crate::shutdown_signal()).await
+        crate::run(state, listener, spot_runtime::supervise::shutdown_signal()).await
     })
 }

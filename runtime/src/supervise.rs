@@ -64,8 +64,11 @@ impl Supervisor {
     ) -> anyhow::Result<()> {
         let mut failure = None;
         tokio::select! {
-            _ = shutdown => tracing::info!("shutting down"),
+            // Biased: a task that returned because shutdown was asked for
+            // (the token is already cancelled) is not a failure.
+            biased;
             _ = self.token.cancelled() => tracing::info!("shutting down"),
+            _ = shutdown => tracing::info!("shutting down"),
             Some(ended) = self.tasks.join_next_with_id() => {
                 let (name, why) = self.describe(ended);
                 let why = why.unwrap_or_else(|| "ended".to_owned());
@@ -89,6 +92,23 @@ impl Supervisor {
         match failure {
             None => Ok(()),
             Some(f) => anyhow::bail!("{f}"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (the shutdown a service manager asks for).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
@@ -134,6 +154,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("monitor ended"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_because_shutdown_was_asked_is_not_a_failure() {
+        let mut s = Supervisor::new(CancellationToken::new());
+        let token = s.token();
+        s.spawn("outbox", waits(s.token()));
+        token.cancel();
+        // Let the task observe the cancellation and finish first.
+        tokio::task::yield_now().await;
+        assert!(
+            s.wait(std::future::pending(), Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test(start_paused = true)]
