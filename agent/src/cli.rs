@@ -1,8 +1,33 @@
-//! The `spot-agent` subcommands: what `main` dispatches to.
+//! The `spot-agent` command line: flags, subcommands, and what each runs.
 
 use crate::config::{Config, RunArgs};
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Spot optimizer edge agent: watches instance metadata for spot
+/// interruption and rebalance notices, journals them, and executes the
+/// coordinator's commands exactly once. Every config key is also a flag and
+/// a SPOT_AGENT_* environment variable (flag > environment > file > default).
+#[derive(Parser)]
+#[command(name = "spot-agent", version)]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "SPOT_AGENT_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Parse the command line, set up logging, run; a failure is logged and
+/// printed, and the exit code says it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    spot_runtime::telemetry::init(cli.log_json);
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    spot_runtime::telemetry::exit_code("spot-agent", run(cli.command))
+}
 
 #[derive(Subcommand)]
 pub enum Command {

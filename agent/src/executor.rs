@@ -170,37 +170,33 @@ async fn until_superseded(agent: &Agent, cmd: &Command) -> String {
     }
 }
 
+/// Launch through EC2 with the request id as ClientToken: a relaunch after
+/// a crash finds the instance the first attempt created.
+async fn launch(agent: &Agent, cmd: &Command, attempts: i64) -> Outcome {
+    let Some(spec) = LaunchSpec::of(cmd) else {
+        return Outcome::failed("not a launch command");
+    };
+    crate::crash_point!("before_ec2_call");
+    if attempts > 1 {
+        tracing::info!(request_id = %cmd.request_id, attempts, "relaunching with the same ClientToken");
+    }
+    match agent.ec2.launch(&spec).await {
+        Ok(id) => {
+            crate::crash_point!("after_ec2_call");
+            tracing::info!(instance_id = %id, pool = %spec.pool, "instance launched");
+            Outcome {
+                instance_id: Some(id),
+                ..Outcome::done()
+            }
+        }
+        Err(e) => Outcome::ec2(e),
+    }
+}
+
 /// The side effect of a command.
 async fn perform(agent: &Agent, cmd: &Command, attempts: i64) -> Outcome {
     match &cmd.action {
-        CommandKind::Launch {
-            pool,
-            launch_template_id,
-            ..
-        } => {
-            let spec = LaunchSpec {
-                request_id: cmd.request_id.clone(),
-                group: cmd.group.clone(),
-                pool: pool.clone(),
-                launch_template_id: launch_template_id.clone(),
-                spot: true,
-            };
-            crate::crash_point!("before_ec2_call");
-            if attempts > 1 {
-                tracing::info!(request_id = %cmd.request_id, attempts, "relaunching with the same ClientToken");
-            }
-            match agent.ec2.launch(&spec).await {
-                Ok(id) => {
-                    crate::crash_point!("after_ec2_call");
-                    tracing::info!(instance_id = %id, %pool, "instance launched");
-                    Outcome {
-                        instance_id: Some(id),
-                        ..Outcome::done()
-                    }
-                }
-                Err(e) => Outcome::ec2(e),
-            }
-        }
+        CommandKind::Launch { .. } => launch(agent, cmd, attempts).await,
         CommandKind::Promote {
             promotion,
             address_from,
@@ -238,9 +234,7 @@ async fn perform(agent: &Agent, cmd: &Command, attempts: i64) -> Outcome {
             if let Some(stop) = superseded_or_late(agent, cmd) {
                 return stop;
             }
-            let within =
-                Duration::from_millis(u64::try_from(cmd.deadline_ms - agent.now_ms()).unwrap_or(0))
-                    .max(Duration::from_secs(10));
+            let within = ec2::fence_window(cmd.deadline_ms, agent.now_ms());
             tracing::warn!(target_instance = %instance_id, epoch = cmd.epoch, "fencing through EC2: terminating and waiting for terminated");
             match ec2::fence(
                 agent.ec2.as_ref(),

@@ -209,6 +209,11 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// Run hook `name` of `dir` with the test environment, never cancelled.
+    async fn run(dir: &Path, name: &str, timeout: Duration) -> HookRun {
+        run_hook(dir, name, &env(), timeout, pending()).await
+    }
+
     fn env() -> HookEnv<'static> {
         HookEnv {
             request_id: "r-1",
@@ -221,19 +226,9 @@ mod tests {
     #[tokio::test]
     async fn hook_gets_its_environment_and_output_is_captured() {
         let d = tempfile::tempdir().unwrap();
-        script(
-            d.path(),
-            "promote",
-            "echo $SPOT_REQUEST_ID $SPOT_GROUP $SPOT_EPOCH $SPOT_ROLE; echo oops >&2",
-        );
-        let r = run_hook(
-            d.path(),
-            "promote",
-            &env(),
-            Duration::from_secs(5),
-            pending(),
-        )
-        .await;
+        let body = "echo $SPOT_REQUEST_ID $SPOT_GROUP $SPOT_EPOCH $SPOT_ROLE; echo oops >&2";
+        script(d.path(), "promote", body);
+        let r = run(d.path(), "promote", Duration::from_secs(5)).await;
         assert!(r.ran && r.success, "{r:?}");
         assert!(r.output.contains("r-1 db 7 primary"), "{}", r.output);
         assert!(r.output.contains("[stderr]\noops"));
@@ -242,37 +237,17 @@ mod tests {
     #[tokio::test]
     async fn missing_hook_is_fine_failing_or_slow_hook_is_not() {
         let d = tempfile::tempdir().unwrap();
-        let r = run_hook(
-            d.path(),
-            "demote",
-            &env(),
-            Duration::from_secs(1),
-            pending(),
-        )
-        .await;
+        let r = run(d.path(), "demote", Duration::from_secs(1)).await;
         assert!(!r.ran && r.success);
         script(d.path(), "demote", "exit 3");
         assert!(
-            !run_hook(
-                d.path(),
-                "demote",
-                &env(),
-                Duration::from_secs(5),
-                pending()
-            )
-            .await
-            .success
+            !run(d.path(), "demote", Duration::from_secs(5))
+                .await
+                .success
         );
         script(d.path(), "promote", "sleep 30");
         let t = std::time::Instant::now();
-        let r = run_hook(
-            d.path(),
-            "promote",
-            &env(),
-            Duration::from_millis(300),
-            pending(),
-        )
-        .await;
+        let r = run(d.path(), "promote", Duration::from_millis(300)).await;
         assert!(!r.success && r.output.contains("timed out"));
         assert!(t.elapsed() < Duration::from_secs(5));
     }
@@ -304,19 +279,9 @@ mod tests {
     #[tokio::test]
     async fn output_is_bounded() {
         let d = tempfile::tempdir().unwrap();
-        script(
-            d.path(),
-            "promote",
-            "head -c 1000000 /dev/zero | tr '\\0' x",
-        );
-        let r = run_hook(
-            d.path(),
-            "promote",
-            &env(),
-            Duration::from_secs(10),
-            pending(),
-        )
-        .await;
+        let body = "head -c 1000000 /dev/zero | tr '\\0' x";
+        script(d.path(), "promote", body);
+        let r = run(d.path(), "promote", Duration::from_secs(10)).await;
         assert!(r.success);
         assert!(r.output.len() < MAX_OUTPUT + 200, "{}", r.output.len());
     }

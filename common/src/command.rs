@@ -2,6 +2,7 @@
 //! messages of the agent protocol.
 
 use crate::types::{Pool, Promotion};
+pub use crate::vocab::{CommandOutcome, CommandState, NoticeKind};
 use serde::{Deserialize, Serialize};
 
 /// What a command asks an agent to do.
@@ -75,47 +76,6 @@ pub struct Command {
     pub epoch: u64,
     /// Unix milliseconds after which the command must not start.
     pub deadline_ms: i64,
-}
-
-crate::string_enum! {
-    /// Kinds of interruption signal an agent watches in IMDS.
-    pub enum NoticeKind("notice kind") {
-        /// `spot/instance-action`: two minutes left.
-        Interruption = "interruption",
-        /// `events/recommendations/rebalance`: early warning.
-        Rebalance = "rebalance",
-        /// `events/maintenance/scheduled`.
-        ScheduledMaintenance = "scheduled_maintenance",
-        /// A body that did not parse; kept for the operator, never fatal.
-        Malformed = "malformed",
-    }
-}
-
-crate::string_enum! {
-    /// Outcome of a command on the agent.
-    pub enum CommandOutcome("command outcome") {
-        Done = "done",
-        Failed = "failed",
-        /// Refused because its epoch is below the highest the agent has seen.
-        Stale = "stale",
-        /// Not started before its deadline.
-        Expired = "expired",
-    }
-}
-
-crate::string_enum! {
-    /// Where a command is in the coordinator's queue.
-    pub enum CommandState("command state") {
-        Queued = "queued",
-        /// Handed to the agent; handed again after `redeliver_after`.
-        Delivered = "delivered",
-        Done = "done",
-        Failed = "failed",
-        Stale = "stale",
-        Expired = "expired",
-        /// Withdrawn by the coordinator (a rolled-over promotion).
-        Cancelled = "cancelled",
-    }
 }
 
 impl CommandState {

@@ -16,6 +16,7 @@ pub mod pricing;
 pub mod retry;
 pub mod state;
 pub mod types;
+pub mod vocab;
 pub mod wire;
 
 pub use command::*;

@@ -10,27 +10,8 @@
 //! live here once and the database constraints are the second line.
 
 use crate::types::Role;
+pub use crate::vocab::RoleEvent;
 use std::collections::BTreeMap;
-
-crate::string_enum! {
-    /// Something that happens to one instance and may change its role.
-    /// (A PRIMARY replacement in progress is a group's *transition*; this
-    /// is the per-instance event.)
-    pub enum RoleEvent("role event") {
-        /// Its agent registered and reported healthy.
-        RegisteredHealthy = "registered_healthy",
-        /// The launch failed or the instance did not register in time.
-        LaunchFailed = "launch_failed",
-        /// Become PRIMARY (demotes the current PRIMARY in the same step).
-        Promote = "promote",
-        /// Stop being PRIMARY.
-        Demote = "demote",
-        /// Planned removal: replica off, zombie retention, bulk terminate.
-        Retire = "retire",
-        /// EC2 says the instance is gone.
-        InstanceGone = "instance_gone",
-    }
-}
 
 /// A refused role change, naming the rule it broke (stable, for API errors).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

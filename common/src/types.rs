@@ -1,6 +1,7 @@
 //! Domain types shared by the agent, the coordinator and the simulators:
 //! roles, statuses, pools, group configuration, actors.
 
+pub use crate::vocab::{AgentStatus, Phase, Role, SwitchState};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -8,55 +9,6 @@ use std::fmt;
 pub const PRIORITY_EMERGENCY: i64 = 100;
 /// Priority of routine work (cleanup, planned switches).
 pub const PRIORITY_NORMAL: i64 = 10;
-
-crate::string_enum! {
-    /// Role of an instance in its group. See docs/STATE_MACHINE.md.
-    #[derive(Default)]
-    pub enum Role("role") {
-        /// Every instance starts here.
-        #[default]
-        Launching = "launching",
-        Replica = "replica",
-        Primary = "primary",
-        Zombie = "zombie",
-        Failed = "failed",
-        Terminated = "terminated",
-    }
-}
-
-crate::string_enum! {
-    /// Liveness of an agent as the coordinator sees it. An agent that stops
-    /// heartbeating is OFFLINE, never TERMINATED (invariant 4): only EC2
-    /// decides that an instance is gone.
-    pub enum AgentStatus("agent status") {
-        Online = "online",
-        Offline = "offline",
-        /// Replaced by a newer registration from the same instance.
-        Replaced = "replaced",
-        /// Deleted by an operator; history stays linked.
-        Deleted = "deleted",
-    }
-}
-
-crate::string_enum! {
-    /// Phase of a PRIMARY replacement in progress (docs/STATE_MACHINE.md).
-    pub enum Phase("transition phase") {
-        /// T1 done: waiting for the old PRIMARY to be fenced.
-        Demoting = "demoting",
-        /// T2 done: waiting for the candidate to confirm.
-        Promoting = "promoting",
-    }
-}
-
-crate::string_enum! {
-    /// State of a manual switch.
-    pub enum SwitchState("switch state") {
-        /// Launching the instance in the target pool, then replacing.
-        Launching = "launching",
-        Done = "done",
-        Failed = "failed",
-    }
-}
 
 /// A spot capacity pool as configured: where to launch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -71,6 +23,15 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool without a subnet of its own (the launch template names one).
+    pub fn new(instance_type: &str, availability_zone: &str) -> Pool {
+        Pool {
+            instance_type: instance_type.to_owned(),
+            availability_zone: availability_zone.to_owned(),
+            subnet_id: None,
+        }
+    }
+
     pub fn key(&self) -> PoolKey {
         PoolKey::new(&self.instance_type, &self.availability_zone)
     }
@@ -293,11 +254,7 @@ mod tests {
 
     #[test]
     fn duplicate_pool_is_refused() {
-        let p = Pool {
-            instance_type: "m5.large".into(),
-            availability_zone: "us-east-1a".into(),
-            subnet_id: None,
-        };
+        let p = Pool::new("m5.large", "us-east-1a");
         let mut q = p.clone();
         q.subnet_id = Some("subnet-1".into());
         let c = GroupConfig {

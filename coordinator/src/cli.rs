@@ -1,11 +1,34 @@
-//! The `spot-coordinator` subcommands: what `main` dispatches to.
+//! The `spot-coordinator` command line: flags, subcommands, and what each runs.
 
 use crate::config::{Config, ServeArgs};
 use crate::store::{Ctx, Db, StoreError};
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
+
+/// Spot optimizer coordinator: fleet state, PRIMARY arbitration, agent and
+/// operator API. Options may also come from a TOML file (--config) and from
+/// SPOT_COORDINATOR_* environment variables; flags win over the
+/// environment, which wins over the file.
+#[derive(Parser)]
+#[command(name = "spot-coordinator", version)]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "SPOT_COORDINATOR_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Parse the command line, set up logging, run; a failure is logged and
+/// printed, and the exit code says it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    spot_runtime::telemetry::init(cli.log_json);
+    spot_runtime::telemetry::exit_code("spot-coordinator", run(cli.command))
+}
 
 #[derive(Subcommand)]
 pub enum Command {

@@ -45,7 +45,7 @@ pub async fn run(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<(
         let cmds = match state
             .db
             .transact(Ctx::system(crate::now_ms()), move |tx| {
-                tx.take_coordinator_commands(redeliver, 16)
+                tx.take_commands(None, redeliver, 16)
             })
             .await
         {
@@ -101,21 +101,17 @@ fn failed(cmd: &Command, e: ec2::Ec2Error) -> EventBody {
 async fn execute(state: &AppState, ec2: &dyn Ec2Api, cmd: &Command) -> EventBody {
     let now = crate::now_ms();
     match &cmd.action {
-        CommandKind::Launch {
-            pool,
-            launch_template_id,
-            ..
-        } => {
-            let spec = LaunchSpec {
-                request_id: cmd.request_id.clone(),
-                group: cmd.group.clone(),
-                pool: pool.clone(),
-                launch_template_id: launch_template_id.clone(),
-                spot: true,
+        CommandKind::Launch { .. } => {
+            let Some(spec) = LaunchSpec::of(cmd) else {
+                return result(
+                    cmd,
+                    CommandOutcome::Failed,
+                    Some("not a launch command".into()),
+                );
             };
             match ec2.launch(&spec).await {
                 Ok(id) => {
-                    tracing::warn!(group = %cmd.group, instance_id = %id, %pool, "the coordinator launched an instance");
+                    tracing::warn!(group = %cmd.group, instance_id = %id, pool = %spec.pool, "the coordinator launched an instance");
                     EventBody::CommandResult {
                         request_id: cmd.request_id.clone(),
                         outcome: CommandOutcome::Done,
@@ -128,8 +124,7 @@ async fn execute(state: &AppState, ec2: &dyn Ec2Api, cmd: &Command) -> EventBody
             }
         }
         CommandKind::Fence { instance_id } => {
-            let within = Duration::from_millis(u64::try_from(cmd.deadline_ms - now).unwrap_or(0))
-                .max(Duration::from_secs(10));
+            let within = ec2::fence_window(cmd.deadline_ms, now);
             tracing::warn!(group = %cmd.group, target_instance = %instance_id, "the coordinator fences through EC2");
             let r = ec2::fence(ec2, instance_id, within, Duration::from_secs(1)).await;
             state

@@ -5,7 +5,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use spot_common::AgentStatus;
 
@@ -58,94 +58,84 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Register `m` under `name` and hand it back (metrics are shared handles).
+fn metric<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    m: M,
+) -> M {
+    registry.register(name, help, m.clone());
+    m
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("spot_coordinator");
-        let agents = Family::<StatusLabel, Gauge>::default();
-        registry.register("agents", "Agents by status", agents.clone());
-        let heartbeats = Counter::default();
-        registry.register("heartbeats", "Heartbeats received", heartbeats.clone());
+        let r = &mut registry;
         // 0.5 ms .. ~4 s: the p99 target is 50 ms, so the buckets are dense
         // below it.
-        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0005, 2.0, 14,
-            ))
-        });
-        registry.register(
-            "http_request_duration_seconds",
-            "API request latency",
-            http_duration.clone(),
-        );
-        let events = Family::<EventLabels, Counter>::default();
-        registry.register("events", "Agent events received", events.clone());
-        let promotions = Family::<OutcomeLabel, Counter>::default();
-        registry.register("promotions", "Promotions by outcome", promotions.clone());
-        let convergences = Counter::default();
-        registry.register(
-            "epoch_convergences",
-            "Times the store was behind an agent's epoch (restored or stale store) and converged",
-            convergences.clone(),
-        );
-        let disagreements = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "role_disagreements",
-            "Disagreements between an agent's reported role and the store, by kind",
-            disagreements.clone(),
-        );
-        let fences = Family::<OutcomeLabel, Counter>::default();
-        registry.register(
-            "fences",
-            "EC2 fences (STONITH) by outcome: queued, done, failed",
-            fences.clone(),
-        );
-        let groups_blocked = Gauge::default();
-        registry.register(
-            "groups_fence_blocked",
-            "Groups waiting for an operator because an instance cannot be fenced",
-            groups_blocked.clone(),
-        );
-        let stalled_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "stalled_seconds",
-            "Time the coordinator did not run (frozen, starved), discounted from its timers",
-            stalled_seconds.clone(),
-        );
-        let consolidations = Counter::default();
-        registry.register(
-            "price_consolidations",
-            "Price consolidation runs",
-            consolidations.clone(),
-        );
-        let consolidation_rows = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "price_consolidation_rows",
-            "Rows handled by price consolidation, by kind",
-            consolidation_rows.clone(),
-        );
-        let consolidation_duration = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14),
-        );
-        registry.register(
-            "price_consolidation_duration_seconds",
-            "Duration of price consolidation runs",
-            consolidation_duration.clone(),
-        );
+        let http_buckets = || Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         Metrics {
-            convergences,
-            disagreements,
-            fences,
-            groups_blocked,
-            stalled_seconds,
-            consolidations,
-            consolidation_rows,
-            consolidation_duration,
+            agents: metric(r, "agents", "Agents by status", Family::default()),
+            heartbeats: metric(r, "heartbeats", "Heartbeats received", Counter::default()),
+            http_duration: metric(
+                r,
+                "http_request_duration_seconds",
+                "API request latency",
+                Family::new_with_constructor(http_buckets),
+            ),
+            events: metric(r, "events", "Agent events received", Family::default()),
+            promotions: metric(r, "promotions", "Promotions by outcome", Family::default()),
+            convergences: metric(
+                r,
+                "epoch_convergences",
+                "Times the store was behind an agent's epoch (restored or stale store) and converged",
+                Counter::default(),
+            ),
+            disagreements: metric(
+                r,
+                "role_disagreements",
+                "Disagreements between an agent's reported role and the store, by kind",
+                Family::default(),
+            ),
+            fences: metric(
+                r,
+                "fences",
+                "EC2 fences (STONITH) by outcome: queued, done, failed",
+                Family::default(),
+            ),
+            groups_blocked: metric(
+                r,
+                "groups_fence_blocked",
+                "Groups waiting for an operator because an instance cannot be fenced",
+                Gauge::default(),
+            ),
+            stalled_seconds: metric(
+                r,
+                "stalled_seconds",
+                "Time the coordinator did not run (frozen, starved), discounted from its timers",
+                Gauge::default(),
+            ),
+            consolidations: metric(
+                r,
+                "price_consolidations",
+                "Price consolidation runs",
+                Counter::default(),
+            ),
+            consolidation_rows: metric(
+                r,
+                "price_consolidation_rows",
+                "Rows handled by price consolidation, by kind",
+                Family::default(),
+            ),
+            consolidation_duration: metric(
+                r,
+                "price_consolidation_duration_seconds",
+                "Duration of price consolidation runs",
+                Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            ),
             registry,
-            agents,
-            heartbeats,
-            http_duration,
-            events,
-            promotions,
         }
     }
 

@@ -72,30 +72,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_only_what_is_retryable_and_gives_up() {
-        let mut calls = 0;
-        let r: Result<(), &str> = retry(
-            EC2_CALL,
-            || {
-                calls += 1;
-                async { Err("throttled") }
-            },
-            |e| *e == "throttled",
-            |_, _| {},
-        )
-        .await;
+        // Fails with `error` every time; only "throttled" is retryable.
+        async fn failing(error: &'static str) -> (Result<(), &'static str>, usize) {
+            let mut calls = 0;
+            let r = retry(
+                EC2_CALL,
+                || {
+                    calls += 1;
+                    async move { Err(error) }
+                },
+                |e| *e == "throttled",
+                |_, _| {},
+            )
+            .await;
+            (r, calls)
+        }
+        let (r, calls) = failing("throttled").await;
         assert!(r.is_err());
         assert_eq!(calls, 1 + EC2_CALL.max_retries.unwrap_or(0));
-        let mut calls = 0;
-        let r: Result<(), &str> = retry(
-            EC2_CALL,
-            || {
-                calls += 1;
-                async { Err("auth") }
-            },
-            |e| *e == "throttled",
-            |_, _| {},
-        )
-        .await;
-        assert_eq!((r, calls), (Err("auth"), 1));
+        assert_eq!(failing("auth").await, (Err("auth"), 1));
     }
 }

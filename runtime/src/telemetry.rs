@@ -14,3 +14,16 @@ pub fn init(json: bool) {
         builder.init();
     }
 }
+
+/// The exit code for a command's result; a failure is logged (for
+/// journald) and printed as `<binary>: error: cause`.
+pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{binary}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -11,7 +11,6 @@ use crate::ec2_sim::Ec2Sim;
 use crate::harness::{AgentProc, Coordinator};
 use crate::imds_sim::{ImdsSim, InstanceMeta};
 use anyhow::{Context, Result, bail};
-use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -54,12 +53,7 @@ pub async fn run(args: AgentBench) -> Result<()> {
     let coord = Coordinator::start(&dir.path().join("coord"), &[])?;
     let api = coord.api();
     let (st, v) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&coord.admin_token),
-            Some(&json!({"name": "bench"})),
-        )
+        .post("/v1/groups", &coord.admin_token, &json!({"name": "bench"}))
         .await?;
     if !st.is_success() {
         bail!("creating group: {st} {v}");
@@ -72,13 +66,7 @@ pub async fn run(args: AgentBench) -> Result<()> {
     ))
     .await?;
     let ec2 = Ec2Sim::start().await?;
-    let mut agent = AgentProc::new(
-        &dir.path().join("agent"),
-        &coord.base,
-        &coord.enrollment_token,
-        &imds.endpoint(),
-        &ec2.endpoint(),
-    );
+    let mut agent = AgentProc::with_sims(&dir.path().join("agent"), &coord, &imds, &ec2);
     let poll = humantime::format_duration(args.poll_interval).to_string();
     agent.arg("--imds-poll-interval").arg(&poll);
     agent.env("RUST_LOG", "warn");

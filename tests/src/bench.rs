@@ -3,7 +3,7 @@
 
 use crate::harness::{Api, Coordinator};
 use anyhow::{Context, Result, bail};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,12 +48,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             .build()?,
     };
     let (st, v) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&coord.admin_token),
-            Some(&json!({"name": "bench"})),
-        )
+        .post("/v1/groups", &coord.admin_token, &json!({"name": "bench"}))
         .await?;
     if st != StatusCode::CREATED {
         bail!("creating group: {st} {v}");
@@ -73,9 +68,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             let body = json!({"instance_id": format!("i-{i:06}"), "instance_type": "m5.large",
                 "availability_zone": "us-east-1a", "region": "us-east-1",
                 "lifecycle": "spot", "group": "bench"});
-            let (st, v) = api
-                .call(Method::POST, "/v1/agents/register", Some(&tok), Some(&body))
-                .await?;
+            let (st, v) = api.post("/v1/agents/register", &tok, &body).await?;
             if st != StatusCode::CREATED {
                 bail!("register: {st} {v}");
             }
@@ -117,7 +110,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
                     break;
                 }
                 let t = Instant::now();
-                match api.call(Method::POST, &path, Some(&tok), Some(&body)).await {
+                match api.post(&path, &tok, &body).await {
                     // The first healthy beat commits LAUNCHING -> REPLICA (a
                     // durable write, once per instance lifetime): reported
                     // apart from the steady state.
@@ -147,9 +140,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     }
     lat.sort_by(f64::total_cmp);
     firsts.sort_by(f64::total_cmp);
-    let (_, agents) = api
-        .call(Method::GET, "/v1/agents", Some(&coord.admin_token), None)
-        .await?;
+    let (_, agents) = api.get("/v1/agents", &coord.admin_token).await?;
     let offline = agents
         .as_array()
         .map(|a| a.iter().filter(|x| x["status"] != "online").count())

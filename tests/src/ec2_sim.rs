@@ -110,6 +110,10 @@ fn ok(action: &str, body: &str) -> Response {
     ([("content-type", "text/xml;charset=UTF-8")], xml).into_response()
 }
 
+fn missing(what: &str) -> Response {
+    err(StatusCode::BAD_REQUEST, "MissingParameter", what)
+}
+
 fn err(status: StatusCode, code: &str, message: &str) -> Response {
     let xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -125,6 +129,17 @@ fn err(status: StatusCode, code: &str, message: &str) -> Response {
 fn list(p: &HashMap<String, String>, prefix: &str) -> Vec<String> {
     (1..)
         .map_while(|i| p.get(&format!("{prefix}.{i}")).cloned())
+        .collect()
+}
+
+/// `{prefix}.N.Key` / `{prefix}.N.Value` pairs, N from 1.
+fn tags(p: &HashMap<String, String>, prefix: &str) -> Vec<(String, String)> {
+    (1..)
+        .map_while(|i| {
+            let key = p.get(&format!("{prefix}.{i}.Key"))?.clone();
+            let value = p.get(&format!("{prefix}.{i}.Value")).cloned();
+            Some((key, value.unwrap_or_default()))
+        })
         .collect()
 }
 
@@ -167,8 +182,7 @@ fn instance_xml(i: &SimInstance) -> String {
 
 impl Ec2Sim {
     pub async fn start() -> anyhow::Result<Ec2Sim> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = crate::loopback().await?;
         let sim = Ec2Sim {
             inner: Arc::new(Mutex::new(Inner {
                 terminate_delay: Duration::from_millis(500),
@@ -179,9 +193,7 @@ impl Ec2Sim {
         let app = Router::new()
             .route("/", post(handle))
             .with_state(sim.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        crate::serve(listener, app);
         Ok(sim)
     }
 
@@ -190,7 +202,7 @@ impl Ec2Sim {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.inner)
     }
 
     /// The next `times` calls of `action` fail with `code`.
@@ -421,16 +433,7 @@ fn answer_other(
         "DescribeInstances" => describe_instances(g, p),
         "CreateTags" => {
             let ids = list(p, "ResourceId");
-            let tags: Vec<(String, String)> = (1..)
-                .map_while(|i| {
-                    Some((
-                        p.get(&format!("Tag.{i}.Key"))?.clone(),
-                        p.get(&format!("Tag.{i}.Value"))
-                            .cloned()
-                            .unwrap_or_default(),
-                    ))
-                })
-                .collect();
+            let tags = tags(p, "Tag");
             for i in g
                 .instances
                 .iter_mut()
@@ -465,11 +468,7 @@ fn answer_other(
         }
         "AssociateAddress" => {
             let (Some(alloc), Some(inst)) = (p.get("AllocationId"), p.get("InstanceId")) else {
-                return err(
-                    StatusCode::BAD_REQUEST,
-                    "MissingParameter",
-                    "AllocationId and InstanceId are required",
-                );
+                return missing("AllocationId and InstanceId are required");
             };
             let allow = p.get("AllowReassociation").is_some_and(|v| v == "true");
             g.next += 1;
@@ -523,11 +522,7 @@ fn answer_other(
         }
         "AttachNetworkInterface" => {
             let (Some(eni), Some(inst)) = (p.get("NetworkInterfaceId"), p.get("InstanceId")) else {
-                return err(
-                    StatusCode::BAD_REQUEST,
-                    "MissingParameter",
-                    "NetworkInterfaceId and InstanceId are required",
-                );
+                return missing("NetworkInterfaceId and InstanceId are required");
             };
             match g.enis.get_mut(eni) {
                 None => err(
@@ -575,16 +570,7 @@ fn run_instances(g: &mut Inner, p: &HashMap<String, String>) -> Response {
         .get("Placement.AvailabilityZone")
         .cloned()
         .unwrap_or_else(|| "us-east-1a".into());
-    let tags: Vec<(String, String)> = (1..)
-        .map_while(|i| {
-            Some((
-                p.get(&format!("TagSpecification.1.Tag.{i}.Key"))?.clone(),
-                p.get(&format!("TagSpecification.1.Tag.{i}.Value"))
-                    .cloned()
-                    .unwrap_or_default(),
-            ))
-        })
-        .collect();
+    let tags = tags(p, "TagSpecification.1.Tag");
     // The parameters a ClientToken is bound to (the token itself excluded).
     let mut fp: Vec<_> = p
         .iter()

@@ -15,7 +15,6 @@ use crate::imds_sim::{ImdsSim, InstanceMeta};
 use crate::ledger::{Ledger, Line, append, monotonic_ns};
 use crate::proxy::Proxy;
 use anyhow::{Context, Result, bail};
-use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -166,7 +165,7 @@ fn ec2_env(endpoint: &str) -> Vec<(&'static str, String)> {
 type Nodes = Arc<Mutex<HashMap<String, Node>>>;
 
 fn lock(nodes: &Nodes) -> std::sync::MutexGuard<'_, HashMap<String, Node>> {
-    nodes.lock().unwrap_or_else(|p| p.into_inner())
+    crate::lock(nodes)
 }
 
 /// Kill an instance: its agent and its workload, and record the end of
@@ -290,11 +289,10 @@ impl Fleet {
         }
         let (st, v) = self
             .api
-            .call(
-                Method::POST,
+            .post(
                 "/v1/groups",
-                Some(&self.coord.admin_token),
-                Some(&json!({"name": name, "config": cfg})),
+                &self.coord.admin_token,
+                &json!({"name": name, "config": cfg}),
             )
             .await?;
         if !st.is_success() {
@@ -372,6 +370,11 @@ impl Fleet {
         f(n)
     }
 
+    /// Make `hook` on instance `id` take `delay` longer (`None`: as usual).
+    pub fn slow_hook(&self, id: &str, hook: &str, delay: Option<Duration>) -> Result<()> {
+        self.with_node(id, |n| n.slow_hook(hook, delay))
+    }
+
     /// Kill an agent and start it again (the instance stays up).
     pub fn restart_agent(&self, id: &str) -> Result<()> {
         self.with_node(id, |n| {
@@ -384,14 +387,16 @@ impl Fleet {
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
-        let (st, v) = self
-            .api
-            .call(Method::GET, path, Some(&self.coord.admin_token), None)
-            .await?;
+        let (st, v) = self.api.get(path, &self.coord.admin_token).await?;
         if !st.is_success() {
             bail!("GET {path}: {st} {v}");
         }
         Ok(v)
+    }
+
+    /// The instance the Elastic IP `allocation` is associated with.
+    pub fn address_holder(&self, allocation: &str) -> Option<String> {
+        self.ec2.address(allocation).and_then(|a| a.instance_id)
     }
 
     pub async fn primary(&self, group: &str) -> Result<Option<String>> {

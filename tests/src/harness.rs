@@ -304,6 +304,22 @@ impl Api {
         Ok((status, v))
     }
 
+    pub async fn get(&self, path: &str, token: &str) -> Result<(StatusCode, Value)> {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Result<(StatusCode, Value)> {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Result<(StatusCode, Value)> {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: &Value) -> Result<(StatusCode, Value)> {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+
     pub async fn raw(
         &self,
         method: Method,
@@ -379,6 +395,17 @@ impl AgentProc {
             ],
             hooks_dir,
         }
+    }
+
+    /// An agent wired to `coord` and to both simulators.
+    pub fn with_sims(
+        state_dir: &Path,
+        coord: &Coordinator,
+        imds: &crate::imds_sim::ImdsSim,
+        ec2: &crate::ec2_sim::Ec2Sim,
+    ) -> AgentProc {
+        let (imds, ec2) = (imds.endpoint(), ec2.endpoint());
+        AgentProc::new(state_dir, &coord.base, &coord.enrollment_token, &imds, &ec2)
     }
 
     pub fn arg(&mut self, a: &str) -> &mut Self {

@@ -94,6 +94,15 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 impl ImdsSim {
+    /// The base URL agents are pointed at.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        crate::lock(&self.inner)
+    }
+
     /// Serve on 127.0.0.1 (port chosen by the OS) until the runtime stops.
     pub async fn start(meta: InstanceMeta) -> anyhow::Result<ImdsSim> {
         let inner = Arc::new(Mutex::new(Inner {
@@ -105,8 +114,7 @@ impl ImdsSim {
             stats: Stats::default(),
             next_token: 0,
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = crate::loopback().await?;
         let sim = ImdsSim { inner, addr };
         let app = Router::new()
             .route("/latest/api/token", put(token))
@@ -116,18 +124,8 @@ impl ImdsSim {
             .route("/_sim/expire-tokens", post(ctl_expire))
             .route("/_sim/stats", get(ctl_stats))
             .with_state(sim.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        crate::serve(listener, app);
         Ok(sim)
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Spot interruption notice: `action` at `time`, visible after `after`.

@@ -2,7 +2,6 @@
 //! The real `spot-agent` binary against the real coordinator, the IMDS
 //! simulator and the EC2 simulator.
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use spot_tests::ec2_sim::Ec2Sim;
 use spot_tests::harness::{AgentProc, Api, Coordinator, eventually};
@@ -28,10 +27,10 @@ impl World {
             Coordinator::start(&dir.path().join("coord"), &["--redeliver-after", "1s"]).unwrap();
         let api = coord.api();
         let (st, v) = api
-            .call(Method::POST, "/v1/groups", Some(&coord.admin_token), Some(&json!({"name": "db",
+            .post("/v1/groups", &coord.admin_token, &json!({"name": "db",
                 // Paused: these tests drive commands by hand.
                 "config": {"paused": true, "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"},
-                                     {"instance_type": "m5.large", "availability_zone": "us-east-1b"}]}})))
+                                     {"instance_type": "m5.large", "availability_zone": "us-east-1b"}]}}))
             .await
             .unwrap();
         assert_eq!(st, 201, "{v}");
@@ -45,13 +44,7 @@ impl World {
         .unwrap();
         let ec2 = Ec2Sim::start().await.unwrap();
         ec2.add_instance("i-0primary", "m5.large", "us-east-1a", "db");
-        let mut agent = AgentProc::new(
-            &dir.path().join("agent"),
-            &coord.base,
-            &coord.enrollment_token,
-            &imds.endpoint(),
-            &ec2.endpoint(),
-        );
+        let mut agent = AgentProc::with_sims(&dir.path().join("agent"), &coord, &imds, &ec2);
         agent.arg("--imds-poll-interval").arg("200ms");
         World {
             _dir: dir,
@@ -64,16 +57,26 @@ impl World {
     }
 
     async fn get(&self, path: &str) -> Value {
-        let (st, v) = self
-            .api
-            .call(Method::GET, path, Some(&self.coord.admin_token), None)
-            .await
-            .unwrap();
+        let (st, v) = self.api.get(path, &self.coord.admin_token).await.unwrap();
         assert!(st.is_success(), "{path}: {st} {v}");
         v
     }
 
     /// Wait until the agent has registered and is online.
+    /// A world whose agent runs and has registered.
+    async fn registered() -> World {
+        let mut w = World::new().await;
+        w.agent.start(None).unwrap();
+        w.agent_id().await;
+        w
+    }
+
+    /// Stop the agent cleanly; its journal must pass SQLite's integrity check.
+    fn stop_intact(&mut self) {
+        self.agent.terminate().unwrap();
+        assert_eq!(integrity(&self.agent.state_dir), "ok");
+    }
+
     async fn agent_id(&self) -> String {
         eventually("agent registration", WAIT, || async {
             let v = self.get("/v1/agents").await;
@@ -96,13 +99,12 @@ impl World {
     async fn launch(&self, rid: &str, az: &str) -> Value {
         let (st, v) = self
             .api
-            .call(
-                Method::POST,
+            .post(
                 "/v1/groups/db/launch",
-                Some(&self.coord.admin_token),
-                Some(&json!({
+                &self.coord.admin_token,
+                &json!({
                 "pool": {"instance_type": "m5.large", "availability_zone": az},
-                "request_id": rid})),
+                "request_id": rid}),
             )
             .await
             .unwrap();
@@ -136,9 +138,7 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_are_detected_and_reported_exactly_once() {
-    let mut w = World::new().await;
-    w.agent.start(None).unwrap();
-    w.agent_id().await;
+    let w = World::registered().await;
     w.imds.rebalance(SystemTime::now());
     w.imds.scheduled("instance-event-1", "system-reboot");
     let at = SystemTime::now() + Duration::from_secs(120);
@@ -174,9 +174,7 @@ async fn notices_are_detected_and_reported_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_refreshed_and_bad_bodies_are_survived() {
-    let mut w = World::new().await;
-    w.agent.start(None).unwrap();
-    w.agent_id().await;
+    let mut w = World::registered().await;
     let (puts_before, _, _) = w.imds.stats();
     w.imds.expire_tokens();
     w.imds.rebalance(SystemTime::now());
@@ -233,9 +231,7 @@ async fn expired_token_is_refreshed_and_bad_bodies_are_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_retries_throttling_and_reports_capacity_and_idempotency_errors() {
-    let mut w = World::new().await;
-    w.agent.start(None).unwrap();
-    w.agent_id().await;
+    let w = World::registered().await;
 
     w.ec2.inject("RunInstances", "RequestLimitExceeded", 503, 2);
     w.launch("launch-throttled", "us-east-1b").await;
@@ -327,16 +323,13 @@ async fn a_crash_at_any_point_never_launches_twice() {
             .cloned()
             .unwrap();
         assert_eq!(cmd["state"], "done");
-        w.agent.terminate().unwrap();
-        assert_eq!(integrity(&w.agent.state_dir), "ok");
+        w.stop_intact();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_keeps_one_instance_per_request() {
-    let mut w = World::new().await;
-    w.agent.start(None).unwrap();
-    w.agent_id().await;
+    let mut w = World::registered().await;
     let mut rids = Vec::new();
     for round in 0..6u64 {
         let rid = format!("launch-kill-{round}");
@@ -353,15 +346,12 @@ async fn kill_9_at_random_moments_keeps_one_instance_per_request() {
         assert_eq!(c["state"], "done", "{rid}: {c}");
         assert_eq!(w.launched_for(rid), 1, "{rid}");
     }
-    w.agent.terminate().unwrap();
-    assert_eq!(integrity(&w.agent.state_dir), "ok");
+    w.stop_intact();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_outage_loses_no_event_and_duplicates_none() {
-    let mut w = World::new().await;
-    w.agent.start(None).unwrap();
-    w.agent_id().await;
+    let mut w = World::registered().await;
     w.coord.kill9();
     w.imds.rebalance(SystemTime::now());
     w.imds.scheduled("instance-event-2", "instance-stop");
@@ -431,13 +421,8 @@ async fn promote_runs_health_check_moves_the_address_and_runs_the_hook() {
     {
         let (st, v) = w
             .api
-            .call(
-                Method::PUT,
-                "/v1/groups/db",
-                Some(&w.coord.admin_token),
-                Some(&json!({
-            "config": {"paused": true, "promotion": {"elastic_ip_allocation_id": "eipalloc-1"}}, "version": 1})),
-            )
+            .put("/v1/groups/db", &w.coord.admin_token, &json!({
+            "config": {"paused": true, "promotion": {"elastic_ip_allocation_id": "eipalloc-1"}}, "version": 1}))
             .await
             .unwrap();
         assert_eq!(st, 200, "{v}");
@@ -462,11 +447,10 @@ async fn promote_runs_health_check_moves_the_address_and_runs_the_hook() {
     .unwrap();
     let (st, p) = w
         .api
-        .call(
-            Method::POST,
+        .post(
             "/v1/groups/db/promote",
-            Some(&w.coord.admin_token),
-            Some(&json!({"instance_id": "i-0primary", "expected_epoch": 0})),
+            &w.coord.admin_token,
+            &json!({"instance_id": "i-0primary", "expected_epoch": 0}),
         )
         .await
         .unwrap();
@@ -485,9 +469,7 @@ async fn promote_runs_health_check_moves_the_address_and_runs_the_hook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly() {
-    let mut w = World::new().await;
-    w.agent.start(None).unwrap();
-    w.agent_id().await;
+    let mut w = World::registered().await;
     let t = std::time::Instant::now();
     let st = w.agent.terminate().unwrap();
     assert!(st.success(), "{st:?}\n{}", w.agent.log_text());

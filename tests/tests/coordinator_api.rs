@@ -36,11 +36,10 @@ fn reg_body(instance: &str, group: &str) -> Value {
 
 async fn register(api: &Api, c: &Coordinator, instance: &str, group: &str) -> Agent {
     let (st, v) = api
-        .call(
-            Method::POST,
+        .post(
             "/v1/agents/register",
-            Some(&c.enrollment_token),
-            Some(&reg_body(instance, group)),
+            &c.enrollment_token,
+            &reg_body(instance, group),
         )
         .await
         .unwrap();
@@ -52,11 +51,10 @@ async fn register(api: &Api, c: &Coordinator, instance: &str, group: &str) -> Ag
 }
 
 async fn heartbeat(api: &Api, a: &Agent, instance: &str) -> (StatusCode, Value) {
-    api.call(
-        Method::POST,
+    api.post(
         &format!("/v1/agents/{}/heartbeat", a.id),
-        Some(&a.token),
-        Some(&json!({"instance_id": instance, "highest_epoch": 0, "healthy": true, "backlog": 0})),
+        &a.token,
+        &json!({"instance_id": instance, "highest_epoch": 0, "healthy": true, "backlog": 0}),
     )
     .await
     .unwrap()
@@ -65,19 +63,11 @@ async fn heartbeat(api: &Api, a: &Agent, instance: &str) -> (StatusCode, Value) 
 async fn snapshot(api: &Api, c: &Coordinator) -> Value {
     let mut out = serde_json::Map::new();
     for p in ["/v1/groups", "/v1/agents", "/v1/instances", "/v1/commands"] {
-        let (_, v) = api
-            .call(Method::GET, p, Some(&c.admin_token), None)
-            .await
-            .unwrap();
+        let (_, v) = api.get(p, &c.admin_token).await.unwrap();
         out.insert(p.to_owned(), v);
     }
     let (_, audit) = api
-        .call(
-            Method::GET,
-            "/v1/audit?limit=1000",
-            Some(&c.admin_token),
-            None,
-        )
+        .get("/v1/audit?limit=1000", &c.admin_token)
         .await
         .unwrap();
     out.insert("audit_len".into(), json!(audit.as_array().map(Vec::len)));
@@ -103,11 +93,9 @@ async fn register_heartbeat_poll_events_round_trip() {
     // Long-poll with nothing queued waits, then answers empty.
     let t = Instant::now();
     let (st, v) = api
-        .call(
-            Method::GET,
+        .get(
             &format!("/v1/agents/{}/commands?wait_ms=500", a.id),
-            Some(&a.token),
-            None,
+            &a.token,
         )
         .await
         .unwrap();
@@ -125,12 +113,7 @@ async fn register_heartbeat_poll_events_round_trip() {
         tokio::spawn(async move {
             let t = Instant::now();
             let r = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/agents/{id}/commands?wait_ms=20000"),
-                    Some(&tok),
-                    None,
-                )
+                .get(&format!("/v1/agents/{id}/commands?wait_ms=20000"), &tok)
                 .await
                 .unwrap();
             (r, t.elapsed())
@@ -138,11 +121,10 @@ async fn register_heartbeat_poll_events_round_trip() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (st, p) = api
-        .call(
-            Method::POST,
+        .post(
             "/v1/groups/db/promote",
-            Some(&c.admin_token),
-            Some(&json!({"instance_id": "i-1", "expected_epoch": 0})),
+            &c.admin_token,
+            &json!({"instance_id": "i-1", "expected_epoch": 0}),
         )
         .await
         .unwrap();
@@ -165,19 +147,13 @@ async fn register_heartbeat_poll_events_round_trip() {
         {"event_id": format!("{}:2", a.id), "seq": 2, "at_ms": 2,
          "body": {"type": "notice", "notice": "rebalance", "raw": "{}"}}]});
     let path = format!("/v1/agents/{}/events", a.id);
-    let (st, r1) = api
-        .call(Method::POST, &path, Some(&a.token), Some(&batch))
-        .await
-        .unwrap();
+    let (st, r1) = api.post(&path, &a.token, &batch).await.unwrap();
     assert_eq!(st, StatusCode::OK, "{r1}");
     assert_eq!(r1["applied"], 2);
     // The confirmation commits the promotion (T3), asynchronously.
     let start = Instant::now();
     loop {
-        let (_, g) = api
-            .call(Method::GET, "/v1/groups/db", Some(&c.admin_token), None)
-            .await
-            .unwrap();
+        let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
         if g["primary"] == "i-1" {
             assert_eq!(g["epoch"], 1);
             assert_eq!(g["transition"], Value::Null);
@@ -190,22 +166,14 @@ async fn register_heartbeat_poll_events_round_trip() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = snapshot(&api, &c).await;
-    let (_, r2) = api
-        .call(Method::POST, &path, Some(&a.token), Some(&batch))
-        .await
-        .unwrap();
+    let (_, r2) = api.post(&path, &a.token, &batch).await.unwrap();
     assert_eq!(r2["applied"], 0);
     assert_eq!(r2["duplicates"], 2);
     assert_eq!(r2["acked"].as_array().unwrap().len(), 2);
     assert_eq!(snapshot(&api, &c).await, before);
 
     let (_, cmds) = api
-        .call(
-            Method::GET,
-            &format!("/v1/commands?agent_id={}", a.id),
-            Some(&c.admin_token),
-            None,
-        )
+        .get(&format!("/v1/commands?agent_id={}", a.id), &c.admin_token)
         .await
         .unwrap();
     assert_eq!(cmds[0]["state"], "done");
@@ -246,19 +214,15 @@ async fn tokens_are_checked() {
     }
     // Enrollment needs the enrollment token, the operator API the admin token.
     let (st, _) = api
-        .call(
-            Method::POST,
+        .post(
             "/v1/agents/register",
-            Some(&c.admin_token),
-            Some(&reg_body("i-9", "db")),
+            &c.admin_token,
+            &reg_body("i-9", "db"),
         )
         .await
         .unwrap();
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, _) = api
-        .call(Method::GET, "/v1/groups", Some(&a.token), None)
-        .await
-        .unwrap();
+    let (st, _) = api.get("/v1/groups", &a.token).await.unwrap();
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, _) = api
         .call(Method::GET, "/v1/groups", None, None)
@@ -314,11 +278,9 @@ async fn an_identity_used_from_another_instance_is_refused() {
         "{v}"
     );
     let (st, v) = api
-        .call(
-            Method::GET,
+        .get(
             &format!("/v1/agents/{}/commands?wait_ms=0&instance_id=i-2", a.id),
-            Some(&a.token),
-            None,
+            &a.token,
         )
         .await
         .unwrap();
@@ -338,34 +300,19 @@ async fn a_reused_request_id_with_another_body_is_a_conflict() {
     let api = c.api();
     let create = |name: &str| json!({"name": name, "request_id": "op-1"});
     let (st, first) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&c.admin_token),
-            Some(&create("a")),
-        )
+        .post("/v1/groups", &c.admin_token, &create("a"))
         .await
         .unwrap();
     assert_eq!(st, StatusCode::CREATED);
     // The same request again: the same answer, nothing new.
     let (st, again) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&c.admin_token),
-            Some(&create("a")),
-        )
+        .post("/v1/groups", &c.admin_token, &create("a"))
         .await
         .unwrap();
     assert_eq!((st, &again), (StatusCode::CREATED, &first));
     // The same id for another request: refused, nothing written.
     let (st, v) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&c.admin_token),
-            Some(&create("b")),
-        )
+        .post("/v1/groups", &c.admin_token, &create("b"))
         .await
         .unwrap();
     assert_eq!(
@@ -373,10 +320,7 @@ async fn a_reused_request_id_with_another_body_is_a_conflict() {
         (StatusCode::CONFLICT, Some("idempotency_key_reused")),
         "{v}"
     );
-    let (st, _) = api
-        .call(Method::GET, "/v1/groups/b", Some(&c.admin_token), None)
-        .await
-        .unwrap();
+    let (st, _) = api.get("/v1/groups/b", &c.admin_token).await.unwrap();
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
 
@@ -427,12 +371,7 @@ async fn bad_input_gets_a_stable_error_and_changes_nothing() {
     );
 
     let (st, v) = api
-        .call(
-            Method::POST,
-            &ev,
-            Some(&a.token),
-            Some(&json!({"events": [], "surprise": 1})),
-        )
+        .post(&ev, &a.token, &json!({"events": [], "surprise": 1}))
         .await
         .unwrap();
     assert_eq!(
@@ -442,11 +381,10 @@ async fn bad_input_gets_a_stable_error_and_changes_nothing() {
     );
 
     let (st, v) = api
-        .call(
-            Method::POST,
+        .post(
             "/v1/agents/register",
-            Some(&c.enrollment_token),
-            Some(&reg_body("i-2", "nope")),
+            &c.enrollment_token,
+            &reg_body("i-2", "nope"),
         )
         .await
         .unwrap();
@@ -520,11 +458,9 @@ async fn bad_input_gets_a_stable_error_and_changes_nothing() {
     );
 
     let (st, v) = api
-        .call(
-            Method::GET,
+        .get(
             &format!("/v1/agents/{}/commands?wait_ms=abc", a.id),
-            Some(&a.token),
-            None,
+            &a.token,
         )
         .await
         .unwrap();
@@ -535,8 +471,8 @@ async fn bad_input_gets_a_stable_error_and_changes_nothing() {
 
     // An event id that is not the agent's own: the whole batch is refused.
     let (st, v) = api
-        .call(Method::POST, &ev, Some(&a.token), Some(&json!({"events": [
-            {"event_id": "someone-else:1", "seq": 1, "at_ms": 1, "body": {"type": "health", "healthy": true}}]})))
+        .post(&ev, &a.token, &json!({"events": [
+            {"event_id": "someone-else:1", "seq": 1, "at_ms": 1, "body": {"type": "health", "healthy": true}}]}))
         .await
         .unwrap();
     assert_eq!(
@@ -562,11 +498,10 @@ async fn concurrent_promotions_exactly_one_wins() {
     for i in 0..6 {
         let (api, adm) = (api.clone(), c.admin_token.clone());
         tasks.push(tokio::spawn(async move {
-            api.call(
-                Method::POST,
+            api.post(
                 "/v1/groups/db/promote",
-                Some(&adm),
-                Some(&json!({"instance_id": format!("i-{i}"), "expected_epoch": 0})),
+                &adm,
+                &json!({"instance_id": format!("i-{i}"), "expected_epoch": 0}),
             )
             .await
             .unwrap()
@@ -586,10 +521,7 @@ async fn concurrent_promotions_exactly_one_wins() {
         }
     }
     assert_eq!(ok, 1);
-    let (_, cmds) = api
-        .call(Method::GET, "/v1/commands", Some(&c.admin_token), None)
-        .await
-        .unwrap();
+    let (_, cmds) = api.get("/v1/commands", &c.admin_token).await.unwrap();
     let promotes = cmds
         .as_array()
         .unwrap()
@@ -597,10 +529,7 @@ async fn concurrent_promotions_exactly_one_wins() {
         .filter(|c| c["command"]["action"]["kind"] == "promote")
         .count();
     assert_eq!(promotes, 1, "exactly one candidate was told to promote");
-    let (_, g) = api
-        .call(Method::GET, "/v1/groups/db", Some(&c.admin_token), None)
-        .await
-        .unwrap();
+    let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
     assert_eq!(g["epoch"], 1);
 }
 
@@ -610,36 +539,15 @@ async fn repeated_request_id_is_a_no_op() {
     let c = Coordinator::start(dir.path(), &[]).unwrap();
     let api = c.api();
     let body = json!({"name": "db", "config": {"paused": true}, "request_id": "create-db-1"});
-    let (st1, v1) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&c.admin_token),
-            Some(&body),
-        )
-        .await
-        .unwrap();
+    let (st1, v1) = api.post("/v1/groups", &c.admin_token, &body).await.unwrap();
     let before = snapshot(&api, &c).await;
-    let (st2, v2) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&c.admin_token),
-            Some(&body),
-        )
-        .await
-        .unwrap();
+    let (st2, v2) = api.post("/v1/groups", &c.admin_token, &body).await.unwrap();
     assert_eq!((st1, st2), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(v1, v2);
     assert_eq!(snapshot(&api, &c).await, before);
     // Without a request_id the same body is a genuine second create: refused.
     let (st, v) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&c.admin_token),
-            Some(&json!({"name": "db"})),
-        )
+        .post("/v1/groups", &c.admin_token, &json!({"name": "db"}))
         .await
         .unwrap();
     assert_eq!(
@@ -651,28 +559,15 @@ async fn repeated_request_id_is_a_no_op() {
     let mut reg = reg_body("i-1", "db");
     reg["request_id"] = json!("reg-i-1-boot-1");
     let (_, r1) = api
-        .call(
-            Method::POST,
-            "/v1/agents/register",
-            Some(&c.enrollment_token),
-            Some(&reg),
-        )
+        .post("/v1/agents/register", &c.enrollment_token, &reg)
         .await
         .unwrap();
     let (_, r2) = api
-        .call(
-            Method::POST,
-            "/v1/agents/register",
-            Some(&c.enrollment_token),
-            Some(&reg),
-        )
+        .post("/v1/agents/register", &c.enrollment_token, &reg)
         .await
         .unwrap();
     assert_eq!(r1["agent_id"], r2["agent_id"]);
-    let (_, agents) = api
-        .call(Method::GET, "/v1/agents", Some(&c.admin_token), None)
-        .await
-        .unwrap();
+    let (_, agents) = api.get("/v1/agents", &c.admin_token).await.unwrap();
     assert_eq!(agents.as_array().unwrap().len(), 1);
 }
 
@@ -689,10 +584,7 @@ async fn missed_heartbeats_mark_offline_and_a_heartbeat_brings_it_back() {
     let a = register(&api, &c, "i-1", "db").await;
     heartbeat(&api, &a, "i-1").await;
     let status = |api: Api, adm: String, id: String| async move {
-        let (_, v) = api
-            .call(Method::GET, &format!("/v1/agents/{id}"), Some(&adm), None)
-            .await
-            .unwrap();
+        let (_, v) = api.get(&format!("/v1/agents/{id}"), &adm).await.unwrap();
         v
     };
     // 3 x 200 ms of silence, plus the monitor's tick.
@@ -709,10 +601,7 @@ async fn missed_heartbeats_mark_offline_and_a_heartbeat_brings_it_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(start.elapsed() >= Duration::from_millis(500));
-    let (_, inst) = api
-        .call(Method::GET, "/v1/instances/i-1", Some(&c.admin_token), None)
-        .await
-        .unwrap();
+    let (_, inst) = api.get("/v1/instances/i-1", &c.admin_token).await.unwrap();
     assert_eq!(inst["role"], "replica", "offline is not terminated");
 
     let (st, hb) = heartbeat(&api, &a, "i-1").await;
@@ -731,12 +620,7 @@ async fn missed_heartbeats_mark_offline_and_a_heartbeat_brings_it_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, audit) = api
-        .call(
-            Method::GET,
-            &format!("/v1/audit?entity=agent:{}", a.id),
-            Some(&c.admin_token),
-            None,
-        )
+        .get(&format!("/v1/audit?entity=agent:{}", a.id), &c.admin_token)
         .await
         .unwrap();
     let actions: Vec<_> = audit
@@ -765,12 +649,7 @@ async fn reinstall_gets_new_id_old_token_dies_history_linked() {
     let (st, _) = heartbeat(&api, &new, "i-1").await;
     assert_eq!(st, StatusCode::OK);
     let (_, v) = api
-        .call(
-            Method::GET,
-            &format!("/v1/agents/{}", old.id),
-            Some(&c.admin_token),
-            None,
-        )
+        .get(&format!("/v1/agents/{}", old.id), &c.admin_token)
         .await
         .unwrap();
     assert_eq!(v["status"], "replaced");
@@ -785,11 +664,9 @@ async fn deleted_agent_fetches_cleanup_then_loses_its_token() {
     create_group(&api, &c, "db").await;
     let a = register(&api, &c, "i-1", "db").await;
     let (st, v) = api
-        .call(
-            Method::DELETE,
+        .delete(
             &format!("/v1/agents/{}?request_id=del-1", a.id),
-            Some(&c.admin_token),
-            None,
+            &c.admin_token,
         )
         .await
         .unwrap();
@@ -798,24 +675,18 @@ async fn deleted_agent_fetches_cleanup_then_loses_its_token() {
     let (_, hb) = heartbeat(&api, &a, "i-1").await;
     assert_eq!(hb["status"], "deleted");
     let (_, p) = api
-        .call(
-            Method::GET,
-            &format!("/v1/agents/{}/commands?wait_ms=0", a.id),
-            Some(&a.token),
-            None,
-        )
+        .get(&format!("/v1/agents/{}/commands?wait_ms=0", a.id), &a.token)
         .await
         .unwrap();
     assert_eq!(p["commands"][0]["action"]["kind"], "cleanup");
     let rid = p["commands"][0]["request_id"].clone();
     let (st, _) = api
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/agents/{}/events", a.id),
-            Some(&a.token),
-            Some(&json!({"events": [
+            &a.token,
+            &json!({"events": [
             {"event_id": format!("{}:1", a.id), "seq": 1, "at_ms": 1,
-             "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]})),
+             "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]}),
         )
         .await
         .unwrap();
@@ -824,12 +695,7 @@ async fn deleted_agent_fetches_cleanup_then_loses_its_token() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     // History stays: the agent and its audit trail are still there.
     let (st, v) = api
-        .call(
-            Method::GET,
-            &format!("/v1/agents/{}", a.id),
-            Some(&c.admin_token),
-            None,
-        )
+        .get(&format!("/v1/agents/{}", a.id), &c.admin_token)
         .await
         .unwrap();
     assert_eq!(

@@ -95,12 +95,11 @@ async fn documented_api_matches_the_server() {
 
     // A small world so that every route has something to answer.
     let (st, _) = api
-        .call(
-            Method::POST,
+        .post(
             "/v1/groups",
-            Some(&adm),
-            Some(&json!({"name": "db", "config": {"paused": true,
-            "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}})),
+            &adm,
+            &json!({"name": "db", "config": {"paused": true,
+            "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}}),
         )
         .await
         .unwrap();
@@ -108,12 +107,7 @@ async fn documented_api_matches_the_server() {
     let reg = json!({"instance_id": "i-1", "instance_type": "m5.large", "availability_zone": "us-east-1a",
         "region": "us-east-1", "lifecycle": "spot", "group": "db"});
     let (_, r) = api
-        .call(
-            Method::POST,
-            "/v1/agents/register",
-            Some(&c.enrollment_token),
-            Some(&reg),
-        )
+        .post("/v1/agents/register", &c.enrollment_token, &reg)
         .await
         .unwrap();
     let (agent, token) = (
@@ -123,12 +117,7 @@ async fn documented_api_matches_the_server() {
     let mut reg2 = reg.clone();
     reg2["instance_id"] = json!("i-2");
     let (_, r2) = api
-        .call(
-            Method::POST,
-            "/v1/agents/register",
-            Some(&c.enrollment_token),
-            Some(&reg2),
-        )
+        .post("/v1/agents/register", &c.enrollment_token, &reg2)
         .await
         .unwrap();
     let agent2 = r2["agent_id"].as_str().unwrap().to_owned();
@@ -293,18 +282,12 @@ async fn documented_api_matches_the_server() {
     }
     // A switch needs a PRIMARY: confirm the promotion above, then ask.
     let rid = "promote-i-1-e1";
-    api.call(Method::POST, &format!("/v1/agents/{agent}/events"), Some(&token), Some(&json!({"events": [
-        {"event_id": format!("{agent}:2"), "seq": 2, "at_ms": 2, "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]})))
+    api.post(&format!("/v1/agents/{agent}/events"), &token, &json!({"events": [
+        {"event_id": format!("{agent}:2"), "seq": 2, "at_ms": 2, "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]}))
         .await
         .unwrap();
     let start = std::time::Instant::now();
-    while api
-        .call(Method::GET, "/v1/groups/db", Some(&adm), None)
-        .await
-        .unwrap()
-        .1["primary"]
-        != "i-1"
-    {
+    while api.get("/v1/groups/db", &adm).await.unwrap().1["primary"] != "i-1" {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),
             "promotion never committed"
@@ -312,13 +295,10 @@ async fn documented_api_matches_the_server() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let (st, v) = api
-        .call(
-            Method::POST,
+        .post(
             "/v1/groups/db/switch",
-            Some(&adm),
-            Some(
-                &json!({"pool": {"instance_type": "c5.large", "availability_zone": "us-east-1a"}}),
-            ),
+            &adm,
+            &json!({"pool": {"instance_type": "c5.large", "availability_zone": "us-east-1a"}}),
         )
         .await
         .unwrap();
@@ -332,10 +312,7 @@ async fn documented_api_matches_the_server() {
         &mut problems,
     );
     documented.retain(|(m, p)| !(m == "post" && p == "/v1/groups/{name}/switch"));
-    let (_, g) = api
-        .call(Method::GET, "/v1/groups/db", Some(&adm), None)
-        .await
-        .unwrap();
+    let (_, g) = api.get("/v1/groups/db", &adm).await.unwrap();
     check(
         &spec,
         &json!({"$ref": "#/components/schemas/Group"}),
@@ -365,10 +342,7 @@ async fn documented_api_matches_the_server() {
         check(&spec, schema, &v, &format!("{method} {tpl}"), &mut problems);
         documented.retain(|(dm, dp)| !(dm == method && dp == tpl));
     }
-    let (_, series) = api
-        .call(Method::GET, &pricing_calls[3].2, Some(&adm), None)
-        .await
-        .unwrap();
+    let (_, series) = api.get(&pricing_calls[3].2, &adm).await.unwrap();
     assert_eq!(series["points"][0]["price"], "0.031400", "{series}");
 
     // /metrics is text, checked for existence only.
@@ -386,10 +360,7 @@ async fn documented_api_matches_the_server() {
     );
 
     // Errors follow the documented Error schema.
-    let (st, v) = api
-        .call(Method::GET, "/v1/groups/nope", Some(&adm), None)
-        .await
-        .unwrap();
+    let (st, v) = api.get("/v1/groups/nope", &adm).await.unwrap();
     assert_eq!(st, 404);
     let mut p = Vec::new();
     check(

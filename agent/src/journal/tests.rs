@@ -1,7 +1,7 @@
 //! Unit tests of the journal.
 
 use super::*;
-use spot_common::CommandKind;
+use spot_common::{Command, CommandKind, CommandOutcome, EventBody, NoticeKind, Role};
 
 fn journal() -> (tempfile::TempDir, Journal) {
     let d = tempfile::tempdir().unwrap();

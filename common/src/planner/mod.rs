@@ -162,16 +162,21 @@ pub struct PlanConfig {
     pub notice_grace_ms: i64,
 }
 
+impl PlanConfig {
+    /// The coordinator's defaults (a 15 s lease plus margin).
+    pub const DEFAULT: PlanConfig = PlanConfig {
+        rebalance_window_ms: 600_000,
+        lease_expiry_ms: 21_000,
+        promotion_timeout_ms: 30_000,
+        demote_timeout_ms: 15_000,
+        max_fence_attempts: 3,
+        notice_grace_ms: 10_000,
+    };
+}
+
 impl Default for PlanConfig {
     fn default() -> Self {
-        PlanConfig {
-            rebalance_window_ms: 600_000,
-            lease_expiry_ms: 21_000,
-            promotion_timeout_ms: 30_000,
-            demote_timeout_ms: 15_000,
-            max_fence_attempts: 3,
-            notice_grace_ms: 10_000,
-        }
+        PlanConfig::DEFAULT
     }
 }
 

@@ -98,6 +98,20 @@ fn transition(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decisio
 
 /// An emergency launch for a group that needs an instance, away from
 /// `avoid`, unless one is on its way or nobody can launch.
+/// Replace the PRIMARY `p` by the best candidate, or, with none, do
+/// `otherwise` (launch one first).
+fn replace_else(
+    snap: &GroupSnap,
+    p: &InstanceSnap,
+    why: &'static str,
+    otherwise: impl FnOnce() -> Vec<Step>,
+) -> Option<Decision> {
+    match candidates(snap, Some(p)).first() {
+        Some(c) => steps(vec![replace(Some(p), c, snap, None, why)]),
+        None => steps(otherwise()),
+    }
+}
+
 fn emergency_launch(
     snap: &GroupSnap,
     prefer: Option<&InstanceSnap>,
@@ -203,21 +217,14 @@ fn silent_primary(snap: &GroupSnap, _: i64, cfg: &PlanConfig) -> Option<Decision
     if !(p.ec2_gone || p.silent_past(cfg.lease_expiry_ms)) {
         return None;
     }
-    if let Some(c) = candidates(snap, Some(p)).first() {
-        return steps(vec![replace(
-            Some(p),
-            c,
+    replace_else(snap, p, "PRIMARY silent past its lease (or gone)", || {
+        emergency_launch(
             snap,
             None,
-            "PRIMARY silent past its lease (or gone)",
-        )]);
-    }
-    steps(emergency_launch(
-        snap,
-        None,
-        Some(&p.pool()),
-        "PRIMARY silent past its lease and no REPLICA",
-    ))
+            Some(&p.pool()),
+            "PRIMARY silent past its lease and no REPLICA",
+        )
+    })
 }
 
 /// The store's PRIMARY says it does not serve (it demoted itself, or its
@@ -227,21 +234,19 @@ fn primary_not_serving(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decis
     if !p.reports_not_primary() {
         return None;
     }
-    if let Some(c) = candidates(snap, Some(p)).first() {
-        return steps(vec![replace(
-            Some(p),
-            c,
-            snap,
-            None,
-            "the PRIMARY's agent reports it is not serving",
-        )]);
-    }
-    steps(emergency_launch(
+    replace_else(
         snap,
-        Some(p),
-        None,
-        "the PRIMARY's agent reports it is not serving and there is no REPLICA",
-    ))
+        p,
+        "the PRIMARY's agent reports it is not serving",
+        || {
+            emergency_launch(
+                snap,
+                Some(p),
+                None,
+                "the PRIMARY's agent reports it is not serving and there is no REPLICA",
+            )
+        },
+    )
 }
 
 /// Manual switch: launch into the target pool, wait healthy, replace.

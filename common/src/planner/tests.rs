@@ -22,22 +22,14 @@ fn inst(id: &str, role: Role, az: &str) -> InstanceSnap {
     }
 }
 
-fn mkpool(t: &str, az: &str) -> Pool {
-    Pool {
-        instance_type: t.into(),
-        availability_zone: az.into(),
-        subnet_id: None,
-    }
-}
-
 fn snap(instances: Vec<InstanceSnap>) -> GroupSnap {
     GroupSnap {
         name: "g".into(),
         epoch: 4,
         pools: vec![
-            mkpool("m5.large", "a"),
-            mkpool("m5.large", "b"),
-            mkpool("c5.large", "a"),
+            Pool::new("m5.large", "a"),
+            Pool::new("m5.large", "b"),
+            Pool::new("c5.large", "a"),
         ],
         instances,
         had_instances: true,
@@ -53,14 +45,7 @@ fn interrupt(s: &mut GroupSnap, id: &str) {
     });
 }
 
-const CFG: PlanConfig = PlanConfig {
-    rebalance_window_ms: 600_000,
-    lease_expiry_ms: 21_000,
-    promotion_timeout_ms: 30_000,
-    demote_timeout_ms: 15_000,
-    max_fence_attempts: 3,
-    notice_grace_ms: 10_000,
-};
+const CFG: PlanConfig = PlanConfig::DEFAULT;
 
 /// A transition from `p` to `r` at epoch 4, demoting, `age` ms in.
 fn demoting(age: i64) -> TransitionSnap {
@@ -359,7 +344,7 @@ fn a_lone_primary_lost_gets_a_replacement_launched_first() {
                 pool,
                 ..
             },
-        ] => assert_ne!(pool, &mkpool("m5.large", "a"), "not its pool"),
+        ] => assert_ne!(pool, &Pool::new("m5.large", "a"), "not its pool"),
         other => panic!("{other:?}"),
     }
     // Never fenced before the replacement is there.
@@ -433,7 +418,7 @@ fn interruption_without_replica_launches_via_the_primary_outside_its_pool() {
             assert_eq!(via, "a-p");
             assert_eq!(
                 pool,
-                &mkpool("c5.large", "a"),
+                &Pool::new("c5.large", "a"),
                 "fastest boot, not the interrupted pool"
             );
         }
@@ -448,7 +433,7 @@ fn configured_order_until_there_is_boot_history() {
     let s = snap(vec![]);
     assert_eq!(
         launch_pools(&s, Some(&PoolKey::new("m5.large", "a"))),
-        vec![mkpool("m5.large", "b"), mkpool("c5.large", "a")]
+        vec![Pool::new("m5.large", "b"), Pool::new("c5.large", "a")]
     );
 }
 
@@ -497,7 +482,7 @@ fn switch_launches_then_replaces() {
     let mut s = snap(vec![inst("p", Role::Primary, "a")]);
     s.switch = Some(SwitchSnap {
         id: 7,
-        pool: mkpool("c5.large", "a"),
+        pool: Pool::new("c5.large", "a"),
         launch_request_id: None,
         launched_instance: None,
     });
@@ -510,7 +495,7 @@ fn switch_launches_then_replaces() {
     ));
     s.switch = Some(SwitchSnap {
         id: 7,
-        pool: mkpool("c5.large", "a"),
+        pool: Pool::new("c5.large", "a"),
         launch_request_id: Some("switch-7-launch".into()),
         launched_instance: Some("n".into()),
     });
@@ -563,7 +548,11 @@ fn no_primary_and_no_candidate_launches_through_any_live_agent() {
                 pool,
                 ..
             },
-        ] => assert_ne!(pool, &mkpool("m5.large", "a"), "not the interrupted pool"),
+        ] => assert_ne!(
+            pool,
+            &Pool::new("m5.large", "a"),
+            "not the interrupted pool"
+        ),
         other => panic!("{other:?}"),
     }
     s.launches_in_flight = 1;
@@ -587,7 +576,7 @@ fn overdue_launches_fail_and_failed_pools_are_avoided() {
     s.failed_pools = vec![PoolKey::new("m5.large", "b")];
     assert_eq!(
         launch_pools(&s, Some(&PoolKey::new("m5.large", "a"))),
-        vec![mkpool("c5.large", "a")]
+        vec![Pool::new("c5.large", "a")]
     );
 }
 

@@ -267,7 +267,7 @@ pub async fn poll_commands(
             let ctx = Ctx::new(now, Actor::Agent(agent_id.clone()));
             let commands = state
                 .db
-                .transact(ctx, move |tx| tx.take_commands(&id, redeliver, 50))
+                .transact(ctx, move |tx| tx.take_commands(Some(&id), redeliver, 50))
                 .await?
                 .value;
             if !commands.is_empty() {

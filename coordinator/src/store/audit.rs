@@ -2,8 +2,9 @@
 
 use super::{Result, Txn};
 use rusqlite::{Connection, params};
-use serde_json::Value;
+use serde::Serialize;
 use spot_common::wire::AuditEntry;
+use spot_runtime::from_row;
 
 /// Filter of the audit query.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -15,8 +16,15 @@ pub struct AuditQuery {
 }
 
 impl Txn<'_> {
-    /// One audit row by this transaction's actor and request id.
-    pub(super) fn audit(&self, entity: &str, action: &str, pre: Value, post: Value) -> Result<()> {
+    /// One audit row by this transaction's actor and request id: what
+    /// `entity` was before `action` and what it is after.
+    pub(super) fn audit(
+        &self,
+        entity: &str,
+        action: &str,
+        pre: &impl Serialize,
+        post: &impl Serialize,
+    ) -> Result<()> {
         self.tx.execute(
             "INSERT INTO audit (at_ms, actor, request_id, entity, action, pre_state, post_state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -26,8 +34,8 @@ impl Txn<'_> {
                 self.ctx.request_id,
                 entity,
                 action,
-                pre.to_string(),
-                post.to_string()
+                serde_json::to_string(pre)?,
+                serde_json::to_string(post)?
             ],
         )?;
         Ok(())
@@ -40,29 +48,11 @@ pub fn log(conn: &Connection, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
         "SELECT id, at_ms, actor, request_id, entity, action, pre_state, post_state FROM audit
          WHERE (?1 IS NULL OR entity = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
-    let rows: Vec<(AuditEntry, String, String)> = stmt
+    Ok(stmt
         .query_map(params![q.entity, q.after_id.unwrap_or(0), limit], |r| {
-            Ok((
-                AuditEntry {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    actor: r.get(2)?,
-                    request_id: r.get(3)?,
-                    entity: r.get(4)?,
-                    action: r.get(5)?,
-                    pre_state: Value::Null,
-                    post_state: Value::Null,
-                },
-                r.get(6)?,
-                r.get(7)?,
-            ))
+            Ok(from_row! { r => AuditEntry {
+                id, at_ms, actor, request_id, entity, action, pre_state: json, post_state: json
+            }})
         })?
-        .collect::<rusqlite::Result<_>>()?;
-    rows.into_iter()
-        .map(|(mut e, pre, post)| {
-            e.pre_state = serde_json::from_str(&pre)?;
-            e.post_state = serde_json::from_str(&post)?;
-            Ok(e)
-        })
-        .collect()
+        .collect::<rusqlite::Result<_>>()?)
 }

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 use spot_common::wire::{CommandView, QueuedCommand};
 use spot_common::{AgentStatus, Command, CommandKind, CommandOutcome, EventBody, Pool};
+use spot_runtime::sql::col;
 
 /// Who runs a command the caller queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +38,9 @@ impl<'a> Via<'a> {
 impl Txn<'_> {
     /// Queue `cmd` for `agent` (`None`: the coordinator's EC2 executor).
     /// `subject` is the instance the command is about (the promoted,
-    /// demoted, fenced or terminated one).
+    /// demoted, fenced or terminated one). A request id is queued once: a
+    /// derived id queued again (the old PRIMARY's demote at T1 and at T2)
+    /// changes nothing.
     pub(super) fn queue(
         &mut self,
         agent: Option<&str>,
@@ -47,7 +50,8 @@ impl Txn<'_> {
         self.tx.execute(
             "INSERT INTO commands (request_id, agent_id, group_name, kind, body, priority, epoch,
                                    deadline_ms, state, created_at_ms, subject)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)
+             ON CONFLICT (request_id) DO NOTHING",
             params![
                 cmd.request_id,
                 agent,
@@ -63,51 +67,6 @@ impl Txn<'_> {
         )?;
         self.wake(agent);
         Ok(())
-    }
-
-    /// Queue `cmd` unless a command with its request id exists (a derived
-    /// id queued again, e.g. the old PRIMARY's demote at T1 and at T2).
-    pub(super) fn queue_once(
-        &mut self,
-        agent: Option<&str>,
-        cmd: &Command,
-        subject: Option<&str>,
-    ) -> Result<()> {
-        if !command_exists(&self.tx, &cmd.request_id)? {
-            self.queue(agent, cmd, subject)?;
-        }
-        Ok(())
-    }
-
-    /// The coordinator's executor takes its queued commands (and those it
-    /// took but did not finish, after `redeliver_after_ms`: a crash
-    /// mid-call; EC2 calls are idempotent by ClientToken or by nature).
-    pub fn take_coordinator_commands(
-        &mut self,
-        redeliver_after_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<Command>> {
-        let now_ms = self.now_ms();
-        let rows: Vec<(String, String)> = self
-            .tx
-            .prepare(
-                "SELECT request_id, body FROM commands WHERE agent_id IS NULL AND
-                    (state = 'queued' OR (state = 'delivered' AND delivered_at_ms <= ?1))
-                 ORDER BY priority DESC, created_at_ms, request_id LIMIT ?2",
-            )?
-            .query_map(params![now_ms - redeliver_after_ms, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (rid, body) in rows {
-            self.tx.execute(
-                "UPDATE commands SET state = 'delivered', delivered_at_ms = ?1 WHERE request_id = ?2",
-                params![now_ms, rid],
-            )?;
-            out.push(serde_json::from_str(&body)?);
-        }
-        Ok(out)
     }
 
     /// A command's result, from its agent (`Some`) or the coordinator's
@@ -164,31 +123,33 @@ impl Txn<'_> {
         )?)
     }
 
-    /// Hand the agent its queued commands, highest priority first, and
-    /// mark them delivered. A delivered command without a result is handed
-    /// out again after `redeliver_after_ms` (the agent dedups by
-    /// `request_id`, so a lost answer never runs a command twice). Commands
-    /// past their deadline are marked expired instead.
+    /// Hand the agent (`Some`) or the coordinator's executor (`None`) its
+    /// queued commands, highest priority first, and mark them delivered.
+    /// A delivered command without a result is handed out again after
+    /// `redeliver_after_ms` (the agent dedups by `request_id`, so a lost
+    /// answer never runs a command twice; the coordinator's EC2 calls are
+    /// idempotent by ClientToken or by nature, so a crash mid-call is
+    /// harmless). Commands past their deadline are marked expired instead.
     pub fn take_commands(
         &mut self,
-        agent_id: &str,
+        agent: Option<&str>,
         redeliver_after_ms: i64,
         limit: u32,
     ) -> Result<Vec<Command>> {
         let now_ms = self.now_ms();
         self.tx.execute(
             "UPDATE commands SET state = 'expired', finished_at_ms = ?2
-             WHERE agent_id = ?1 AND state = 'queued' AND deadline_ms < ?2",
-            params![agent_id, now_ms],
+             WHERE agent_id IS ?1 AND state = 'queued' AND deadline_ms < ?2",
+            params![agent, now_ms],
         )?;
         let rows: Vec<(String, String)> = self
             .tx
             .prepare(
-                "SELECT request_id, body FROM commands WHERE agent_id = ?1 AND
+                "SELECT request_id, body FROM commands WHERE agent_id IS ?1 AND
                     (state = 'queued' OR (state = 'delivered' AND delivered_at_ms <= ?2))
                  ORDER BY priority DESC, created_at_ms, request_id LIMIT ?3",
             )?
-            .query_map(params![agent_id, now_ms - redeliver_after_ms, limit], |r| {
+            .query_map(params![agent, now_ms - redeliver_after_ms, limit], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -265,8 +226,8 @@ impl Txn<'_> {
         self.audit(
             &format!("group:{group}"),
             "launch",
-            Value::Null,
-            json!({"agent_id": agent, "pool": pool, "emergency": emergency}),
+            &Value::Null,
+            &json!({"agent_id": agent, "pool": pool, "emergency": emergency}),
         )?;
         Ok(QueuedCommand {
             agent_id: agent,
@@ -325,12 +286,11 @@ pub fn list(conn: &Connection, agent_id: Option<&str>) -> Result<Vec<CommandView
 
 /// The final state of a command, once it has one.
 pub fn state(conn: &Connection, request_id: &str) -> Result<Option<spot_common::CommandState>> {
-    let s: Option<String> = conn
+    Ok(conn
         .query_row(
             "SELECT state FROM commands WHERE request_id = ?1",
             [request_id],
-            |r| r.get(0),
+            |r| col::text(r, 0),
         )
-        .optional()?;
-    Ok(s.map(|s| parse_enum(0, s)).transpose()?)
+        .optional()?)
 }

@@ -2,10 +2,11 @@
 //! each with its effect in the same transaction; and the notices they
 //! carry.
 
-use super::{Read, Result, StoreError, Txn, parse_enum};
+use super::{Read, Result, StoreError, Txn};
 use rusqlite::{Connection, params};
 use spot_common::wire::{EventsResponse, NoticeView};
 use spot_common::{Event, EventBody};
+use spot_runtime::from_row;
 
 impl Txn<'_> {
     /// Apply a batch of events exactly once: an event id seen before is
@@ -78,8 +79,8 @@ impl Txn<'_> {
                     self.audit(
                         &format!("instance:{}", agent.instance_id),
                         "self_demoted",
-                        serde_json::json!({}),
-                        serde_json::json!({"epoch": epoch, "hook_ok": hook_ok}),
+                        &serde_json::json!({}),
+                        &serde_json::json!({"epoch": epoch, "hook_ok": hook_ok}),
                     )?;
                 }
                 // Price batches are delivered to the pricing endpoint.
@@ -102,15 +103,10 @@ pub fn notices(conn: &Connection, group: Option<&str>) -> Result<Vec<NoticeView>
     )?;
     let rows = stmt
         .query_map([group], |r| {
-            Ok(NoticeView {
-                event_id: r.get(0)?,
-                agent_id: r.get(1)?,
-                instance_id: r.get(2)?,
-                group: r.get(3)?,
-                kind: parse_enum(4, r.get(4)?)?,
-                effective_at_ms: r.get(5)?,
-                seen_at_ms: r.get(6)?,
-            })
+            Ok(from_row! { r => NoticeView {
+                event_id, agent_id, instance_id, group, kind: text, effective_at_ms,
+                seen_at_ms
+            }})
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)

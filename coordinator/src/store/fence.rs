@@ -101,12 +101,7 @@ impl Txn<'_> {
             )));
         }
         self.queue(via, &cmd, Some(instance))?;
-        self.audit(
-            &format!("instance:{instance}"),
-            "fence",
-            json!({}),
-            json!({"epoch": epoch, "attempt": attempt, "via": via.unwrap_or(super::COORDINATOR_EXECUTOR)}),
-        )?;
+        self.audit(&format!("instance:{instance}"), "fence", &json!({}), &json!({"epoch": epoch, "attempt": attempt, "via": via.unwrap_or(super::COORDINATOR_EXECUTOR)}))?;
         Ok(cmd.request_id)
     }
 
@@ -127,8 +122,8 @@ impl Txn<'_> {
         self.audit(
             &format!("instance:{instance}"),
             "declared_dead",
-            json!({"role": inst.role}),
-            json!({"declared_dead": true}),
+            &json!({"role": inst.role}),
+            &json!({"declared_dead": true}),
         )
     }
 }

@@ -29,12 +29,7 @@ impl Txn<'_> {
             params![name, serde_json::to_string(config)?, self.now_ms()],
         )?;
         let g = self.group(name)?;
-        self.audit(
-            &format!("group:{name}"),
-            "create",
-            Value::Null,
-            serde_json::to_value(&g)?,
-        )?;
+        self.audit(&format!("group:{name}"), "create", &Value::Null, &g)?;
         Ok(g)
     }
 
@@ -66,12 +61,7 @@ impl Txn<'_> {
             ],
         )?;
         let after = self.group(name)?;
-        self.audit(
-            &format!("group:{name}"),
-            "update_config",
-            serde_json::to_value(&before)?,
-            serde_json::to_value(&after)?,
-        )?;
+        self.audit(&format!("group:{name}"), "update_config", &before, &after)?;
         if before.config.manual_replica && !after.config.manual_replica {
             let via = match &after.primary {
                 Some(p) => self.instance(p)?.agent_id,
@@ -109,10 +99,9 @@ pub fn list(conn: &Connection) -> Result<Vec<GroupView>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {GROUP_COLS} FROM groups g ORDER BY g.name"
     ))?;
-    let rows = stmt
+    Ok(stmt
         .query_map([], rows::group_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter().map(rows::finish_group).collect()
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 pub fn names(conn: &Connection) -> Result<Vec<String>> {

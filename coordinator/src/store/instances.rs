@@ -46,8 +46,8 @@ impl Txn<'_> {
         self.audit(
             &format!("instance:{}", inst.instance_id),
             event.as_str(),
-            json!({"role": inst.role}),
-            json!({"role": to}),
+            &json!({"role": inst.role}),
+            &json!({"role": to}),
         )
     }
 
@@ -57,8 +57,8 @@ impl Txn<'_> {
         self.audit(
             &format!("instance:{instance_id}"),
             "gone",
-            json!({}),
-            json!({"reason": reason}),
+            &json!({}),
+            &json!({"reason": reason}),
         )
     }
 

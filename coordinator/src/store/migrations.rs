@@ -4,10 +4,32 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
+/// The columns of `commands` between `agent_id` and `result`, as created
+/// in step 1 and again when step 5 rebuilt the table (SQLite cannot drop a
+/// NOT NULL in place).
+macro_rules! command_columns {
+    () => {
+        r#"
+        group_name      TEXT NOT NULL REFERENCES groups(name),
+        kind            TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        priority        INTEGER NOT NULL,
+        epoch           INTEGER NOT NULL,
+        deadline_ms     INTEGER NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN
+            ('queued', 'delivered', 'done', 'failed', 'stale', 'expired', 'cancelled')),
+        created_at_ms   INTEGER NOT NULL,
+        delivered_at_ms INTEGER,
+        finished_at_ms  INTEGER,
+        "#
+    };
+}
+
 /// Step N brings the schema from version N to N+1.
 const STEPS: &[&str] = &[
     // 0 -> 1: the fleet's state.
-    r#"
+    concat!(
+        r#"
     CREATE TABLE groups (
         name          TEXT PRIMARY KEY,
         config        TEXT NOT NULL,
@@ -58,17 +80,9 @@ const STEPS: &[&str] = &[
     CREATE TABLE commands (
         request_id      TEXT PRIMARY KEY,
         agent_id        TEXT NOT NULL REFERENCES agents(agent_id),
-        group_name      TEXT NOT NULL REFERENCES groups(name),
-        kind            TEXT NOT NULL,
-        body            TEXT NOT NULL,
-        priority        INTEGER NOT NULL,
-        epoch           INTEGER NOT NULL,
-        deadline_ms     INTEGER NOT NULL,
-        state           TEXT NOT NULL CHECK (state IN
-            ('queued', 'delivered', 'done', 'failed', 'stale', 'expired', 'cancelled')),
-        created_at_ms   INTEGER NOT NULL,
-        delivered_at_ms INTEGER,
-        finished_at_ms  INTEGER,
+    "#,
+        command_columns!(),
+        r#"
         result          TEXT
     ) STRICT;
     CREATE INDEX commands_pending ON commands(agent_id, state, priority DESC, created_at_ms);
@@ -142,7 +156,8 @@ const STEPS: &[&str] = &[
         UNIQUE (instance_type, availability_zone, product_description,
                 aws_timestamp_ms, price_micros, reporter_agent)
     ) STRICT;
-    "#,
+    "#
+    ),
     // 1 -> 2: the two-phase promotion protocol, EC2 states, switches.
     r#"
     ALTER TABLE groups ADD COLUMN transition TEXT;
@@ -198,21 +213,14 @@ const STEPS: &[&str] = &[
     // executor's; instances remember the epoch of their role and an
     // operator's "declared dead"; idempotency answers remember a hash of
     // their request so a reused id with other content is refused.
-    r#"
+    concat!(
+        r#"
     CREATE TABLE commands_v5 (
         request_id      TEXT PRIMARY KEY,
         agent_id        TEXT REFERENCES agents(agent_id),
-        group_name      TEXT NOT NULL REFERENCES groups(name),
-        kind            TEXT NOT NULL,
-        body            TEXT NOT NULL,
-        priority        INTEGER NOT NULL,
-        epoch           INTEGER NOT NULL,
-        deadline_ms     INTEGER NOT NULL,
-        state           TEXT NOT NULL CHECK (state IN
-            ('queued', 'delivered', 'done', 'failed', 'stale', 'expired', 'cancelled')),
-        created_at_ms   INTEGER NOT NULL,
-        delivered_at_ms INTEGER,
-        finished_at_ms  INTEGER,
+    "#,
+        command_columns!(),
+        r#"
         result          TEXT,
         subject         TEXT
     ) STRICT;
@@ -231,7 +239,8 @@ const STEPS: &[&str] = &[
         WHERE role = 'primary';
     ALTER TABLE instances ADD COLUMN declared_dead_at_ms INTEGER;
     ALTER TABLE idempotency ADD COLUMN request_hash TEXT;
-    "#,
+    "#
+    ),
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

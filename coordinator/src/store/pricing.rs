@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use spot_common::pricing::{self, HourPoint, Report, hour_floor};
 use spot_common::wire::ConsolidationRun;
 use spot_common::{PoolKey, PricePoint};
+use spot_runtime::from_row;
 
 const WATERMARK: &str = "pricing.watermark_received_ms";
 const DUPLICATES: &str = "pricing.duplicates_since_run";
@@ -193,11 +194,9 @@ impl Txn<'_> {
                     .query_map(
                         params![itype, az, product, from_hour - cfg.max_gap_ms],
                         |r| {
-                            Ok(Report {
-                                ts_ms: r.get(0)?,
-                                price: r.get(1)?,
-                                from_primary: r.get(2)?,
-                            })
+                            Ok(from_row! { r => Report {
+                                ts_ms, price, from_primary
+                            }})
                         },
                     )?
                     .collect::<rusqlite::Result<_>>()?;
@@ -283,19 +282,11 @@ pub fn consolidation_runs(conn: &Connection, limit: u32) -> Result<Vec<Consolida
         )?;
     let rows = stmt
         .query_map([limit], |r| {
-            Ok(ConsolidationRun {
-                id: r.get(0)?,
-                started_at_ms: r.get(1)?,
-                duration_ms: r.get(2)?,
-                pools: r.get(3)?,
-                rows_read: r.get(4)?,
-                duplicates_dropped: r.get(5)?,
-                conflicts_median: r.get(6)?,
-                primary_precedence: r.get(7)?,
-                points_interpolated: r.get(8)?,
-                hours_written: r.get(9)?,
-                staging_pruned: r.get(10)?,
-            })
+            Ok(from_row! { r => ConsolidationRun {
+                id, started_at_ms, duration_ms, pools, rows_read, duplicates_dropped,
+                conflicts_median, primary_precedence, points_interpolated,
+                hours_written, staging_pruned
+            }})
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
@@ -323,11 +314,9 @@ pub fn hourly(
                 to_ms
             ],
             |r| {
-                Ok(HourPoint {
-                    hour_ms: r.get(0)?,
-                    price: r.get(1)?,
-                    interpolated: r.get(2)?,
-                })
+                Ok(from_row! { r => HourPoint {
+                    hour_ms, price, interpolated
+                }})
             },
         )?
         .collect::<rusqlite::Result<_>>()?;

@@ -77,7 +77,7 @@ impl Txn<'_> {
             epoch: t.epoch,
             deadline_ms,
         };
-        self.queue_once(Some(&agent), &cmd, Some(instance))?;
+        self.queue(Some(&agent), &cmd, Some(instance))?;
         Ok(Some(cmd.request_id))
     }
 
@@ -162,8 +162,8 @@ impl Txn<'_> {
         self.audit(
             &format!("group:{group}"),
             "replace",
-            json!({"epoch": g.epoch, "primary": g.primary}),
-            json!({"epoch": epoch, "candidate": req.candidate, "reason": req.reason}),
+            &json!({"epoch": g.epoch, "primary": g.primary}),
+            &json!({"epoch": epoch, "candidate": req.candidate, "reason": req.reason}),
         )?;
         let mut result = PromoteResult {
             group: group.into(),
@@ -239,8 +239,8 @@ impl Txn<'_> {
         self.audit(
             &format!("group:{group}"),
             "grant",
-            json!({"fenced": t.fence}),
-            json!({"candidate": t.candidate, "epoch": t.epoch}),
+            &json!({"fenced": t.fence}),
+            &json!({"candidate": t.candidate, "epoch": t.epoch}),
         )?;
         self.write_transition(group, Some(&t), t.epoch)?;
         Ok(queued)
@@ -263,8 +263,8 @@ impl Txn<'_> {
         self.audit(
             &format!("group:{group}"),
             "retarget",
-            json!({"candidate": t.candidate}),
-            json!({"candidate": candidate}),
+            &json!({"candidate": t.candidate}),
+            &json!({"candidate": candidate}),
         )?;
         t.candidate = candidate.to_owned();
         self.write_transition(group, Some(&t), g.epoch)
@@ -303,8 +303,8 @@ impl Txn<'_> {
         self.audit(
             &format!("group:{group}"),
             "commit",
-            json!({"primary": t.old, "epoch": g.epoch}),
-            json!({"primary": t.candidate, "epoch": g.epoch}),
+            &json!({"primary": t.old, "epoch": g.epoch}),
+            &json!({"primary": t.candidate, "epoch": g.epoch}),
         )?;
         self.write_transition(group, None, g.epoch)?;
         Ok(t.candidate)
@@ -377,8 +377,8 @@ impl Txn<'_> {
         self.audit(
             &format!("group:{group}"),
             "roll_over",
-            json!({"epoch": g.epoch, "candidate": candidate}),
-            json!({"epoch": epoch, "reason": reason, "fence": t.fence}),
+            &json!({"epoch": g.epoch, "candidate": candidate}),
+            &json!({"epoch": epoch, "reason": reason, "fence": t.fence}),
         )?;
         self.write_transition(group, Some(&t), epoch)
     }

@@ -8,6 +8,7 @@ use spot_common::planner::{
 };
 use spot_common::wire::TransitionView;
 use spot_common::{PoolKey, Role, ids};
+use spot_runtime::from_row;
 use std::collections::HashMap;
 
 /// What the coordinator's liveness table knows of one agent.
@@ -139,11 +140,9 @@ fn notices(conn: &Connection, group: &str) -> Result<Vec<NoticeSnap>> {
     )?;
     let rows = stmt
         .query_map([group], |r| {
-            Ok(NoticeSnap {
-                instance_id: r.get(0)?,
-                kind: parse_enum(1, r.get(1)?)?,
-                effective_at_ms: r.get(2)?,
-            })
+            Ok(from_row! { r => NoticeSnap {
+                instance_id, kind: text, effective_at_ms
+            }})
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)

@@ -1,11 +1,12 @@
 //! Manual switches: a planned move of the PRIMARY to another pool, with
 //! its measured downtime.
 
-use super::{Read, Result, StoreError, Txn, parse_enum};
+use super::{Read, Result, StoreError, Txn};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use spot_common::wire::SwitchView;
 use spot_common::{Pool, SwitchState};
+use spot_runtime::from_row;
 
 impl Txn<'_> {
     /// Operator asks to move the PRIMARY to `pool`.
@@ -36,8 +37,8 @@ impl Txn<'_> {
         self.audit(
             &format!("group:{group}"),
             "switch",
-            json!({"primary": primary}),
-            json!({"switch": id, "pool": pool}),
+            &json!({"primary": primary}),
+            &json!({"switch": id, "pool": pool}),
         )?;
         get(&self.tx, id)
     }
@@ -73,34 +74,15 @@ pub fn active(conn: &Connection, group: &str) -> Result<Option<(SwitchView, Opti
 }
 
 fn get(conn: &Connection, id: i64) -> Result<SwitchView> {
-    let (row, pool): (SwitchView, String) = conn.query_row(
+    Ok(conn.query_row(
         "SELECT id, group_name, target_pool, state, from_instance, to_instance, started_at_ms,
                 demote_started_ms, promote_done_ms, downtime_ms FROM switches WHERE id = ?1",
         [id],
         |r| {
-            Ok((
-                SwitchView {
-                    id: r.get(0)?,
-                    group: r.get(1)?,
-                    target_pool: Pool {
-                        instance_type: String::new(),
-                        availability_zone: String::new(),
-                        subnet_id: None,
-                    },
-                    state: parse_enum(3, r.get(3)?)?,
-                    from_instance: r.get(4)?,
-                    to_instance: r.get(5)?,
-                    started_at_ms: r.get(6)?,
-                    demote_started_ms: r.get(7)?,
-                    promote_done_ms: r.get(8)?,
-                    downtime_ms: r.get(9)?,
-                },
-                r.get(2)?,
-            ))
+            Ok(from_row! { r => SwitchView {
+                id, group, target_pool: json, state: text, from_instance, to_instance,
+                started_at_ms, demote_started_ms, promote_done_ms, downtime_ms
+            }})
         },
-    )?;
-    Ok(SwitchView {
-        target_pool: serde_json::from_str(&pool)?,
-        ..row
-    })
+    )?)
 }

@@ -64,7 +64,7 @@ fn register(s: &mut Store, instance: &str, agent: &str, now: i64) -> Result<Regi
 }
 
 fn take(s: &mut Store, agent: &str, now: i64, redeliver_ms: i64) -> Vec<Command> {
-    tx(s, now, |t| t.take_commands(agent, redeliver_ms, 10)).unwrap()
+    tx(s, now, |t| t.take_commands(Some(agent), redeliver_ms, 10)).unwrap()
 }
 
 fn queue(s: &mut Store, agent: &str, now: i64, c: &Command) {
@@ -611,11 +611,7 @@ fn register_into_unknown_group_writes_nothing() {
 fn events_apply_once_and_close_their_command() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    let pool = spot_common::Pool {
-        instance_type: "m5.large".into(),
-        availability_zone: "us-east-1b".into(),
-        subnet_id: None,
-    };
+    let pool = spot_common::Pool::new("m5.large", "us-east-1b");
     tx(&mut s, 5, |t| {
         t.queue_launch("launch-1", "g", Via::Agent("a-p"), &pool, false)
     })
@@ -794,11 +790,7 @@ fn gone_and_retired_instances_keep_their_history() {
 fn switch_is_recorded_with_its_downtime() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    let pool = spot_common::Pool {
-        instance_type: "c5.large".into(),
-        availability_zone: "us-east-1a".into(),
-        subnet_id: None,
-    };
+    let pool = spot_common::Pool::new("c5.large", "us-east-1a");
     let sw = op(&mut s, "switch", Some("sw-1"), 10, |t| {
         t.request_switch("g", &pool)
     })
@@ -944,11 +936,7 @@ fn late_data_reconsolidates_only_the_hours_it_touches() {
 fn a_launched_instance_is_launching_until_it_registers_or_fails() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    let pool = spot_common::Pool {
-        instance_type: "c5.large".into(),
-        availability_zone: "us-east-1b".into(),
-        subnet_id: None,
-    };
+    let pool = spot_common::Pool::new("c5.large", "us-east-1b");
     tx(&mut s, 10, |t| {
         t.queue_launch("l-1", "g", Via::Agent("a-p"), &pool, true)
     })

@@ -221,19 +221,23 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Fence within `secs`, polling every 100 ms.
+    async fn fence(ec2: &FakeEc2, instance_id: &str, secs: u64) -> Result<(), Ec2Error> {
+        super::super::fence(
+            ec2,
+            instance_id,
+            Duration::from_secs(secs),
+            Duration::from_millis(100),
+        )
+        .await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fence_waits_for_terminated() {
         let ec2 = FakeEc2::new();
         ec2.add_instance("i-old", "running");
         ec2.slow_termination(3);
-        super::super::fence(
-            &ec2,
-            "i-old",
-            Duration::from_secs(10),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap();
+        fence(&ec2, "i-old", 10).await.unwrap();
         assert_eq!(ec2.state("i-old").as_deref(), Some("terminated"));
         let polls = ec2
             .calls()
@@ -252,34 +256,13 @@ mod tests {
             ErrorClass::Auth,
             "UnauthorizedOperation",
         );
-        let e = super::super::fence(
-            &ec2,
-            "i-old",
-            Duration::from_secs(5),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap_err();
+        let e = fence(&ec2, "i-old", 5).await.unwrap_err();
         assert_eq!(e.code, "UnauthorizedOperation");
         ec2.slow_termination(1_000_000);
-        let e = super::super::fence(
-            &ec2,
-            "i-old",
-            Duration::from_secs(5),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap_err();
+        let e = fence(&ec2, "i-old", 5).await.unwrap_err();
         assert_eq!(e.code, "FenceTimeout");
         // An instance EC2 no longer knows is fenced.
-        super::super::fence(
-            &ec2,
-            "i-gone",
-            Duration::from_secs(5),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap();
+        fence(&ec2, "i-gone", 5).await.unwrap();
     }
 
     #[tokio::test]

@@ -141,6 +141,29 @@ pub struct LaunchSpec {
     pub spot: bool,
 }
 
+impl LaunchSpec {
+    /// What a `launch` command asks EC2 for (`None` for any other
+    /// command). The request id is the ClientToken, so a retried launch
+    /// finds the instance the first attempt created.
+    pub fn of(cmd: &spot_common::Command) -> Option<LaunchSpec> {
+        let spot_common::CommandKind::Launch {
+            pool,
+            launch_template_id,
+            ..
+        } = &cmd.action
+        else {
+            return None;
+        };
+        Some(LaunchSpec {
+            request_id: cmd.request_id.clone(),
+            group: cmd.group.clone(),
+            pool: pool.clone(),
+            launch_template_id: launch_template_id.clone(),
+            spot: true,
+        })
+    }
+}
+
 /// One spot price as EC2 reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpotPrice {
@@ -179,6 +202,13 @@ pub trait Ec2Api: Send + Sync {
         product_description: &str,
         start_ms: i64,
     ) -> Result<Vec<SpotPrice>, Ec2Error>;
+}
+
+/// How long a fence command may wait for `terminated`: until its
+/// deadline, and never less than 10 s (EC2 takes seconds to stop).
+pub fn fence_window(deadline_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(deadline_ms - now_ms).unwrap_or(0))
+        .max(Duration::from_secs(10))
 }
 
 /// STONITH through EC2: terminate `instance_id` and wait until EC2 reports
@@ -229,30 +259,16 @@ mod tests {
 
     #[test]
     fn errors_are_classified() {
-        assert_eq!(
-            classify("RequestLimitExceeded", Some(503)),
-            ErrorClass::Throttled
-        );
-        assert_eq!(
-            classify("InsufficientInstanceCapacity", Some(500)),
-            ErrorClass::Capacity
-        );
-        assert_eq!(
-            classify("UnauthorizedOperation", Some(403)),
-            ErrorClass::Auth
-        );
-        assert_eq!(
-            classify("IdempotentParameterMismatch", Some(400)),
-            ErrorClass::Idempotency
-        );
-        assert_eq!(
-            classify("IdempotentInstanceTerminated", Some(400)),
-            ErrorClass::Idempotency
-        );
-        assert_eq!(
-            classify("InvalidInstanceID.NotFound", Some(400)),
-            ErrorClass::NotFound
-        );
+        for (code, status, class) in [
+            ("RequestLimitExceeded", 503, ErrorClass::Throttled),
+            ("InsufficientInstanceCapacity", 500, ErrorClass::Capacity),
+            ("UnauthorizedOperation", 403, ErrorClass::Auth),
+            ("IdempotentParameterMismatch", 400, ErrorClass::Idempotency),
+            ("IdempotentInstanceTerminated", 400, ErrorClass::Idempotency),
+            ("InvalidInstanceID.NotFound", 400, ErrorClass::NotFound),
+        ] {
+            assert_eq!(classify(code, Some(status)), class, "{code}");
+        }
         assert_eq!(classify("", Some(502)), ErrorClass::Server);
         assert_eq!(classify("Whatever", Some(400)), ErrorClass::Client);
         assert!(ErrorClass::Throttled.retryable() && !ErrorClass::Capacity.retryable());

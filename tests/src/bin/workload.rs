@@ -44,28 +44,24 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let r = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("spot-workload: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
-        match cli.command {
-            Cmd::Serve {
-                socket,
-                ledger,
-                instance,
-                group,
-                unhealthy_file,
-            } => serve(socket, ledger, instance, group, unhealthy_file).await,
-            Cmd::Ctl { socket, words } => ctl(socket, words.join(" ")).await,
-        }
-    });
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                match cli.command {
+                    Cmd::Serve {
+                        socket,
+                        ledger,
+                        instance,
+                        group,
+                        unhealthy_file,
+                    } => serve(socket, ledger, instance, group, unhealthy_file).await,
+                    Cmd::Ctl { socket, words } => ctl(socket, words.join(" ")).await,
+                }
+            })
+        });
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -17,13 +17,7 @@ pub async fn rebalance() -> Result<Timings> {
     let first = group(&f, json!({}), None).await?;
     let t = Instant::now();
     f.rebalance(&first)?;
-    let replica = eventually("a replica from the rebalance", WAIT, || async {
-        let inst = f.get("/v1/instances?group=db").await.ok()?;
-        inst.as_array()?.iter().find(|i| i["role"] == "replica")?["instance_id"]
-            .as_str()
-            .map(str::to_owned)
-    })
-    .await?;
+    let replica = super::wait_replica(&f, "a replica from the rebalance").await?;
     let took = t.elapsed().as_secs_f64();
     ensure!(replica != first);
     ensure!(
@@ -40,14 +34,8 @@ pub async fn rebalance() -> Result<Timings> {
 }
 
 pub async fn warm_failover() -> Result<Timings> {
-    let f = Fleet::start(FleetOptions::default()).await?;
-    f.ec2.add_address("eipalloc-db", "203.0.113.5");
-    let first = group(
-        &f,
-        json!({"promotion": {"elastic_ip_allocation_id": "eipalloc-db"}}),
-        Some("i-db-replica"),
-    )
-    .await?;
+    let (f, first) =
+        super::group_with_address("eipalloc-db", "203.0.113.5", Some("i-db-replica")).await?;
     let checker = InvariantChecker::start(&f);
     let t = Instant::now();
     f.interrupt(&first, Duration::from_secs(120))?;
@@ -55,11 +43,7 @@ pub async fn warm_failover() -> Result<Timings> {
     let took = t.elapsed().as_secs_f64();
     ensure!(f.role(&first).await? == "zombie");
     ensure!(
-        f.ec2
-            .address("eipalloc-db")
-            .and_then(|a| a.instance_id)
-            .as_deref()
-            == Some("i-db-replica"),
+        f.address_holder("eipalloc-db").as_deref() == Some("i-db-replica"),
         "the address moved"
     );
     wait_serving(&f, "db", "i-db-replica").await?;
@@ -129,14 +113,7 @@ pub async fn failed_promotion() -> Result<Timings> {
 }
 
 pub async fn switch() -> Result<Timings> {
-    let f = Fleet::start(FleetOptions::default()).await?;
-    f.ec2.add_address("eipalloc-sw", "203.0.113.7");
-    let first = group(
-        &f,
-        json!({"promotion": {"elastic_ip_allocation_id": "eipalloc-sw"}}),
-        None,
-    )
-    .await?;
+    let (f, first) = super::group_with_address("eipalloc-sw", "203.0.113.7", None).await?;
     let checker = InvariantChecker::start(&f);
     let (st, sw) = f
         .api
@@ -157,13 +134,7 @@ pub async fn switch() -> Result<Timings> {
     ensure!(f.get(&format!("/v1/instances/{new}")).await?["instance_type"] == "c5.large");
     wait_confirmed(&f, "db", Some(&new), None).await?;
     ensure!(f.role(&first).await? == "zombie");
-    ensure!(
-        f.ec2
-            .address("eipalloc-sw")
-            .and_then(|a| a.instance_id)
-            .as_deref()
-            == Some(new.as_str())
-    );
+    ensure!(f.address_holder("eipalloc-sw") == Some(new.clone()));
     let downtime = done["downtime_ms"].as_i64().context("downtime recorded")?;
     ensure!((0..10_000).contains(&downtime), "downtime {downtime} ms");
     wait_serving(&f, "db", &new).await?;
@@ -181,13 +152,7 @@ pub async fn manual_replica() -> Result<Timings> {
     )
     .await?;
     ensure!(st.is_success(), "{g}");
-    let replica = eventually("one replica", WAIT, || async {
-        let inst = f.get("/v1/instances?group=db").await.ok()?;
-        inst.as_array()?.iter().find(|i| i["role"] == "replica")?["instance_id"]
-            .as_str()
-            .map(str::to_owned)
-    })
-    .await?;
+    let replica = super::wait_replica(&f, "one replica").await?;
     let took = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     ensure!(launched(&f).len() == 1, "exactly one REPLICA");
@@ -250,9 +215,7 @@ pub async fn coordinator_crash() -> Result<Timings> {
     let mut f = Fleet::start(FleetOptions::default()).await?;
     let first = group(&f, json!({}), Some("i-db-r")).await?;
     // A slow promote hook keeps the promotion in flight.
-    f.with_node("i-db-r", |n| {
-        n.slow_hook("promote", Some(Duration::from_secs(2)))
-    })?;
+    f.slow_hook("i-db-r", "promote", Some(Duration::from_secs(2)))?;
     let checker = InvariantChecker::start(&f);
     let t = Instant::now();
     f.interrupt(&first, Duration::from_secs(120))?;

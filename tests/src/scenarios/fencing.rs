@@ -45,9 +45,7 @@ async fn command_done(f: &Fleet, prefix: &str) -> Result<bool> {
 /// terminated it (fenced by the REPLICA's agent); only then is the REPLICA
 /// promoted.
 pub async fn partition() -> Result<Timings> {
-    let f = fleet_with_lease("3s").await?;
-    let first = group(&f, json!({}), Some("i-db-r")).await?;
-    let checker = InvariantChecker::start(&f);
+    let (f, first, checker) = short_lease_group(Some("i-db-r")).await?;
     let cut = Instant::now();
     f.partition(&first)?;
     wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
@@ -78,9 +76,7 @@ pub async fn slow_promote() -> Result<Timings> {
     f.add_instance("i-db-ok", "c5.large", "us-east-1a", "db")
         .await?;
     super::wait_role(&f, "i-db-ok", "replica").await?;
-    f.with_node("i-db-slow", |n| {
-        n.slow_hook("promote", Some(Duration::from_secs(40)))
-    })?;
+    f.slow_hook("i-db-slow", "promote", Some(Duration::from_secs(40)))?;
     let checker = InvariantChecker::start(&f);
     let t = Instant::now();
     f.interrupt(&first, Duration::from_secs(120))?;
@@ -117,12 +113,19 @@ pub async fn slow_promote() -> Result<Timings> {
     Ok(vec![("notice_to_new_primary_s", took)])
 }
 
+/// A fleet with a 3 s lease whose group `db` has a serving PRIMARY (and
+/// `replica` as REPLICA), watched by the invariant checker from now on.
+async fn short_lease_group(replica: Option<&str>) -> Result<(Fleet, String, InvariantChecker)> {
+    let f = fleet_with_lease("3s").await?;
+    let first = group(&f, json!({}), replica).await?;
+    let checker = InvariantChecker::start(&f);
+    Ok((f, first, checker))
+}
+
 /// A SIGSTOPped agent on a PRIMARY whose workload keeps running: the
 /// coordinator cannot demote it, so it fences it through EC2 first.
 pub async fn frozen_agent() -> Result<Timings> {
-    let f = fleet_with_lease("3s").await?;
-    let first = group(&f, json!({}), Some("i-db-r")).await?;
-    let checker = InvariantChecker::start(&f);
+    let (f, first, checker) = short_lease_group(Some("i-db-r")).await?;
     let t = Instant::now();
     f.with_node(&first, |n| n.agent.freeze(true))?;
     wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
@@ -267,9 +270,7 @@ pub async fn restored_store() -> Result<Timings> {
 /// with it: no live agent in the group, so the coordinator's executor
 /// launches a replacement, which is promoted once the old one is fenced.
 pub async fn lost_primary() -> Result<Timings> {
-    let f = fleet_with_lease("3s").await?;
-    let first = group(&f, json!({}), None).await?;
-    let checker = InvariantChecker::start(&f);
+    let (f, first, checker) = short_lease_group(None).await?;
     let t = Instant::now();
     f.lose(&first);
     let new = wait_confirmed(&f, "db", None, Some(&first)).await?;
@@ -291,9 +292,7 @@ pub async fn lost_primary() -> Result<Timings> {
 /// workload (demote hook) and exits; the coordinator fences the silent
 /// instance and promotes the REPLICA.
 pub async fn journal_failure() -> Result<Timings> {
-    let f = fleet_with_lease("3s").await?;
-    let first = group(&f, json!({}), Some("i-db-r")).await?;
-    let checker = InvariantChecker::start(&f);
+    let (f, first, checker) = short_lease_group(Some("i-db-r")).await?;
     let t = Instant::now();
     f.with_node(&first, |n| n.journal_faults(true))?;
     let status = eventually("the agent to exit", WAIT, || async {

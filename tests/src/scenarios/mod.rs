@@ -87,9 +87,7 @@ impl InvariantChecker {
             let mut problems = Vec::new();
             let mut epochs: HashMap<String, u64> = HashMap::new();
             while !s.load(Ordering::Relaxed) {
-                let seen: Vec<(String, Option<u64>)> = nodes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                let seen: Vec<(String, Option<u64>)> = crate::lock(&nodes)
                     .iter()
                     .filter(|(_, n)| n.alive)
                     .map(|(id, n)| (id.clone(), n.agent.highest_epoch()))
@@ -207,17 +205,39 @@ pub async fn group(f: &Fleet, config: Value, replica: Option<&str>) -> Result<St
     Ok(first)
 }
 
+/// Wait for a REPLICA in group `db`; its instance id.
+pub async fn wait_replica(f: &Fleet, what: &str) -> Result<String> {
+    eventually(what, WAIT, || async {
+        let inst = f.get("/v1/instances?group=db").await.ok()?;
+        inst.as_array()?.iter().find(|i| i["role"] == "replica")?["instance_id"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await
+}
+
+/// A fleet whose group `db` moves the Elastic IP `allocation` (at `ip`)
+/// to each new PRIMARY; its first PRIMARY is serving, and `replica` (if
+/// any) is a REPLICA.
+pub async fn group_with_address(
+    allocation: &str,
+    ip: &str,
+    replica: Option<&str>,
+) -> Result<(Fleet, String)> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    f.ec2.add_address(allocation, ip);
+    let config = json!({"promotion": {"elastic_ip_allocation_id": allocation}});
+    let first = group(&f, config, replica).await?;
+    Ok((f, first))
+}
+
 pub async fn put_config(f: &Fleet, config: Value) -> Result<(reqwest::StatusCode, Value)> {
     let version = f.get("/v1/groups/db").await?["version"]
         .as_i64()
         .context("version")?;
+    let body = json!({"config": config, "version": version});
     f.api
-        .call(
-            reqwest::Method::PUT,
-            "/v1/groups/db",
-            Some(&f.coord.admin_token),
-            Some(&json!({"config": config, "version": version})),
-        )
+        .put("/v1/groups/db", &f.coord.admin_token, &body)
         .await
 }
 

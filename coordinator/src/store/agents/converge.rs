@@ -60,8 +60,8 @@ impl Txn<'_> {
         self.audit(
             &format!("group:{}", g.name),
             "converged",
-            before,
-            json!({"epoch": after.epoch, "primary": after.primary,
+            &before,
+            &json!({"epoch": after.epoch, "primary": after.primary,
                    "reported_by": instance, "adopted_primary": adopted}),
         )?;
         tracing::warn!(group = %g.name, from = g.epoch, to = after.epoch, reported_by = instance, adopted,
@@ -79,8 +79,8 @@ impl Txn<'_> {
         self.audit(
             &format!("instance:{instance}"),
             "disagreement",
-            json!({"kind": kind}),
-            detail,
+            &json!({"kind": kind}),
+            &detail,
         )
     }
 }

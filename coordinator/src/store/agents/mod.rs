@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use spot_common::wire::{AgentView, PricingHint, RegisterRequest, RegisterResponse};
 use spot_common::{AgentStatus, Command, CommandKind, GroupConfig, Role, RoleEvent};
+use spot_runtime::from_row;
 
 /// Agent data batched from heartbeats.
 #[derive(Debug, Clone)]
@@ -85,8 +86,8 @@ impl Txn<'_> {
             self.audit(
                 &format!("agent:{old}"),
                 "replaced",
-                json!({"status": "online_or_offline"}),
-                json!({"status": "replaced", "replaced_by": agent_id}),
+                &json!({"status": "online_or_offline"}),
+                &json!({"status": "replaced", "replaced_by": agent_id}),
             )?;
         }
         match rows::find_instance(&self.tx, &req.instance_id)? {
@@ -129,8 +130,8 @@ impl Txn<'_> {
         self.audit(
             &format!("agent:{agent_id}"),
             "register",
-            Value::Null,
-            serde_json::to_value(&after)?,
+            &Value::Null,
+            &after,
         )?;
         Ok(Registered {
             response: RegisterResponse {
@@ -179,8 +180,8 @@ impl Txn<'_> {
             self.audit(
                 &format!("agent:{agent_id}"),
                 "status",
-                json!({"status": from}),
-                json!({"status": to}),
+                &json!({"status": from}),
+                &json!({"status": to}),
             )?;
             if to == AgentStatus::Offline {
                 let expired = self.expire_routable(agent_id)?;
@@ -238,12 +239,7 @@ impl Txn<'_> {
         };
         self.queue(Some(agent_id), &cmd, None)?;
         let after = self.agent(agent_id)?;
-        self.audit(
-            &format!("agent:{agent_id}"),
-            "delete",
-            serde_json::to_value(&before)?,
-            serde_json::to_value(&after)?,
-        )?;
+        self.audit(&format!("agent:{agent_id}"), "delete", &before, &after)?;
         Ok(after)
     }
 }
@@ -259,12 +255,9 @@ pub fn active(conn: &Connection) -> Result<Vec<AgentAuth>> {
     )?;
     let rows = stmt
         .query_map([], |r| {
-            Ok(AgentAuth {
-                agent_id: r.get(0)?,
-                token_hash: r.get(1)?,
-                status: parse_enum(2, r.get(2)?)?,
-                instance_id: r.get(3)?,
-            })
+            Ok(from_row! { r => AgentAuth {
+                agent_id, token_hash, status: text, instance_id
+            }})
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
