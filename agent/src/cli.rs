@@ -10,7 +10,7 @@ use std::process::ExitCode;
 /// coordinator's commands exactly once. Every config key is also a flag and
 /// a SPOT_AGENT_* environment variable (flag > environment > file > default).
 #[derive(Parser)]
-#[command(name = "spot-agent", version)]
+#[command(name = "spot-agent", version, args_override_self = true)]
 pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "SPOT_AGENT_LOG_JSON")]

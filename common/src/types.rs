@@ -102,6 +102,14 @@ pub struct GroupConfig {
     /// Terminate a demoted PRIMARY instead of keeping it as ZOMBIE.
     #[serde(default)]
     pub auto_terminate: bool,
+    /// Seconds a ZOMBIE (a demoted PRIMARY kept to look at) is kept
+    /// before it is terminated [default: 30 days].
+    #[serde(default = "default_zombie_retention")]
+    pub zombie_retention_s: u64,
+    /// Seconds a FAILED instance (a launch that never became healthy) is
+    /// kept before it is terminated [default: 0, at once].
+    #[serde(default)]
+    pub failed_retention_s: u64,
     /// The coordinator takes no automatic action for this group (no
     /// failover, no launches); operators act by hand. For maintenance.
     #[serde(default)]
@@ -116,6 +124,13 @@ pub struct GroupConfig {
 
 pub const DEFAULT_PRODUCT: &str = "Linux/UNIX";
 
+/// 30 days.
+pub const DEFAULT_ZOMBIE_RETENTION_S: u64 = 30 * 24 * 3600;
+
+fn default_zombie_retention() -> u64 {
+    DEFAULT_ZOMBIE_RETENTION_S
+}
+
 impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
@@ -125,6 +140,8 @@ impl Default for GroupConfig {
             auto_switch: false,
             manual_replica: false,
             auto_terminate: false,
+            zombie_retention_s: DEFAULT_ZOMBIE_RETENTION_S,
+            failed_retention_s: 0,
             paused: false,
             product_description: default_product(),
         }

@@ -176,6 +176,52 @@ pub struct DeclareDeadRequest {
     pub request_id: Option<String>,
 }
 
+/// `POST /v1/instances/terminate`: ZOMBIE and FAILED instances, by ids or
+/// by filter, terminated through EC2 (an online agent of their group, else
+/// the coordinator's executor). `dry_run` lists what would be done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkTerminateRequest {
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+    /// Filter: instances in this role (`zombie` or `failed`).
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Filter: in that role for at least this long (`30d`, `12h`).
+    #[serde(default)]
+    pub older_than: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// One instance a bulk terminate looked at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BulkTerminateItem {
+    pub instance_id: String,
+    pub group: String,
+    pub role: Role,
+    /// Seconds in that role.
+    pub in_role_s: i64,
+    /// `terminate` (done, or would be with `dry_run`) or `skip`.
+    pub action: String,
+    /// Why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The terminate command queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BulkTerminateResponse {
+    pub dry_run: bool,
+    pub instances: Vec<BulkTerminateItem>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NoticeView {
     pub event_id: String,

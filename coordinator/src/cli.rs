@@ -13,7 +13,7 @@ use std::time::Duration;
 /// SPOT_COORDINATOR_* environment variables; flags win over the
 /// environment, which wins over the file.
 #[derive(Parser)]
-#[command(name = "spot-coordinator", version)]
+#[command(name = "spot-coordinator", version, args_override_self = true)]
 pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "SPOT_COORDINATOR_LOG_JSON")]

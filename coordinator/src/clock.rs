@@ -78,6 +78,38 @@ pub async fn run(state: std::sync::Arc<crate::AppState>) -> anyhow::Result<()> {
     }
 }
 
+/// Test builds (`failpoints` feature) step the wall clock by the offset in
+/// milliseconds found in `SPOT_COORDINATOR_CLOCK_OFFSET_FILE` (re-read at
+/// most every 200 ms): the nemesis steps the coordinator's clock by
+/// rewriting that file. Always 0 in release builds.
+#[cfg(feature = "failpoints")]
+pub fn test_offset_ms(now_ms: i64) -> i64 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static FILE: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    static OFFSET: AtomicI64 = AtomicI64::new(0);
+    static READ_AT: AtomicI64 = AtomicI64::new(i64::MIN);
+    let Some(path) = FILE.get_or_init(|| {
+        std::env::var_os("SPOT_COORDINATOR_CLOCK_OFFSET_FILE").map(std::path::PathBuf::from)
+    }) else {
+        return 0;
+    };
+    if now_ms.saturating_sub(READ_AT.load(Ordering::Relaxed)) >= 200 {
+        READ_AT.store(now_ms, Ordering::Relaxed);
+        let v = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        OFFSET.store(v, Ordering::Relaxed);
+    }
+    OFFSET.load(Ordering::Relaxed)
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub fn test_offset_ms(_now_ms: i64) -> i64 {
+    0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,11 +49,14 @@ pub struct AppState {
     pub executor_wake: Notify,
 }
 
+/// Unix milliseconds: what is wall time by nature (stored timestamps,
+/// command deadlines, notice times). Timers use `clock::MonoClock`.
 pub fn now_ms() -> i64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    ms.saturating_add(clock::test_offset_ms(ms))
 }
 
 pub fn millis(d: Duration) -> u64 {

@@ -244,6 +244,13 @@ impl Ec2Sim {
             .or_default() += times;
     }
 
+    /// Forget injected errors and lost answers not yet used up.
+    pub fn clear_faults(&self) {
+        let mut g = self.lock();
+        g.faults.clear();
+        g.lost_answers.clear();
+    }
+
     /// Delay every answer (a slow EC2).
     pub fn set_answer_delay(&self, d: Duration) {
         self.lock().answer_delay = d;

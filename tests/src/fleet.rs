@@ -164,6 +164,9 @@ fn ec2_env(endpoint: &str) -> Vec<(&'static str, String)> {
 
 type Nodes = Arc<Mutex<HashMap<String, Node>>>;
 
+/// The coordinator's test-only clock offset file, in the fleet's root.
+const COORDINATOR_CLOCK_OFFSET: &str = "coordinator-clock-offset";
+
 fn lock(nodes: &Nodes) -> std::sync::MutexGuard<'_, HashMap<String, Node>> {
     crate::lock(nodes)
 }
@@ -195,7 +198,19 @@ fn kill_instance(nodes: &Nodes, ledger: &Path, id: &str) {
 }
 
 impl Fleet {
+    /// A fleet in a temporary directory, removed when it is dropped; with
+    /// `SPOT_SIM_KEEP=DIR`, in a new directory under DIR that stays (logs,
+    /// journals, the store and the ledger, to look at after a failure).
     pub async fn start(opts: FleetOptions) -> Result<Fleet> {
+        if let Some(keep) = std::env::var_os("SPOT_SIM_KEEP") {
+            std::fs::create_dir_all(&keep)?;
+            let root = tempfile::Builder::new()
+                .prefix("fleet-")
+                .tempdir_in(&keep)?
+                .keep();
+            eprintln!("spot-sim: fleet kept in {}", root.display());
+            return Self::start_in(root, opts).await;
+        }
         let tmp = tempfile::tempdir()?;
         let root = tmp.path().to_owned();
         let mut f = Self::start_in(root, opts).await?;
@@ -211,7 +226,12 @@ impl Fleet {
         if opts.coordinator_executor {
             args.push("--ec2-executor");
         }
-        let env = ec2_env(&ec2.endpoint());
+        let mut env = ec2_env(&ec2.endpoint());
+        let offset_file = root.join(COORDINATOR_CLOCK_OFFSET);
+        env.push((
+            "SPOT_COORDINATOR_CLOCK_OFFSET_FILE",
+            offset_file.display().to_string(),
+        ));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let coord = Coordinator::start_with(&root.join("coordinator"), &opts.listen, &args, &env)?;
         let api = coord.api();
@@ -375,6 +395,43 @@ impl Fleet {
         self.with_node(id, |n| n.slow_hook(hook, delay))
     }
 
+    /// Step the coordinator's wall clock by `offset_ms` from true time.
+    pub fn coordinator_clock_offset(&self, offset_ms: i64) -> Result<()> {
+        std::fs::write(
+            self.root.join(COORDINATOR_CLOCK_OFFSET),
+            offset_ms.to_string(),
+        )?;
+        Ok(())
+    }
+
+    /// Act as systemd's `Restart=always` with `RestartSec=restart_after`:
+    /// every agent that is not running (it exited, failed closed, or was
+    /// killed) on an instance that is up is started again.
+    pub fn supervise_agents(&self, restart_after: Duration) -> tokio::task::JoinHandle<()> {
+        let nodes = Arc::clone(&self.nodes);
+        tokio::spawn(async move {
+            let mut down_since: HashMap<String, tokio::time::Instant> = HashMap::new();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let now = tokio::time::Instant::now();
+                for (id, n) in lock(&nodes).iter_mut() {
+                    if !n.alive || n.agent.is_running() {
+                        down_since.remove(id);
+                        continue;
+                    }
+                    let since = *down_since.entry(id.clone()).or_insert(now);
+                    if now.duration_since(since) >= restart_after {
+                        down_since.remove(id);
+                        n.agent.kill9();
+                        if let Err(e) = n.agent.start(None) {
+                            tracing::warn!(instance = %id, error = %e, "restarting an agent");
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     /// Kill an agent and start it again (the instance stays up).
     pub fn restart_agent(&self, id: &str) -> Result<()> {
         self.with_node(id, |n| {
@@ -392,6 +449,19 @@ impl Fleet {
             bail!("GET {path}: {st} {v}");
         }
         Ok(v)
+    }
+
+    /// The store's audit log has `action` on `entity` (`group:db`,
+    /// `instance:i-1`).
+    pub async fn audited(&self, entity: &str, action: &str) -> Result<bool> {
+        let audit = self
+            .get(&format!("/v1/audit?entity={entity}&limit=1000"))
+            .await?;
+        Ok(audit
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["action"] == action))
     }
 
     /// The instance the Elastic IP `allocation` is associated with.
@@ -472,6 +542,9 @@ struct Booter {
     ledger: PathBuf,
 }
 
+/// Each node's log of successful hook runs: `<hook> <request id> <agent pid>`.
+pub const HOOK_LOG: &str = "hooks.log";
+
 fn write_hook(dir: &Path, name: &str, workload: &Path, socket: &Path, verb: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
@@ -479,11 +552,13 @@ fn write_hook(dir: &Path, name: &str, workload: &Path, socket: &Path, verb: &str
         &path,
         format!(
             "#!/bin/sh\n\
-             # {name}: optional delay and failure (test faults), then tell the workload.\n\
+             # {name}: optional delay and failure (test faults), then tell the workload;\n\
+             # a success is logged with the agent's pid (the nemesis counts executions).\n\
              d=\"$(dirname \"$0\")\"\n\
              [ -f \"$d/{name}.delay\" ] && sleep \"$(cat \"$d/{name}.delay\")\"\n\
              [ -f \"$d/{name}.fail\" ] && exit 1\n\
-             exec {} ctl --socket {} {verb}\n",
+             {} ctl --socket {} {verb} || exit $?\n\
+             echo \"{name} $SPOT_REQUEST_ID $PPID\" >> \"$d/{HOOK_LOG}\"\n",
             workload.display(),
             socket.display()
         ),

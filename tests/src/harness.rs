@@ -41,6 +41,39 @@ pub const BINARIES: &[&str] = &["spot-coordinator", "spot-agent", "spot-workload
 /// them in the same profile (cargo does nothing when they are current).
 /// Tests do not call this: the test command builds the binaries.
 pub fn ensure_binaries() -> Result<()> {
+    ensure_binaries_with(false)
+}
+
+/// The features that compile in the test-only faults (journal I/O errors,
+/// clock offsets, fencing switched off) the nemesis needs.
+pub const FAULT_FEATURES: &str = "spot-agent/failpoints,spot-coordinator/failpoints";
+
+/// As `ensure_binaries`; with `faults`, built with [`FAULT_FEATURES`], and
+/// checked to have them when they were built elsewhere.
+pub fn ensure_binaries_with(faults: bool) -> Result<()> {
+    build_binaries(faults)?;
+    if faults {
+        let probe = Command::new(bin_path("spot-coordinator")?)
+            .args([
+                "validate",
+                "--data-dir",
+                "/nonexistent",
+                "--unsafe-silence-is-death",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !probe.success() {
+            bail!(
+                "the binaries were built without the test faults: \
+                 cargo build --workspace --bins --features {FAULT_FEATURES}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn build_binaries(faults: bool) -> Result<()> {
     let Ok(cargo) = std::env::var("CARGO") else {
         for b in BINARIES {
             bin_path(b)?;
@@ -72,6 +105,9 @@ pub fn ensure_binaries() -> Result<()> {
     ]);
     if release {
         cmd.arg("--release");
+    }
+    if faults {
+        cmd.args(["--features", FAULT_FEATURES]);
     }
     if !cmd.status()?.success() {
         bail!("building the simulator's binaries failed");

@@ -161,6 +161,30 @@ impl Ledger {
         out
     }
 
+    /// Epochs going backwards in what the workloads served: in each group,
+    /// a later stretch of another instance must carry a higher epoch (two
+    /// PRIMARIES never share one), and the same instance never a lower one.
+    pub fn epoch_regressions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (group, v) in &self.groups {
+            for w in v.windows(2) {
+                let (a, b) = (&w[0], &w[1]);
+                let backwards = if a.instance == b.instance {
+                    b.epoch < a.epoch
+                } else {
+                    b.epoch <= a.epoch
+                };
+                if backwards {
+                    out.push(format!(
+                        "{group}: {} served at epoch {} after {} at epoch {}",
+                        b.instance, b.epoch, a.instance, a.epoch
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Who serves `group` at `t_ns`.
     pub fn serving_at(&self, group: &str, t_ns: u64) -> Vec<&Interval> {
         self.groups
@@ -246,5 +270,26 @@ mod tests {
         assert_eq!(o.len(), 1);
         assert_eq!((o[0].from_ns, o[0].to_ns), (6, 8));
         assert_eq!(bad.serving_at("g", 7).len(), 2);
+    }
+
+    #[test]
+    fn a_later_primary_with_an_epoch_not_higher_is_a_regression() {
+        let of = |v: &[(u64, &str, &str, u64)]| {
+            let lines: Vec<Line> = v.iter().map(|(t, i, e, ep)| l(*t, i, e, *ep)).collect();
+            Ledger::from_lines(&lines, 10).epoch_regressions()
+        };
+        let handover = [
+            (1, "a", "start", 1),
+            (2, "a", "stop", 0),
+            (3, "b", "start", 2),
+        ];
+        assert!(of(&handover).is_empty());
+        assert!(of(&[(1, "b", "start", 2), (4, "b", "start", 2)]).is_empty());
+        let same_epoch = [
+            (1, "a", "start", 3),
+            (2, "a", "stop", 0),
+            (3, "b", "start", 3),
+        ];
+        assert_eq!(of(&same_epoch).len(), 1);
     }
 }

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod harness;
 pub mod imds_sim;
 pub mod ledger;
+pub mod nemesis;
 pub mod pricing_bench;
 pub mod proxy;
 pub mod scenarios;

@@ -19,7 +19,7 @@ enum Command {
     /// Run a failover or fencing flow on the simulated fleet and print its
     /// verdict and timings (judged by what the workloads served): one of
     /// rebalance, warm-failover, cold-failover, failed-promotion, switch,
-    /// manual-replica, terminated, coordinator-crash, partition,
+    /// manual-replica, zombie-cleanup, terminated, coordinator-crash, partition,
     /// slow-promote, frozen-agent, frozen-coordinator, coordinator-restart,
     /// restored-store, lost-primary, journal-failure, shared-identity; or
     /// all.
@@ -29,6 +29,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Faults at random (agents, coordinator, network, EC2, hooks, health
+    /// checks, clocks) on a simulated fleet, judged by what the workloads
+    /// served: overlaps, double executions, epochs going back, stuck
+    /// groups and commands, leaked instances, unavailability per fault.
+    Nemesis(spot_tests::nemesis::NemesisArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(Bench),
@@ -55,7 +60,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = spot_tests::harness::ensure_binaries() {
+    let faults = matches!(cli.command, Command::Nemesis(_));
+    if let Err(e) = spot_tests::harness::ensure_binaries_with(faults) {
         eprintln!("spot-sim: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
             }
             Command::Bench(Bench::Consolidate(args)) => spot_tests::pricing_bench::run(args).await,
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
+            Command::Nemesis(args) => spot_tests::nemesis::main(args).await,
             Command::Scenario { name, json } => scenarios(&name, json).await,
         }
     });

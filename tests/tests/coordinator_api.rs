@@ -723,3 +723,57 @@ async fn state_survives_kill_9_and_sigterm_is_clean() {
     let log = std::fs::read_to_string(&c.log).unwrap();
     assert!(log.contains("coordinator stopped"), "{log}");
 }
+
+#[tokio::test]
+async fn bulk_terminate_refuses_what_it_cannot_do_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    register(&api, &c, "i-1", "db").await;
+    let before = snapshot(&api, &c).await;
+    for (body, status, needle) in [
+        (json!({}), 400, "instance_ids"),
+        (json!({"role": "primary"}), 400, "only zombie and failed"),
+        (
+            json!({"instance_ids": ["i-1"], "role": "zombie"}),
+            400,
+            "not both",
+        ),
+        (
+            json!({"role": "zombie", "older_than": "a while"}),
+            400,
+            "older_than",
+        ),
+        (json!({"instance_ids": ["i-1", "i-nope"]}), 404, "i-nope"),
+        (json!({"role": "zombie", "colour": "red"}), 400, "colour"),
+    ] {
+        let (st, v) = api
+            .post("/v1/instances/terminate", &c.admin_token, &body)
+            .await
+            .unwrap();
+        assert_eq!(st.as_u16(), status, "{body}: {v}");
+        assert!(v.to_string().contains(needle), "{body}: {v}");
+    }
+    let (st, _) = api
+        .post(
+            "/v1/instances/terminate",
+            &c.enrollment_token,
+            &json!({"role": "zombie"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // A LAUNCHING instance named by id is skipped with its reason.
+    let (st, v) = api
+        .post(
+            "/v1/instances/terminate",
+            &c.admin_token,
+            &json!({"instance_ids": ["i-1"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["instances"][0]["action"], "skip", "{v}");
+    assert_eq!(snapshot(&api, &c).await, before, "nothing changed");
+}

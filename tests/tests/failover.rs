@@ -47,6 +47,10 @@ scenario!(
     "manual-replica"
 );
 scenario!(
+    a_zombie_is_terminated_once_its_retention_has_passed,
+    "zombie-cleanup"
+);
+scenario!(
     instance_terminated_by_ec2_is_marked_terminated_and_keeps_history,
     "terminated"
 );

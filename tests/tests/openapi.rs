@@ -208,6 +208,13 @@ async fn documented_api_matches_the_server() {
             Some(json!({"instance_id": "i-2"})),
         ),
         (
+            "post",
+            "/v1/instances/terminate",
+            "/v1/instances/terminate".into(),
+            adm.clone(),
+            Some(json!({"role": "zombie", "older_than": "1d", "dry_run": true})),
+        ),
+        (
             "get",
             "/v1/groups/{name}/switches",
             "/v1/groups/db/switches".into(),

@@ -205,6 +205,9 @@ pub struct GroupSnap {
     /// The group has had an instance (a brand-new group waits for its
     /// first, started by the operator).
     pub had_instances: bool,
+    /// ZOMBIE and FAILED instances past their retention that EC2 does not
+    /// report gone: to terminate.
+    pub expired: Vec<String>,
 }
 
 impl GroupSnap {

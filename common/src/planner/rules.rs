@@ -24,6 +24,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("switch", switch),
     ("manual_replica", manual_replica),
     ("rebalance", rebalance),
+    ("cleanup", cleanup),
 ];
 
 fn steps(s: Vec<Step>) -> Option<Decision> {
@@ -367,6 +368,24 @@ fn rebalance(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision
         pool,
         "rebalance recommendation on the PRIMARY and no REPLICA",
     )])
+}
+
+/// ZOMBIE and FAILED instances past their retention: terminated (nothing
+/// is left billing). Lowest priority: never in the way of a failover.
+fn cleanup(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
+    if snap.expired.is_empty() {
+        return None;
+    }
+    let via = executor(snap, None, &[])?;
+    steps(
+        snap.expired
+            .iter()
+            .map(|id| Step::Retire {
+                instance_id: id.clone(),
+                via: via.clone(),
+            })
+            .collect(),
+    )
 }
 
 /// EC2 failures worth another fence attempt (the next may succeed).

@@ -584,3 +584,41 @@ fn overdue_launches_fail_and_failed_pools_are_avoided() {
 fn a_healthy_group_needs_nothing() {
     assert!(plan(&pr(), 2, &CFG).is_empty());
 }
+
+#[test]
+fn expired_zombies_and_failed_instances_are_terminated_last() {
+    let mut s = pr();
+    s.expired = vec!["z1".into(), "f1".into()];
+    let via = Executor::Agent("a-p".into());
+    assert_eq!(
+        plan(&s, 0, &CFG),
+        vec![
+            Step::Retire {
+                instance_id: "z1".into(),
+                via: via.clone()
+            },
+            Step::Retire {
+                instance_id: "f1".into(),
+                via
+            },
+        ]
+    );
+    // A failover comes first: the PRIMARY is interrupted.
+    interrupt(&mut s, "p");
+    assert!(matches!(&plan(&s, 0, &CFG)[..], [Step::Replace { .. }]));
+    // Nobody to terminate through: nothing (the coordinator's executor off).
+    let mut s = snap(vec![InstanceSnap {
+        agent_id: None,
+        ..inst("p", Role::Primary, "a")
+    }]);
+    s.expired = vec!["z1".into()];
+    assert!(plan(&s, 0, &CFG).is_empty());
+    s.coordinator_executor = true;
+    assert!(matches!(
+        &plan(&s, 0, &CFG)[..],
+        [Step::Retire {
+            via: Executor::Coordinator,
+            ..
+        }]
+    ));
+}

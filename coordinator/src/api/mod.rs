@@ -156,6 +156,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/notices", get(operator::list_notices))
         .route("/v1/instances", get(operator::list_instances))
+        .route(
+            "/v1/instances/terminate",
+            post(operator::terminate_instances),
+        )
         .route("/v1/instances/{instance_id}", get(operator::get_instance))
         .route("/v1/agents", get(operator::list_agents))
         .route(

@@ -4,16 +4,17 @@
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::AppState;
-use crate::store::{AuditQuery, Ctx, PromoteResult, Read, ReplaceRequest, Via};
+use crate::store::{AuditQuery, BulkSelection, Ctx, PromoteResult, Read, ReplaceRequest, Via};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use spot_common::Actor;
 use spot_common::wire::{
-    AgentView, AuditEntry, CommandView, CreateGroupRequest, DeclareDeadRequest, DeleteAgentRequest,
-    GroupView, InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand,
-    SwitchRequest, SwitchView, UpdateGroupRequest,
+    AgentView, AuditEntry, BulkTerminateRequest, BulkTerminateResponse, CommandView,
+    CreateGroupRequest, DeclareDeadRequest, DeleteAgentRequest, GroupView, InstanceView,
+    LaunchRequest, NoticeView, PromoteRequest, QueuedCommand, SwitchRequest, SwitchView,
+    UpdateGroupRequest,
 };
 use std::sync::Arc;
 
@@ -195,6 +196,64 @@ pub async fn declare_dead(
     tracing::warn!(group = %inst.group, instance = %inst.instance_id, "operator declared the instance dead: it counts as fenced");
     state.reconcile.notify_one();
     Ok(Json(inst))
+}
+
+/// Terminate ZOMBIE and FAILED instances in bulk, by ids or by filter
+/// (`role`, `group`, `older_than`); `dry_run` lists what would be done.
+pub async fn terminate_instances(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<BulkTerminateRequest>,
+) -> Result<Json<BulkTerminateResponse>, ApiError> {
+    if req.instance_ids.is_empty() {
+        match req.role {
+            Some(spot_common::Role::Zombie | spot_common::Role::Failed) => {}
+            Some(r) => {
+                return Err(ApiError::bad_request(format!(
+                    "role {r}: only zombie and failed instances are terminated in bulk"
+                )));
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "name the instances (instance_ids) or filter them by role (zombie or failed)",
+                ));
+            }
+        }
+    } else if req.role.is_some() || req.older_than.is_some() || req.group.is_some() {
+        return Err(ApiError::bad_request(
+            "instance_ids or a filter (role, group, older_than), not both",
+        ));
+    }
+    let older_than_ms = match &req.older_than {
+        Some(t) => Some(
+            humantime::parse_duration(t)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .map_err(|e| ApiError::bad_request(format!("older_than {t:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    let sel = BulkSelection {
+        ids: req.instance_ids.clone(),
+        role: req.role,
+        group: req.group.clone(),
+        older_than_ms,
+    };
+    let (dry_run, executor) = (req.dry_run, state.config.ec2_executor);
+    let ctx = operator(req.request_id.clone(), &req);
+    let done = state
+        .db
+        .idempotent("bulk_terminate", ctx, move |tx| {
+            tx.bulk_terminate(&sel, executor, dry_run)
+        })
+        .await?;
+    let instances = state.woke(done);
+    let n = instances.iter().filter(|i| i.action == "terminate").count();
+    tracing::warn!(
+        dry_run,
+        terminating = n,
+        looked_at = instances.len(),
+        "bulk terminate"
+    );
+    Ok(Json(BulkTerminateResponse { dry_run, instances }))
 }
 
 pub async fn list_notices(

@@ -69,6 +69,23 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// The agent to run a group's EC2 work: the PRIMARY's if online, else
+    /// the most recently heard online agent.
+    pub(super) fn online_agent(&self, group: &str) -> Result<Option<String>> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT a.agent_id FROM agents a
+                 LEFT JOIN instances i ON i.agent_id = a.agent_id
+                 WHERE a.group_name = ?1 AND a.status = 'online'
+                 ORDER BY (i.role = 'primary') DESC, a.last_heartbeat_ms DESC NULLS LAST
+                 LIMIT 1",
+                [group],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// A command's result, from its agent (`Some`) or the coordinator's
     /// executor (`None`): closes it, and a launch's instance is LAUNCHING
     /// from then on. A result for a command already closed (cancelled,
@@ -187,24 +204,9 @@ impl Txn<'_> {
                 }
                 Some(a.to_owned())
             }
-            Via::Auto => Some(
-                self.tx
-                    .query_row(
-                        "SELECT a.agent_id FROM agents a
-                     LEFT JOIN instances i ON i.agent_id = a.agent_id
-                     WHERE a.group_name = ?1 AND a.status = 'online'
-                     ORDER BY (i.role = 'primary') DESC, a.last_heartbeat_ms DESC NULLS LAST
-                     LIMIT 1",
-                        [group],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .ok_or_else(|| {
-                        StoreError::Invalid(format!(
-                            "group {group} has no online agent to launch with"
-                        ))
-                    })?,
-            ),
+            Via::Auto => Some(self.online_agent(group)?.ok_or_else(|| {
+                StoreError::Invalid(format!("group {group} has no online agent to launch with"))
+            })?),
         };
         let cmd = Command {
             request_id: request_id.to_owned(),

@@ -8,7 +8,7 @@ use super::{Read, Result, StoreError, Txn};
 use rusqlite::{Connection, params};
 use serde_json::json;
 use spot_common::state::next;
-use spot_common::wire::InstanceView;
+use spot_common::wire::{BulkTerminateItem, InstanceView};
 use spot_common::{Command, CommandKind, Role, RoleEvent};
 
 impl Txn<'_> {
@@ -89,6 +89,74 @@ impl Txn<'_> {
         Ok(rid)
     }
 
+    /// Terminate ZOMBIE and FAILED instances in bulk: those named, or
+    /// those `sel` selects. Each goes through an online agent of its group,
+    /// else the coordinator's executor (when `coordinator_executor`), else
+    /// is skipped with the reason; other roles are skipped too. With
+    /// `dry_run` nothing changes. An unknown id refuses the whole request.
+    pub fn bulk_terminate(
+        &mut self,
+        sel: &BulkSelection,
+        coordinator_executor: bool,
+        dry_run: bool,
+    ) -> Result<Vec<BulkTerminateItem>> {
+        let now = self.now_ms();
+        let views: Vec<InstanceView> = if sel.ids.is_empty() {
+            list(&self.tx, sel.group.as_deref())?
+                .into_iter()
+                .filter(|i| Some(i.role) == sel.role)
+                .filter(|i| {
+                    sel.older_than_ms
+                        .is_none_or(|ms| now - i.updated_at_ms >= ms)
+                })
+                .collect()
+        } else {
+            let mut v = Vec::new();
+            for id in &sel.ids {
+                v.push(self.instance(id)?);
+            }
+            v
+        };
+        let mut out = Vec::new();
+        for v in views {
+            let mut item = BulkTerminateItem {
+                instance_id: v.instance_id.clone(),
+                group: v.group.clone(),
+                role: v.role,
+                in_role_s: (now - v.updated_at_ms) / 1000,
+                action: "skip".into(),
+                reason: None,
+                request_id: None,
+            };
+            let gone = matches!(v.ec2_state.as_deref(), Some("shutting-down" | "terminated"));
+            let via = self.online_agent(&v.group)?;
+            item.reason = if !matches!(v.role, Role::Zombie | Role::Failed) {
+                Some(format!(
+                    "only ZOMBIE and FAILED instances are terminated in bulk; this one is {}",
+                    v.role
+                ))
+            } else if gone {
+                Some("EC2 already reports it terminated".into())
+            } else if via.is_none() && !coordinator_executor {
+                Some(
+                    "no online agent in its group and the coordinator's EC2 executor is off".into(),
+                )
+            } else {
+                None
+            };
+            if item.reason.is_none() {
+                item.action = "terminate".into();
+                item.request_id = Some(if dry_run {
+                    spot_common::ids::terminate(&v.instance_id)
+                } else {
+                    self.retire(&v.group, &v.instance_id, via.as_deref())?
+                });
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+
     /// What an agent of the group saw in EC2.
     pub fn set_ec2_state(&mut self, group: &str, instance_id: &str, state: &str) -> Result<()> {
         self.tx.execute(
@@ -112,6 +180,15 @@ impl Txn<'_> {
         )?;
         Ok(())
     }
+}
+
+/// What a bulk terminate selects when it names no ids.
+#[derive(Debug, Clone, Default)]
+pub struct BulkSelection {
+    pub ids: Vec<String>,
+    pub role: Option<Role>,
+    pub group: Option<String>,
+    pub older_than_ms: Option<i64>,
 }
 
 pub fn list(conn: &Connection, group: Option<&str>) -> Result<Vec<InstanceView>> {

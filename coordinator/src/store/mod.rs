@@ -35,6 +35,7 @@ mod switches;
 pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
 pub use commands::Via;
+pub use instances::BulkSelection;
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use pricing::{ConsolidationConfig, SeriesKey};
 pub use promotion::{PromoteResult, ReplaceRequest};

@@ -67,6 +67,7 @@ pub fn group(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Gr
             [group],
             |r| r.get(0),
         )?,
+        expired: expired(conn, group, now_ms, &g.config)?,
         name: g.name,
         epoch: g.epoch,
         paused: g.config.paused,
@@ -129,6 +130,34 @@ fn instances(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Ve
         )?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
+}
+
+/// ZOMBIE and FAILED instances kept past their group's retention, that
+/// EC2 does not already report gone.
+fn expired(
+    conn: &Connection,
+    group: &str,
+    now_ms: i64,
+    config: &spot_common::GroupConfig,
+) -> Result<Vec<String>> {
+    let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT instance_id FROM instances
+         WHERE group_name = ?1
+           AND COALESCE(ec2_state NOT IN ('shutting-down', 'terminated'), 1)
+           AND ((role = 'zombie' AND updated_at_ms <= ?2) OR (role = 'failed' AND updated_at_ms <= ?3))
+         ORDER BY updated_at_ms, instance_id",
+    )?;
+    Ok(stmt
+        .query_map(
+            params![
+                group,
+                now_ms.saturating_sub(ms(config.zombie_retention_s)),
+                now_ms.saturating_sub(ms(config.failed_retention_s))
+            ],
+            |r| r.get(0),
+        )?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 fn notices(conn: &Connection, group: &str) -> Result<Vec<NoticeSnap>> {

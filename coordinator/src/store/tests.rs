@@ -968,3 +968,76 @@ fn a_launched_instance_is_launching_until_it_registers_or_fails() {
     tx(&mut s, 400_000, |t| t.launch_failed("i-new")).unwrap();
     assert_eq!(s.instance("i-new").unwrap().role, Role::Failed);
 }
+
+#[test]
+fn zombies_expire_after_their_retention_and_bulk_terminate_takes_only_zombies_and_failed() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let reported = Reported {
+        role: Some(Role::Primary),
+        role_epoch: 5,
+        highest_epoch: 5,
+    };
+    tx(&mut s, 10, |t| t.converge_epoch("i-r1", reported)).unwrap();
+    assert_eq!(s.instance("i-p").unwrap().role, Role::Zombie);
+    let day = 86_400_000;
+    assert!(snapshot(&s, &["a-r1"], 10 + 29 * day).expired.is_empty());
+    assert_eq!(snapshot(&s, &["a-r1"], 10 + 30 * day).expired, vec!["i-p"]);
+
+    // A dry run by filter lists it and changes nothing.
+    let before = table_counts(&s);
+    let by_age = |days: i64| BulkSelection {
+        role: Some(Role::Zombie),
+        older_than_ms: Some(days * day),
+        ..BulkSelection::default()
+    };
+    let items = tx(&mut s, 10 + 2 * day, |t| {
+        t.bulk_terminate(&by_age(1), false, true)
+    })
+    .unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        (items[0].instance_id.as_str(), items[0].action.as_str()),
+        ("i-p", "terminate")
+    );
+    assert_eq!(items[0].in_role_s, 2 * 86_400);
+    assert_eq!(table_counts(&s), before, "a dry run writes nothing");
+    let young = tx(&mut s, 10 + 2 * day, |t| {
+        t.bulk_terminate(&by_age(3), false, true)
+    })
+    .unwrap();
+    assert!(young.is_empty(), "not old enough: {young:?}");
+
+    // By ids: the REPLICA is skipped with its reason, the ZOMBIE retired.
+    let by_ids = |ids: &[&str]| BulkSelection {
+        ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+        ..BulkSelection::default()
+    };
+    let ids = by_ids(&["i-p", "i-r2"]);
+    let items = tx(&mut s, 10 + 2 * day, |t| {
+        t.bulk_terminate(&ids, false, false)
+    })
+    .unwrap();
+    assert_eq!(items[0].action, "terminate");
+    assert!(items[0].request_id.is_some());
+    assert_eq!(items[1].action, "skip");
+    assert!(
+        items[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("only ZOMBIE and FAILED")
+    );
+    assert_eq!(s.instance("i-p").unwrap().role, Role::Terminated);
+    assert_eq!(s.instance("i-r2").unwrap().role, Role::Replica);
+
+    // An unknown id refuses the whole request.
+    let before = table_counts(&s);
+    let unknown = by_ids(&["i-r2", "i-nope"]);
+    let e = tx(&mut s, 10 + 2 * day, |t| {
+        t.bulk_terminate(&unknown, false, false)
+    })
+    .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
+    assert_eq!(table_counts(&s), before);
+}

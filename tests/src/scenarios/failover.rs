@@ -142,6 +142,40 @@ pub async fn switch() -> Result<Timings> {
     Ok(vec![("downtime_s", downtime as f64 / 1000.0)])
 }
 
+/// A ZOMBIE left by a switch is terminated once its group's retention
+/// has passed (here 4 s), through EC2, with its history kept.
+pub async fn zombie_cleanup() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({"zombie_retention_s": 4}), None).await?;
+    let checker = InvariantChecker::start(&f);
+    let pool = json!({"instance_type": "c5.large", "availability_zone": "us-east-1a"});
+    let body = json!({"pool": pool, "request_id": "sw-z"});
+    let (st, sw) = f
+        .api
+        .post("/v1/groups/db/switch", &f.coord.admin_token, &body)
+        .await?;
+    ensure!(st.is_success(), "switch refused: {st} {sw}");
+    super::wait_role(&f, &first, "zombie").await?;
+    let t = Instant::now();
+    eventually("the zombie terminated in EC2", WAIT, || async {
+        let gone = f
+            .ec2
+            .instances()
+            .iter()
+            .any(|i| i.instance_id == first && i.state == "terminated");
+        (gone && f.role(&first).await.ok()? == "terminated").then_some(())
+    })
+    .await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(took >= 3.0, "terminated before its retention: {took:.1} s");
+    ensure!(
+        f.audited(&format!("instance:{first}"), "retire").await?,
+        "the retirement is audited"
+    );
+    checker.check().await?;
+    Ok(vec![("zombie_to_terminated_s", took)])
+}
+
 pub async fn manual_replica() -> Result<Timings> {
     let f = Fleet::start(FleetOptions::default()).await?;
     group(&f, json!({}), None).await?;

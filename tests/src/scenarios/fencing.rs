@@ -253,13 +253,8 @@ pub async fn restored_store() -> Result<Timings> {
         f.ledger()?.serving_now("db").map(|i| i.instance.as_str()) == Some("i-db-r"),
         "the real PRIMARY kept serving"
     );
-    let audit = f.get("/v1/audit?entity=group:db&limit=1000").await?;
     ensure!(
-        audit
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["action"] == "converged"),
+        f.audited("group:db", "converged").await?,
         "audited: {converged}"
     );
     checker.check().await?;

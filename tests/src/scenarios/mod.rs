@@ -40,6 +40,7 @@ pub const SCENARIOS: &[(&str, Run)] = &[
     ),
     ("switch", || Box::pin(failover::switch())),
     ("manual-replica", || Box::pin(failover::manual_replica())),
+    ("zombie-cleanup", || Box::pin(failover::zombie_cleanup())),
     ("terminated", || Box::pin(failover::terminated())),
     ("coordinator-crash", || {
         Box::pin(failover::coordinator_crash())
@@ -111,11 +112,17 @@ impl InvariantChecker {
         }
     }
 
+    /// Stop and return the epochs seen going backwards in journals.
+    pub async fn epoch_problems(self) -> Result<Vec<String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self.handle.await?)
+    }
+
     /// Stop and return the violations seen, overlaps of serving included.
     pub async fn finish(self) -> Result<Vec<String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut v = self.handle.await?;
-        for o in crate::ledger::Ledger::read(&self.ledger)?.overlaps() {
+        let ledger = self.ledger.clone();
+        let mut v = self.epoch_problems().await?;
+        for o in crate::ledger::Ledger::read(&ledger)?.overlaps() {
             v.push(format!(
                 "{} and {} of {} served at once for {:.3} s",
                 o.a.instance,
