@@ -20,9 +20,15 @@ pub fn fence(instance: &str, epoch: u64, attempt: u32) -> String {
     format!("fence-{instance}-e{epoch}-{attempt}")
 }
 
-/// `terminate-{instance}`: one termination per instance, ever.
+/// `terminate-{instance}`: the termination of an instance.
 pub fn terminate(instance: &str) -> String {
     format!("terminate-{instance}")
+}
+
+/// `terminate-{instance}.{n}`: termination attempt `n` (from 1) after the
+/// first ended without terminating it (its agent went away, EC2 refused).
+pub fn terminate_retry(instance: &str, n: u32) -> String {
+    format!("terminate-{instance}.{n}")
 }
 
 /// `switch-{id}-launch`: the launch of a manual switch.
@@ -106,7 +112,11 @@ pub fn parse(id: &str) -> Option<Derived> {
             attempt: attempt.parse().ok()?,
         });
     }
-    if let Some(instance) = id.strip_prefix("terminate-") {
+    if let Some(rest) = id.strip_prefix("terminate-") {
+        let instance = match rest.rsplit_once('.') {
+            Some((i, n)) if n.parse::<u32>().is_ok() => i,
+            _ => rest,
+        };
         return (!instance.is_empty()).then(|| Derived::Terminate {
             instance: instance.to_owned(),
         });
@@ -154,6 +164,12 @@ mod tests {
             ),
             (
                 terminate("i-1"),
+                Derived::Terminate {
+                    instance: "i-1".into(),
+                },
+            ),
+            (
+                terminate_retry("i-1", 2),
                 Derived::Terminate {
                     instance: "i-1".into(),
                 },

@@ -176,6 +176,14 @@ pub struct DeclareDeadRequest {
     pub request_id: Option<String>,
 }
 
+/// `POST /v1/groups/{name}/switch/cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CancelSwitchRequest {
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
 /// `POST /v1/instances/terminate`: ZOMBIE and FAILED instances, by ids or
 /// by filter, terminated through EC2 (an online agent of their group, else
 /// the coordinator's executor). `dry_run` lists what would be done.
@@ -313,6 +321,8 @@ pub struct SwitchView {
     pub promote_done_ms: Option<i64>,
     /// promote done minus demote start.
     pub downtime_ms: Option<i64>,
+    /// Why a failed switch failed (cancelled, launch failed, timed out).
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

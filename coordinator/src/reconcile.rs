@@ -82,6 +82,8 @@ fn plan_config(state: &AppState) -> PlanConfig {
         // An interruption takes effect at its time; 10 s later a silent
         // instance is gone.
         notice_grace_ms: 10_000,
+        // Launch, boot, register healthy; then a minute of slack.
+        switch_timeout_ms: LAUNCH_TIMEOUT_MS + 60_000,
     }
 }
 
@@ -313,6 +315,24 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
             .transact(ctx, move |tx| tx.retire(&g, &instance_id, Via::of(&via).agent()))
             .await
             .map(|d| d.wake),
+        Step::Terminate { instance_id, via } => state
+            .db
+            .transact(ctx, move |tx| {
+                tx.terminate_again(&g, &instance_id, Via::of(&via).agent())
+            })
+            .await
+            .map(|d| {
+                tracing::warn!(%group, "terminating again an instance EC2 still runs");
+                d.wake
+            }),
+        Step::SwitchFailed { switch_id, reason } => state
+            .db
+            .transact(ctx, move |tx| tx.fail_switch(&g, switch_id, reason))
+            .await
+            .map(|d| {
+                tracing::warn!(%group, switch_id, reason, "manual switch failed; the PRIMARY stays");
+                d.wake
+            }),
         Step::LaunchFailed { instance_id } => state
             .db
             .transact(ctx, move |tx| tx.launch_failed(&instance_id))

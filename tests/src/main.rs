@@ -18,7 +18,7 @@ enum Command {
     Demo(spot_tests::failover_bench::Demo),
     /// Run a failover or fencing flow on the simulated fleet and print its
     /// verdict and timings (judged by what the workloads served): one of
-    /// rebalance, warm-failover, cold-failover, failed-promotion, switch,
+    /// rebalance, warm-failover, cold-failover, failed-promotion, switch, switch-failure,
     /// manual-replica, zombie-cleanup, terminated, coordinator-crash, partition,
     /// slow-promote, frozen-agent, frozen-coordinator, coordinator-restart,
     /// restored-store, lost-primary, journal-failure, shared-identity; or

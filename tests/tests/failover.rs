@@ -47,6 +47,10 @@ scenario!(
     "manual-replica"
 );
 scenario!(
+    a_failed_or_cancelled_switch_keeps_the_primary_and_the_next_works,
+    "switch-failure"
+);
+scenario!(
     a_zombie_is_terminated_once_its_retention_has_passed,
     "zombie-cleanup"
 );

@@ -99,7 +99,8 @@ async fn documented_api_matches_the_server() {
             "/v1/groups",
             &adm,
             &json!({"name": "db", "config": {"paused": true,
-            "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}}),
+            "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"},
+                      {"instance_type": "c5.large", "availability_zone": "us-east-1a"}]}}),
         )
         .await
         .unwrap();
@@ -319,6 +320,16 @@ async fn documented_api_matches_the_server() {
         &mut problems,
     );
     documented.retain(|(m, p)| !(m == "post" && p == "/v1/groups/{name}/switch"));
+    let (st, v) = api
+        .post("/v1/groups/db/switch/cancel", &adm, &json!({}))
+        .await
+        .unwrap();
+    let tpl = "/v1/groups/{name}/switch/cancel";
+    let (code, schema) = response_schema(&spec, tpl, "post");
+    assert_eq!(st.as_str(), code, "{v}");
+    assert_eq!(v["failure"], "cancelled by an operator", "{v}");
+    check(&spec, schema, &v, tpl, &mut problems);
+    documented.retain(|(m, p)| !(m == "post" && p == tpl));
     let (_, g) = api.get("/v1/groups/db", &adm).await.unwrap();
     check(
         &spec,

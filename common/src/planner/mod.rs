@@ -141,6 +141,10 @@ pub struct SwitchSnap {
     pub launch_request_id: Option<String>,
     /// The instance that launch created, once known.
     pub launched_instance: Option<String>,
+    /// The launch command's state, once it has one.
+    pub launch_state: Option<CommandState>,
+    /// Since the operator asked (wall clock).
+    pub age_ms: i64,
 }
 
 /// Tunables of the protocol.
@@ -160,6 +164,9 @@ pub struct PlanConfig {
     /// An instance whose interruption took effect this long ago while its
     /// agent is silent is gone.
     pub notice_grace_ms: i64,
+    /// A switch whose new instance is not a healthy REPLICA this long
+    /// after it was asked for fails (the old PRIMARY stays).
+    pub switch_timeout_ms: i64,
 }
 
 impl PlanConfig {
@@ -171,6 +178,7 @@ impl PlanConfig {
         demote_timeout_ms: 15_000,
         max_fence_attempts: 3,
         notice_grace_ms: 10_000,
+        switch_timeout_ms: 360_000,
     };
 }
 
@@ -208,6 +216,10 @@ pub struct GroupSnap {
     /// ZOMBIE and FAILED instances past their retention that EC2 does not
     /// report gone: to terminate.
     pub expired: Vec<String>,
+    /// TERMINATED instances EC2 still runs, whose termination ended
+    /// without effect (its agent went away, EC2 refused): to terminate
+    /// again (a few attempts at most).
+    pub unterminated: Vec<String>,
 }
 
 impl GroupSnap {
@@ -285,6 +297,13 @@ pub enum Step {
     },
     /// A launched instance never registered: FAILED.
     LaunchFailed { instance_id: String },
+    /// Terminate again an instance whose termination ended without effect.
+    Terminate { instance_id: String, via: Executor },
+    /// A manual switch cannot finish: it fails, the PRIMARY stays.
+    SwitchFailed {
+        switch_id: i64,
+        reason: &'static str,
+    },
 }
 
 /// What `plan` decided, and which rule decided it (for logs).

@@ -251,10 +251,38 @@ fn primary_not_serving(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decis
 }
 
 /// Manual switch: launch into the target pool, wait healthy, replace.
-fn switch(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
+fn switch(snap: &GroupSnap, _: i64, cfg: &PlanConfig) -> Option<Decision> {
     let sw = snap.switch.as_ref()?;
+    if let Some(reason) = switch_failure(snap, sw, cfg) {
+        return steps(vec![Step::SwitchFailed {
+            switch_id: sw.id,
+            reason,
+        }]);
+    }
     let p = snap.primary()?;
     steps(plan_switch(snap, sw, p))
+}
+
+/// Why a switch cannot finish, if it cannot: its launch failed, its new
+/// instance died or never became healthy, or it is past its deadline.
+/// (Never while a replacement runs: the transition rule comes first.)
+fn switch_failure(snap: &GroupSnap, sw: &SwitchSnap, cfg: &PlanConfig) -> Option<&'static str> {
+    if snap.primary().is_none() {
+        return Some("the group lost its PRIMARY: the failover rules take over");
+    }
+    if sw
+        .launch_state
+        .is_some_and(|s| !s.is_open() && s != CommandState::Done)
+    {
+        return Some("the switch's launch failed");
+    }
+    if let Some(id) = &sw.launched_instance
+        && snap.instance(id).is_none_or(|i| i.ec2_gone)
+    {
+        return Some("the new instance failed or is gone");
+    }
+    (sw.age_ms > cfg.switch_timeout_ms)
+        .then_some("the new instance was not a healthy REPLICA within the switch timeout")
 }
 
 fn plan_switch(snap: &GroupSnap, sw: &SwitchSnap, p: &InstanceSnap) -> Vec<Step> {
@@ -370,22 +398,24 @@ fn rebalance(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision
     )])
 }
 
-/// ZOMBIE and FAILED instances past their retention: terminated (nothing
-/// is left billing). Lowest priority: never in the way of a failover.
+/// ZOMBIE and FAILED instances past their retention: terminated; and
+/// instances whose termination ended without effect: terminated again
+/// (nothing is left billing). Lowest priority: never in the way of a
+/// failover.
 fn cleanup(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
-    if snap.expired.is_empty() {
+    if snap.expired.is_empty() && snap.unterminated.is_empty() {
         return None;
     }
     let via = executor(snap, None, &[])?;
-    steps(
-        snap.expired
-            .iter()
-            .map(|id| Step::Retire {
-                instance_id: id.clone(),
-                via: via.clone(),
-            })
-            .collect(),
-    )
+    let retire = snap.expired.iter().map(|id| Step::Retire {
+        instance_id: id.clone(),
+        via: via.clone(),
+    });
+    let again = snap.unterminated.iter().map(|id| Step::Terminate {
+        instance_id: id.clone(),
+        via: via.clone(),
+    });
+    steps(retire.chain(again).collect())
 }
 
 /// EC2 failures worth another fence attempt (the next may succeed).

@@ -477,15 +477,25 @@ fn manual_replica_keeps_exactly_one() {
     }
 }
 
+fn switch_snap(
+    launched: Option<&str>,
+    launch_state: Option<CommandState>,
+    age_ms: i64,
+) -> SwitchSnap {
+    SwitchSnap {
+        id: 7,
+        pool: Pool::new("c5.large", "a"),
+        launch_request_id: launch_state.map(|_| "switch-7-launch".into()),
+        launched_instance: launched.map(str::to_owned),
+        launch_state,
+        age_ms,
+    }
+}
+
 #[test]
 fn switch_launches_then_replaces() {
     let mut s = snap(vec![inst("p", Role::Primary, "a")]);
-    s.switch = Some(SwitchSnap {
-        id: 7,
-        pool: Pool::new("c5.large", "a"),
-        launch_request_id: None,
-        launched_instance: None,
-    });
+    s.switch = Some(switch_snap(None, None, 0));
     assert!(matches!(
         &plan(&s, 2, &CFG)[..],
         [Step::Launch {
@@ -493,17 +503,44 @@ fn switch_launches_then_replaces() {
             ..
         }]
     ));
-    s.switch = Some(SwitchSnap {
-        id: 7,
-        pool: Pool::new("c5.large", "a"),
-        launch_request_id: Some("switch-7-launch".into()),
-        launched_instance: Some("n".into()),
-    });
+    s.switch = Some(switch_snap(Some("n"), Some(CommandState::Done), 1000));
+    s.instances.push(inst("n", Role::Launching, "a"));
     assert!(plan(&s, 2, &CFG).is_empty(), "not registered yet");
-    s.instances.push(inst("n", Role::Replica, "a"));
+    s.instances[1].role = Role::Replica;
     assert!(
         matches!(&plan(&s, 2, &CFG)[..], [Step::Replace { candidate, switch_id: Some(7), .. }] if candidate == "n")
     );
+}
+
+#[test]
+fn a_switch_that_cannot_finish_fails_and_the_primary_stays() {
+    let failed = |s: &GroupSnap| match &plan(s, 2, &CFG)[..] {
+        [
+            Step::SwitchFailed {
+                switch_id: 7,
+                reason,
+            },
+        ] => Some(*reason),
+        _ => None,
+    };
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
+    s.switch = Some(switch_snap(None, Some(CommandState::Failed), 1000));
+    assert_eq!(failed(&s), Some("the switch's launch failed"));
+    // Its instance went FAILED (not in the snapshot) or EC2 says gone.
+    s.switch = Some(switch_snap(Some("n"), Some(CommandState::Done), 1000));
+    assert_eq!(failed(&s), Some("the new instance failed or is gone"));
+    // Still launching: waited for, until the deadline.
+    s.instances.push(inst("n", Role::Launching, "a"));
+    assert_eq!(failed(&s), None);
+    s.switch = Some(switch_snap(
+        Some("n"),
+        Some(CommandState::Done),
+        CFG.switch_timeout_ms + 1,
+    ));
+    assert!(failed(&s).is_some_and(|r| r.contains("switch timeout")));
+    // A launch still queued is waited for.
+    s.switch = Some(switch_snap(None, Some(CommandState::Queued), 1000));
+    assert_eq!(failed(&s), None);
 }
 
 #[test]
@@ -621,4 +658,17 @@ fn expired_zombies_and_failed_instances_are_terminated_last() {
             ..
         }]
     ));
+}
+
+#[test]
+fn an_instance_ec2_still_runs_after_its_termination_is_terminated_again() {
+    let mut s = pr();
+    s.unterminated = vec!["t1".into()];
+    assert_eq!(
+        plan(&s, 0, &CFG),
+        vec![Step::Terminate {
+            instance_id: "t1".into(),
+            via: Executor::Agent("a-p".into())
+        }]
+    );
 }

@@ -149,6 +149,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/groups/{name}/promote", post(operator::promote))
         .route("/v1/groups/{name}/launch", post(operator::launch))
         .route("/v1/groups/{name}/switch", post(operator::switch))
+        .route(
+            "/v1/groups/{name}/switch/cancel",
+            post(operator::cancel_switch),
+        )
         .route("/v1/groups/{name}/switches", get(operator::list_switches))
         .route(
             "/v1/groups/{name}/declare-dead",

@@ -11,10 +11,10 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use spot_common::Actor;
 use spot_common::wire::{
-    AgentView, AuditEntry, BulkTerminateRequest, BulkTerminateResponse, CommandView,
-    CreateGroupRequest, DeclareDeadRequest, DeleteAgentRequest, GroupView, InstanceView,
-    LaunchRequest, NoticeView, PromoteRequest, QueuedCommand, SwitchRequest, SwitchView,
-    UpdateGroupRequest,
+    AgentView, AuditEntry, BulkTerminateRequest, BulkTerminateResponse, CancelSwitchRequest,
+    CommandView, CreateGroupRequest, DeclareDeadRequest, DeleteAgentRequest, GroupView,
+    InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand, SwitchRequest,
+    SwitchView, UpdateGroupRequest,
 };
 use std::sync::Arc;
 
@@ -131,6 +131,24 @@ pub async fn switch(
         .await?;
     let sw = state.woke(done);
     tracing::info!(group = %sw.group, switch = sw.id, pool = %sw.target_pool, "switch requested");
+    state.reconcile.notify_one();
+    Ok(Json(sw))
+}
+
+/// Cancel the group's switch in progress (refused once the replacement
+/// has started); the PRIMARY stays.
+pub async fn cancel_switch(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<CancelSwitchRequest>,
+) -> Result<Json<SwitchView>, ApiError> {
+    let ctx = operator(req.request_id.clone(), &(&name, &req));
+    let done = state
+        .db
+        .idempotent("cancel_switch", ctx, move |tx| tx.cancel_switch(&name))
+        .await?;
+    let sw = state.woke(done);
+    tracing::warn!(group = %sw.group, switch = sw.id, "switch cancelled by an operator");
     state.reconcile.notify_one();
     Ok(Json(sw))
 }

@@ -15,12 +15,30 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// What an audit row is about: `group:db`, `instance:i-1`, `agent:agt-1`.
+#[derive(Debug, Clone, Copy)]
+pub enum Entity<'a> {
+    Group(&'a str),
+    Instance(&'a str),
+    Agent(&'a str),
+}
+
+impl std::fmt::Display for Entity<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entity::Group(g) => write!(f, "group:{g}"),
+            Entity::Instance(i) => write!(f, "instance:{i}"),
+            Entity::Agent(a) => write!(f, "agent:{a}"),
+        }
+    }
+}
+
 impl Txn<'_> {
     /// One audit row by this transaction's actor and request id: what
     /// `entity` was before `action` and what it is after.
     pub(super) fn audit(
         &self,
-        entity: &str,
+        entity: Entity<'_>,
         action: &str,
         pre: &impl Serialize,
         post: &impl Serialize,
@@ -32,7 +50,7 @@ impl Txn<'_> {
                 self.ctx.now_ms,
                 self.ctx.actor.to_string(),
                 self.ctx.request_id,
-                entity,
+                entity.to_string(),
                 action,
                 serde_json::to_string(pre)?,
                 serde_json::to_string(post)?

@@ -2,6 +2,7 @@
 //! first, redelivered after silence, closed by the agent's result event.
 
 use super::{Read, Result, StoreError, Txn, parse_enum, to_i64};
+use crate::store::audit::Entity;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 use spot_common::wire::{CommandView, QueuedCommand};
@@ -226,7 +227,7 @@ impl Txn<'_> {
         };
         self.queue(agent.as_deref(), &cmd, None)?;
         self.audit(
-            &format!("group:{group}"),
+            Entity::Group(group),
             "launch",
             &Value::Null,
             &json!({"agent_id": agent, "pool": pool, "emergency": emergency}),

@@ -3,6 +3,7 @@
 //! carry.
 
 use super::{Read, Result, StoreError, Txn};
+use crate::store::audit::Entity;
 use rusqlite::{Connection, params};
 use spot_common::wire::{EventsResponse, NoticeView};
 use spot_common::{Event, EventBody};
@@ -77,7 +78,7 @@ impl Txn<'_> {
                 // when the hook succeeded); the store converges to it.
                 EventBody::SelfDemoted { epoch, hook_ok, .. } => {
                     self.audit(
-                        &format!("instance:{}", agent.instance_id),
+                        Entity::Instance(&agent.instance_id),
                         "self_demoted",
                         &serde_json::json!({}),
                         &serde_json::json!({"epoch": epoch, "hook_ok": hook_ok}),

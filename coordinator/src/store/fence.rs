@@ -13,6 +13,7 @@
 //! No clock appears here: silence only makes the planner send a fence.
 
 use super::{Read, Result, StoreError, Txn};
+use crate::store::audit::Entity;
 use rusqlite::{Connection, params};
 use serde_json::json;
 use spot_common::planner::FenceSnap;
@@ -101,7 +102,7 @@ impl Txn<'_> {
             )));
         }
         self.queue(via, &cmd, Some(instance))?;
-        self.audit(&format!("instance:{instance}"), "fence", &json!({}), &json!({"epoch": epoch, "attempt": attempt, "via": via.unwrap_or(super::COORDINATOR_EXECUTOR)}))?;
+        self.audit(Entity::Instance(instance), "fence", &json!({}), &json!({"epoch": epoch, "attempt": attempt, "via": via.unwrap_or(super::COORDINATOR_EXECUTOR)}))?;
         Ok(cmd.request_id)
     }
 
@@ -120,7 +121,7 @@ impl Txn<'_> {
             params![self.now_ms(), instance],
         )?;
         self.audit(
-            &format!("instance:{instance}"),
+            Entity::Instance(instance),
             "declared_dead",
             &json!({"role": inst.role}),
             &json!({"declared_dead": true}),

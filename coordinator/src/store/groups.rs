@@ -3,6 +3,7 @@
 
 use super::rows::{self, GROUP_COLS};
 use super::{Read, Result, StoreError, Txn};
+use crate::store::audit::Entity;
 use rusqlite::{Connection, params};
 use serde_json::Value;
 use spot_common::wire::GroupView;
@@ -29,7 +30,7 @@ impl Txn<'_> {
             params![name, serde_json::to_string(config)?, self.now_ms()],
         )?;
         let g = self.group(name)?;
-        self.audit(&format!("group:{name}"), "create", &Value::Null, &g)?;
+        self.audit(Entity::Group(name), "create", &Value::Null, &g)?;
         Ok(g)
     }
 
@@ -61,7 +62,7 @@ impl Txn<'_> {
             ],
         )?;
         let after = self.group(name)?;
-        self.audit(&format!("group:{name}"), "update_config", &before, &after)?;
+        self.audit(Entity::Group(name), "update_config", &before, &after)?;
         if before.config.manual_replica && !after.config.manual_replica {
             let via = match &after.primary {
                 Some(p) => self.instance(p)?.agent_id,

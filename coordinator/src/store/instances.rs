@@ -5,6 +5,7 @@
 
 use super::rows::{self, INSTANCE_COLS};
 use super::{Read, Result, StoreError, Txn};
+use crate::store::audit::Entity;
 use rusqlite::{Connection, params};
 use serde_json::json;
 use spot_common::state::next;
@@ -44,7 +45,7 @@ impl Txn<'_> {
             )));
         }
         self.audit(
-            &format!("instance:{}", inst.instance_id),
+            Entity::Instance(&inst.instance_id),
             event.as_str(),
             &json!({"role": inst.role}),
             &json!({"role": to}),
@@ -55,7 +56,7 @@ impl Txn<'_> {
     pub fn mark_gone(&mut self, instance_id: &str, reason: &str) -> Result<()> {
         self.role_event(instance_id, RoleEvent::InstanceGone)?;
         self.audit(
-            &format!("instance:{instance_id}"),
+            Entity::Instance(instance_id),
             "gone",
             &json!({}),
             &json!({"reason": reason}),
@@ -72,20 +73,34 @@ impl Txn<'_> {
     /// queued to `via` (an agent; `None`: the coordinator's executor).
     /// Returns the command's request id.
     pub fn retire(&mut self, group: &str, instance_id: &str, via: Option<&str>) -> Result<String> {
-        let g = self.group(group)?;
         self.role_event(instance_id, RoleEvent::Retire)?;
         let rid = spot_common::ids::terminate(instance_id);
-        let cmd = Command {
-            request_id: rid.clone(),
-            group: group.to_owned(),
-            action: CommandKind::Terminate {
-                instance_id: instance_id.to_owned(),
-            },
-            priority: spot_common::PRIORITY_NORMAL,
-            epoch: g.epoch,
-            deadline_ms: self.now_ms() + 600_000,
-        };
-        self.queue(via, &cmd, Some(instance_id))?;
+        self.queue_terminate(group, instance_id, &rid, via)?;
+        Ok(rid)
+    }
+
+    /// Terminate again a TERMINATED instance EC2 still runs (its earlier
+    /// termination ended without effect), with the next attempt's id.
+    pub fn terminate_again(
+        &mut self,
+        group: &str,
+        instance_id: &str,
+        via: Option<&str>,
+    ) -> Result<String> {
+        let attempts: u32 = self.tx.query_row(
+            "SELECT COUNT(*) FROM commands WHERE subject = ?1 AND kind = 'terminate'",
+            [instance_id],
+            |r| r.get(0),
+        )?;
+        let rid = spot_common::ids::terminate_retry(instance_id, attempts);
+        self.queue_terminate(group, instance_id, &rid, via)?;
+        let after = json!({"attempts": attempts + 1, "request_id": rid});
+        self.audit(
+            Entity::Instance(instance_id),
+            "terminate_again",
+            &json!({}),
+            &after,
+        )?;
         Ok(rid)
     }
 
@@ -155,6 +170,27 @@ impl Txn<'_> {
             out.push(item);
         }
         Ok(out)
+    }
+
+    /// Queue the termination `rid` of `instance_id` (10 minutes to start).
+    fn queue_terminate(
+        &mut self,
+        group: &str,
+        instance_id: &str,
+        rid: &str,
+        via: Option<&str>,
+    ) -> Result<()> {
+        let cmd = Command {
+            request_id: rid.to_owned(),
+            group: group.to_owned(),
+            action: CommandKind::Terminate {
+                instance_id: instance_id.to_owned(),
+            },
+            priority: spot_common::PRIORITY_NORMAL,
+            epoch: self.group(group)?.epoch,
+            deadline_ms: self.now_ms() + 600_000,
+        };
+        self.queue(via, &cmd, Some(instance_id))
     }
 
     /// What an agent of the group saw in EC2.

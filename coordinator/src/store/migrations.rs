@@ -241,6 +241,10 @@ const STEPS: &[&str] = &[
     ALTER TABLE idempotency ADD COLUMN request_hash TEXT;
     "#
     ),
+    // 5 -> 6: a failed or cancelled switch says why.
+    r#"
+    ALTER TABLE switches ADD COLUMN failure TEXT;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

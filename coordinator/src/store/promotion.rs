@@ -10,6 +10,7 @@
 
 use super::fence::fenced;
 use super::{Read, Result, StoreError, Txn};
+use crate::store::audit::Entity;
 use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 use spot_common::ids;
@@ -160,7 +161,7 @@ impl Txn<'_> {
             promote_budget_ms: req.promote_budget_ms,
         };
         self.audit(
-            &format!("group:{group}"),
+            Entity::Group(group),
             "replace",
             &json!({"epoch": g.epoch, "primary": g.primary}),
             &json!({"epoch": epoch, "candidate": req.candidate, "reason": req.reason}),
@@ -237,7 +238,7 @@ impl Txn<'_> {
         t.phase = Phase::Promoting;
         t.phase_started_ms = now;
         self.audit(
-            &format!("group:{group}"),
+            Entity::Group(group),
             "grant",
             &json!({"fenced": t.fence}),
             &json!({"candidate": t.candidate, "epoch": t.epoch}),
@@ -261,7 +262,7 @@ impl Txn<'_> {
             )));
         }
         self.audit(
-            &format!("group:{group}"),
+            Entity::Group(group),
             "retarget",
             &json!({"candidate": t.candidate}),
             &json!({"candidate": candidate}),
@@ -301,7 +302,7 @@ impl Txn<'_> {
             self.finish_switch(sw, &t)?;
         }
         self.audit(
-            &format!("group:{group}"),
+            Entity::Group(group),
             "commit",
             &json!({"primary": t.old, "epoch": g.epoch}),
             &json!({"primary": t.candidate, "epoch": g.epoch}),
@@ -375,7 +376,7 @@ impl Txn<'_> {
                 .execute("UPDATE switches SET state = 'failed' WHERE id = ?1", [sw])?;
         }
         self.audit(
-            &format!("group:{group}"),
+            Entity::Group(group),
             "roll_over",
             &json!({"epoch": g.epoch, "candidate": candidate}),
             &json!({"epoch": epoch, "reason": reason, "fence": t.fence}),

@@ -2,13 +2,14 @@
 //! (`spot_common::planner`) needs about one group, read in one go.
 
 use super::{Result, commands, fence, parse_enum, rows, switches, to_u64};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use spot_common::planner::{
     GroupSnap, InstanceSnap, NoticeSnap, Reported, SwitchSnap, TransitionSnap,
 };
 use spot_common::wire::TransitionView;
 use spot_common::{PoolKey, Role, ids};
 use spot_runtime::from_row;
+use spot_runtime::sql::col;
 use std::collections::HashMap;
 
 /// What the coordinator's liveness table knows of one agent.
@@ -51,7 +52,7 @@ pub fn group(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Gr
         instances,
         notices: notices(conn, group)?,
         transition,
-        switch: switch(conn, group)?,
+        switch: switch(conn, group, now_ms)?,
         launches_in_flight: launches_in_flight(conn, group, now_ms - launch_timeout_ms)?,
         last_proactive_launch_ms: conn.query_row(
             "SELECT MAX(created_at_ms) FROM commands WHERE group_name = ?1 AND kind = 'launch'
@@ -68,6 +69,7 @@ pub fn group(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Gr
             |r| r.get(0),
         )?,
         expired: expired(conn, group, now_ms, &g.config)?,
+        unterminated: unterminated(conn, group)?,
         name: g.name,
         epoch: g.epoch,
         paused: g.config.paused,
@@ -160,6 +162,31 @@ fn expired(
         .collect::<rusqlite::Result<_>>()?)
 }
 
+/// Terminations are tried this many times at most (then an operator
+/// looks: the audit log and `terminate` commands say why).
+pub const MAX_TERMINATE_ATTEMPTS: i64 = 5;
+
+/// TERMINATED instances EC2 last saw running whose every termination
+/// ended without effect (expired, failed, stale, cancelled).
+fn unterminated(conn: &Connection, group: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.instance_id FROM instances i
+         WHERE i.group_name = ?1 AND i.role = 'terminated'
+           AND i.ec2_state IN ('pending', 'running', 'stopping', 'stopped')
+           AND EXISTS (SELECT 1 FROM commands c WHERE c.subject = i.instance_id
+                       AND c.kind = 'terminate')
+           AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.subject = i.instance_id
+                           AND c.kind = 'terminate'
+                           AND c.state IN ('queued', 'delivered', 'done'))
+           AND (SELECT COUNT(*) FROM commands c WHERE c.subject = i.instance_id
+                AND c.kind = 'terminate') < ?2
+         ORDER BY i.instance_id",
+    )?;
+    Ok(stmt
+        .query_map(params![group, MAX_TERMINATE_ATTEMPTS], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
 fn notices(conn: &Connection, group: &str) -> Result<Vec<NoticeSnap>> {
     let mut stmt = conn.prepare_cached(
         "SELECT n.instance_id, n.kind, n.effective_at_ms FROM notices n
@@ -207,27 +234,30 @@ fn transition(
     })
 }
 
-fn switch(conn: &Connection, group: &str) -> Result<Option<SwitchSnap>> {
+fn switch(conn: &Connection, group: &str, now_ms: i64) -> Result<Option<SwitchSnap>> {
     let Some((sw, rid)) = switches::active(conn, group)? else {
         return Ok(None);
     };
-    let launched: Option<String> = match &rid {
+    let (launch_state, launched): (Option<spot_common::CommandState>, Option<String>) = match &rid {
         Some(r) => conn
             .query_row(
-                "SELECT json_extract(result, '$.instance_id') FROM commands
-                 WHERE request_id = ?1 AND state = 'done'",
+                "SELECT state, json_extract(result, '$.instance_id') FROM commands
+                 WHERE request_id = ?1",
                 [r],
-                |row| row.get(0),
+                |row| Ok((Some(col::text(row, 0)?), row.get(1)?)),
             )
-            .ok()
-            .flatten(),
-        None => None,
+            .optional()?
+            .unwrap_or((None, None)),
+        None => (None, None),
     };
     Ok(Some(SwitchSnap {
         id: sw.id,
         pool: sw.target_pool,
         launch_request_id: rid,
-        launched_instance: launched,
+        launched_instance: launched
+            .filter(|_| launch_state == Some(spot_common::CommandState::Done)),
+        launch_state,
+        age_ms: now_ms - sw.started_at_ms,
     }))
 }
 

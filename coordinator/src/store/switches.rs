@@ -2,6 +2,7 @@
 //! its measured downtime.
 
 use super::{Read, Result, StoreError, Txn};
+use crate::store::audit::Entity;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use spot_common::wire::SwitchView;
@@ -17,6 +18,11 @@ impl Txn<'_> {
                 "group {group} has no PRIMARY to switch"
             )));
         };
+        if !g.config.pools.iter().any(|p| p.key() == pool.key()) {
+            return Err(StoreError::Invalid(format!(
+                "pool {pool} is not one of group {group}'s pools"
+            )));
+        }
         if g.transition.is_some() || active(&self.tx, group)?.is_some() {
             return Err(StoreError::InProgress(format!(
                 "group {group} is already replacing its PRIMARY"
@@ -35,12 +41,50 @@ impl Txn<'_> {
         )?;
         let id = self.tx.last_insert_rowid();
         self.audit(
-            &format!("group:{group}"),
+            Entity::Group(group),
             "switch",
             &json!({"primary": primary}),
             &json!({"switch": id, "pool": pool}),
         )?;
         get(&self.tx, id)
+    }
+
+    /// The switch cannot finish (or an operator cancelled it): FAILED with
+    /// `reason`; the PRIMARY stays. A switch already finished is left as
+    /// it is.
+    pub fn fail_switch(&mut self, group: &str, id: i64, reason: &str) -> Result<SwitchView> {
+        let n = self.tx.execute(
+            "UPDATE switches SET state = 'failed', failure = ?1
+             WHERE id = ?2 AND group_name = ?3 AND state = 'launching'",
+            params![reason, id, group],
+        )?;
+        if n == 1 {
+            let after = json!({"switch": id, "reason": reason});
+            self.audit(Entity::Group(group), "switch_failed", &json!({}), &after)?;
+        }
+        get(&self.tx, id)
+    }
+
+    /// An operator cancels the group's switch in progress. Refused once
+    /// the replacement has started (it completes or rolls back by itself).
+    pub fn cancel_switch(&mut self, group: &str) -> Result<SwitchView> {
+        let g = self.group(group)?;
+        let Some((sw, _)) = active(&self.tx, group)? else {
+            return Err(StoreError::NotFound {
+                what: "switch in progress of group",
+                id: group.to_owned(),
+            });
+        };
+        if g.transition
+            .as_ref()
+            .is_some_and(|t| t.switch_id == Some(sw.id))
+        {
+            return Err(StoreError::InProgress(format!(
+                "switch {} is already replacing the PRIMARY of {group}; it completes or rolls back by itself",
+                sw.id
+            )));
+        }
+        self.fail_switch(group, sw.id, "cancelled by an operator")
     }
 
     pub fn switch_launch_queued(&mut self, id: i64, request_id: &str) -> Result<()> {
@@ -76,12 +120,12 @@ pub fn active(conn: &Connection, group: &str) -> Result<Option<(SwitchView, Opti
 fn get(conn: &Connection, id: i64) -> Result<SwitchView> {
     Ok(conn.query_row(
         "SELECT id, group_name, target_pool, state, from_instance, to_instance, started_at_ms,
-                demote_started_ms, promote_done_ms, downtime_ms FROM switches WHERE id = ?1",
+                demote_started_ms, promote_done_ms, downtime_ms, failure FROM switches WHERE id = ?1",
         [id],
         |r| {
             Ok(from_row! { r => SwitchView {
                 id, group, target_pool: json, state: text, from_instance, to_instance,
-                started_at_ms, demote_started_ms, promote_done_ms, downtime_ms
+                started_at_ms, demote_started_ms, promote_done_ms, downtime_ms, failure
             }})
         },
     )?)

@@ -791,6 +791,17 @@ fn switch_is_recorded_with_its_downtime() {
     let (_d, mut s) = store();
     live_group(&mut s);
     let pool = spot_common::Pool::new("c5.large", "us-east-1a");
+    let outside = op(&mut s, "switch", None, 9, |t| t.request_switch("g", &pool));
+    assert!(
+        matches!(outside, Err(StoreError::Invalid(_))),
+        "not a pool of g"
+    );
+    s.conn
+        .execute(
+            "UPDATE groups SET config = json_set(config, '$.pools', json(?1))",
+            [serde_json::to_string(&[&pool]).unwrap()],
+        )
+        .unwrap();
     let sw = op(&mut s, "switch", Some("sw-1"), 10, |t| {
         t.request_switch("g", &pool)
     })
@@ -807,6 +818,11 @@ fn switch_is_recorded_with_its_downtime() {
         })
     })
     .unwrap();
+    let late = tx(&mut s, 12, |t| t.cancel_switch("g"));
+    assert!(
+        matches!(late, Err(StoreError::InProgress(_))),
+        "a switch already replacing the PRIMARY is not cancelled"
+    );
     take(&mut s, "a-p", 13, 30_000); // demote delivered at 13
     report(
         &mut s,
@@ -1040,4 +1056,35 @@ fn zombies_expire_after_their_retention_and_bulk_terminate_takes_only_zombies_an
     .unwrap_err();
     assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
     assert_eq!(table_counts(&s), before);
+}
+
+#[test]
+fn a_termination_that_ended_without_effect_is_tried_again() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 10, |t| t.retire("g", "i-r2", Some("a-r1"))).unwrap();
+    // Its agent goes away before running it: the command expires.
+    tx(&mut s, 11, |t| {
+        t.set_agent_status("a-r1", AgentStatus::Online, AgentStatus::Offline)
+    })
+    .unwrap();
+    assert_eq!(
+        commands::state(&s.conn, "terminate-i-r2").unwrap(),
+        Some(CommandState::Expired)
+    );
+    // Not retried until EC2 is seen still running it.
+    assert!(snapshot(&s, &["a-p"], 12).unterminated.is_empty());
+    tx(&mut s, 12, |t| t.set_ec2_state("g", "i-r2", "running")).unwrap();
+    assert_eq!(snapshot(&s, &["a-p"], 12).unterminated, vec!["i-r2"]);
+    let rid = tx(&mut s, 13, |t| t.terminate_again("g", "i-r2", Some("a-p"))).unwrap();
+    assert_eq!(rid, "terminate-i-r2.1");
+    assert!(
+        snapshot(&s, &["a-p"], 14).unterminated.is_empty(),
+        "one attempt open at a time"
+    );
+    assert!(
+        take(&mut s, "a-p", 14, 30_000)
+            .iter()
+            .any(|c| c.request_id == rid)
+    );
 }

@@ -9,7 +9,7 @@ use super::{
 use crate::fleet::{Fleet, FleetOptions, default_pools};
 use crate::harness::eventually;
 use anyhow::{Context, Result, ensure};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::{Duration, Instant, SystemTime};
 
 pub async fn rebalance() -> Result<Timings> {
@@ -121,16 +121,7 @@ pub async fn switch() -> Result<Timings> {
             Some(&json!({"pool": {"instance_type": "c5.large", "availability_zone": "us-east-1a"}, "request_id": "sw-1"})))
         .await?;
     ensure!(st.is_success(), "switch refused: {st} {sw}");
-    let done = eventually("switch done", WAIT, || async {
-        let list = f.get("/v1/groups/db/switches").await.ok()?;
-        let s = list.as_array()?.first()?.clone();
-        (s["state"] == "done").then_some(s)
-    })
-    .await?;
-    let new = done["to_instance"]
-        .as_str()
-        .context("to_instance")?
-        .to_owned();
+    let (done, new) = super::switch_done(&f).await?;
     ensure!(f.get(&format!("/v1/instances/{new}")).await?["instance_type"] == "c5.large");
     wait_confirmed(&f, "db", Some(&new), None).await?;
     ensure!(f.role(&first).await? == "zombie");
@@ -140,6 +131,72 @@ pub async fn switch() -> Result<Timings> {
     wait_serving(&f, "db", &new).await?;
     checker.check().await?;
     Ok(vec![("downtime_s", downtime as f64 / 1000.0)])
+}
+
+/// Switches never wedge a group: one whose launch fails (no capacity)
+/// ends FAILED with the old PRIMARY serving, and the next one works; one
+/// cancelled before the replacement leaves the PRIMARY alone; a pool
+/// outside the group's is refused.
+pub async fn switch_failure() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), None).await?;
+    let checker = InvariantChecker::start(&f);
+    let switch = |pool: Value, rid: &str| {
+        let body = json!({"pool": pool, "request_id": rid});
+        let f = &f;
+        async move {
+            f.api
+                .post("/v1/groups/db/switch", &f.coord.admin_token, &body)
+                .await
+        }
+    };
+    let c5 = json!({"instance_type": "c5.large", "availability_zone": "us-east-1a"});
+    let (st, v) = switch(
+        json!({"instance_type": "r5.large", "availability_zone": "us-east-1a"}),
+        "sw-out",
+    )
+    .await?;
+    ensure!(st == 400, "a pool outside the group's is refused: {st} {v}");
+
+    f.ec2
+        .inject("RunInstances", "InsufficientInstanceCapacity", 500, 10);
+    let t = Instant::now();
+    let (st, v) = switch(c5.clone(), "sw-1").await?;
+    ensure!(st.is_success(), "{st} {v}");
+    let failed = super::last_switch(&f, "failed").await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(
+        failed["failure"] == "the switch's launch failed",
+        "{failed}"
+    );
+    ensure!(f.primary("db").await?.as_deref() == Some(first.as_str()));
+    wait_serving(&f, "db", &first).await?;
+    f.ec2.clear_faults();
+
+    // Cancelled before its instance is ready: nothing else changes.
+    let (st, v) = switch(c5.clone(), "sw-2").await?;
+    ensure!(st.is_success(), "{st} {v}");
+    let cancel = json!({"request_id": "cancel-2"});
+    let (st, v) = f
+        .api
+        .post("/v1/groups/db/switch/cancel", &f.coord.admin_token, &cancel)
+        .await?;
+    ensure!(st.is_success(), "cancel: {st} {v}");
+    ensure!(
+        v["state"] == "failed" && v["failure"] == "cancelled by an operator",
+        "{v}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(f.primary("db").await?.as_deref() == Some(first.as_str()));
+    wait_serving(&f, "db", &first).await?;
+
+    // The next switch works.
+    let (st, v) = switch(c5, "sw-3").await?;
+    ensure!(st.is_success(), "{st} {v}");
+    let (_, new) = super::switch_done(&f).await?;
+    wait_serving(&f, "db", &new).await?;
+    checker.check().await?;
+    Ok(vec![("switch_request_to_failed_s", took)])
 }
 
 /// A ZOMBIE left by a switch is terminated once its group's retention

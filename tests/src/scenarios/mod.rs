@@ -41,6 +41,7 @@ pub const SCENARIOS: &[(&str, Run)] = &[
     ("switch", || Box::pin(failover::switch())),
     ("manual-replica", || Box::pin(failover::manual_replica())),
     ("zombie-cleanup", || Box::pin(failover::zombie_cleanup())),
+    ("switch-failure", || Box::pin(failover::switch_failure())),
     ("terminated", || Box::pin(failover::terminated())),
     ("coordinator-crash", || {
         Box::pin(failover::coordinator_crash())
@@ -210,6 +211,23 @@ pub async fn group(f: &Fleet, config: Value, replica: Option<&str>) -> Result<St
         );
     }
     Ok(first)
+}
+
+/// Wait for group `db`'s latest switch to be in `state`; the switch.
+pub async fn last_switch(f: &Fleet, state: &str) -> Result<Value> {
+    eventually(&format!("the switch {state}"), WAIT, || async {
+        let list = f.get("/v1/groups/db/switches").await.ok()?;
+        let s = list.as_array()?.last()?.clone();
+        (s["state"] == state).then_some(s)
+    })
+    .await
+}
+
+/// Wait for group `db`'s latest switch to be done; it and its new PRIMARY.
+pub async fn switch_done(f: &Fleet) -> Result<(Value, String)> {
+    let done = last_switch(f, "done").await?;
+    let new = done["to_instance"].as_str().context("to_instance")?;
+    Ok((done.clone(), new.to_owned()))
 }
 
 /// Wait for a REPLICA in group `db`; its instance id.

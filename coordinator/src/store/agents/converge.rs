@@ -7,6 +7,7 @@
 //! reported epoch becomes the store's PRIMARY. Audited as `converged`.
 
 use super::super::{Read, Result, Txn, to_i64};
+use crate::store::audit::Entity;
 use rusqlite::params;
 use serde_json::json;
 use spot_common::{Role, RoleEvent};
@@ -58,7 +59,7 @@ impl Txn<'_> {
         }
         let after = self.group(&g.name)?;
         self.audit(
-            &format!("group:{}", g.name),
+            Entity::Group(&g.name),
             "converged",
             &before,
             &json!({"epoch": after.epoch, "primary": after.primary,
@@ -77,7 +78,7 @@ impl Txn<'_> {
         detail: serde_json::Value,
     ) -> Result<()> {
         self.audit(
-            &format!("instance:{instance}"),
+            Entity::Instance(instance),
             "disagreement",
             &json!({"kind": kind}),
             &detail,

@@ -3,6 +3,7 @@
 
 use super::rows::{self, AGENT_COLS};
 use super::{Read, Result, StoreError, Txn, parse_enum, to_i64, to_u64};
+use crate::store::audit::Entity;
 pub use converge::Reported;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -84,7 +85,7 @@ impl Txn<'_> {
                 params![agent_id, old],
             )?;
             self.audit(
-                &format!("agent:{old}"),
+                Entity::Agent(old),
                 "replaced",
                 &json!({"status": "online_or_offline"}),
                 &json!({"status": "replaced", "replaced_by": agent_id}),
@@ -127,12 +128,7 @@ impl Txn<'_> {
             }
         }
         let after = self.agent(agent_id)?;
-        self.audit(
-            &format!("agent:{agent_id}"),
-            "register",
-            &Value::Null,
-            &after,
-        )?;
+        self.audit(Entity::Agent(agent_id), "register", &Value::Null, &after)?;
         Ok(Registered {
             response: RegisterResponse {
                 agent_id: agent_id.to_owned(),
@@ -178,7 +174,7 @@ impl Txn<'_> {
         )?;
         if n == 1 {
             self.audit(
-                &format!("agent:{agent_id}"),
+                Entity::Agent(agent_id),
                 "status",
                 &json!({"status": from}),
                 &json!({"status": to}),
@@ -239,7 +235,7 @@ impl Txn<'_> {
         };
         self.queue(Some(agent_id), &cmd, None)?;
         let after = self.agent(agent_id)?;
-        self.audit(&format!("agent:{agent_id}"), "delete", &before, &after)?;
+        self.audit(Entity::Agent(agent_id), "delete", &before, &after)?;
         Ok(after)
     }
 }
