@@ -98,8 +98,15 @@ for pkg in spot-agent spot-coordinator; do
     dpkg_root --force-confold -i "$deb" >/dev/null
     [ -f "$ROOT$state/keep-me" ] || fail "upgrade lost the state"
     grep -q "edited by the operator" "$ROOT$conf" || fail "upgrade clobbered the edited config"
+    [ "$pkg" = spot-agent ] && echo "identity" > "$ROOT$state/journal.db"
     dpkg_root -r "$pkg" >/dev/null
     [ -f "$ROOT$state/keep-me" ] || fail "remove deleted the state"
+    if [ "$pkg" = spot-agent ]; then
+        # A reinstall must register a fresh identity: the journal is set aside.
+        [ ! -e "$ROOT$state/journal.db" ] || fail "remove kept the agent's journal in place"
+        ls "$ROOT$state"/journal.db.removed-* >/dev/null 2>&1 || fail "remove did not keep the journal aside"
+        ok "remove sets the agent's journal aside"
+    fi
     dpkg_root -P "$pkg" >/dev/null
     [ ! -e "$ROOT$state" ] || fail "purge kept the state"
     ok "upgrade keeps state and config, remove keeps state, purge deletes it"

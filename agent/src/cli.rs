@@ -26,7 +26,14 @@ pub fn main() -> ExitCode {
     spot_runtime::telemetry::init(cli.log_json);
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    spot_runtime::telemetry::exit_code("spot-agent", run(cli.command))
+    match run(cli.command) {
+        Err(e) if e.downcast_ref::<crate::Decommissioned>().is_some() => {
+            tracing::error!("{e}");
+            eprintln!("spot-agent: {e}");
+            ExitCode::from(crate::Decommissioned::EXIT_CODE)
+        }
+        r => spot_runtime::telemetry::exit_code("spot-agent", r),
+    }
 }
 
 #[derive(Subcommand)]
@@ -48,6 +55,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give this agent a fresh identity: its journal is set aside (kept,
+    /// renamed journal.db.reset-<ms>) and the next start registers anew
+    /// with a new agent id. Stop the service first. Refused while the
+    /// journal says this instance is PRIMARY, unless --force.
+    Reset {
+        /// Directory of the journal.
+        #[arg(
+            long,
+            env = "SPOT_AGENT_STATE_DIR",
+            default_value = "/var/lib/spot-agent"
+        )]
+        state_dir: PathBuf,
+        /// Reset a PRIMARY's journal too.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -67,6 +90,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", crate::status::render_text(&s));
+            }
+            Ok(())
+        }
+        Command::Reset { state_dir, force } => {
+            match crate::reset(&state_dir, force)? {
+                Some(kept) => println!(
+                    "journal set aside as {}; the next start registers a fresh identity",
+                    kept.display()
+                ),
+                None => println!("no journal in {}: nothing to reset", state_dir.display()),
             }
             Ok(())
         }

@@ -35,7 +35,7 @@ use journal::{Journal, JournalHandle};
 use spot_common::retry::COORDINATOR_LINK;
 use spot_runtime::supervise::Supervisor;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,43 @@ fn open_journal(state_dir: &Path) -> anyhow::Result<Journal> {
     Journal::open(&path).with_context(|| format!("opening journal {}", path.display()))
 }
 
+/// Rename the journal (and its WAL) to `journal.db.<label>-<unix ms>`:
+/// kept for an operator to read, and the next start begins afresh.
+/// Returns the new name of the main file.
+pub fn set_aside_journal(state_dir: &Path, label: &str) -> anyhow::Result<PathBuf> {
+    let stamp = clock::Clock::now_ms(&clock::SystemClock::new());
+    let mut main = state_dir.join(format!("{JOURNAL_FILE}.{label}-{stamp}"));
+    for ext in ["", "-wal", "-shm"] {
+        let from = state_dir.join(format!("{JOURNAL_FILE}{ext}"));
+        let to = state_dir.join(format!("{JOURNAL_FILE}{ext}.{label}-{stamp}"));
+        if from.exists() {
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("setting aside {}", from.display()))?;
+        }
+        if ext.is_empty() {
+            main = to;
+        }
+    }
+    Ok(main)
+}
+
+/// `spot-agent reset`: a fresh identity at the next start. Refused while
+/// the journal says this instance serves as PRIMARY, unless `force`.
+pub fn reset(state_dir: &Path, force: bool) -> anyhow::Result<Option<PathBuf>> {
+    let path = state_dir.join(JOURNAL_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let st = Journal::open_read_only(&path)?.state()?;
+    if st.role == Some(spot_common::Role::Primary) && !force {
+        anyhow::bail!(
+            "this instance is PRIMARY per its journal (epoch {}): demote it or stop its workload first, or pass --force",
+            st.role_epoch
+        );
+    }
+    set_aside_journal(state_dir, "reset").map(Some)
+}
+
 /// Open the journal bound to `instance_id`. A journal that belongs to
 /// another instance (a disk or AMI cloned from a running instance) is set
 /// aside and a fresh one started: two instances must never share an agent
@@ -93,15 +130,7 @@ fn bound_journal(state_dir: &Path, instance_id: &str) -> anyhow::Result<Journal>
     match st.instance_id {
         Some(other) if other != instance_id => {
             drop(j);
-            let stamp = clock::Clock::now_ms(&clock::SystemClock::new());
-            for ext in ["", "-wal", "-shm"] {
-                let from = state_dir.join(format!("{JOURNAL_FILE}{ext}"));
-                let to = state_dir.join(format!("{JOURNAL_FILE}{ext}.of-{other}-{stamp}"));
-                if from.exists() {
-                    std::fs::rename(&from, &to)
-                        .with_context(|| format!("setting aside {}", from.display()))?;
-                }
-            }
+            set_aside_journal(state_dir, &format!("of-{other}"))?;
             tracing::warn!(
                 journal_instance = %other,
                 %instance_id,
@@ -146,6 +175,9 @@ pub async fn run(
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock::new());
     failsafe::recover(&journal, &config.state_dir, clock.now_ms()).await?;
     let st = journal.call(|j| j.state()).await?;
+    if st.decommissioned_at_ms.is_some() {
+        return Err(Decommissioned.into());
+    }
     let highest = journal.call(|j| j.highest_epoch()).await?;
     // Ready once IMDS has answered: the agent can now journal notices even
     // if the coordinator is away.
@@ -167,8 +199,31 @@ pub async fn run(
     tracing::info!(role = ?role.role, epoch = role.epoch, "local role from the journal");
     let tasks = spawn(&agent, imds).await?;
     tasks.wait(std::future::pending(), drain).await?;
+    if agent
+        .journal
+        .call(|j| j.state())
+        .await?
+        .decommissioned_at_ms
+        .is_some()
+    {
+        return Err(Decommissioned.into());
+    }
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The agent's identity was deleted by an operator: it does not register
+/// again by itself. The process exits with [`Decommissioned::EXIT_CODE`],
+/// which the systemd unit does not restart.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this agent's identity was deleted by an operator; `spot-agent reset` (or reinstalling the package) gives it a fresh one"
+)]
+pub struct Decommissioned;
+
+impl Decommissioned {
+    /// EX_CONFIG; `RestartPreventExitStatus=78` in spot-agent.service.
+    pub const EXIT_CODE: u8 = 78;
 }
 
 /// Start every task of `agent` under one supervisor.

@@ -31,12 +31,10 @@ pub enum Stop {
 pub async fn run(agent: Arc<Agent>, lanes: Lanes) -> anyhow::Result<()> {
     loop {
         let st = agent.journal.call(|j| j.state()).await?;
-        if let Some(at) = st.decommissioned_at_ms {
-            tracing::warn!(
-                at_ms = at,
-                "this agent was deleted by an operator; not registering again (`spot-agent reset` for a fresh identity)"
-            );
-            agent.shutdown.cancelled().await;
+        if st.decommissioned_at_ms.is_some() {
+            // Deleted by an operator: stop the agent (it exits with
+            // `Decommissioned`; systemd does not restart it).
+            agent.shutdown.cancel();
             return Ok(());
         }
         let Some(creds) = ensure_registered(&agent).await? else {
@@ -200,7 +198,14 @@ pub async fn beat(
     }
     *agent.pricing_hint.lock().unwrap_or_else(|p| p.into_inner()) = resp.pricing.clone();
     if resp.status == spot_common::AgentStatus::Deleted {
-        tracing::warn!("coordinator says this agent was deleted; waiting for its cleanup command");
+        let st = agent.journal.call(|j| j.state()).await?;
+        let backlog = agent.journal.call(|j| j.backlog()).await?;
+        if st.decommissioned_at_ms.is_some() && backlog == 0 {
+            // The cleanup's result reached the coordinator: stop.
+            agent.shutdown.cancel();
+            return Ok(());
+        }
+        tracing::info!("coordinator says this agent was deleted; finishing its cleanup command");
     }
     match lease::judge(sent, agent.role(), &resp) {
         Verdict::Lease { ms } => agent.set_lease(Some(sent_at + Duration::from_millis(ms))),

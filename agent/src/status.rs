@@ -16,6 +16,9 @@ pub struct Status {
     pub role_epoch: u64,
     /// When the agent demoted itself last (unix ms).
     pub self_demoted_at_ms: Option<i64>,
+    /// When an operator deleted this identity (unix ms): the agent exits
+    /// until `spot-agent reset`.
+    pub decommissioned_at_ms: Option<i64>,
     pub coordinator_url: Option<String>,
     pub link: Link,
     pub highest_epoch: u64,
@@ -48,6 +51,7 @@ pub fn read(state_dir: &Path) -> anyhow::Result<Status> {
         role: st.role.map(|r| r.to_string()),
         role_epoch: st.role_epoch,
         self_demoted_at_ms: st.self_demoted_at_ms,
+        decommissioned_at_ms: st.decommissioned_at_ms,
         coordinator_url: st.coordinator_url,
         link: Link {
             state: st.link_state,
@@ -90,6 +94,12 @@ pub fn render_text(s: &Status) -> String {
         s.highest_epoch,
         s.backlog,
     );
+    if let Some(at) = s.decommissioned_at_ms {
+        out.push_str(&format!(
+            "deleted:      by an operator at {}; `spot-agent reset` for a fresh identity\n",
+            when(at)
+        ));
+    }
     out.push_str(&format!("notices:      {}\n", s.notices.len()));
     for n in &s.notices {
         out.push_str(&format!(

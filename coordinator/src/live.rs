@@ -44,6 +44,8 @@ struct AgentLive {
     notify: Arc<Notify>,
     /// Past LAUNCHING: no need to ask the store on each healthy heartbeat.
     settled: bool,
+    /// Events in its outbox not yet acknowledged, per its last heartbeat.
+    backlog: u64,
 }
 
 #[derive(Default)]
@@ -103,6 +105,7 @@ impl Live {
             last_seen: now,
             pending: None,
             report: None,
+            backlog: 0,
             disagreement: None,
             notify: Arc::new(Notify::new()),
             settled: false,
@@ -166,6 +169,7 @@ impl Live {
         }
         a.status = AgentStatus::Online;
         a.report = Some((rec.reported_role, role_epoch));
+        a.backlog = rec.backlog;
         let needs_store = rec.healthy && !a.settled;
         a.pending = Some(rec);
         needs_store
@@ -289,6 +293,18 @@ impl Live {
             .collect()
     }
 
+    /// ONLINE agents whose outbox holds more than `threshold` events: their
+    /// link delivers slowly or events are refused.
+    pub fn backlogged(&self, threshold: u64) -> i64 {
+        let g = self.read();
+        let n = g
+            .agents
+            .values()
+            .filter(|a| a.status == AgentStatus::Online && a.backlog > threshold)
+            .count();
+        i64::try_from(n).unwrap_or(i64::MAX)
+    }
+
     pub fn counts(&self) -> Vec<(AgentStatus, i64)> {
         let g = self.read();
         [AgentStatus::Online, AgentStatus::Offline]
@@ -380,5 +396,32 @@ mod tests {
         assert!(!live.disagreement("a", Some("store_primary_not_serving")));
         assert!(!live.disagreement("a", None));
         assert!(live.disagreement("a", Some("store_primary_not_serving")));
+    }
+
+    #[test]
+    fn an_agent_with_a_growing_outbox_is_flagged() {
+        let live = Live::default();
+        let now = Instant::now();
+        live.insert("a", token_hash("t"), "i-a", now);
+        live.insert("b", token_hash("u"), "i-b", now);
+        live.heartbeat(
+            HeartbeatRecord {
+                backlog: 150,
+                ..rec("a")
+            },
+            0,
+            now,
+        );
+        live.heartbeat(
+            HeartbeatRecord {
+                backlog: 100,
+                ..rec("b")
+            },
+            0,
+            now,
+        );
+        assert_eq!(live.backlogged(100), 1);
+        live.heartbeat(rec("a"), 0, now);
+        assert_eq!(live.backlogged(100), 0, "drained");
     }
 }

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub disagreements: Family<KindLabel, Counter>,
     pub fences: Family<OutcomeLabel, Counter>,
     pub groups_blocked: Gauge,
+    pub agents_backlogged: Gauge,
     pub stalled_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub consolidation_rows: Family<KindLabel, Counter>,
     pub consolidation_duration: Histogram,
@@ -109,6 +110,12 @@ impl Metrics {
                 r,
                 "groups_fence_blocked",
                 "Groups waiting for an operator because an instance cannot be fenced",
+                Gauge::default(),
+            ),
+            agents_backlogged: metric(
+                r,
+                "agents_backlogged",
+                "Online agents whose outbox holds more than 100 unacknowledged events",
                 Gauge::default(),
             ),
             stalled_seconds: metric(

@@ -476,3 +476,50 @@ async fn sigterm_stops_cleanly() {
     assert!(t.elapsed() < Duration::from_secs(10));
     assert!(w.agent.log_text().contains("agent stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_agent_exits_for_good_and_a_reset_registers_a_new_identity() {
+    let mut w = World::registered().await;
+    let old = w.agent_id().await;
+    let (st, v) = w
+        .api
+        .delete(&format!("/v1/agents/{old}"), &w.coord.admin_token)
+        .await
+        .unwrap();
+    assert!(st.is_success(), "{st} {v}");
+    // It runs its cleanup, reports it, and exits with 78 (not restarted).
+    let status = w.agent.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(78), "{}", w.agent.log_text());
+    assert!(
+        w.agent.log_text().contains("deleted by an operator"),
+        "{}",
+        w.agent.log_text()
+    );
+    assert!(w.agent.status().unwrap()["decommissioned_at_ms"].is_i64());
+    // Starting again changes nothing...
+    w.agent.start(None).unwrap();
+    let again = w.agent.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(again.code(), Some(78));
+    // ... until `spot-agent reset`: then a new identity.
+    let reset = std::process::Command::new(spot_tests::harness::bin_path("spot-agent").unwrap())
+        .arg("reset")
+        .arg("--state-dir")
+        .arg(&w.agent.state_dir)
+        .output()
+        .unwrap();
+    assert!(reset.status.success(), "{reset:?}");
+    assert!(String::from_utf8_lossy(&reset.stdout).contains("fresh identity"));
+    w.agent.start(None).unwrap();
+    let new = eventually("a new registration", WAIT, || async {
+        let v = w.get("/v1/agents").await;
+        v.as_array()?
+            .iter()
+            .find(|a| a["status"] == "online" && a["agent_id"] != old.as_str())?["agent_id"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await
+    .unwrap();
+    assert_ne!(new, old);
+    w.stop_intact();
+}

@@ -238,3 +238,27 @@ async fn the_first_error_trips_the_failsafe() {
     assert!(h.failed().is_cancelled());
     assert!(h.first_error().unwrap().contains("journal database error"));
 }
+
+#[test]
+fn reset_sets_the_journal_aside_but_not_a_primarys_without_force() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("journal.db");
+    assert!(
+        crate::reset(d.path(), false).unwrap().is_none(),
+        "nothing to reset"
+    );
+    let mut j = Journal::open(&path).unwrap();
+    j.set_role(Role::Primary, 4).unwrap();
+    drop(j);
+    let e = crate::reset(d.path(), false).unwrap_err();
+    assert!(e.to_string().contains("PRIMARY"), "{e}");
+    assert!(path.exists(), "refused: nothing moved");
+    let kept = crate::reset(d.path(), true).unwrap().unwrap();
+    assert!(!path.exists() && kept.exists(), "{}", kept.display());
+    let fresh = Journal::open(&path).unwrap();
+    assert_eq!(
+        fresh.state().unwrap().role,
+        None,
+        "the next start is a fresh identity"
+    );
+}

@@ -234,8 +234,15 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::
     })))
 }
 
+/// An agent with more unacknowledged events than this is flagged.
+const BACKLOG_FLAG: u64 = 100;
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.set_agent_counts(&state.live.counts());
+    state
+        .metrics
+        .agents_backlogged
+        .set(state.live.backlogged(BACKLOG_FLAG));
     state
         .metrics
         .stalled_seconds

@@ -131,12 +131,19 @@ impl Txn<'_> {
     }
 
     /// An agent went OFFLINE: the EC2 work queued for it (launches,
-    /// terminations, fences) expires, so the planner routes it elsewhere.
-    /// Role commands stay: an agent that comes back must see its demotion.
+    /// terminations, fences) expires, so the planner routes it elsewhere;
+    /// so do launches and terminations it took but never reported (its
+    /// instance may be gone: such a launch must not count as in flight
+    /// forever and block the group's emergency launch; a late result is
+    /// ignored and an instance it created registers by itself). A fence
+    /// it took is left to the transition's fence attempts. Role commands
+    /// stay: an agent that comes back must see its demotion.
     pub(super) fn expire_routable(&mut self, agent_id: &str) -> Result<usize> {
         Ok(self.tx.execute(
             "UPDATE commands SET state = 'expired', finished_at_ms = ?2
-             WHERE agent_id = ?1 AND state = 'queued' AND kind IN ('launch', 'terminate', 'fence')",
+             WHERE agent_id = ?1
+               AND ((state = 'queued' AND kind IN ('launch', 'terminate', 'fence'))
+                    OR (state = 'delivered' AND kind IN ('launch', 'terminate')))",
             params![agent_id, self.now_ms()],
         )?)
     }

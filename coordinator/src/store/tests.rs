@@ -1088,3 +1088,27 @@ fn a_termination_that_ended_without_effect_is_tried_again() {
             .any(|c| c.request_id == rid)
     );
 }
+
+#[test]
+fn a_launch_taken_by_an_agent_that_goes_offline_no_longer_counts_as_in_flight() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let pool = spot_common::Pool::new("m5.large", "us-east-1b");
+    tx(&mut s, 10, |t| {
+        t.queue_launch("l-1", "g", Via::Agent("a-p"), &pool, true)
+    })
+    .unwrap();
+    take(&mut s, "a-p", 11, 30_000);
+    assert_eq!(snapshot(&s, &["a-r1"], 12).launches_in_flight, 1);
+    // Its instance dies with the launch in hand: it would block the
+    // group's emergency launch forever.
+    tx(&mut s, 13, |t| {
+        t.set_agent_status("a-p", AgentStatus::Online, AgentStatus::Offline)
+    })
+    .unwrap();
+    assert_eq!(snapshot(&s, &["a-r1"], 14).launches_in_flight, 0);
+    assert_eq!(
+        commands::state(&s.conn, "l-1").unwrap(),
+        Some(CommandState::Expired)
+    );
+}
