@@ -36,6 +36,9 @@ for pkg in spot-agent spot-coordinator; do
     for f in ./usr/bin/$pkg ".$conf" "/$pkg.service" ./usr/share/doc/$pkg/README.md; do
         grep -q -- "$f" <<<"$contents" || fail "$deb lacks $f"
     done
+    if [ "$pkg" = spot-coordinator ]; then
+        grep -q -- ./usr/bin/spotctl <<<"$contents" || fail "$deb lacks spotctl"
+    fi
     ok "deb contents"
     dpkg-deb -e "$deb" "$WORK/$pkg.ctrl"
     grep -qx "$conf" "$WORK/$pkg.ctrl/conffiles" || fail "$conf is not a conffile"

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod ctl;
 pub mod executor;
 pub mod export;
 pub mod live;

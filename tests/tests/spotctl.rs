@@ -1,0 +1,106 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `spotctl` against the real coordinator: tables, JSON, actions, and the
+//! exit codes scripts rely on (1 refused, 3 unreachable, 4 no token).
+
+use serde_json::{Value, json};
+use spot_tests::harness::{Coordinator, bin_path};
+use std::process::{Command, Output};
+
+fn spotctl(c: &Coordinator, token: &str, args: &[&str]) -> Output {
+    Command::new(bin_path("spotctl").unwrap())
+        .args(args)
+        .env("SPOTCTL_URL", &c.base)
+        .env("SPOTCTL_TOKEN", token)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test]
+async fn spotctl_shows_the_fleet_acts_on_it_and_fails_with_codes_scripts_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    let (st, _) = api
+        .post(
+            "/v1/groups",
+            &c.admin_token,
+            &json!({"name": "db", "config": {"paused": true,
+                "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 201);
+    let reg = json!({"instance_id": "i-1", "instance_type": "m5.large",
+        "availability_zone": "us-east-1a", "region": "us-east-1", "lifecycle": "spot", "group": "db"});
+    let (st, _) = api
+        .post("/v1/agents/register", &c.enrollment_token, &reg)
+        .await
+        .unwrap();
+    assert_eq!(st, 201);
+    let adm = c.admin_token.clone();
+
+    let o = spotctl(&c, &adm, &["status"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = text(&o);
+    assert!(
+        s.contains("GROUP") && s.contains("db") && s.contains("paused"),
+        "{s}"
+    );
+    assert!(s.contains("agents: 1 online, 0 offline"), "{s}");
+
+    let o = spotctl(
+        &c,
+        &adm,
+        &["--output", "json", "instances", "--group", "db"],
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["instance_id"], "i-1", "{v}");
+
+    let o = spotctl(&c, &adm, &["resume", "db"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, g) = api.get("/v1/groups/db", &adm).await.unwrap();
+    assert_eq!(g["config"]["paused"], false, "{g}");
+    let o = spotctl(&c, &adm, &["pause", "db"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = spotctl(&c, &adm, &["audit", "--entity", "group:db"]);
+    assert!(text(&o).contains("update_config"), "{}", text(&o));
+    let o = spotctl(&c, &adm, &["zombies", "--terminate", "--dry-run"]);
+    assert!(
+        o.status.success() && text(&o).contains("dry run"),
+        "{}",
+        text(&o)
+    );
+
+    // Refused by the coordinator: 1, with its code.
+    let o = spotctl(&c, &adm, &["switch-cancel", "db"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not_found"), "{}", text(&o));
+    let o = spotctl(&c, "wrong", &["groups"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("unauthorized"), "{}", text(&o));
+    // Unreachable: 3. No token: 4. Bad usage: 2.
+    let o = Command::new(bin_path("spotctl").unwrap())
+        .args(["--url", "http://127.0.0.1:1", "--token", "t", "groups"])
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = Command::new(bin_path("spotctl").unwrap())
+        .args(["--url", &c.base, "groups"])
+        .env_remove("SPOTCTL_TOKEN")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let o = spotctl(&c, &adm, &["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
