@@ -108,10 +108,11 @@ impl Ec2 {
                 code: "InvalidAllocationID.NotFound".into(),
                 message: format!("{allocation_id} not found"),
             })?;
-            Ok((
-                a.association_id().map(str::to_owned),
-                a.instance_id().map(str::to_owned),
-            ))
+            // Some endpoints (moto 5.1, and EC2 on an address mid-release)
+            // answer an empty string rather than leaving the field out:
+            // both mean "nobody".
+            let present = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_owned);
+            Ok((present(a.association_id()), present(a.instance_id())))
         })
         .await
     }
