@@ -38,6 +38,7 @@ for pkg in spot-agent spot-coordinator; do
     done
     if [ "$pkg" = spot-coordinator ]; then
         grep -q -- ./usr/bin/spotctl <<<"$contents" || fail "$deb lacks spotctl"
+        grep -q -- prometheus/alerts.yml <<<"$contents" || fail "$deb lacks the alert rules"
     fi
     ok "deb contents"
     dpkg-deb -e "$deb" "$WORK/$pkg.ctrl"

@@ -13,6 +13,16 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
 fi
 export SPOT_MOTO_SERVER="$VENV/bin/moto_server"
 
+# promtool checks and unit-tests the shipped alert rules.
+if ! command -v promtool >/dev/null; then
+    echo "==> installing prometheus (for promtool)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+echo "==> promtool: alert rules and their unit tests"
+promtool check rules packaging/prometheus/alerts.yml
+promtool test rules packaging/prometheus/alerts.test.yml
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

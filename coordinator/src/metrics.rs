@@ -49,6 +49,11 @@ pub struct Metrics {
     pub fences: Family<OutcomeLabel, Counter>,
     pub groups_blocked: Gauge,
     pub agents_backlogged: Gauge,
+    pub groups_without_primary: Gauge,
+    pub groups_interrupted_without_replica: Gauge,
+    pub zombies_past_retention: Gauge,
+    pub switch_downtime: Histogram,
+    pub last_consolidation: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub stalled_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub consolidation_rows: Family<KindLabel, Counter>,
     pub consolidation_duration: Histogram,
@@ -118,6 +123,37 @@ impl Metrics {
                 "Online agents whose outbox holds more than 100 unacknowledged events",
                 Gauge::default(),
             ),
+            groups_without_primary: metric(
+                r,
+                "groups_without_primary",
+                "Groups that had instances and have no PRIMARY now",
+                Gauge::default(),
+            ),
+            groups_interrupted_without_replica: metric(
+                r,
+                "groups_interrupted_without_replica",
+                "Groups whose PRIMARY is interrupted with no REPLICA and no launch in flight",
+                Gauge::default(),
+            ),
+            zombies_past_retention: metric(
+                r,
+                "zombies_past_retention",
+                "ZOMBIE instances kept past their group's retention (cleanup not working)",
+                Gauge::default(),
+            ),
+            // 50 ms .. ~100 s.
+            switch_downtime: metric(
+                r,
+                "switch_downtime_seconds",
+                "Downtime of manual switches: promote done minus demote delivered",
+                Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+            ),
+            last_consolidation: metric(
+                r,
+                "price_consolidation_last_timestamp_seconds",
+                "Unix time the last price consolidation started",
+                Gauge::default(),
+            ),
             stalled_seconds: metric(
                 r,
                 "stalled_seconds",
@@ -146,6 +182,13 @@ impl Metrics {
         }
     }
 
+    pub fn set_fleet_health(&self, h: &crate::store::FleetHealth) {
+        self.groups_without_primary.set(h.groups_without_primary);
+        self.groups_interrupted_without_replica
+            .set(h.interrupted_without_replica);
+        self.zombies_past_retention.set(h.zombies_past_retention);
+    }
+
     pub fn set_agent_counts(&self, counts: &[(AgentStatus, i64)]) {
         for (status, n) in counts {
             self.agents
@@ -158,6 +201,8 @@ impl Metrics {
 
     pub fn record_consolidation(&self, run: &spot_common::wire::ConsolidationRun) {
         self.consolidations.inc();
+        self.last_consolidation
+            .set(run.started_at_ms as f64 / 1000.0);
         self.consolidation_duration
             .observe(run.duration_ms as f64 / 1000.0);
         for (kind, n) in [
@@ -185,5 +230,51 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series the shipped alert rules read is one this coordinator
+    /// exports (a renamed metric must not silently disarm an alert).
+    #[test]
+    fn the_alert_rules_name_only_exported_metrics() {
+        let m = Metrics::new();
+        // Families show only once they have a child.
+        m.agents
+            .get_or_create(&StatusLabel { status: "online" })
+            .set(1);
+        let http = HttpLabels {
+            route: "/v1/agents/{agent_id}/heartbeat".into(),
+            method: "POST".into(),
+        };
+        m.http_duration.get_or_create(&http).observe(0.001);
+        m.events
+            .get_or_create(&EventLabels {
+                result: EventResult::Applied,
+            })
+            .inc();
+        for f in [&m.promotions, &m.fences] {
+            f.get_or_create(&OutcomeLabel { outcome: "x" }).inc();
+        }
+        for f in [&m.disagreements, &m.consolidation_rows] {
+            f.get_or_create(&KindLabel { kind: "x" }).inc();
+        }
+        let exported = m.encode().unwrap();
+        let rules = include_str!("../../packaging/prometheus/alerts.yml");
+        let mut named = 0;
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("spot_coordinator_") {
+                named += 1;
+                assert!(
+                    exported.contains(&format!("\n{word}{{"))
+                        || exported.contains(&format!("\n{word} ")),
+                    "alerts.yml reads {word}, which the coordinator does not export"
+                );
+            }
+        }
+        assert!(named >= 12, "the rules were read: {named}");
     }
 }

@@ -233,7 +233,10 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
             .await
             .map(|d| {
                 outcome(state, "committed");
-                tracing::warn!(%group, primary = %d.value, "new PRIMARY confirmed");
+                if let Some(ms) = d.value.switch_downtime_ms {
+                    state.metrics.switch_downtime.observe(ms as f64 / 1000.0);
+                }
+                tracing::warn!(%group, primary = %d.value.primary, "new PRIMARY confirmed");
                 d.wake
             }),
         Step::RollOver {

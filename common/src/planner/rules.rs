@@ -369,12 +369,16 @@ fn manual_replica(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> 
                 .collect(),
         );
     }
-    steps(Vec::new())
+    None
 }
 
 /// Rebalance recommendation on the PRIMARY and no REPLICA: launch one in
 /// another pool, at most once per `rebalance_window`.
 fn rebalance(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision> {
+    if snap.manual_replica {
+        // Manual replica mode keeps its one REPLICA itself.
+        return None;
+    }
     let p = snap.primary()?;
     let recommended = snap
         .notices

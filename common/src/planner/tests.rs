@@ -671,4 +671,8 @@ fn an_instance_ec2_still_runs_after_its_termination_is_terminated_again() {
             via: Executor::Agent("a-p".into())
         }]
     );
+    // A manual replica group with its one REPLICA is not in the way (the
+    // nemesis found a leak when it was).
+    s.manual_replica = true;
+    assert!(matches!(&plan(&s, 0, &CFG)[..], [Step::Terminate { .. }]));
 }

@@ -243,6 +243,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .metrics
         .agents_backlogged
         .set(state.live.backlogged(BACKLOG_FLAG));
+    let now = crate::now_ms();
+    match state
+        .db
+        .read(move |s| crate::store::Read::fleet_health(s, now))
+        .await
+    {
+        Ok(h) => state.metrics.set_fleet_health(&h),
+        Err(e) => tracing::warn!(error = %e, "reading fleet health for /metrics"),
+    }
     state
         .metrics
         .stalled_seconds

@@ -38,8 +38,8 @@ pub use commands::Via;
 pub use instances::BulkSelection;
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use pricing::{ConsolidationConfig, SeriesKey};
-pub use promotion::{PromoteResult, ReplaceRequest};
-pub use snapshot::{AgentLive, SnapshotInput};
+pub use promotion::{Committed, PromoteResult, ReplaceRequest};
+pub use snapshot::{AgentLive, FleetHealth, SnapshotInput};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -401,6 +401,10 @@ pub trait Read {
     }
     fn group_snapshot(&self, group: &str, input: &SnapshotInput) -> Result<GroupSnap> {
         snapshot::group(self.conn(), group, input)
+    }
+    /// What the alerts watch across the fleet.
+    fn fleet_health(&self, now_ms: i64) -> Result<FleetHealth> {
+        snapshot::fleet_health(self.conn(), now_ms)
     }
     fn agent(&self, agent_id: &str) -> Result<AgentView> {
         rows::agent(self.conn(), agent_id)

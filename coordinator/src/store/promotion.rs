@@ -55,6 +55,14 @@ fn check_epoch(actual: u64, expected: u64) -> Result<()> {
     Ok(())
 }
 
+/// A committed promotion: the new PRIMARY, and the downtime of the manual
+/// switch it completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub primary: String,
+    pub switch_downtime_ms: Option<i64>,
+}
+
 impl Txn<'_> {
     /// Queue a role command of the transition `t` to `instance`'s agent;
     /// `None` when it has no agent.
@@ -272,7 +280,7 @@ impl Txn<'_> {
     }
 
     /// T3: the candidate confirmed; it is the PRIMARY. Returns it.
-    pub fn commit_promotion(&mut self, group: &str, expected_epoch: u64) -> Result<String> {
+    pub fn commit_promotion(&mut self, group: &str, expected_epoch: u64) -> Result<Committed> {
         let g = self.group(group)?;
         check_epoch(g.epoch, expected_epoch)?;
         let Some(t) = g.transition.clone().filter(|t| t.phase == Phase::Promoting) else {
@@ -298,9 +306,10 @@ impl Txn<'_> {
                 deadline,
             )?;
         }
-        if let Some(sw) = t.switch_id {
-            self.finish_switch(sw, &t)?;
-        }
+        let switch_downtime_ms = match t.switch_id {
+            Some(sw) => self.finish_switch(sw, &t)?,
+            None => None,
+        };
         self.audit(
             Entity::Group(group),
             "commit",
@@ -308,11 +317,14 @@ impl Txn<'_> {
             &json!({"primary": t.candidate, "epoch": g.epoch}),
         )?;
         self.write_transition(group, None, g.epoch)?;
-        Ok(t.candidate)
+        Ok(Committed {
+            primary: t.candidate,
+            switch_downtime_ms,
+        })
     }
 
     /// The switch's downtime: promote done minus demote delivered.
-    fn finish_switch(&mut self, switch_id: i64, t: &TransitionView) -> Result<()> {
+    fn finish_switch(&mut self, switch_id: i64, t: &TransitionView) -> Result<Option<i64>> {
         let demote_started: Option<i64> = match &t.old {
             Some(o) => self
                 .tx
@@ -339,7 +351,7 @@ impl Txn<'_> {
                  promote_done_ms = ?3, downtime_ms = ?3 - ?2 WHERE id = ?4",
             params![t.candidate, demote_started, promote_done, switch_id],
         )?;
-        Ok(())
+        Ok(promote_done.zip(demote_started).map(|(p, d)| p - d))
     }
 
     /// The candidate failed or did not confirm: it may have half-promoted,

@@ -162,6 +162,43 @@ fn expired(
         .collect::<rusqlite::Result<_>>()?)
 }
 
+/// What the alerts watch across the fleet, read at each scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetHealth {
+    /// Groups that had instances and have no PRIMARY now.
+    pub groups_without_primary: i64,
+    /// Groups whose PRIMARY has an interruption notice, with no REPLICA
+    /// (or LAUNCHING instance) and no launch in flight.
+    pub interrupted_without_replica: i64,
+    /// ZOMBIEs kept past their group's retention (cleanup is not working).
+    pub zombies_past_retention: i64,
+}
+
+pub fn fleet_health(conn: &Connection, now_ms: i64) -> Result<FleetHealth> {
+    let count = |sql: &str| -> Result<i64> { Ok(conn.query_row(sql, [now_ms], |r| r.get(0))?) };
+    Ok(FleetHealth {
+        groups_without_primary: count(
+            "SELECT COUNT(*) FROM groups g WHERE ?1 IS NOT NULL
+               AND EXISTS (SELECT 1 FROM instances i WHERE i.group_name = g.name)
+               AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.group_name = g.name AND i.role = 'primary')",
+        )?,
+        interrupted_without_replica: count(
+            "SELECT COUNT(DISTINCT i.group_name) FROM instances i
+             JOIN notices n ON n.instance_id = i.instance_id AND n.kind = 'interruption'
+             WHERE ?1 IS NOT NULL AND i.role = 'primary'
+               AND NOT EXISTS (SELECT 1 FROM instances r WHERE r.group_name = i.group_name
+                               AND r.role IN ('replica', 'launching'))
+               AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.group_name = i.group_name
+                               AND c.kind = 'launch' AND c.state IN ('queued', 'delivered'))",
+        )?,
+        zombies_past_retention: count(
+            "SELECT COUNT(*) FROM instances i JOIN groups g ON g.name = i.group_name
+             WHERE i.role = 'zombie' AND i.updated_at_ms <=
+                   ?1 - 1000 * COALESCE(json_extract(g.config, '$.zombie_retention_s'), 2592000)",
+        )?,
+    })
+}
+
 /// Terminations are tried this many times at most (then an operator
 /// looks: the audit log and `terminate` commands say why).
 pub const MAX_TERMINATE_ATTEMPTS: i64 = 5;

@@ -1112,3 +1112,42 @@ fn a_launch_taken_by_an_agent_that_goes_offline_no_longer_counts_as_in_flight() 
         Some(CommandState::Expired)
     );
 }
+
+#[test]
+fn fleet_health_counts_what_the_alerts_watch() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    assert_eq!(s.fleet_health(10).unwrap(), super::FleetHealth::default());
+    // Both REPLICAs gone: an interruption on the PRIMARY has no one to
+    // fail over to, and nothing is launching.
+    for r in ["i-r1", "i-r2"] {
+        tx(&mut s, 10, |t| t.mark_gone(r, "test")).unwrap();
+    }
+    let notice = Event {
+        event_id: "a-p:50".into(),
+        seq: 50,
+        at_ms: 11,
+        body: EventBody::Notice {
+            notice: spot_common::NoticeKind::Interruption,
+            effective_at_ms: Some(120_000),
+            action: Some("terminate".into()),
+            raw: "{}".into(),
+        },
+    };
+    tx(&mut s, 11, |t| t.apply_events("a-p", &[notice])).unwrap();
+    let h = s.fleet_health(12).unwrap();
+    assert_eq!(h.interrupted_without_replica, 1, "{h:?}");
+    assert_eq!(h.groups_without_primary, 0);
+    // A group whose only instance is not PRIMARY (yet): without PRIMARY.
+    op(&mut s, "create_group", None, 13, |t| {
+        t.create_group("h", &GroupConfig::default())
+    })
+    .unwrap();
+    let mut r = reg("i-h1");
+    r.group = "h".into();
+    tx(&mut s, 14, |t| {
+        t.register_agent(&r, "a-h1", "tok-h1", 5000, 15000)
+    })
+    .unwrap();
+    assert_eq!(s.fleet_health(15).unwrap().groups_without_primary, 1);
+}
