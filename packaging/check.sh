@@ -39,6 +39,8 @@ for pkg in spot-agent spot-coordinator; do
     if [ "$pkg" = spot-coordinator ]; then
         grep -q -- ./usr/bin/spotctl <<<"$contents" || fail "$deb lacks spotctl"
         grep -q -- prometheus/alerts.yml <<<"$contents" || fail "$deb lacks the alert rules"
+        grep -q -- doc/spot-coordinator/decision-schema.json <<<"$contents" || fail "$deb lacks the decision schema"
+        grep -q -- grafana/spot-optimizer.json <<<"$contents" || fail "$deb lacks the Grafana dashboard"
     fi
     ok "deb contents"
     dpkg-deb -e "$deb" "$WORK/$pkg.ctrl"

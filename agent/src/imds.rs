@@ -178,8 +178,14 @@ pub fn classify(path: &str, raw: &str) -> (NoticeKind, Option<i64>, Option<Strin
             Ok(t) => (NoticeKind::Rebalance, Some(t), None),
             Err(_) => malformed,
         },
+        // The earliest maintenance still to happen: its NotBefore is the
+        // deadline, its code (`system-reboot`, `instance-stop`...) the
+        // action.
         _ => match notice::parse_scheduled(raw) {
-            Ok(_) => (NoticeKind::ScheduledMaintenance, None, None),
+            Ok(events) => match notice::pending_maintenance(&events) {
+                Some((at, code)) => (NoticeKind::ScheduledMaintenance, at, Some(code)),
+                None => (NoticeKind::ScheduledMaintenance, None, None),
+            },
             Err(_) => malformed,
         },
     }
@@ -211,7 +217,12 @@ pub async fn watch(imds: Imds, agent: Arc<crate::agent::Agent>) -> anyhow::Resul
                     continue;
                 }
             };
-            if path == SCHEDULED && body.trim() == "[]" {
+            // No maintenance still to happen (none, or all completed or
+            // canceled): nothing to report.
+            if path == SCHEDULED
+                && notice::parse_scheduled(&body)
+                    .is_ok_and(|e| notice::pending_maintenance(&e).is_none())
+            {
                 continue;
             }
             if failing {
@@ -257,8 +268,15 @@ mod tests {
             NoticeKind::Rebalance
         );
         assert_eq!(
-            classify(SCHEDULED, r#"[{"Code":"system-reboot","EventId":"e"}]"#).0,
-            NoticeKind::ScheduledMaintenance
+            classify(
+                SCHEDULED,
+                r#"[{"Code":"system-reboot","EventId":"e","NotBefore":"21 Jan 2019 09:00:43 GMT","State":"active"}]"#
+            ),
+            (
+                NoticeKind::ScheduledMaintenance,
+                Some(1_548_061_243_000),
+                Some("system-reboot".into())
+            )
         );
         assert_eq!(classify(SCHEDULED, "nope").0, NoticeKind::Malformed);
     }

@@ -9,6 +9,7 @@
 mod macros;
 
 pub mod command;
+pub mod decision;
 pub mod ids;
 pub mod notice;
 pub mod planner;

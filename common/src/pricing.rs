@@ -47,6 +47,11 @@ pub fn parse_price(s: &str) -> Result<Micros, BadPrice> {
 }
 
 /// 31400 -> "0.031400".
+/// Micro-dollars as dollars (for models, which think in floats).
+pub fn to_dollars(m: Micros) -> f64 {
+    m as f64 / 1_000_000.0
+}
+
 pub fn format_price(m: Micros) -> String {
     format!("{}.{:06}", m / 1_000_000, m % 1_000_000)
 }

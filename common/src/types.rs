@@ -1,7 +1,7 @@
 //! Domain types shared by the agent, the coordinator and the simulators:
 //! roles, statuses, pools, group configuration, actors.
 
-pub use crate::vocab::{AgentStatus, Phase, Role, SwitchState};
+pub use crate::vocab::{AgentStatus, DecisionMode, Phase, Role, SwitchState};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -93,9 +93,14 @@ pub struct GroupConfig {
     pub launch_template_id: Option<String>,
     #[serde(default)]
     pub promotion: Promotion,
-    /// Automatic switching to cheaper pools by the decision engine.
+    /// Automatic switching to cheaper pools by the decision engine (the
+    /// same as `decisions = "auto"`).
     #[serde(default)]
     pub auto_switch: bool,
+    /// The decision engine for this group: `off`, `shadow` (decide and
+    /// log, never act) or `auto` (act).
+    #[serde(default)]
+    pub decisions: DecisionMode,
     /// Keep exactly one REPLICA at all times.
     #[serde(default)]
     pub manual_replica: bool,
@@ -138,6 +143,7 @@ impl Default for GroupConfig {
             launch_template_id: None,
             promotion: Promotion::default(),
             auto_switch: false,
+            decisions: DecisionMode::Off,
             manual_replica: false,
             auto_terminate: false,
             zombie_retention_s: DEFAULT_ZOMBIE_RETENTION_S,
@@ -159,7 +165,9 @@ fn is_default_product(p: &String) -> bool {
 /// A group configuration that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigRuleError {
-    #[error("auto_switch and manual_replica are mutually exclusive (invariant 3)")]
+    #[error(
+        "auto_switch (or decisions = \"auto\") and manual_replica are mutually exclusive (invariant 3)"
+    )]
     AutoSwitchWithManualReplica,
     #[error("pool {0} is listed twice")]
     DuplicatePool(String),
@@ -169,7 +177,7 @@ pub enum ConfigRuleError {
 
 impl GroupConfig {
     pub fn validate(&self) -> Result<(), ConfigRuleError> {
-        if self.auto_switch && self.manual_replica {
+        if self.decision_mode() == DecisionMode::Auto && self.manual_replica {
             return Err(ConfigRuleError::AutoSwitchWithManualReplica);
         }
         let mut seen = std::collections::HashSet::new();
@@ -179,6 +187,15 @@ impl GroupConfig {
             }
         }
         Ok(())
+    }
+
+    /// What the decision engine may do: `auto_switch` means `auto`.
+    pub fn decision_mode(&self) -> DecisionMode {
+        if self.auto_switch {
+            DecisionMode::Auto
+        } else {
+            self.decisions
+        }
     }
 
     /// The configured pool with this key.

@@ -111,3 +111,17 @@ crate::string_enum! {
         InstanceGone = "instance_gone",
     }
 }
+
+crate::string_enum! {
+    /// What the decision engine may do for a group.
+    #[derive(Default)]
+    pub enum DecisionMode("decision mode") {
+        /// No decisions.
+        #[default]
+        Off = "off",
+        /// Decide and log what would have been done; never act.
+        Shadow = "shadow",
+        /// Decide and act (switch, launch a REPLICA).
+        Auto = "auto",
+    }
+}

@@ -5,7 +5,7 @@
 //! a newer coordinator. docs/openapi.json describes the same shapes.
 
 use crate::command::{Command, CommandState, Event, NoticeKind, PricePoint};
-use crate::types::{AgentStatus, GroupConfig, Phase, Pool, Role, SwitchState};
+use crate::types::{AgentStatus, GroupConfig, Phase, Pool, PoolKey, Role, SwitchState};
 use serde::{Deserialize, Serialize};
 
 pub const API_VERSION: u32 = 1;
@@ -323,6 +323,35 @@ pub struct SwitchView {
     pub downtime_ms: Option<i64>,
     /// Why a failed switch failed (cancelled, launch failed, timed out).
     pub failure: Option<String>,
+}
+
+/// One decision of the decision engine, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionView {
+    pub id: i64,
+    pub group: String,
+    pub at_ms: i64,
+    pub mode: crate::DecisionMode,
+    /// `name/version`.
+    pub model: String,
+    /// SHA-256 of the input the model was given.
+    pub input_digest: String,
+    /// `STAY`, `SWITCH`, `CREATE_REPLICA` or `NO_ACTION`.
+    pub action: String,
+    pub target_pool: Option<PoolKey>,
+    pub confidence: f64,
+    pub reason: String,
+    pub latency_us: i64,
+    /// Estimated dollars per hour a SWITCH saves.
+    pub saving_per_hour: Option<f64>,
+    /// What was done (or, in shadow mode, what would have been).
+    pub outcome: String,
+    /// Why the model's answer was refused (then taken as NO_ACTION), with
+    /// the raw answer.
+    pub invalid: Option<String>,
+    /// Why the external model was not followed (unreachable, late,
+    /// invalid): the built-in model decided instead.
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -57,6 +57,23 @@ pub struct ServeArgs {
     /// [default: 10m].
     #[arg(long, env = "SPOT_COORDINATOR_REBALANCE_WINDOW", value_parser = humantime::parse_duration)]
     pub rebalance_window: Option<Duration>,
+    /// A PRIMARY with scheduled maintenance is switched to a REPLICA this
+    /// long before the maintenance's NotBefore [default: 10m].
+    #[arg(long, env = "SPOT_COORDINATOR_MAINTENANCE_LEAD", value_parser = humantime::parse_duration)]
+    pub maintenance_lead: Option<Duration>,
+    /// How often the decision engine looks at every group whose
+    /// `decisions` mode is `shadow` or `auto` (also after every price
+    /// consolidation) [default: 5m].
+    #[arg(long, env = "SPOT_COORDINATOR_DECISION_INTERVAL", value_parser = humantime::parse_duration)]
+    pub decision_interval: Option<Duration>,
+    /// An external decision model: the input is POSTed to this URL as
+    /// JSON (docs/decision-schema.json); a late, failed or invalid answer
+    /// falls back to the built-in model [default: none, built-in only].
+    #[arg(long, env = "SPOT_COORDINATOR_DECISION_MODEL_URL")]
+    pub decision_model_url: Option<String>,
+    /// How long the external model may take [default: 500ms].
+    #[arg(long, env = "SPOT_COORDINATOR_DECISION_MODEL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub decision_model_timeout: Option<Duration>,
     /// A promoted candidate must confirm within this, else the next one is
     /// tried [default: 30s].
     #[arg(long, env = "SPOT_COORDINATOR_PROMOTION_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -122,6 +139,16 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     rebalance_window: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    maintenance_lead: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    decision_interval: Option<Duration>,
+    decision_model_url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    decision_model_timeout: Option<Duration>,
+    /// The built-in model's knobs.
+    #[serde(default)]
+    decisions: spot_common::decision::builtin::Params,
+    #[serde(default, with = "humantime_serde")]
     promotion_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     consolidate_interval: Option<Duration>,
@@ -142,6 +169,10 @@ struct FileConfig {
     /// On-demand hourly prices per instance type, for the savings figures.
     #[serde(default)]
     on_demand_prices: std::collections::BTreeMap<String, String>,
+    /// How long each growing table keeps its rows (any key left out keeps
+    /// its default).
+    #[serde(default)]
+    retention: crate::store::Retention,
 }
 
 /// The resolved configuration.
@@ -156,6 +187,12 @@ pub struct Config {
     pub lease: Duration,
     pub redeliver_after: Duration,
     pub rebalance_window: Duration,
+    pub maintenance_lead: Duration,
+    pub decision_interval: Duration,
+    pub decision_model_url: Option<String>,
+    pub decision_model_timeout: Duration,
+    /// `[decisions]`: the built-in model's knobs.
+    pub decisions: spot_common::decision::builtin::Params,
     pub promotion_timeout: Duration,
     pub consolidate_interval: Duration,
     pub price_max_gap: Duration,
@@ -170,6 +207,8 @@ pub struct Config {
     pub unsafe_silence_is_death: bool,
     /// Instance type -> on-demand hourly price (decimal string).
     pub on_demand_prices: std::collections::BTreeMap<String, String>,
+    /// `[retention]`: how long each growing table keeps its rows.
+    pub retention: crate::store::Retention,
 }
 
 impl Default for Config {
@@ -190,6 +229,17 @@ impl Default for Config {
             // Rebalance recommendations can repeat while capacity is tight:
             // one proactive launch per 10 minutes damps the thrash.
             rebalance_window: Duration::from_secs(600),
+            // Long enough to fence and promote with slack; short enough to
+            // stay on the current pool as long as it is safe.
+            maintenance_lead: Duration::from_secs(600),
+            // Prices move hourly at most; 5 minutes sees a change soon
+            // enough and costs little (a pass over 1,000 groups is cheap).
+            decision_interval: Duration::from_secs(300),
+            decision_model_url: None,
+            // A model is a lookup, not a batch job: half a second is
+            // plenty, and a pass over 1,000 groups stays bounded.
+            decision_model_timeout: Duration::from_millis(500),
+            decisions: spot_common::decision::builtin::Params::default(),
             promotion_timeout: Duration::from_secs(30),
             consolidate_interval: Duration::from_secs(12 * 3600),
             price_max_gap: Duration::from_secs(24 * 3600),
@@ -208,6 +258,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             unsafe_silence_is_death: false,
             on_demand_prices: std::collections::BTreeMap::new(),
+            retention: crate::store::Retention::default(),
         }
     }
 }
@@ -245,6 +296,20 @@ impl Config {
                 .rebalance_window
                 .or(file.rebalance_window)
                 .unwrap_or(d.rebalance_window),
+            maintenance_lead: args
+                .maintenance_lead
+                .or(file.maintenance_lead)
+                .unwrap_or(d.maintenance_lead),
+            decision_interval: args
+                .decision_interval
+                .or(file.decision_interval)
+                .unwrap_or(d.decision_interval),
+            decision_model_url: args.decision_model_url.clone().or(file.decision_model_url),
+            decision_model_timeout: args
+                .decision_model_timeout
+                .or(file.decision_model_timeout)
+                .unwrap_or(d.decision_model_timeout),
+            decisions: file.decisions,
             promotion_timeout: args
                 .promotion_timeout
                 .or(file.promotion_timeout)
@@ -292,6 +357,7 @@ impl Config {
             #[cfg(not(feature = "failpoints"))]
             unsafe_silence_is_death: false,
             on_demand_prices: file.on_demand_prices,
+            retention: file.retention,
         };
         c.validate()?;
         Ok(c)
@@ -345,6 +411,23 @@ impl Config {
         if self.price_retention < Duration::from_secs(92 * 86_400) {
             return bad("price_retention must be at least 92d (3 months of training data)");
         }
+        self.retention.validate().map_err(ConfigError::Invalid)?;
+        self.decisions.validate().map_err(ConfigError::Invalid)?;
+        if self.decision_interval < Duration::from_secs(1) {
+            return bad("decision_interval must be at least 1s");
+        }
+        if let Some(url) = &self.decision_model_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "decision_model_url {url:?} must be an http:// or https:// URL"
+            )));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60))
+            .contains(&self.decision_model_timeout)
+        {
+            return bad("decision_model_timeout must be 10ms-60s");
+        }
         if self.price_max_gap < Duration::from_secs(3600) {
             return bad("price_max_gap must be at least 1h");
         }
@@ -371,6 +454,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// On-demand prices in dollars per hour, by instance type.
+    pub fn on_demand_dollars(&self) -> std::collections::BTreeMap<String, f64> {
+        self.on_demand_prices
+            .iter()
+            .filter_map(|(t, p)| {
+                let m = spot_common::pricing::parse_price(p).ok()?;
+                Some((t.clone(), spot_common::pricing::to_dollars(m)))
+            })
+            .collect()
     }
 
     pub fn consolidation(&self) -> crate::store::ConsolidationConfig {
@@ -416,6 +510,15 @@ mod tests {
         (dir, p)
     }
 
+    /// Load a config file that says `text`, with no flags.
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let (_d, p) = write(text);
+        Config::load(&ServeArgs {
+            config: Some(p),
+            ..ServeArgs::default()
+        })
+    }
+
     #[test]
     fn defaults_run_with_no_config() {
         let c = Config::load(&ServeArgs::default()).unwrap();
@@ -438,12 +541,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error() {
-        let (_d, p) = write("hearbeat_interval = \"2s\"\n");
-        let err = Config::load(&ServeArgs {
-            config: Some(p),
-            ..ServeArgs::default()
-        })
-        .unwrap_err();
+        let err = load("hearbeat_interval = \"2s\"\n").unwrap_err();
         let chain = format!("{:?}", anyhow_chain(&err));
         assert!(chain.contains("hearbeat_interval"), "{chain}");
     }
@@ -466,6 +564,27 @@ mod tests {
             "{e}"
         );
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn retention_keys_override_their_defaults_only_and_are_checked() {
+        let c = load("[retention]\nevents = \"7d\"\nbatch = 100\n").unwrap();
+        assert_eq!(c.retention.events, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.retention.batch, 100);
+        assert_eq!(c.retention.audit, Duration::from_secs(400 * 86_400));
+        for bad in [
+            "[retention]\nevnts = \"7d\"\n",
+            "[retention]\naudit = \"10m\"\n",
+            "[retention]\nidempotency = \"2h\"\n",
+            "[retention]\nbatch = 0\n",
+        ] {
+            let e = load(bad).unwrap_err();
+            let chain = anyhow_chain(&e);
+            assert!(
+                chain.contains("ev") || chain.contains("retention."),
+                "{bad}: {chain}"
+            );
+        }
     }
 
     #[test]

@@ -70,6 +70,21 @@ pub enum Cmd {
     },
     /// A group's manual switches.
     Switches { group: String },
+    /// Follow the event stream: one line per change (role changes,
+    /// notices, command results, switches, decisions, agents online or
+    /// offline) as it happens, until interrupted. Reconnects and resumes
+    /// where it left off if the coordinator restarts.
+    Watch {
+        /// Start after this event id (replay); default: from now on.
+        #[arg(long)]
+        after: Option<i64>,
+    },
+    /// A group's decision log (decision engine), newest first.
+    Decisions {
+        group: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Make INSTANCE the group's PRIMARY (two-phase, fenced).
     Promote {
         group: String,
@@ -188,6 +203,73 @@ impl Client {
         }
     }
 
+    /// Print the event stream, one line per event, until interrupted; a
+    /// stream the coordinator ends is resumed from the last event seen.
+    pub async fn watch(&self, after: Option<i64>, json_out: bool) -> Result<(), CtlError> {
+        use std::io::Write;
+        // No overall timeout: the stream lives as long as we watch.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| CtlError::Config(format!("HTTP client: {e}")))?;
+        let mut last = after;
+        let mut connected_once = false;
+        loop {
+            let mut req = http
+                .get(format!("{}/v1/events/stream", self.base))
+                .bearer_auth(&self.token);
+            if let Some(id) = last {
+                req = req.header("Last-Event-ID", id.to_string());
+            }
+            let mut resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if connected_once => {
+                    eprintln!("spotctl: stream lost ({e}); reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(CtlError::Unreachable(format!(
+                        "coordinator at {}: {e}",
+                        self.base
+                    )));
+                }
+            };
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let v: Value = resp.json().await.unwrap_or(Value::Null);
+                return Err(CtlError::Refused {
+                    code: v["code"].as_str().unwrap_or("error").to_owned(),
+                    message: v["message"]
+                        .as_str()
+                        .map_or_else(|| status.to_string(), str::to_owned),
+                });
+            }
+            connected_once = true;
+            let mut buf = String::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let Some((id, entry)) = sse_event(&block) else {
+                        continue;
+                    };
+                    last = Some(id);
+                    let line = if json_out {
+                        entry.to_string()
+                    } else {
+                        render::event(&entry)
+                    };
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }
+            eprintln!("spotctl: the coordinator ended the stream; resuming");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, CtlError> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
@@ -259,6 +341,21 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// One Server-Sent Event block: its id and JSON data (comments and
+/// keep-alives give `None`).
+fn sse_event(block: &str) -> Option<(i64, Value)> {
+    let mut id = None;
+    let mut data = String::new();
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    Some((id?, serde_json::from_str(&data).ok()?))
+}
+
 /// Run one command; its output.
 pub async fn run(cli: &Cli) -> Result<String, CtlError> {
     let c = client(cli)?;
@@ -271,6 +368,10 @@ pub async fn run(cli: &Cli) -> Result<String, CtlError> {
         }
     };
     Ok(match &cli.command {
+        Cmd::Watch { after } => {
+            c.watch(*after, json_out).await?;
+            String::new()
+        }
         Cmd::Status => {
             let v = json!({
                 "groups": c.get("/v1/groups").await?,
@@ -302,6 +403,11 @@ pub async fn run(cli: &Cli) -> Result<String, CtlError> {
         Cmd::Switches { group } => out(
             c.get(&format!("/v1/groups/{group}/switches")).await?,
             render::switches,
+        ),
+        Cmd::Decisions { group, limit } => out(
+            c.get(&format!("/v1/groups/{group}/decisions?limit={limit}"))
+                .await?,
+            render::decisions,
         ),
         Cmd::Promote {
             group,
@@ -642,6 +748,13 @@ pub mod render {
         )
     }
 
+    pub fn decisions(v: &Value) -> String {
+        columns(
+            v,
+            "id=/id, age=~/at_ms, mode=/mode, action=/action, pool=@/target_pool, confidence=/confidence, outcome=/outcome, reason=/reason",
+        )
+    }
+
     pub fn terminated(v: &Value) -> String {
         let mut out = columns(
             &v["instances"],
@@ -651,6 +764,24 @@ pub mod render {
             out.push_str("(dry run: nothing was changed)\n");
         }
         out
+    }
+
+    /// One event of the stream, in one line: time, entity, action, actor,
+    /// and what changed.
+    pub fn event(v: &Value) -> String {
+        let at = v["at_ms"].as_i64().unwrap_or(0);
+        let t = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(at).unwrap_or(0)),
+        );
+        format!(
+            "{t} #{} {} {} by {}: {}",
+            s(&v["id"]),
+            s(&v["entity"]),
+            s(&v["action"]),
+            s(&v["actor"]),
+            v["post_state"]
+        )
     }
 
     /// An action's answer, in one line.

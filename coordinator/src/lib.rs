@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod ctl;
+pub mod decide;
 pub mod executor;
 pub mod export;
 pub mod live;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pricing_job;
 pub mod reconcile;
+pub mod retention;
 pub mod store;
 
 use anyhow::Context;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub reconcile: Notify,
     /// Commands were queued for the coordinator's own EC2 executor.
     pub executor_wake: Notify,
+    /// New evidence (consolidated prices) for the decision engine.
+    pub decide: Notify,
 }
 
 /// Unix milliseconds: what is wall time by nature (stored timestamps,
@@ -153,6 +157,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         shutdown: CancellationToken::new(),
         reconcile: Notify::new(),
         executor_wake: Notify::new(),
+        decide: Notify::new(),
         config,
         db,
     }))
@@ -181,6 +186,8 @@ pub async fn run(
     tasks.spawn("monitor", monitor::run(Arc::clone(&state)));
     tasks.spawn("reconciler", reconcile::run(Arc::clone(&state)));
     tasks.spawn("pricing job", pricing_job::run(Arc::clone(&state)));
+    tasks.spawn("retention", retention::run(Arc::clone(&state)));
+    tasks.spawn("decision engine", decide::run(Arc::clone(&state)));
     if state.config.ec2_executor {
         let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
         tasks.spawn(

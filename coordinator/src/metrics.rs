@@ -57,6 +57,21 @@ pub struct Metrics {
     pub stalled_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub consolidation_rows: Family<KindLabel, Counter>,
     pub consolidation_duration: Histogram,
+    pub pruned: Family<TableLabel, Counter>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub decision_fallbacks: Counter,
+    pub store_bytes: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub mode: &'static str,
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,6 +193,30 @@ impl Metrics {
                 "Duration of price consolidation runs",
                 Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             ),
+            pruned: metric(
+                r,
+                "pruned_rows",
+                "Rows deleted by retention, by table",
+                Family::default(),
+            ),
+            decisions: metric(
+                r,
+                "decisions",
+                "Decisions of the decision engine, by mode and action",
+                Family::default(),
+            ),
+            decision_fallbacks: metric(
+                r,
+                "decision_fallbacks",
+                "Model answers refused as invalid and taken as NO_ACTION",
+                Counter::default(),
+            ),
+            store_bytes: metric(
+                r,
+                "store_used_bytes",
+                "Bytes of the database in use (free pages excluded), after the last retention pass",
+                Gauge::default(),
+            ),
             registry,
         }
     }
@@ -240,7 +279,7 @@ mod tests {
     /// Every series the shipped alert rules read is one this coordinator
     /// exports (a renamed metric must not silently disarm an alert).
     #[test]
-    fn the_alert_rules_name_only_exported_metrics() {
+    fn the_alert_rules_and_the_dashboard_name_only_exported_metrics() {
         let m = Metrics::new();
         // Families show only once they have a child.
         m.agents
@@ -262,19 +301,38 @@ mod tests {
         for f in [&m.disagreements, &m.consolidation_rows] {
             f.get_or_create(&KindLabel { kind: "x" }).inc();
         }
+        m.decisions
+            .get_or_create(&DecisionLabels {
+                mode: "shadow",
+                action: "STAY",
+            })
+            .inc();
+        m.pruned
+            .get_or_create(&TableLabel { table: "events" })
+            .inc();
         let exported = m.encode().unwrap();
-        let rules = include_str!("../../packaging/prometheus/alerts.yml");
-        let mut named = 0;
-        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if word.starts_with("spot_coordinator_") {
-                named += 1;
-                assert!(
-                    exported.contains(&format!("\n{word}{{"))
-                        || exported.contains(&format!("\n{word} ")),
-                    "alerts.yml reads {word}, which the coordinator does not export"
-                );
+        for (file, text) in [
+            (
+                "alerts.yml",
+                include_str!("../../packaging/prometheus/alerts.yml"),
+            ),
+            (
+                "spot-optimizer.json",
+                include_str!("../../packaging/grafana/spot-optimizer.json"),
+            ),
+        ] {
+            let mut named = 0;
+            for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("spot_coordinator_") {
+                    named += 1;
+                    assert!(
+                        exported.contains(&format!("\n{word}{{"))
+                            || exported.contains(&format!("\n{word} ")),
+                        "{file} reads {word}, which the coordinator does not export"
+                    );
+                }
             }
+            assert!(named >= 12, "{file} was read: {named}");
         }
-        assert!(named >= 12, "the rules were read: {named}");
     }
 }

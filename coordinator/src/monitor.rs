@@ -1,6 +1,5 @@
 //! Background monitor: marks silent agents OFFLINE (missed heartbeats),
-//! persists heartbeats in batches, prunes old idempotency answers, and
-//! feeds the systemd watchdog.
+//! persists heartbeats in batches, and feeds the systemd watchdog.
 //!
 //! It is the only writer of ONLINE/OFFLINE to the store. A store failure is
 //! logged and retried on the next tick: memory keeps the truth meanwhile.
@@ -8,10 +7,7 @@
 use crate::AppState;
 use crate::store::Ctx;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Idempotency answers are kept a day: long enough for any client retry.
-const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+use std::time::Duration;
 
 pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     // A fifth of the heartbeat interval, capped at 1 s: OFFLINE is seen
@@ -20,7 +16,6 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watchdog = sd_notify::watchdog_enabled();
-    let mut last_prune = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -31,16 +26,6 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
         }
         sweep(&state).await;
         flush(&state).await;
-        if last_prune.elapsed() > Duration::from_secs(3600) {
-            last_prune = Instant::now();
-            let before = crate::now_ms() - IDEMPOTENCY_TTL_MS;
-            match state.db.write(move |s| s.prune_idempotency(before)).await {
-                Ok(n) => tracing::debug!(pruned = n, "idempotency answers pruned"),
-                Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "pruning idempotency answers")
-                }
-            }
-        }
         if watchdog.is_some() {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }

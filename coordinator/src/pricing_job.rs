@@ -16,6 +16,7 @@ pub async fn run_once(state: &AppState) -> Result<ConsolidationRun, StoreError> 
         .await?
         .value;
     state.metrics.record_consolidation(&run);
+    state.decide.notify_one();
     tracing::info!(
         pools = run.pools,
         rows_read = run.rows_read,

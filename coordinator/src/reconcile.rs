@@ -75,6 +75,7 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
 fn plan_config(state: &AppState) -> PlanConfig {
     PlanConfig {
         rebalance_window_ms: ms(state.config.rebalance_window),
+        maintenance_lead_ms: ms(state.config.maintenance_lead),
         lease_expiry_ms: ms(state.config.lease_expiry()),
         promotion_timeout_ms: ms(state.config.promotion_timeout),
         demote_timeout_ms: ms(state.config.demote_timeout),

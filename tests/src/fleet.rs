@@ -381,6 +381,18 @@ impl Fleet {
         Ok(())
     }
 
+    /// Scheduled maintenance (`system-reboot`) on `instance_id`, not
+    /// before `lead` from now; returns its NotBefore.
+    pub fn maintenance(&self, instance_id: &str, lead: Duration) -> Result<SystemTime> {
+        let at = SystemTime::now() + lead;
+        lock(&self.nodes)
+            .get(instance_id)
+            .context("no such instance")?
+            .imds
+            .scheduled("instance-event-sim", "system-reboot", at);
+        Ok(at)
+    }
+
     /// Run `f` on a node.
     pub fn with_node<T>(&self, id: &str, f: impl FnOnce(&mut Node) -> Result<T>) -> Result<T> {
         let mut nodes = lock(&self.nodes);

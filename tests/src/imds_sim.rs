@@ -93,6 +93,22 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// `21 Jan 2019 09:00:43 GMT`, the way IMDS writes maintenance times.
+fn aws_event_time(t: std::time::SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let r = rfc3339(t); // 2026-11-27T10:00:00Z
+    let month: usize = r[5..7].parse().unwrap_or(1);
+    format!(
+        "{} {} {} {} GMT",
+        &r[8..10],
+        MONTHS[month.clamp(1, 12) - 1],
+        &r[0..4],
+        &r[11..19]
+    )
+}
+
 impl ImdsSim {
     /// The base URL agents are pointed at.
     pub fn endpoint(&self) -> String {
@@ -139,9 +155,14 @@ impl ImdsSim {
         self.set_raw(REBALANCE, body, Duration::ZERO);
     }
 
-    pub fn scheduled(&self, event_id: &str, code: &str) {
+    /// A scheduled maintenance event (`code`: `system-reboot`,
+    /// `instance-stop`...) not before `not_before`, as IMDS writes it.
+    pub fn scheduled(&self, event_id: &str, code: &str, not_before: std::time::SystemTime) {
+        let after = not_before + Duration::from_secs(1000);
         let body = format!(
-            r#"[{{"NotBefore": "21 Jan 2027 09:00:43 GMT", "Code": "{code}", "Description": "scheduled {code}", "EventId": "{event_id}", "NotAfter": "21 Jan 2027 09:17:23 GMT", "State": "active"}}]"#
+            r#"[{{"NotBefore": "{}", "Code": "{code}", "Description": "scheduled {code}", "EventId": "{event_id}", "NotAfter": "{}", "State": "active"}}]"#,
+            aws_event_time(not_before),
+            aws_event_time(after),
         );
         self.set_raw(SCHEDULED, body, Duration::ZERO);
     }
@@ -261,7 +282,8 @@ async fn meta_get(
 struct NoticeReq {
     /// interruption | rebalance | scheduled | clear
     kind: String,
-    /// Seconds until the action (interruption), default 120.
+    /// Seconds until the action (interruption, default 120) or the
+    /// maintenance's NotBefore (scheduled, default 3600).
     #[serde(default)]
     in_s: Option<u64>,
 }
@@ -275,7 +297,11 @@ async fn ctl_notice(State(sim): State<ImdsSim>, Json(r): Json<NoticeReq>) -> Sta
             Duration::ZERO,
         ),
         "rebalance" => sim.rebalance(now),
-        "scheduled" => sim.scheduled("instance-event-sim", "system-reboot"),
+        "scheduled" => sim.scheduled(
+            "instance-event-sim",
+            "system-reboot",
+            now + Duration::from_secs(r.in_s.unwrap_or(3600)),
+        ),
         "clear" => sim.clear_notices(),
         _ => return StatusCode::BAD_REQUEST,
     }

@@ -3,15 +3,18 @@
 
 pub mod agent_bench;
 pub mod bench;
+pub mod decision_bench;
 pub mod ec2_sim;
 pub mod failover_bench;
 pub mod fleet;
 pub mod harness;
 pub mod imds_sim;
 pub mod ledger;
+pub mod model_server;
 pub mod nemesis;
 pub mod pricing_bench;
 pub mod proxy;
+pub mod retention_bench;
 pub mod scenarios;
 
 /// Unix milliseconds now.

@@ -19,6 +19,7 @@ enum Command {
     /// Run a failover or fencing flow on the simulated fleet and print its
     /// verdict and timings (judged by what the workloads served): one of
     /// rebalance, warm-failover, cold-failover, failed-promotion, switch, switch-failure,
+    /// maintenance, auto-switch, shadow-decisions, external-model, model-fallback,
     /// manual-replica, zombie-cleanup, terminated, coordinator-crash, partition,
     /// slow-promote, frozen-agent, frozen-coordinator, coordinator-restart,
     /// restored-store, lost-primary, journal-failure, shared-identity; or
@@ -37,6 +38,9 @@ enum Command {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(Bench),
+    /// An example external decision model (POST /decide), to try the
+    /// coordinator's `decision_model_url` with.
+    Model(spot_tests::model_server::ModelArgs),
 }
 
 #[derive(Subcommand)]
@@ -49,6 +53,12 @@ enum Bench {
     Failover(spot_tests::failover_bench::FailoverBench),
     /// Price consolidation throughput of the coordinator's store.
     Consolidate(spot_tests::pricing_bench::ConsolidateBench),
+    /// Database size of the coordinator's store over months of a simulated
+    /// fleet's writes, with retention pruning on its schedule.
+    Retention(spot_tests::retention_bench::RetentionBench),
+    /// The decision engine: the built-in model per group, and a whole
+    /// pass over 1,000 groups in the coordinator's store.
+    Decisions(spot_tests::decision_bench::DecisionBench),
 }
 
 fn main() -> ExitCode {
@@ -80,7 +90,10 @@ fn main() -> ExitCode {
                 spot_tests::failover_bench::failover(args).await
             }
             Command::Bench(Bench::Consolidate(args)) => spot_tests::pricing_bench::run(args).await,
+            Command::Bench(Bench::Retention(args)) => spot_tests::retention_bench::run(args).await,
+            Command::Bench(Bench::Decisions(args)) => spot_tests::decision_bench::run(args).await,
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
+            Command::Model(args) => spot_tests::model_server::run(args).await,
             Command::Nemesis(args) => spot_tests::nemesis::main(args).await,
             Command::Scenario { name, json } => scenarios(&name, json).await,
         }

@@ -140,7 +140,11 @@ impl World {
 async fn notices_are_detected_and_reported_exactly_once() {
     let w = World::registered().await;
     w.imds.rebalance(SystemTime::now());
-    w.imds.scheduled("instance-event-1", "system-reboot");
+    w.imds.scheduled(
+        "instance-event-1",
+        "system-reboot",
+        SystemTime::now() + Duration::from_secs(86_400),
+    );
     let at = SystemTime::now() + Duration::from_secs(120);
     w.imds.interrupt("terminate", at, Duration::ZERO);
     let notices = eventually("three notices", WAIT, || async {
@@ -354,7 +358,11 @@ async fn coordinator_outage_loses_no_event_and_duplicates_none() {
     let mut w = World::registered().await;
     w.coord.kill9();
     w.imds.rebalance(SystemTime::now());
-    w.imds.scheduled("instance-event-2", "instance-stop");
+    w.imds.scheduled(
+        "instance-event-2",
+        "instance-stop",
+        SystemTime::now() + Duration::from_secs(86_400),
+    );
     w.imds.interrupt(
         "terminate",
         SystemTime::now() + Duration::from_secs(120),

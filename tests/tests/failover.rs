@@ -51,6 +51,23 @@ scenario!(
     "switch-failure"
 );
 scenario!(
+    maintenance_on_a_lone_primary_prepares_a_replica_and_switches_before_its_time,
+    "maintenance"
+);
+scenario!(
+    auto_mode_moves_the_group_to_a_cheaper_pool_through_a_switch,
+    "auto-switch"
+);
+scenario!(
+    shadow_mode_logs_the_same_decision_and_moves_nothing,
+    "shadow-decisions"
+);
+scenario!(an_external_model_decides_and_is_followed, "external-model");
+scenario!(
+    a_slow_or_invalid_external_model_falls_back_within_the_deadline,
+    "model-fallback"
+);
+scenario!(
     a_zombie_is_terminated_once_its_retention_has_passed,
     "zombie-cleanup"
 );

@@ -6,18 +6,24 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use spot_tests::harness::Coordinator;
+use std::time::Duration;
 
-fn spec() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+fn doc(name: &str) -> Value {
+    let path = format!("{}/../docs/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+fn spec() -> Value {
+    doc("openapi.json")
+}
+
+/// A `$ref` within the same document (`#/components/schemas/X`,
+/// `#/$defs/X`).
 fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
     match schema.get("$ref").and_then(Value::as_str) {
-        Some(r) => {
-            let name = r.trim_start_matches("#/components/schemas/");
-            &spec["components"]["schemas"][name]
-        }
+        Some(r) => spec
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or(&Value::Null),
         None => schema,
     }
 }
@@ -89,7 +95,7 @@ fn response_schema<'a>(spec: &'a Value, path: &str, method: &str) -> (&'a str, &
 async fn documented_api_matches_the_server() {
     let spec = spec();
     let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let c = Coordinator::start(dir.path(), &["--decision-interval", "1s"]).unwrap();
     let api = c.api();
     let adm = c.admin_token.clone();
 
@@ -123,6 +129,22 @@ async fn documented_api_matches_the_server() {
         .unwrap();
     let agent2 = r2["agent_id"].as_str().unwrap().to_owned();
 
+    // A group in shadow mode, so that the decision log has an entry.
+    let (st, _) = api
+        .post(
+            "/v1/groups",
+            &adm,
+            &json!({"name": "dec", "config": {"decisions": "shadow"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 201);
+    spot_tests::harness::eventually("a decision logged", Duration::from_secs(20), || async {
+        let (_, d) = api.get("/v1/groups/dec/decisions", &adm).await.ok()?;
+        (!d.as_array()?.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
     let hb = json!({"instance_id": "i-1", "highest_epoch": 0, "healthy": true, "backlog": 0});
     let events = json!({"events": [{"event_id": format!("{agent}:1"), "seq": 1, "at_ms": 1,
         "body": {"type": "notice", "notice": "rebalance", "raw": "{}"}}]});
@@ -219,6 +241,13 @@ async fn documented_api_matches_the_server() {
             "get",
             "/v1/groups/{name}/switches",
             "/v1/groups/db/switches".into(),
+            adm.clone(),
+            None,
+        ),
+        (
+            "get",
+            "/v1/groups/{name}/decisions",
+            "/v1/groups/dec/decisions?limit=5".into(),
             adm.clone(),
             None,
         ),
@@ -363,6 +392,51 @@ async fn documented_api_matches_the_server() {
     let (_, series) = api.get(&pricing_calls[3].2, &adm).await.unwrap();
     assert_eq!(series["points"][0]["price"], "0.031400", "{series}");
 
+    // The event stream replays the audit log from the start: its first
+    // event is the creation of group db, an AuditEntry.
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/v1/events/stream?after=0", c.base))
+        .bearer_auth(&adm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut buf = String::new();
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            buf.push_str(&String::from_utf8_lossy(
+                &resp.chunk().await.unwrap().unwrap(),
+            ));
+            if let Some(end) = buf.find("\n\n") {
+                return buf[..end].to_owned();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        first.contains("event: create") && first.contains("id: 1"),
+        "{first}"
+    );
+    let data = first
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let entry: Value = serde_json::from_str(data).unwrap();
+    check(
+        &spec,
+        &spec["paths"]["/v1/events/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+            ["schema"],
+        &entry,
+        "get /v1/events/stream",
+        &mut problems,
+    );
+    documented.retain(|(_, p)| p != "/v1/events/stream");
+
     // /metrics is text, checked for existence only.
     let (st, _) = api.call(Method::GET, "/metrics", None, None).await.unwrap();
     assert_eq!(st, 200);
@@ -389,4 +463,83 @@ async fn documented_api_matches_the_server() {
         &mut p,
     );
     assert!(p.is_empty(), "{p:?}");
+}
+
+/// docs/decision-schema.json against the decision engine's types: a full
+/// input (every optional part present) and every kind of answer.
+#[test]
+fn the_published_decision_schema_matches_the_code() {
+    use spot_common::decision::{
+        Action, DecisionInput, DecisionOutput, GroupFeatures, HourPrice, Member, ModelId,
+        PoolFeatures, SCHEMA_VERSION,
+    };
+    use spot_common::{DecisionMode, NoticeKind, PoolKey};
+    let schema = doc("decision-schema.json");
+    let def = |n: &str| schema["$defs"][n].clone();
+    let pool = PoolKey::new("m5.large", "us-east-1a");
+    let member = Member {
+        instance_id: "i-1".into(),
+        pool: pool.clone(),
+        uptime_s: 60,
+        price: Some(0.1),
+        cost_delta_to_cheapest: Some(0.0),
+        on_demand_price: Some(0.2),
+        notices: vec![NoticeKind::Rebalance],
+    };
+    let input = DecisionInput {
+        version: SCHEMA_VERSION,
+        group: "db".into(),
+        now_ms: 1,
+        config: GroupFeatures {
+            mode: DecisionMode::Shadow,
+            manual_replica: false,
+            auto_terminate: false,
+            pools: vec![pool.clone()],
+        },
+        primary: Some(member.clone()),
+        replicas: vec![member.clone()],
+        pools: vec![PoolFeatures {
+            pool: pool.clone(),
+            hourly: vec![HourPrice {
+                hour_ms: 0,
+                price: 0.1,
+                interpolated: true,
+            }],
+            interruptions_per_instance_hour: 0.01,
+            rebalances_per_instance_hour: 0.0,
+            failed_launches: 1,
+            boot_s: Some(30.0),
+            last_interruption_ms: Some(0),
+        }],
+        switches_last_24h: 0,
+    };
+    let mut out = Vec::new();
+    let v = serde_json::to_value(&input).unwrap();
+    check(&schema, &def("DecisionInput"), &v, "input", &mut out);
+    check(
+        &schema,
+        &def("Member"),
+        &v["primary"],
+        "input.primary",
+        &mut out,
+    );
+    for action in [
+        Action::Stay,
+        Action::NoAction,
+        Action::Switch { pool: pool.clone() },
+        Action::CreateReplica { pool: pool.clone() },
+    ] {
+        let o = DecisionOutput {
+            action,
+            confidence: 0.5,
+            reason: "r".into(),
+            model: ModelId {
+                name: "m".into(),
+                version: "1".into(),
+            },
+        };
+        let v = serde_json::to_value(&o).unwrap();
+        check(&schema, &def("DecisionOutput"), &v, "output", &mut out);
+    }
+    assert!(out.is_empty(), "{out:#?}");
 }

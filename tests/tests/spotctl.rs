@@ -104,3 +104,67 @@ async fn spotctl_shows_the_fleet_acts_on_it_and_fails_with_codes_scripts_can_use
     let o = spotctl(&c, &adm, &["frobnicate"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// `spotctl watch` follows the event stream: a change made through the API
+/// is printed within 2 s; a refused token ends it with exit code 1.
+#[tokio::test]
+async fn watch_prints_each_change_as_it_happens() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let adm = c.admin_token.clone();
+    let mut child = Command::new(bin_path("spotctl").unwrap())
+        .arg("watch")
+        .env("SPOTCTL_URL", &c.base)
+        .env("SPOTCTL_TOKEN", &adm)
+        .env("HOME", "/nonexistent")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    // The stream is open once the coordinator has answered; give the
+    // child a moment to connect, then change something.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let t = Instant::now();
+    let (st, _) = c
+        .api()
+        .post("/v1/groups", &adm, &json!({"name": "web", "config": {}}))
+        .await
+        .unwrap();
+    assert_eq!(st, 201);
+    let (at, line) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let lag = at.duration_since(t);
+    assert!(
+        line.contains("group:web") && line.contains("create") && line.contains("by operator"),
+        "{line}"
+    );
+    assert!(lag < Duration::from_secs(2), "seen after {lag:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A wrong token: refused at once, exit code 1 (not a reconnect loop).
+    let o = Command::new(bin_path("spotctl").unwrap())
+        .args(["watch", "--after", "0", "--output", "json"])
+        .env("SPOTCTL_URL", &c.base)
+        .env("SPOTCTL_TOKEN", "wrong-token-of-some-length")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a wrong token is refused: {}",
+        text(&o)
+    );
+}

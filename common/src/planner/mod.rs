@@ -167,6 +167,9 @@ pub struct PlanConfig {
     /// A switch whose new instance is not a healthy REPLICA this long
     /// after it was asked for fails (the old PRIMARY stays).
     pub switch_timeout_ms: i64,
+    /// A PRIMARY with scheduled maintenance is switched to a REPLICA this
+    /// long before the maintenance's NotBefore.
+    pub maintenance_lead_ms: i64,
 }
 
 impl PlanConfig {
@@ -179,6 +182,7 @@ impl PlanConfig {
         max_fence_attempts: 3,
         notice_grace_ms: 10_000,
         switch_timeout_ms: 360_000,
+        maintenance_lead_ms: 600_000,
     };
 }
 
@@ -236,6 +240,16 @@ impl GroupSnap {
         self.notices
             .iter()
             .find(|n| n.instance_id == id && n.kind == NoticeKind::Interruption)
+    }
+
+    /// The earliest scheduled maintenance of `id` still to come (the
+    /// snapshot leaves out maintenance long past); an unknown time sorts
+    /// first (imminent).
+    pub fn maintenance(&self, id: &str) -> Option<&NoticeSnap> {
+        self.notices
+            .iter()
+            .filter(|n| n.instance_id == id && n.kind == NoticeKind::ScheduledMaintenance)
+            .min_by_key(|n| n.effective_at_ms.unwrap_or(i64::MIN))
     }
 }
 
@@ -431,9 +445,13 @@ pub fn candidates<'a>(
                 .is_none_or(|t| !t.is_target(&i.instance_id))
         })
         .collect();
+    // A replica with maintenance coming is still a refuge in an
+    // emergency, but the last one chosen.
     c.sort_by(|a, b| {
-        correlation(a, zone, itype)
-            .cmp(&correlation(b, zone, itype))
+        let due = |i: &InstanceSnap| snap.maintenance(&i.instance_id).is_some();
+        due(a)
+            .cmp(&due(b))
+            .then(correlation(a, zone, itype).cmp(&correlation(b, zone, itype)))
             .then(a.silent_ms.cmp(&b.silent_ms))
             .then(a.instance_id.cmp(&b.instance_id))
     });

@@ -22,6 +22,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("silent_primary", silent_primary),
     ("primary_not_serving", primary_not_serving),
     ("switch", switch),
+    ("maintenance", maintenance),
     ("manual_replica", manual_replica),
     ("rebalance", rebalance),
     ("cleanup", cleanup),
@@ -336,6 +337,85 @@ fn launch(via: Executor, pool: Pool, reason: &'static str) -> Step {
     }
 }
 
+/// Scheduled maintenance (a reboot, a stop, a retirement) on the PRIMARY:
+/// like a rebalance recommendation with a deadline: a REPLICA is prepared
+/// at once if there is none, and the PRIMARY is switched to it
+/// `maintenance_lead` before the maintenance's NotBefore. On a REPLICA: a
+/// replacement is launched, then the REPLICA is retired.
+fn maintenance(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision> {
+    if let Some(p) = snap.primary()
+        && let Some(n) = snap.maintenance(&p.instance_id)
+    {
+        let spare = candidates(snap, Some(p))
+            .into_iter()
+            .find(|c| snap.maintenance(&c.instance_id).is_none());
+        let due = n
+            .effective_at_ms
+            .is_none_or(|at| now_ms >= at - cfg.maintenance_lead_ms);
+        match spare {
+            Some(c) if due => {
+                return steps(vec![replace(
+                    Some(p),
+                    c,
+                    snap,
+                    n.effective_at_ms,
+                    "scheduled maintenance on the PRIMARY",
+                )]);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(step) = prepare(
+                    snap,
+                    p,
+                    "scheduled maintenance on the PRIMARY and no spare REPLICA",
+                ) {
+                    return steps(vec![step]);
+                }
+            }
+        }
+    }
+    let p = snap.primary()?;
+    let due: Vec<&InstanceSnap> = snap
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Replica && snap.maintenance(&i.instance_id).is_some())
+        .collect();
+    if due.is_empty() {
+        return None;
+    }
+    let spare = replicas(snap)
+        .into_iter()
+        .any(|r| snap.maintenance(&r.instance_id).is_none());
+    if !spare {
+        return prepare(snap, p, "scheduled maintenance on a REPLICA").and_then(|s| steps(vec![s]));
+    }
+    // Retired once its replacement is a healthy REPLICA.
+    let ready = candidates(snap, Some(p))
+        .iter()
+        .any(|c| snap.maintenance(&c.instance_id).is_none());
+    let via = executor(snap, Some(p), &[])?;
+    ready.then(|| {
+        due.iter()
+            .map(|r| Step::Retire {
+                instance_id: r.instance_id.clone(),
+                via: via.clone(),
+            })
+            .collect::<Vec<_>>()
+            .into()
+    })
+}
+
+/// A (non-emergency) launch of a spare REPLICA away from `p`'s pool,
+/// unless one is on its way or nobody can launch.
+fn prepare(snap: &GroupSnap, p: &InstanceSnap, reason: &'static str) -> Option<Step> {
+    if snap.launches_in_flight > 0 || snap.instances.iter().any(|i| i.role == Role::Launching) {
+        return None;
+    }
+    let via = executor(snap, Some(p), &[])?;
+    let pool = launch_pools(snap, Some(&p.pool())).into_iter().next()?;
+    Some(launch(via, pool, reason))
+}
+
 /// Manual replica: exactly one REPLICA (launch if none, retire extras).
 fn manual_replica(snap: &GroupSnap, _: i64, _: &PlanConfig) -> Option<Decision> {
     if !snap.manual_replica {
@@ -393,13 +473,12 @@ fn rebalance(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decision
     {
         return None;
     }
-    let via = executor(snap, Some(p), &[])?;
-    let pool = launch_pools(snap, Some(&p.pool())).into_iter().next()?;
-    steps(vec![launch(
-        via,
-        pool,
+    prepare(
+        snap,
+        p,
         "rebalance recommendation on the PRIMARY and no REPLICA",
-    )])
+    )
+    .and_then(|s| steps(vec![s]))
 }
 
 /// ZOMBIE and FAILED instances past their retention: terminated; and

@@ -462,6 +462,91 @@ fn rebalance_launches_one_replica_per_window() {
     );
 }
 
+fn maintenance(id: &str, at: Option<i64>) -> NoticeSnap {
+    NoticeSnap {
+        instance_id: id.into(),
+        kind: NoticeKind::ScheduledMaintenance,
+        effective_at_ms: at,
+    }
+}
+
+#[test]
+fn maintenance_on_the_primary_prepares_a_replica_then_switches_before_its_time() {
+    let at = 3_600_000;
+    let lead = CFG.maintenance_lead_ms;
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
+    s.notices.push(maintenance("p", Some(at)));
+    // No REPLICA: one is launched at once, not in the PRIMARY's pool.
+    match &plan(&s, 1_000, &CFG)[..] {
+        [
+            Step::Launch {
+                emergency: false,
+                pool,
+                ..
+            },
+        ] => assert_ne!(pool.availability_zone, "a"),
+        other => panic!("{other:?}"),
+    }
+    s.launches_in_flight = 1;
+    assert!(plan(&s, 1_000, &CFG).is_empty(), "one launch at a time");
+    s.launches_in_flight = 0;
+    s.instances.push(inst("r", Role::Replica, "b"));
+    // A healthy REPLICA: nothing until `maintenance_lead` before NotBefore.
+    assert!(plan(&s, at - lead - 1, &CFG).is_empty());
+    match &plan(&s, at - lead, &CFG)[..] {
+        [
+            Step::Replace {
+                old: Some(old),
+                candidate,
+                deadline_ms,
+                ..
+            },
+        ] => {
+            assert_eq!((old.as_str(), candidate.as_str()), ("p", "r"));
+            assert_eq!(*deadline_ms, Some(at));
+        }
+        other => panic!("{other:?}"),
+    }
+    // An unreadable NotBefore is imminent.
+    s.notices = vec![maintenance("p", None)];
+    assert!(matches!(&plan(&s, 0, &CFG)[..], [Step::Replace { .. }]));
+    // A REPLICA under maintenance too is no spare: a launch, not a switch.
+    s.notices.push(maintenance("r", Some(at)));
+    assert!(matches!(&plan(&s, at, &CFG)[..], [Step::Launch { .. }]));
+    // Paused: the operator's call.
+    s.paused = true;
+    assert!(plan(&s, at, &CFG).is_empty());
+}
+
+#[test]
+fn maintenance_on_a_replica_replaces_it_in_time() {
+    let mut s = snap(vec![
+        inst("p", Role::Primary, "a"),
+        inst("r", Role::Replica, "b"),
+    ]);
+    s.notices.push(maintenance("r", Some(3_600_000)));
+    assert!(matches!(
+        &plan(&s, 1_000, &CFG)[..],
+        [Step::Launch {
+            emergency: false,
+            ..
+        }]
+    ));
+    s.instances.push(inst("n", Role::Launching, "c"));
+    assert!(
+        plan(&s, 1_000, &CFG).is_empty(),
+        "waits for its replacement"
+    );
+    s.instances.last_mut().unwrap().role = Role::Replica;
+    match &plan(&s, 1_000, &CFG)[..] {
+        [Step::Retire { instance_id, .. }] => assert_eq!(instance_id, "r"),
+        other => panic!("{other:?}"),
+    }
+    // In an emergency it is still a refuge, chosen last.
+    let c = candidates(&s, s.primary());
+    assert_eq!(c.last().unwrap().instance_id, "r");
+}
+
 #[test]
 fn manual_replica_keeps_exactly_one() {
     let mut s = snap(vec![inst("p", Role::Primary, "a")]);

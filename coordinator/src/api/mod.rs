@@ -8,6 +8,7 @@ mod agent;
 mod error;
 mod operator;
 mod prices;
+mod stream;
 
 pub use error::ApiError;
 
@@ -154,6 +155,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(operator::cancel_switch),
         )
         .route("/v1/groups/{name}/switches", get(operator::list_switches))
+        .route("/v1/groups/{name}/decisions", get(operator::list_decisions))
         .route(
             "/v1/groups/{name}/declare-dead",
             post(operator::declare_dead),
@@ -176,6 +178,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/pricing/runs", get(prices::runs))
         .route("/v1/pricing/consolidate", post(prices::consolidate))
         .route("/v1/audit", get(operator::audit))
+        .route("/v1/events/stream", get(stream::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(agent_api)

@@ -12,9 +12,9 @@ use serde::Deserialize;
 use spot_common::Actor;
 use spot_common::wire::{
     AgentView, AuditEntry, BulkTerminateRequest, BulkTerminateResponse, CancelSwitchRequest,
-    CommandView, CreateGroupRequest, DeclareDeadRequest, DeleteAgentRequest, GroupView,
-    InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand, SwitchRequest,
-    SwitchView, UpdateGroupRequest,
+    CommandView, CreateGroupRequest, DecisionView, DeclareDeadRequest, DeleteAgentRequest,
+    GroupView, InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand,
+    SwitchRequest, SwitchView, UpdateGroupRequest,
 };
 use std::sync::Arc;
 
@@ -22,6 +22,13 @@ use std::sync::Arc;
 #[serde(deny_unknown_fields)]
 pub struct GroupFilter {
     group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionFilter {
+    /// At most this many, newest first [default: 100, at most 1,000].
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +170,24 @@ pub async fn list_switches(
             .read(move |s| {
                 s.group(&name)?;
                 s.switches(&name)
+            })
+            .await?,
+    ))
+}
+
+/// The decision log of a group, newest first.
+pub async fn list_decisions(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(f): ApiQuery<DecisionFilter>,
+) -> Result<Json<Vec<DecisionView>>, ApiError> {
+    let limit = f.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(
+        state
+            .db
+            .read(move |s| {
+                s.group(&name)?;
+                s.decisions(&name, limit)
             })
             .await?,
     ))

@@ -113,6 +113,18 @@ impl Txn<'_> {
             ],
         )?;
         if n == 1 {
+            // Every result is in the audit log (and so on the event stream).
+            let group: String = self.tx.query_row(
+                "SELECT group_name FROM commands WHERE request_id = ?1",
+                [request_id],
+                |r| r.get(0),
+            )?;
+            self.audit(
+                Entity::Group(&group),
+                "command_result",
+                &json!({"request_id": request_id}),
+                body,
+            )?;
             if let (CommandOutcome::Done, Some(new_id)) = (outcome, instance_id) {
                 self.insert_launched(new_id, request_id)?;
             }

@@ -53,6 +53,16 @@ impl Txn<'_> {
                     effective_at_ms,
                     ..
                 } => {
+                    self.audit(
+                        Entity::Instance(&agent.instance_id),
+                        "notice",
+                        &serde_json::Value::Null,
+                        &serde_json::json!({
+                            "group": agent.group,
+                            "kind": notice.as_str(),
+                            "effective_at_ms": effective_at_ms,
+                        }),
+                    )?;
                     self.tx.execute(
                         "INSERT INTO notices (event_id, agent_id, instance_id, group_name, kind,
                              effective_at_ms, seen_at_ms)

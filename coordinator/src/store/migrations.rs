@@ -245,6 +245,41 @@ const STEPS: &[&str] = &[
     r#"
     ALTER TABLE switches ADD COLUMN failure TEXT;
     "#,
+    // 6 -> 7: retention finds old rows by age without scanning a table,
+    // and an agent's last references without scanning the price reports.
+    r#"
+    CREATE INDEX events_by_received ON events(received_at_ms);
+    CREATE INDEX notices_by_seen ON notices(seen_at_ms);
+    CREATE INDEX commands_by_finished ON commands(finished_at_ms) WHERE finished_at_ms IS NOT NULL;
+    CREATE INDEX audit_by_time ON audit(at_ms);
+    CREATE INDEX instances_by_update ON instances(updated_at_ms) WHERE role = 'terminated';
+    CREATE INDEX price_staging_by_reporter ON price_staging(reporter_agent);
+    "#,
+    // 7 -> 8: the decision log.
+    r#"
+    CREATE TABLE decisions (
+        id              INTEGER PRIMARY KEY,
+        group_name      TEXT NOT NULL,
+        at_ms           INTEGER NOT NULL,
+        mode            TEXT NOT NULL,
+        model           TEXT NOT NULL,
+        input_digest    TEXT NOT NULL,
+        action          TEXT NOT NULL,
+        target_instance_type     TEXT,
+        target_availability_zone TEXT,
+        confidence      REAL NOT NULL,
+        reason          TEXT NOT NULL,
+        latency_us      INTEGER NOT NULL,
+        saving_per_hour REAL,
+        outcome         TEXT NOT NULL,
+        invalid         TEXT,
+        fallback        TEXT
+    ) STRICT;
+    CREATE INDEX decisions_by_group ON decisions(group_name, id);
+    CREATE INDEX decisions_by_time ON decisions(at_ms);
+    CREATE INDEX instances_by_pool ON instances(instance_type, availability_zone);
+    CREATE INDEX notices_by_instance ON notices(instance_id, kind);
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

@@ -21,6 +21,7 @@
 mod agents;
 mod audit;
 mod commands;
+mod decisions;
 mod events;
 mod fence;
 mod groups;
@@ -28,6 +29,7 @@ mod instances;
 mod migrations;
 mod pricing;
 mod promotion;
+mod retention;
 mod rows;
 mod snapshot;
 mod switches;
@@ -35,10 +37,12 @@ mod switches;
 pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
 pub use commands::Via;
+pub use decisions::Logged as LoggedDecision;
 pub use instances::BulkSelection;
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use pricing::{ConsolidationConfig, SeriesKey};
 pub use promotion::{Committed, PromoteResult, ReplaceRequest};
+pub use retention::{Retention, Table};
 pub use snapshot::{AgentLive, FleetHealth, SnapshotInput};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -361,16 +365,6 @@ impl Store {
         let wake = tx.commit()?;
         Ok(Done { value, wake })
     }
-
-    /// Forget idempotency answers older than `before_ms` (they hold the
-    /// first answer, including a registration's token, so they must not
-    /// live forever).
-    pub fn prune_idempotency(&mut self, before_ms: i64) -> Result<usize> {
-        Ok(self.conn.execute(
-            "DELETE FROM idempotency WHERE created_at_ms < ?1",
-            [before_ms],
-        )?)
-    }
 }
 
 /// Read operations, on the reader connection (`Store`) or inside a write
@@ -443,8 +437,32 @@ pub trait Read {
     fn switches(&self, group: &str) -> Result<Vec<SwitchView>> {
         switches::list(self.conn(), group)
     }
+    /// Launches of `group` queued, running, or done since `since_ms` but
+    /// not registered yet.
+    fn launches_in_flight(&self, group: &str, since_ms: i64) -> Result<usize> {
+        snapshot::launches_in_flight(self.conn(), group, since_ms)
+    }
+    /// What the decision engine's model is told about `group`.
+    fn decision_input(
+        &self,
+        group: &str,
+        now_ms: i64,
+        on_demand: &std::collections::BTreeMap<String, f64>,
+    ) -> Result<spot_common::decision::DecisionInput> {
+        decisions::input(self.conn(), group, now_ms, on_demand)
+    }
+    /// The latest `limit` decisions of `group`, newest first.
+    fn decisions(&self, group: &str, limit: u32) -> Result<Vec<spot_common::wire::DecisionView>> {
+        decisions::list(self.conn(), group, limit)
+    }
     fn audit_log(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
         audit::log(self.conn(), q)
+    }
+    /// The id of the latest audit entry (0 for none).
+    fn last_audit_id(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?)
     }
     fn hourly_prices(&self, key: &SeriesKey, from_ms: i64, to_ms: i64) -> Result<Vec<HourPoint>> {
         pricing::hourly(self.conn(), key, from_ms, to_ms)

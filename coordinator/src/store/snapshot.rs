@@ -50,7 +50,7 @@ pub fn group(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Gr
     let launch_timeout_ms = input.launch_timeout_ms;
     Ok(GroupSnap {
         instances,
-        notices: notices(conn, group)?,
+        notices: notices(conn, group, input.now_ms)?,
         transition,
         switch: switch(conn, group, now_ms)?,
         launches_in_flight: launches_in_flight(conn, group, now_ms - launch_timeout_ms)?,
@@ -224,15 +224,21 @@ fn unterminated(conn: &Connection, group: &str) -> Result<Vec<String>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
-fn notices(conn: &Connection, group: &str) -> Result<Vec<NoticeSnap>> {
+/// Scheduled maintenance this long past its NotBefore is over (AWS's
+/// windows are at most a couple of hours): it no longer drives a switch.
+const MAINTENANCE_OVER_MS: i64 = 2 * 3_600_000;
+
+fn notices(conn: &Connection, group: &str, now_ms: i64) -> Result<Vec<NoticeSnap>> {
     let mut stmt = conn.prepare_cached(
         "SELECT n.instance_id, n.kind, n.effective_at_ms FROM notices n
          JOIN instances i ON i.instance_id = n.instance_id
          WHERE n.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')
-           AND n.kind IN ('interruption', 'rebalance')",
+           AND (n.kind IN ('interruption', 'rebalance')
+                OR (n.kind = 'scheduled_maintenance'
+                    AND (n.effective_at_ms IS NULL OR n.effective_at_ms > ?2)))",
     )?;
     let rows = stmt
-        .query_map([group], |r| {
+        .query_map(params![group, now_ms - MAINTENANCE_OVER_MS], |r| {
             Ok(from_row! { r => NoticeSnap {
                 instance_id, kind: text, effective_at_ms
             }})
@@ -300,7 +306,7 @@ fn switch(conn: &Connection, group: &str, now_ms: i64) -> Result<Option<SwitchSn
 
 /// Launches queued, running, or done but not yet registered. (A launch
 /// queued to an agent that went offline has expired: it does not count.)
-fn launches_in_flight(conn: &Connection, group: &str, since_ms: i64) -> Result<usize> {
+pub(super) fn launches_in_flight(conn: &Connection, group: &str, since_ms: i64) -> Result<usize> {
     let n: i64 = conn.query_row(
         "SELECT COUNT(*) FROM commands c WHERE c.group_name = ?1 AND c.kind = 'launch'
            AND (c.state IN ('queued', 'delivered')
@@ -315,7 +321,7 @@ fn launches_in_flight(conn: &Connection, group: &str, since_ms: i64) -> Result<u
 }
 
 /// Observed launch -> registered-healthy seconds, per pool.
-fn boot_secs(conn: &Connection, group: &str) -> Result<HashMap<PoolKey, f64>> {
+pub(super) fn boot_secs(conn: &Connection, group: &str) -> Result<HashMap<PoolKey, f64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT json_extract(c.body, '$.action.pool.instance_type'),
                 json_extract(c.body, '$.action.pool.availability_zone'),

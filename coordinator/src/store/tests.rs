@@ -1151,3 +1151,115 @@ fn fleet_health_counts_what_the_alerts_watch() {
     .unwrap();
     assert_eq!(s.fleet_health(15).unwrap().groups_without_primary, 1);
 }
+
+/// Every table's count of rows, by name.
+fn count(s: &Store, table: &str) -> i64 {
+    s.conn
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// One retention pass with the default policy, as of `now`.
+fn prune_all(s: &mut Store, now: i64) {
+    let r = Retention::default();
+    for &table in Table::ALL {
+        let before = now - i64::try_from(r.of(table).as_millis()).unwrap();
+        while s.prune(table, before, 2).unwrap() == 2 {}
+    }
+}
+
+#[test]
+fn retention_prunes_old_rows_and_keeps_what_fencing_and_retries_read() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let day = 86_400_000;
+    op(&mut s, "create_group", Some("req-1"), 7, |t| {
+        t.create_group("g2", &GroupConfig::default())
+    })
+    .unwrap();
+    let ev = |agent: &str, seq: i64, body: EventBody| Event {
+        event_id: format!("{agent}:{seq}"),
+        seq,
+        at_ms: 8,
+        body,
+    };
+    // The PRIMARY demoted itself once (fencing evidence while it runs);
+    // a replica saw a rebalance notice.
+    let demoted = EventBody::SelfDemoted {
+        epoch: 1,
+        reason: "test".into(),
+        hook_ok: true,
+    };
+    tx(&mut s, 8, |t| {
+        t.apply_events("a-p", &[ev("a-p", 40, demoted)])
+    })
+    .unwrap();
+    let notice = EventBody::Notice {
+        notice: spot_common::NoticeKind::Rebalance,
+        effective_at_ms: None,
+        action: None,
+        raw: "{}".into(),
+    };
+    tx(&mut s, 8, |t| {
+        t.apply_events("a-r1", &[ev("a-r1", 41, notice)])
+    })
+    .unwrap();
+    // i-r2 is gone for good, its agent offline; i-r1 is retired, its
+    // termination still queued.
+    tx(&mut s, 10, |t| t.mark_gone("i-r2", "test")).unwrap();
+    tx(&mut s, 10, |t| {
+        t.set_agent_status("a-r2", AgentStatus::Online, AgentStatus::Offline)
+    })
+    .unwrap();
+    tx(&mut s, 11, |t| t.retire("g", "i-r1", Some("a-p"))).unwrap();
+
+    // Ten days on, only the idempotency answers are old enough.
+    let counts = table_counts(&s);
+    prune_all(&mut s, 10 * day);
+    assert_eq!(count(&s, "idempotency"), 0);
+    assert_eq!(
+        table_counts(&s)[..6],
+        counts[..6],
+        "nothing else is old yet"
+    );
+
+    // 200 days on: what nothing reads is gone...
+    prune_all(&mut s, 200 * day);
+    assert!(s.instance("i-r2").is_err(), "settled TERMINATED row pruned");
+    assert_eq!(count(&s, "notices"), 0);
+    let agents: Vec<String> = s
+        .agents(None)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
+    assert!(!agents.contains(&"a-r2".to_owned()), "{agents:?}");
+    // ...and what fencing and retries read stays.
+    assert_eq!(s.instance("i-r1").unwrap().role, Role::Terminated);
+    assert_eq!(
+        commands::state(&s.conn, "terminate-i-r1").unwrap(),
+        Some(CommandState::Queued),
+        "an unfinished command stays"
+    );
+    assert_eq!(
+        commands::state(&s.conn, &ids::promote("i-p", 1)).unwrap(),
+        Some(CommandState::Done),
+        "commands about a running instance stay"
+    );
+    let evidence: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE kind = 'self_demoted'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(evidence, 1, "self-demotion of a running instance stays");
+    assert_eq!(count(&s, "events"), 1, "other old events pruned");
+    assert!(count(&s, "audit") > 0, "audit kept 400 days");
+    assert!(agents.contains(&"a-p".to_owned()));
+
+    // Past the audit's retention, the audit goes too.
+    prune_all(&mut s, 500 * day);
+    assert_eq!(count(&s, "audit"), 0);
+}

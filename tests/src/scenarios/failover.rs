@@ -33,6 +33,46 @@ pub async fn rebalance() -> Result<Timings> {
     Ok(vec![("notice_to_replica_registered_s", took)])
 }
 
+/// Scheduled maintenance on a lone PRIMARY: a REPLICA is launched at
+/// once, and the PRIMARY switched to it `maintenance_lead` before the
+/// maintenance's NotBefore: not earlier, never after.
+pub async fn maintenance() -> Result<Timings> {
+    let lead = Duration::from_secs(8);
+    let mut opts = FleetOptions::default();
+    opts.coordinator_args
+        .extend(["--maintenance-lead".into(), "8s".into()]);
+    let f = Fleet::start(opts).await?;
+    let first = group(&f, json!({}), None).await?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    let not_before = f.maintenance(&first, Duration::from_secs(25))?;
+    let replica = super::wait_replica(&f, "a replica for the maintenance").await?;
+    let prepared = t.elapsed().as_secs_f64();
+    ensure!(
+        f.primary("db").await?.as_deref() == Some(first.as_str()),
+        "no switch before the lead time"
+    );
+    let new = wait_confirmed(&f, "db", Some(&replica), None).await?;
+    let now = SystemTime::now();
+    ensure!(
+        now < not_before,
+        "switched after the maintenance's NotBefore"
+    );
+    let early = not_before.duration_since(now)?;
+    // NotBefore has whole seconds; allow for them and the reconcile pass.
+    ensure!(
+        early <= lead + Duration::from_secs(3),
+        "switched {early:?} before NotBefore, earlier than the {lead:?} lead"
+    );
+    ensure!(launched(&f).len() == 1, "one launch: {:?}", launched(&f));
+    wait_serving(&f, "db", &new).await?;
+    checker.check().await?;
+    Ok(vec![
+        ("notice_to_replica_s", prepared),
+        ("switched_before_not_before_s", early.as_secs_f64()),
+    ])
+}
+
 pub async fn warm_failover() -> Result<Timings> {
     let (f, first) =
         super::group_with_address("eipalloc-db", "203.0.113.5", Some("i-db-replica")).await?;

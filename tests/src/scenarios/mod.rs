@@ -8,6 +8,7 @@
 //! also samples every running agent's journal: an agent's highest accepted
 //! epoch never goes backwards.
 
+mod decisions;
 mod failover;
 mod fencing;
 
@@ -42,6 +43,11 @@ pub const SCENARIOS: &[(&str, Run)] = &[
     ("manual-replica", || Box::pin(failover::manual_replica())),
     ("zombie-cleanup", || Box::pin(failover::zombie_cleanup())),
     ("switch-failure", || Box::pin(failover::switch_failure())),
+    ("maintenance", || Box::pin(failover::maintenance())),
+    ("auto-switch", || Box::pin(decisions::auto())),
+    ("shadow-decisions", || Box::pin(decisions::shadow())),
+    ("external-model", || Box::pin(decisions::external())),
+    ("model-fallback", || Box::pin(decisions::model_fallback())),
     ("terminated", || Box::pin(failover::terminated())),
     ("coordinator-crash", || {
         Box::pin(failover::coordinator_crash())

@@ -1,0 +1,208 @@
+//! The built-in model: the expected cost of an hour in each pool is its
+//! price plus its risk (interruptions per instance-hour, from this fleet's
+//! own history) times the cost of one failover. It switches only when
+//! another pool has been cheaper by more than `margin` for every one of
+//! the last `dwell_hours`, at most `max_switches_per_day`, never into a
+//! pool that had an interruption within `cooldown` or a failed launch; and
+//! it proposes a REPLICA when the PRIMARY's pool turns risky (a rebalance
+//! recommendation or scheduled maintenance) and the group has none.
+
+use super::{Action, DecisionInput, DecisionOutput, ModelId, PoolFeatures};
+use crate::types::PoolKey;
+use crate::vocab::NoticeKind;
+use serde::{Deserialize, Serialize};
+
+pub const NAME: &str = "builtin";
+pub const VERSION: &str = "1";
+
+/// The model's knobs (`[decisions]` in the coordinator's config).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Dollars one failover costs (downtime, warm-up, an operator's look).
+    pub failover_cost: f64,
+    /// Fraction of the current expected cost another pool must save.
+    pub margin: f64,
+    /// Hours the saving must have held, every one of them.
+    pub dwell_hours: u32,
+    pub max_switches_per_day: u32,
+    /// A pool with an interruption in this many hours is not switched into.
+    pub cooldown_hours: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            failover_cost: 0.50,
+            margin: 0.15,
+            dwell_hours: 3,
+            max_switches_per_day: 2,
+            cooldown_hours: 6,
+        }
+    }
+}
+
+impl Params {
+    /// Every knob sane; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.failover_cost.is_finite() && self.failover_cost >= 0.0) {
+            return Err("decisions.failover_cost must be a non-negative number".into());
+        }
+        if !(0.0..1.0).contains(&self.margin) {
+            return Err("decisions.margin must be in [0, 1)".into());
+        }
+        if !(1..=168).contains(&self.dwell_hours) {
+            return Err("decisions.dwell_hours must be 1-168 (the series is 7 days)".into());
+        }
+        Ok(())
+    }
+}
+
+fn out(action: Action, confidence: f64, reason: String) -> DecisionOutput {
+    DecisionOutput {
+        action,
+        confidence,
+        reason,
+        model: ModelId {
+            name: NAME.into(),
+            version: VERSION.into(),
+        },
+    }
+}
+
+/// Expected dollars per hour in `p` at `price`.
+fn expected(p: &PoolFeatures, price: f64, prm: &Params) -> f64 {
+    price + p.interruptions_per_instance_hour * prm.failover_cost
+}
+
+/// The pool's price at `hour_ms` (the series is hourly and sorted).
+fn price_at(p: &PoolFeatures, hour_ms: i64) -> Option<f64> {
+    p.hourly
+        .binary_search_by_key(&hour_ms, |h| h.hour_ms)
+        .ok()
+        .map(|i| p.hourly[i].price)
+}
+
+pub fn decide(input: &DecisionInput, prm: &Params) -> DecisionOutput {
+    let Some(primary) = &input.primary else {
+        return out(Action::NoAction, 1.0, "no PRIMARY: failover decides".into());
+    };
+    let pool = |k: &PoolKey| input.pools.iter().find(|p| &p.pool == k);
+    let safe = |p: &&PoolFeatures| {
+        p.pool != primary.pool
+            && p.failed_launches == 0
+            && p.last_interruption_ms
+                .is_none_or(|t| input.now_ms - t >= i64::from(prm.cooldown_hours) * 3_600_000)
+    };
+    let cost_now = |p: &PoolFeatures| p.price().map(|x| expected(p, x, prm));
+
+    // The PRIMARY's pool turned risky and nothing stands by: a REPLICA in
+    // the cheapest safe pool.
+    let risky = primary
+        .notices
+        .iter()
+        .any(|n| matches!(n, NoticeKind::Rebalance | NoticeKind::ScheduledMaintenance));
+    if risky && input.replicas.is_empty() {
+        let best = input
+            .pools
+            .iter()
+            .filter(safe)
+            .filter_map(|p| cost_now(p).map(|c| (c, p)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, p)| p.pool.clone());
+        if let Some(target) = best {
+            return out(
+                Action::CreateReplica {
+                    pool: target.clone(),
+                },
+                0.9,
+                format!(
+                    "the PRIMARY's pool {} is at risk and there is no REPLICA: one in {target}",
+                    primary.pool
+                ),
+            );
+        }
+    }
+    if input.config.manual_replica {
+        return out(
+            Action::Stay,
+            1.0,
+            "manual replica mode never switches".into(),
+        );
+    }
+    let Some(here) = pool(&primary.pool).and_then(|p| cost_now(p).map(|c| (c, p))) else {
+        return out(
+            Action::NoAction,
+            1.0,
+            format!("no price for the PRIMARY's pool {}", primary.pool),
+        );
+    };
+    let Some((there, best)) = input
+        .pools
+        .iter()
+        .filter(safe)
+        .filter_map(|p| cost_now(p).map(|c| (c, p)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+    else {
+        return out(Action::Stay, 1.0, "no other pool is priced and safe".into());
+    };
+    let saving = 1.0 - there / here.0;
+    if saving <= prm.margin {
+        return out(
+            Action::Stay,
+            1.0,
+            format!(
+                "{} at ${there:.4}/h expected is within {:.0}% of ${:.4}/h here",
+                best.pool,
+                prm.margin * 100.0,
+                here.0
+            ),
+        );
+    }
+    // Every one of the last `dwell_hours` hours must show the saving.
+    let last = here.1.hourly.last().map_or(0, |h| h.hour_ms);
+    for k in 0..i64::from(prm.dwell_hours) {
+        let h = last - k * 3_600_000;
+        let held = match (price_at(here.1, h), price_at(best, h)) {
+            (Some(a), Some(b)) => {
+                expected(best, b, prm) < expected(here.1, a, prm) * (1.0 - prm.margin)
+            }
+            _ => false,
+        };
+        if !held {
+            return out(
+                Action::Stay,
+                0.8,
+                format!(
+                    "{} is {:.0}% cheaper now but not for the last {} hours",
+                    best.pool,
+                    saving * 100.0,
+                    prm.dwell_hours
+                ),
+            );
+        }
+    }
+    if input.switches_last_24h >= prm.max_switches_per_day {
+        return out(
+            Action::Stay,
+            1.0,
+            format!(
+                "{} switches in 24 h already (at most {})",
+                input.switches_last_24h, prm.max_switches_per_day
+            ),
+        );
+    }
+    out(
+        Action::Switch {
+            pool: best.pool.clone(),
+        },
+        (saving / (saving + prm.margin)).clamp(0.0, 1.0),
+        format!(
+            "{} at ${there:.4}/h expected vs ${:.4}/h here: {:.0}% less for {} hours",
+            best.pool,
+            here.0,
+            saving * 100.0,
+            prm.dwell_hours
+        ),
+    )
+}

@@ -1,0 +1,262 @@
+//! The decision engine's side of the store: what a model is told about a
+//! group (`decision_input`), and the decision log.
+
+use super::audit::Entity;
+use super::{Result, Txn, pricing, rows, snapshot, to_u64};
+use rusqlite::{Connection, params};
+use spot_common::decision::{
+    DecisionInput, DecisionOutput, GroupFeatures, HourPrice, Member, PoolFeatures, SCHEMA_VERSION,
+};
+use spot_common::pricing::to_dollars;
+use spot_common::wire::DecisionView;
+use spot_common::{NoticeKind, PoolKey, Role};
+use spot_runtime::sql::col;
+use std::collections::BTreeMap;
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+/// The price history a model sees.
+const SERIES_MS: i64 = 7 * DAY;
+/// The window of the fleet's own risk evidence.
+const EVIDENCE_MS: i64 = 30 * DAY;
+
+/// Per pool over the evidence window: instance-hours spent there,
+/// interruption and rebalance notices, the last interruption.
+fn evidence(
+    conn: &Connection,
+    pool: &PoolKey,
+    now_ms: i64,
+) -> Result<(f64, i64, i64, Option<i64>)> {
+    let since = now_ms - EVIDENCE_MS;
+    let hours: f64 = conn.query_row(
+        "SELECT COALESCE(SUM(
+             MAX(0, CASE WHEN role = 'terminated' THEN MIN(updated_at_ms, ?3) ELSE ?3 END
+                    - MAX(created_at_ms, ?4))), 0) / 3600000.0
+         FROM instances WHERE instance_type = ?1 AND availability_zone = ?2",
+        params![pool.instance_type, pool.availability_zone, now_ms, since],
+        |r| r.get(0),
+    )?;
+    let (interruptions, rebalances, last): (i64, i64, Option<i64>) = conn.query_row(
+        "SELECT COUNT(*) FILTER (WHERE n.kind = 'interruption'),
+                COUNT(*) FILTER (WHERE n.kind = 'rebalance'),
+                MAX(n.seen_at_ms) FILTER (WHERE n.kind = 'interruption')
+         FROM notices n JOIN instances i ON i.instance_id = n.instance_id
+         WHERE i.instance_type = ?1 AND i.availability_zone = ?2 AND n.seen_at_ms >= ?3",
+        params![pool.instance_type, pool.availability_zone, since],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok((hours, interruptions, rebalances, last))
+}
+
+/// Launches into `pool` that failed in the evidence window, fleet-wide.
+fn failed_launches(conn: &Connection, pool: &PoolKey, now_ms: i64) -> Result<u32> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM commands WHERE kind = 'launch' AND state = 'failed'
+           AND finished_at_ms >= ?3
+           AND json_extract(body, '$.action.pool.instance_type') = ?1
+           AND json_extract(body, '$.action.pool.availability_zone') = ?2",
+        params![
+            pool.instance_type,
+            pool.availability_zone,
+            now_ms - EVIDENCE_MS
+        ],
+        |r| r.get(0),
+    )?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Notices an instance carries (interruption, rebalance, maintenance).
+fn notices_of(conn: &Connection, instance_id: &str) -> Result<Vec<NoticeKind>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT kind FROM notices WHERE instance_id = ?1 AND kind != 'malformed'
+         ORDER BY kind",
+    )?;
+    let kinds: Vec<String> = stmt
+        .query_map([instance_id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(kinds.iter().filter_map(|k| k.parse().ok()).collect())
+}
+
+/// What a model is told about `group` at `now_ms` (prices in dollars;
+/// `on_demand`: instance type -> dollars per hour).
+pub fn input(
+    conn: &Connection,
+    group: &str,
+    now_ms: i64,
+    on_demand: &BTreeMap<String, f64>,
+) -> Result<DecisionInput> {
+    let g = rows::group(conn, group)?;
+    let product = g.config.product_description.clone();
+    let boot = snapshot::boot_secs(conn, group)?;
+    let mut pools = Vec::with_capacity(g.config.pools.len());
+    for p in &g.config.pools {
+        let key = pricing::SeriesKey {
+            pool: p.key(),
+            product: product.clone(),
+        };
+        let hourly = pricing::hourly(conn, &key, now_ms - SERIES_MS, now_ms + 1)?
+            .into_iter()
+            .map(|h| HourPrice {
+                hour_ms: h.hour_ms,
+                price: to_dollars(h.price),
+                interpolated: h.interpolated,
+            })
+            .collect();
+        let (hours, interruptions, rebalances, last) = evidence(conn, &key.pool, now_ms)?;
+        let rate = |n: i64| if hours > 0.0 { n as f64 / hours } else { 0.0 };
+        pools.push(PoolFeatures {
+            failed_launches: failed_launches(conn, &key.pool, now_ms)?,
+            boot_s: boot.get(&key.pool).copied(),
+            pool: key.pool,
+            hourly,
+            interruptions_per_instance_hour: rate(interruptions),
+            rebalances_per_instance_hour: rate(rebalances),
+            last_interruption_ms: last,
+        });
+    }
+    let cheapest = pools
+        .iter()
+        .filter_map(PoolFeatures::price)
+        .min_by(f64::total_cmp);
+    let mut primary = None;
+    let mut replicas = Vec::new();
+    for i in super::instances::list(conn, Some(group))? {
+        if !matches!(i.role, Role::Primary | Role::Replica) {
+            continue;
+        }
+        let pool = PoolKey::new(&i.instance_type, &i.availability_zone);
+        let price = pools
+            .iter()
+            .find(|p| p.pool == pool)
+            .and_then(PoolFeatures::price);
+        let m = Member {
+            notices: notices_of(conn, &i.instance_id)?,
+            uptime_s: to_u64((now_ms - i.created_at_ms) / 1000),
+            cost_delta_to_cheapest: price.zip(cheapest).map(|(a, b)| (a - b).max(0.0)),
+            on_demand_price: on_demand.get(&i.instance_type).copied(),
+            price,
+            pool,
+            instance_id: i.instance_id,
+        };
+        if i.role == Role::Primary {
+            primary = Some(m);
+        } else {
+            replicas.push(m);
+        }
+    }
+    let switches: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM switches WHERE group_name = ?1 AND started_at_ms >= ?2",
+        params![group, now_ms - DAY],
+        |r| r.get(0),
+    )?;
+    Ok(DecisionInput {
+        version: SCHEMA_VERSION,
+        group: group.to_owned(),
+        now_ms,
+        config: GroupFeatures {
+            mode: g.config.decision_mode(),
+            manual_replica: g.config.manual_replica,
+            auto_terminate: g.config.auto_terminate,
+            pools: g.config.pools.iter().map(|p| p.key()).collect(),
+        },
+        primary,
+        replicas,
+        pools,
+        switches_last_24h: u32::try_from(switches).unwrap_or(u32::MAX),
+    })
+}
+
+/// One decision as the log keeps it.
+#[derive(Debug, Clone)]
+pub struct Logged<'a> {
+    pub group: &'a str,
+    pub mode: spot_common::DecisionMode,
+    pub input_digest: &'a str,
+    pub output: &'a DecisionOutput,
+    pub latency_us: i64,
+    pub saving_per_hour: Option<f64>,
+    pub outcome: &'a str,
+    pub invalid: Option<&'a str>,
+    pub fallback: Option<&'a str>,
+}
+
+impl Txn<'_> {
+    pub fn log_decision(&mut self, d: &Logged<'_>) -> Result<i64> {
+        let target = match &d.output.action {
+            spot_common::decision::Action::Switch { pool }
+            | spot_common::decision::Action::CreateReplica { pool } => Some(pool),
+            _ => None,
+        };
+        self.tx.execute(
+            "INSERT INTO decisions (group_name, at_ms, mode, model, input_digest, action,
+                 target_instance_type, target_availability_zone, confidence, reason,
+                 latency_us, saving_per_hour, outcome, invalid, fallback)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                d.group,
+                self.now_ms(),
+                d.mode.as_str(),
+                format!("{}/{}", d.output.model.name, d.output.model.version),
+                d.input_digest,
+                d.output.action.name(),
+                target.map(|p| p.instance_type.as_str()),
+                target.map(|p| p.availability_zone.as_str()),
+                d.output.confidence,
+                d.output.reason,
+                d.latency_us,
+                d.saving_per_hour,
+                d.outcome,
+                d.invalid,
+                d.fallback
+            ],
+        )?;
+        let id = self.tx.last_insert_rowid();
+        self.audit(
+            Entity::Group(d.group),
+            "decision",
+            &serde_json::Value::Null,
+            &serde_json::json!({
+                "id": id,
+                "mode": d.mode.as_str(),
+                "action": d.output.action.name(),
+                "target_pool": target,
+                "outcome": d.outcome,
+            }),
+        )?;
+        Ok(id)
+    }
+}
+
+/// The latest `limit` decisions of `group`, newest first.
+pub fn list(conn: &Connection, group: &str, limit: u32) -> Result<Vec<DecisionView>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, group_name, at_ms, mode, model, input_digest, action,
+                target_instance_type, target_availability_zone, confidence, reason,
+                latency_us, saving_per_hour, outcome, invalid, fallback
+         FROM decisions WHERE group_name = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![group, limit], |r| {
+            let itype: Option<String> = r.get(7)?;
+            let zone: Option<String> = r.get(8)?;
+            Ok(DecisionView {
+                id: r.get(0)?,
+                group: r.get(1)?,
+                at_ms: r.get(2)?,
+                mode: col::text(r, 3)?,
+                model: r.get(4)?,
+                input_digest: r.get(5)?,
+                action: r.get(6)?,
+                target_pool: itype.zip(zone).map(|(t, z)| PoolKey::new(&t, &z)),
+                confidence: r.get(9)?,
+                reason: r.get(10)?,
+                latency_us: r.get(11)?,
+                saving_per_hour: r.get(12)?,
+                outcome: r.get(13)?,
+                invalid: r.get(14)?,
+                fallback: r.get(15)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
