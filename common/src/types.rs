@@ -1,7 +1,9 @@
 //! Domain types shared by the agent, the coordinator and the simulators:
 //! roles, statuses, pools, group configuration, actors.
 
-pub use crate::vocab::{AgentStatus, DecisionMode, Phase, Role, SwitchState};
+pub use crate::vocab::{
+    AgentStatus, DecisionMode, ModelChoice, Phase, Role, SwitchState, TokenRole,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -101,6 +103,11 @@ pub struct GroupConfig {
     /// log, never act) or `auto` (act).
     #[serde(default)]
     pub decisions: DecisionMode,
+    /// Which model decides for this group (A/B); absent: the
+    /// coordinator's `decision_ab_split` assigns it by a stable hash of
+    /// the group's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelChoice>,
     /// Keep exactly one REPLICA at all times.
     #[serde(default)]
     pub manual_replica: bool,
@@ -144,6 +151,7 @@ impl Default for GroupConfig {
             promotion: Promotion::default(),
             auto_switch: false,
             decisions: DecisionMode::Off,
+            model: None,
             manual_replica: false,
             auto_terminate: false,
             zombie_retention_s: DEFAULT_ZOMBIE_RETENTION_S,
@@ -222,7 +230,10 @@ pub fn validate_group_name(name: &str) -> Result<(), ConfigRuleError> {
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Actor {
     Agent(String),
+    /// The shared admin token.
     Operator,
+    /// A named operator token (`spot-coordinator token create`).
+    NamedOperator(String),
     System,
 }
 
@@ -231,6 +242,7 @@ impl fmt::Display for Actor {
         match self {
             Actor::Agent(id) => write!(f, "agent:{id}"),
             Actor::Operator => f.write_str("operator"),
+            Actor::NamedOperator(name) => write!(f, "operator:{name}"),
             Actor::System => f.write_str("system"),
         }
     }

@@ -125,3 +125,23 @@ crate::string_enum! {
         Auto = "auto",
     }
 }
+
+crate::string_enum! {
+    /// What a named operator token may do.
+    pub enum TokenRole("token role") {
+        /// Everything the operator API offers.
+        Admin = "admin",
+        /// Read only: every GET, no change.
+        Viewer = "viewer",
+    }
+}
+
+crate::string_enum! {
+    /// Which model decides for a group (A/B).
+    pub enum ModelChoice("model") {
+        /// The built-in model.
+        Builtin = "builtin",
+        /// The external model at `decision_model_url`.
+        External = "external",
+    }
+}

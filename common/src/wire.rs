@@ -352,6 +352,27 @@ pub struct DecisionView {
     /// Why the external model was not followed (unreachable, late,
     /// invalid): the built-in model decided instead.
     pub fallback: Option<String>,
+    /// The model the group was assigned (A/B).
+    pub assigned: crate::ModelChoice,
+}
+
+/// `GET /v1/models/compare`: one row per model groups are assigned to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelStats {
+    pub model: crate::ModelChoice,
+    /// Groups it decided for in the window.
+    pub groups: i64,
+    pub decisions: i64,
+    /// SWITCH decisions acted on (auto mode).
+    pub switches: i64,
+    /// Answers of the external model not followed.
+    pub fallbacks: i64,
+    /// The PRIMARY's mean hourly price at decision time.
+    pub cost_per_instance_hour: Option<f64>,
+    /// Interruption notices in the groups it decides now.
+    pub interruptions: i64,
+    /// Switch downtime in the groups it decides now.
+    pub switch_downtime_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

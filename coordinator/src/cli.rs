@@ -38,7 +38,33 @@ pub enum Command {
     Validate(ServeArgs),
     /// Consolidate staged spot prices now (safe while `serve` runs).
     Consolidate(ServeArgs),
-    /// Write the canonical hourly prices as CSV for model training.
+    /// Named operator tokens: create (printed once), list, revoke. Safe
+    /// while `serve` runs: a new token works at once, a revoked one stops
+    /// at once.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Replay the stored prices and interruption history of every group
+    /// (or one) through the built-in model, against always staying and
+    /// always moving to the cheapest pool: what the optimizer would have
+    /// cost, how often it would have switched, how many interruptions it
+    /// would have hit. Safe while `serve` runs; changes nothing.
+    Backtest {
+        /// How far back, e.g. 90d.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// One group only.
+        #[arg(long)]
+        group: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Write training data: the canonical hourly prices (`--rows
+    /// prices`, CSV), or per group and hour the features, the decision
+    /// taken and the outcome labels (`--rows group-hours`, CSV or JSON
+    /// lines; columns in docs/DECISIONS.md).
     ExportTraining {
         /// How far back, e.g. 90d.
         #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
@@ -46,13 +72,163 @@ pub enum Command {
         /// Output file ("-" for stdout).
         #[arg(long)]
         out: PathBuf,
+        /// What one row is.
+        #[arg(long, value_enum, default_value = "prices")]
+        rows: ExportRows,
+        /// csv or jsonl (group-hours only).
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
         #[command(flatten)]
         serve: ServeArgs,
     },
 }
 
+fn backtest(
+    serve: &ServeArgs,
+    since: Duration,
+    group: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::store::Read;
+    use spot_common::decision::backtest::{Downtime, compare};
+    let (db, config) = offline(serve)?;
+    let now = crate::now_ms();
+    let since_ms = now - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+    let groups = match group {
+        Some(g) => vec![g],
+        None => db.read_now(|s| s.group_names())?,
+    };
+    let params = config.decisions;
+    let model = |i: &_| spot_common::decision::builtin::decide(i, &params);
+    let mut report = Vec::new();
+    for g in &groups {
+        let h = db.read_now(|s| s.backtest_history(g, since_ms, now))?;
+        if h.pools.len() < 2 {
+            continue;
+        }
+        report.push((
+            g.clone(),
+            compare(&h, "builtin", &model, &Downtime::default()),
+        ));
+    }
+    if json {
+        let v: Vec<_> = report
+            .iter()
+            .map(|(g, o)| serde_json::json!({"group": g, "outcomes": o}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if report.is_empty() {
+        println!("no group with two or more pools to compare");
+    }
+    for (g, outcomes) in &report {
+        println!("group {g}:");
+        println!(
+            "  {:<16} {:>10} {:>12} {:>9} {:>8} {:>12}",
+            "policy", "cost $", "$/inst-hour", "switches", "max/24h", "interrupted"
+        );
+        for o in outcomes {
+            println!(
+                "  {:<16} {:>10.2} {:>12.5} {:>9} {:>8} {:>12}",
+                o.policy,
+                o.cost,
+                o.cost / f64::from(o.hours.max(1)),
+                o.switches,
+                o.max_switches_per_day,
+                o.interruptions_hit
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportRows {
+    /// One row per pool-hour of the canonical price series.
+    Prices,
+    /// One row per group-hour: features, decision, labels.
+    GroupHours,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a token for a person or a system; the audit log records its
+    /// name on every change made with it.
+    Create {
+        /// 1-64 characters of [A-Za-z0-9._-], e.g. ops-oncall.
+        #[arg(long)]
+        name: String,
+        /// admin (everything) or viewer (read only).
+        #[arg(long)]
+        role: spot_common::TokenRole,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// The named tokens, their roles, and which are revoked.
+    List {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+    use crate::store::Read;
+    match cmd {
+        TokenCmd::Create { name, role, serve } => {
+            let (db, _) = offline(&serve)?;
+            let token = crate::random_token();
+            let hash = spot_common::token_hash(&token);
+            db.write_now(|s| {
+                s.transact(
+                    Ctx::new(crate::now_ms(), spot_common::Actor::Operator),
+                    |tx| tx.create_token(&name, role, &hash),
+                )
+            })?;
+            eprintln!("created {role} token {name:?}; it is shown once, keep it now:");
+            println!("{token}");
+        }
+        TokenCmd::List { serve } => {
+            let (db, _) = offline(&serve)?;
+            let tokens = db.read_now(|s| s.tokens())?;
+            println!("{}", serde_json::to_string_pretty(&tokens)?);
+        }
+        TokenCmd::Revoke { name, serve } => {
+            let (db, _) = offline(&serve)?;
+            let t = db.write_now(|s| {
+                s.transact(
+                    Ctx::new(crate::now_ms(), spot_common::Actor::Operator),
+                    |tx| tx.revoke_token(&name),
+                )
+            })?;
+            eprintln!("revoked token {:?}", t.value.name);
+        }
+    }
+    Ok(())
+}
+
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Token(cmd) => token(cmd),
+        Command::Backtest {
+            since,
+            group,
+            json,
+            serve,
+        } => backtest(&serve, since, group, json),
         Command::Validate(args) => {
             let c = Config::load(&args)?;
             println!(
@@ -72,7 +248,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&run)?);
             Ok(())
         }
-        Command::ExportTraining { since, out, serve } => {
+        Command::ExportTraining {
+            since,
+            out,
+            rows,
+            format,
+            serve,
+        } => {
+            if rows == ExportRows::Prices && format == ExportFormat::Jsonl {
+                anyhow::bail!("--rows prices is written as CSV only; use --format csv");
+            }
             let (db, _) = offline(&serve)?;
             let since_ms = crate::now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
             let n = db.read_now(|s| {
@@ -85,9 +270,22 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                         })?,
                     ))
                 };
-                crate::export::write_csv(s, since_ms, &mut w)
+                match rows {
+                    ExportRows::Prices => crate::export::write_csv(s, since_ms, &mut w),
+                    ExportRows::GroupHours => crate::export::write_group_hours(
+                        s,
+                        since_ms,
+                        crate::now_ms(),
+                        format == ExportFormat::Jsonl,
+                        &mut w,
+                    ),
+                }
             })?;
-            eprintln!("exported {n} pool-hours");
+            let what = match rows {
+                ExportRows::Prices => "pool-hours",
+                ExportRows::GroupHours => "group-hours",
+            };
+            eprintln!("exported {n} {what}");
             Ok(())
         }
     }

@@ -74,6 +74,12 @@ pub struct ServeArgs {
     /// How long the external model may take [default: 500ms].
     #[arg(long, env = "SPOT_COORDINATOR_DECISION_MODEL_TIMEOUT", value_parser = humantime::parse_duration)]
     pub decision_model_timeout: Option<Duration>,
+    /// With an external model: the share of groups (0-1, by a stable hash
+    /// of their name) it decides for; the others, and every group whose
+    /// config says `model = "builtin"`, get the built-in model (A/B)
+    /// [default: 1, all].
+    #[arg(long, env = "SPOT_COORDINATOR_DECISION_AB_SPLIT")]
+    pub decision_ab_split: Option<f64>,
     /// A promoted candidate must confirm within this, else the next one is
     /// tried [default: 30s].
     #[arg(long, env = "SPOT_COORDINATOR_PROMOTION_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -145,6 +151,7 @@ struct FileConfig {
     decision_model_url: Option<String>,
     #[serde(default, with = "humantime_serde")]
     decision_model_timeout: Option<Duration>,
+    decision_ab_split: Option<f64>,
     /// The built-in model's knobs.
     #[serde(default)]
     decisions: spot_common::decision::builtin::Params,
@@ -191,6 +198,7 @@ pub struct Config {
     pub decision_interval: Duration,
     pub decision_model_url: Option<String>,
     pub decision_model_timeout: Duration,
+    pub decision_ab_split: f64,
     /// `[decisions]`: the built-in model's knobs.
     pub decisions: spot_common::decision::builtin::Params,
     pub promotion_timeout: Duration,
@@ -239,6 +247,7 @@ impl Default for Config {
             // A model is a lookup, not a batch job: half a second is
             // plenty, and a pass over 1,000 groups stays bounded.
             decision_model_timeout: Duration::from_millis(500),
+            decision_ab_split: 1.0,
             decisions: spot_common::decision::builtin::Params::default(),
             promotion_timeout: Duration::from_secs(30),
             consolidate_interval: Duration::from_secs(12 * 3600),
@@ -309,6 +318,10 @@ impl Config {
                 .decision_model_timeout
                 .or(file.decision_model_timeout)
                 .unwrap_or(d.decision_model_timeout),
+            decision_ab_split: args
+                .decision_ab_split
+                .or(file.decision_ab_split)
+                .unwrap_or(d.decision_ab_split),
             decisions: file.decisions,
             promotion_timeout: args
                 .promotion_timeout
@@ -427,6 +440,9 @@ impl Config {
             .contains(&self.decision_model_timeout)
         {
             return bad("decision_model_timeout must be 10ms-60s");
+        }
+        if !(0.0..=1.0).contains(&self.decision_ab_split) {
+            return bad("decision_ab_split must be between 0 and 1");
         }
         if self.price_max_gap < Duration::from_secs(3600) {
             return bad("price_max_gap must be at least 1h");

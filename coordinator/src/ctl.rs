@@ -79,6 +79,16 @@ pub enum Cmd {
         #[arg(long)]
         after: Option<i64>,
     },
+    /// A group's candidate pools: latest canonical hourly price, hours
+    /// known (and how many interpolated) over the last week; its PRIMARY's
+    /// price and savings.
+    Prices { group: String },
+    /// A/B: per model groups are assigned to, how its groups fared.
+    Models {
+        /// The window, e.g. 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+    },
     /// A group's decision log (decision engine), newest first.
     Decisions {
         group: String,
@@ -403,6 +413,14 @@ pub async fn run(cli: &Cli) -> Result<String, CtlError> {
         Cmd::Switches { group } => out(
             c.get(&format!("/v1/groups/{group}/switches")).await?,
             render::switches,
+        ),
+        Cmd::Prices { group } => out(
+            c.get(&format!("/v1/groups/{group}/prices")).await?,
+            render::prices,
+        ),
+        Cmd::Models { since } => out(
+            c.get(&format!("/v1/models/compare?since={since}")).await?,
+            render::models,
         ),
         Cmd::Decisions { group, limit } => out(
             c.get(&format!("/v1/groups/{group}/decisions?limit={limit}"))
@@ -745,6 +763,50 @@ pub mod render {
         columns(
             v,
             "id=/id, pool=@/target_pool, state=/state, from=/from_instance, to=/to_instance, downtime ms=/downtime_ms, failure=/failure",
+        )
+    }
+
+    pub fn prices(v: &Value) -> String {
+        let rows: Vec<Vec<String>> = v["pools"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                let points = p["points"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let interpolated = points.iter().filter(|x| x["interpolated"] == true).count();
+                vec![
+                    format!("{}/{}", s(&p["instance_type"]), s(&p["availability_zone"])),
+                    points.last().map_or("-".into(), |x| s(&x["price"])),
+                    points.len().to_string(),
+                    interpolated.to_string(),
+                ]
+            })
+            .collect();
+        let mut out = table(&["pool", "latest $/h", "hours", "interpolated"], &rows);
+        let c = &v["cost"];
+        if c.is_object() {
+            out.push_str(&format!(
+                "PRIMARY in {}/{}: ${}/h spot, on-demand {}, savings {}\n",
+                s(&c["instance_type"]),
+                s(&c["availability_zone"]),
+                s(&c["spot_price"]),
+                s(&c["on_demand_price"]),
+                c["savings_percent"]
+                    .as_f64()
+                    .map_or("-".into(), |x| format!("{x:.0}%"))
+            ));
+        }
+        out
+    }
+
+    pub fn models(v: &Value) -> String {
+        columns(
+            v,
+            "model=/model, groups=/groups, decisions=/decisions, switches=/switches, fallbacks=/fallbacks, $/instance-hour=/cost_per_instance_hour, interruptions=/interruptions, downtime s=/switch_downtime_s",
         )
     }
 

@@ -16,12 +16,15 @@ use crate::metrics::DecisionLabels;
 use crate::store::{Ctx, LoggedDecision, Read, StoreError, Via};
 use sha2::{Digest, Sha256};
 use spot_common::decision::{self, Action, DecisionInput, DecisionOutput, builtin};
-use spot_common::{Actor, DecisionMode, SwitchState};
+use spot_common::{Actor, DecisionMode, ModelChoice, SwitchState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A decision the same as the last one logged is logged again after this.
 const REPEAT_LOG_MS: i64 = 3_600_000;
+
+/// Groups decided at once.
+const PARALLEL: usize = 16;
 
 /// A launch younger than this that has not registered is still on its way.
 const LAUNCHING_MS: i64 = 600_000;
@@ -31,7 +34,8 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
         .config
         .decision_model_url
         .as_deref()
-        .map(|url| External::new(url, state.config.decision_model_timeout));
+        .map(|url| Arc::new(External::new(url, state.config.decision_model_timeout)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     let mut tick = tokio::time::interval(state.config.decision_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -48,9 +52,23 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // Groups are decided side by side (an external model's deadline
+        // then bounds a pass at 1,000 / PARALLEL deadlines), the store
+        // serialising their writes.
+        let mut set = tokio::task::JoinSet::new();
         for name in names {
-            if let Err(e) = decide(&state, external.as_ref(), &name, crate::now_ms()).await {
-                tracing::warn!(group = %name, error = %crate::error_chain(&e), "decision failed; next pass retries");
+            let (state, external, permits) =
+                (Arc::clone(&state), external.clone(), Arc::clone(&permits));
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                if let Err(e) = decide(&state, external.as_deref(), &name, crate::now_ms()).await {
+                    tracing::warn!(group = %name, error = %crate::error_chain(&e), "decision failed; next pass retries");
+                }
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a decision panicked; the next pass retries");
             }
         }
     }
@@ -234,6 +252,21 @@ pub async fn decide(
         return Ok(None);
     };
     let mode = input.config.mode;
+    let chosen = state
+        .db
+        .read({
+            let name = group.to_owned();
+            move |s| s.group(&name).map(|g| g.config.model)
+        })
+        .await?;
+    let assigned = decision::assign(
+        group,
+        chosen,
+        external.is_some(),
+        state.config.decision_ab_split,
+    );
+    let external = external.filter(|_| assigned == ModelChoice::External);
+    let primary_price = input.primary.as_ref().and_then(|p| p.price);
     let j = judge(&input, &state.config.decisions, external).await;
     state
         .metrics
@@ -305,6 +338,8 @@ pub async fn decide(
             outcome,
             invalid: j.invalid.as_deref(),
             fallback: j.fallback.as_deref(),
+            assigned,
+            primary_price,
         })
     };
     if !act {
@@ -330,6 +365,15 @@ pub async fn decide(
                     format!("{what}: switch {}", sw.id)
                 }
                 Action::CreateReplica { pool } => {
+                    // Checked again in the writing transaction: the planner
+                    // may have launched one since the input was read.
+                    if tx.launches_in_flight(&name, now_ms - LAUNCHING_MS)? > 0
+                        || g.transition.is_some()
+                    {
+                        return Err(StoreError::InProgress(
+                            "a launch or a replacement is already in flight".into(),
+                        ));
+                    }
                     let pool = g.config.pool(pool).cloned().ok_or_else(|| {
                         StoreError::Invalid(format!("{pool} is not a pool of {name}"))
                     })?;

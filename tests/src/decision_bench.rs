@@ -170,6 +170,8 @@ pub async fn run(args: DecisionBench) -> Result<()> {
                 outcome: "bench",
                 invalid: None,
                 fallback: None,
+                assigned: spot_common::ModelChoice::Builtin,
+                primary_price: None,
             })
         })
         .await?;

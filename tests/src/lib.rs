@@ -2,6 +2,7 @@
 //! chosen by the OS, and the simulators they talk to.
 
 pub mod agent_bench;
+pub mod backtest_bench;
 pub mod bench;
 pub mod decision_bench;
 pub mod ec2_sim;

@@ -19,7 +19,7 @@ enum Command {
     /// Run a failover or fencing flow on the simulated fleet and print its
     /// verdict and timings (judged by what the workloads served): one of
     /// rebalance, warm-failover, cold-failover, failed-promotion, switch, switch-failure,
-    /// maintenance, auto-switch, shadow-decisions, external-model, model-fallback,
+    /// maintenance, auto-switch, shadow-decisions, external-model, model-fallback, ab-models,
     /// manual-replica, zombie-cleanup, terminated, coordinator-crash, partition,
     /// slow-promote, frozen-agent, frozen-coordinator, coordinator-restart,
     /// restored-store, lost-primary, journal-failure, shared-identity; or
@@ -59,6 +59,9 @@ enum Bench {
     /// The decision engine: the built-in model per group, and a whole
     /// pass over 1,000 groups in the coordinator's store.
     Decisions(spot_tests::decision_bench::DecisionBench),
+    /// A seeded price-and-interruption history replayed through the
+    /// built-in model, always-stay and always-cheapest.
+    Backtest(spot_tests::backtest_bench::BacktestBench),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             Command::Bench(Bench::Consolidate(args)) => spot_tests::pricing_bench::run(args).await,
             Command::Bench(Bench::Retention(args)) => spot_tests::retention_bench::run(args).await,
             Command::Bench(Bench::Decisions(args)) => spot_tests::decision_bench::run(args).await,
+            Command::Bench(Bench::Backtest(args)) => spot_tests::backtest_bench::run(args).await,
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
             Command::Model(args) => spot_tests::model_server::run(args).await,
             Command::Nemesis(args) => spot_tests::nemesis::main(args).await,

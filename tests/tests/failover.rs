@@ -68,6 +68,10 @@ scenario!(
     "model-fallback"
 );
 scenario!(
+    groups_assigned_to_two_models_are_decided_and_compared_by_model,
+    "ab-models"
+);
+scenario!(
     a_zombie_is_terminated_once_its_retention_has_passed,
     "zombie-cleanup"
 );

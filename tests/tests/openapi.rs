@@ -253,6 +253,13 @@ async fn documented_api_matches_the_server() {
         ),
         (
             "get",
+            "/v1/models/compare",
+            "/v1/models/compare?since=1d".into(),
+            adm.clone(),
+            None,
+        ),
+        (
+            "get",
             "/v1/instances/{instance_id}",
             "/v1/instances/i-1".into(),
             adm.clone(),

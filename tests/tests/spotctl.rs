@@ -73,6 +73,24 @@ async fn spotctl_shows_the_fleet_acts_on_it_and_fails_with_codes_scripts_can_use
     assert!(o.status.success(), "{}", text(&o));
     let o = spotctl(&c, &adm, &["audit", "--entity", "group:db"]);
     assert!(text(&o).contains("update_config"), "{}", text(&o));
+    let o = spotctl(&c, &adm, &["prices", "db"]);
+    assert!(
+        o.status.success() && text(&o).contains("m5.large/us-east-1a"),
+        "{}",
+        text(&o)
+    );
+    let o = spotctl(&c, &adm, &["models", "--since", "1d"]);
+    assert!(
+        o.status.success() && text(&o).contains("INTERRUPTIONS"),
+        "{}",
+        text(&o)
+    );
+    let o = spotctl(&c, &adm, &["decisions", "db"]);
+    assert!(
+        o.status.success() && text(&o).contains("OUTCOME"),
+        "{}",
+        text(&o)
+    );
     let o = spotctl(&c, &adm, &["zombies", "--terminate", "--dry-run"]);
     assert!(
         o.status.success() && text(&o).contains("dry run"),

@@ -2,8 +2,10 @@
 //! price plus its risk (interruptions per instance-hour, from this fleet's
 //! own history) times the cost of one failover. It switches only when
 //! another pool has been cheaper by more than `margin` for every one of
-//! the last `dwell_hours`, at most `max_switches_per_day`, never into a
-//! pool that had an interruption within `cooldown` or a failed launch; and
+//! the last `dwell_hours` (waived when the current pool is spiking: priced
+//! above `spike_factor` times its own 7-day median), at most
+//! `max_switches_per_day`, never into a pool that had an interruption
+//! within `cooldown` or a failed launch; and
 //! it proposes a REPLICA when the PRIMARY's pool turns risky (a rebalance
 //! recommendation or scheduled maintenance) and the group has none.
 
@@ -28,6 +30,10 @@ pub struct Params {
     pub max_switches_per_day: u32,
     /// A pool with an interruption in this many hours is not switched into.
     pub cooldown_hours: u32,
+    /// The current pool priced above this multiple of its own 7-day median
+    /// is spiking (spot price spikes come with interruptions): the dwell
+    /// is waived to leave it.
+    pub spike_factor: f64,
 }
 
 impl Default for Params {
@@ -38,6 +44,7 @@ impl Default for Params {
             dwell_hours: 3,
             max_switches_per_day: 2,
             cooldown_hours: 6,
+            spike_factor: 1.5,
         }
     }
 }
@@ -53,6 +60,9 @@ impl Params {
         }
         if !(1..=168).contains(&self.dwell_hours) {
             return Err("decisions.dwell_hours must be 1-168 (the series is 7 days)".into());
+        }
+        if !(self.spike_factor.is_finite() && self.spike_factor > 1.0) {
+            return Err("decisions.spike_factor must be a number above 1".into());
         }
         Ok(())
     }
@@ -73,6 +83,16 @@ fn out(action: Action, confidence: f64, reason: String) -> DecisionOutput {
 /// Expected dollars per hour in `p` at `price`.
 fn expected(p: &PoolFeatures, price: f64, prm: &Params) -> f64 {
     price + p.interruptions_per_instance_hour * prm.failover_cost
+}
+
+/// The median of a pool's series.
+fn median(p: &PoolFeatures) -> Option<f64> {
+    let mut v: Vec<f64> = p.hourly.iter().map(|h| h.price).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
 }
 
 /// The pool's price at `hour_ms` (the series is hourly and sorted).
@@ -159,9 +179,13 @@ pub fn decide(input: &DecisionInput, prm: &Params) -> DecisionOutput {
             ),
         );
     }
-    // Every one of the last `dwell_hours` hours must show the saving.
+    // Every one of the last `dwell_hours` hours must show the saving,
+    // unless the current pool is spiking.
+    let spiking = median(here.1)
+        .is_some_and(|m| here.1.price().is_some_and(|now| now > m * prm.spike_factor));
+    let dwell = if spiking { 1 } else { prm.dwell_hours };
     let last = here.1.hourly.last().map_or(0, |h| h.hour_ms);
-    for k in 0..i64::from(prm.dwell_hours) {
+    for k in 0..i64::from(dwell) {
         let h = last - k * 3_600_000;
         let held = match (price_at(here.1, h), price_at(best, h)) {
             (Some(a), Some(b)) => {
@@ -192,17 +216,24 @@ pub fn decide(input: &DecisionInput, prm: &Params) -> DecisionOutput {
             ),
         );
     }
+    let why = if spiking {
+        format!(
+            "this pool is spiking (above {}x its 7-day median)",
+            prm.spike_factor
+        )
+    } else {
+        format!("for {} hours", prm.dwell_hours)
+    };
     out(
         Action::Switch {
             pool: best.pool.clone(),
         },
         (saving / (saving + prm.margin)).clamp(0.0, 1.0),
         format!(
-            "{} at ${there:.4}/h expected vs ${:.4}/h here: {:.0}% less for {} hours",
+            "{} at ${there:.4}/h expected vs ${:.4}/h here: {:.0}% less, {why}",
             best.pool,
             here.0,
             saving * 100.0,
-            prm.dwell_hours
         ),
     )
 }

@@ -5,10 +5,11 @@
 //!
 //! Prices are US dollars per instance-hour; times are unix milliseconds.
 
+pub mod backtest;
 pub mod builtin;
 
 use crate::types::{Pool, PoolKey};
-use crate::vocab::{DecisionMode, NoticeKind};
+use crate::vocab::{DecisionMode, ModelChoice, NoticeKind};
 use serde::{Deserialize, Serialize};
 
 /// Version of the input and output schema; a model answers for the
@@ -187,6 +188,37 @@ pub fn validate(input: &DecisionInput, out: &DecisionOutput) -> Result<(), Inval
         }
         Action::CreateReplica { pool } => in_group(pool),
         Action::Stay | Action::NoAction => Ok(()),
+    }
+}
+
+/// Which model decides for `group`: its configured choice, else the
+/// external model for a stable `split` share of groups (by a hash of the
+/// name, so a group keeps its model across restarts), else the
+/// built-in one. Without an external model, always the built-in one.
+pub fn assign(group: &str, chosen: Option<ModelChoice>, external: bool, split: f64) -> ModelChoice {
+    if !external {
+        return ModelChoice::Builtin;
+    }
+    if let Some(c) = chosen {
+        return c;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's high bits follow short names too closely: mix them (the
+    // MurmurHash3 finaliser), then take the top 53 bits as a fraction.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    let share = (h >> 11) as f64 / (1u64 << 53) as f64;
+    if share < split {
+        ModelChoice::External
+    } else {
+        ModelChoice::Builtin
     }
 }
 

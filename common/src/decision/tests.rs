@@ -64,6 +64,7 @@ const P: Params = Params {
     dwell_hours: 3,
     max_switches_per_day: 2,
     cooldown_hours: 6,
+    spike_factor: 1.5,
 };
 
 #[test]
@@ -109,6 +110,23 @@ fn the_saving_must_hold_for_the_dwell() {
     let mut gap = input(0.08);
     gap.pools[1].hourly.remove(n - 2);
     assert_eq!(decide(&gap, &P).action, Action::Stay);
+}
+
+#[test]
+fn a_spiking_pool_is_left_without_waiting_for_the_dwell() {
+    // b has been at $0.08 for a day; a was $0.10 and jumped to $0.20 this
+    // hour (2x its median): leave now.
+    let mut i = input(0.08);
+    i.pools[0].hourly.last_mut().unwrap().price = 0.20;
+    let d = decide(&i, &P);
+    assert_eq!(d.action, Action::Switch { pool: key("b") }, "{d:?}");
+    assert!(d.reason.contains("spiking"), "{}", d.reason);
+    // A rise under the spike factor still waits for the dwell: b was
+    // dearer than a until this hour.
+    let mut i = input(0.12);
+    i.pools[0].hourly.last_mut().unwrap().price = 0.14;
+    i.pools[1].hourly.last_mut().unwrap().price = 0.10;
+    assert_eq!(decide(&i, &P).action, Action::Stay);
 }
 
 #[test]
@@ -185,4 +203,22 @@ fn the_wire_format_is_the_published_one() {
     assert!(serde_json::from_str::<DecisionOutput>(bad).is_err());
     let back: DecisionOutput = serde_json::from_value(v).unwrap();
     assert_eq!(back, o);
+}
+
+#[test]
+fn groups_are_assigned_to_a_model_stably_by_their_share() {
+    use crate::vocab::ModelChoice::{Builtin, External};
+    let names: Vec<String> = (0..2000).map(|k| format!("group-{k}")).collect();
+    let external = names
+        .iter()
+        .filter(|g| assign(g, None, true, 0.3) == External)
+        .count();
+    assert!((500..700).contains(&external), "about 30 %: {external}");
+    // Stable, and a group's own choice wins; no external model, no choice.
+    assert_eq!(assign("db", None, true, 0.3), assign("db", None, true, 0.3));
+    assert_eq!(assign("db", Some(Builtin), true, 1.0), Builtin);
+    assert_eq!(assign("db", Some(External), true, 0.0), External);
+    assert_eq!(assign("db", Some(External), false, 1.0), Builtin);
+    assert_eq!(assign("db", None, true, 1.0), External);
+    assert_eq!(assign("db", None, true, 0.0), Builtin);
 }

@@ -1,5 +1,6 @@
 //! HTTP API v1: the agent API under `/v1/agents` (per-agent bearer tokens),
-//! the operator API (admin token), `/healthz` and `/metrics`.
+//! the operator API (the shared admin token, or a named token: admin, or
+//! viewer for reading only), `/healthz` and `/metrics`.
 //!
 //! Bodies are capped at 1 MiB; JSON, query and path errors are turned into
 //! the same `ErrorBody` as every other refusal.
@@ -156,6 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/groups/{name}/switches", get(operator::list_switches))
         .route("/v1/groups/{name}/decisions", get(operator::list_decisions))
+        .route("/v1/models/compare", get(operator::compare_models))
         .route(
             "/v1/groups/{name}/declare-dead",
             post(operator::declare_dead),
@@ -179,7 +181,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/pricing/consolidate", post(prices::consolidate))
         .route("/v1/audit", get(operator::audit))
         .route("/v1/events/stream", get(stream::stream))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_operator,
+        ));
     Router::new()
         .merge(agent_api)
         .merge(operator_api)
@@ -193,17 +198,77 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn require_admin(
+/// Who calls the operator API: the actor the audit log names, and what
+/// the token may do. Set by the operator API's middleware.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub actor: spot_common::Actor,
+    pub role: spot_common::TokenRole,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// The shared admin token (audited as `operator`), or a named token that
+/// is not revoked (audited as `operator:NAME`); a viewer token may only
+/// read.
+async fn require_operator(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    if token_matches(bearer(&headers), &state.admin_token_hash) {
-        next.run(req).await
+    use spot_common::{Actor, TokenRole};
+    let presented = bearer(&headers).map(str::to_owned);
+    let caller = if token_matches(presented.as_deref(), &state.admin_token_hash) {
+        Some(Caller {
+            actor: Actor::Operator,
+            role: TokenRole::Admin,
+        })
+    } else if let Some(t) = presented {
+        let hash = spot_common::token_hash(&t);
+        match state
+            .db
+            .read(move |s| crate::store::Read::named_token(s, &hash))
+            .await
+        {
+            Ok(found) => found.map(|(name, role)| Caller {
+                actor: Actor::NamedOperator(name),
+                role,
+            }),
+            Err(e) => return ApiError::from(e).into_response(),
+        }
     } else {
-        ApiError::unauthorized().into_response()
+        None
+    };
+    let Some(caller) = caller else {
+        return ApiError::unauthorized().into_response();
+    };
+    let reads = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if caller.role == TokenRole::Viewer && !reads {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} has a viewer token: it may read, not change anything",
+                caller.actor
+            ),
+        )
+        .into_response();
     }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }
 
 async fn track_latency(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

@@ -2,18 +2,17 @@
 //! anything is parsed). Handlers translate HTTP to store transactions;
 //! the rules live in the store and the planner.
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, Caller};
 use crate::AppState;
 use crate::store::{AuditQuery, BulkSelection, Ctx, PromoteResult, Read, ReplaceRequest, Via};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use spot_common::Actor;
 use spot_common::wire::{
     AgentView, AuditEntry, BulkTerminateRequest, BulkTerminateResponse, CancelSwitchRequest,
     CommandView, CreateGroupRequest, DecisionView, DeclareDeadRequest, DeleteAgentRequest,
-    GroupView, InstanceView, LaunchRequest, NoticeView, PromoteRequest, QueuedCommand,
+    GroupView, InstanceView, LaunchRequest, ModelStats, NoticeView, PromoteRequest, QueuedCommand,
     SwitchRequest, SwitchView, UpdateGroupRequest,
 };
 use std::sync::Arc;
@@ -37,9 +36,10 @@ pub struct AgentFilter {
     agent_id: Option<String>,
 }
 
-/// An operator request: its id and content make it idempotent.
-fn operator<T: serde::Serialize>(request_id: Option<String>, body: &T) -> Ctx {
-    Ctx::new(crate::now_ms(), Actor::Operator)
+/// An operator request, by `caller`: its id and content make it
+/// idempotent.
+fn operator<T: serde::Serialize>(caller: &Caller, request_id: Option<String>, body: &T) -> Ctx {
+    Ctx::new(crate::now_ms(), caller.actor.clone())
         .request(request_id)
         .body(body)
 }
@@ -52,9 +52,10 @@ pub async fn list_groups(
 
 pub async fn create_group(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<GroupView>), ApiError> {
-    let ctx = operator(req.request_id.clone(), &req);
+    let ctx = operator(&caller, req.request_id.clone(), &req);
     let done = state
         .db
         .idempotent("create_group", ctx, move |tx| {
@@ -75,10 +76,11 @@ pub async fn get_group(
 
 pub async fn update_group(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateGroupRequest>,
 ) -> Result<Json<GroupView>, ApiError> {
-    let ctx = operator(req.request_id.clone(), &(&name, &req));
+    let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
     let done = state
         .db
         .idempotent("update_group", ctx, move |tx| {
@@ -93,12 +95,13 @@ pub async fn update_group(
 
 pub async fn promote(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<PromoteRequest>,
 ) -> Result<Json<PromoteResult>, ApiError> {
     // An operator promotion is planned work: the old PRIMARY (if any) is
     // demoted first, then the candidate promoted (docs/STATE_MACHINE.md).
-    let ctx = operator(req.request_id.clone(), &(&name, &req));
+    let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
     let replace = ReplaceRequest {
         group: name,
         candidate: req.instance_id,
@@ -128,10 +131,11 @@ pub async fn promote(
 
 pub async fn switch(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<SwitchRequest>,
 ) -> Result<Json<SwitchView>, ApiError> {
-    let ctx = operator(req.request_id.clone(), &(&name, &req));
+    let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
     let done = state
         .db
         .idempotent("switch", ctx, move |tx| tx.request_switch(&name, &req.pool))
@@ -146,10 +150,11 @@ pub async fn switch(
 /// has started); the PRIMARY stays.
 pub async fn cancel_switch(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<CancelSwitchRequest>,
 ) -> Result<Json<SwitchView>, ApiError> {
-    let ctx = operator(req.request_id.clone(), &(&name, &req));
+    let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
     let done = state
         .db
         .idempotent("cancel_switch", ctx, move |tx| tx.cancel_switch(&name))
@@ -175,6 +180,28 @@ pub async fn list_switches(
     ))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareQuery {
+    /// The window, e.g. `7d` [default: 7d].
+    since: Option<String>,
+}
+
+/// A/B: how the groups of each model fared over the window.
+pub async fn compare_models(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<CompareQuery>,
+) -> Result<Json<Vec<ModelStats>>, ApiError> {
+    let window = match q.since.as_deref() {
+        None => std::time::Duration::from_secs(7 * 86_400),
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            ApiError::bad_request(format!("since {s:?} is not a duration (7d, 12h): {e}"))
+        })?,
+    };
+    let since = crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    Ok(Json(state.db.read(move |s| s.compare_models(since)).await?))
+}
+
 /// The decision log of a group, newest first.
 pub async fn list_decisions(
     State(state): State<Arc<AppState>>,
@@ -195,6 +222,7 @@ pub async fn list_decisions(
 
 pub async fn launch(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<LaunchRequest>,
 ) -> Result<Json<QueuedCommand>, ApiError> {
@@ -204,7 +232,7 @@ pub async fn launch(
         .clone()
         .unwrap_or_else(|| spot_common::ids::launch(&uuid::Uuid::new_v4().to_string()));
     let r = rid.clone();
-    let ctx = operator(Some(rid), &(&name, &req));
+    let ctx = operator(&caller, Some(rid), &(&name, &req));
     let done = state
         .db
         .idempotent("launch", ctx, move |tx| {
@@ -224,10 +252,11 @@ pub async fn launch(
 /// fenced, so a replacement blocked on fencing it can go on. Audited.
 pub async fn declare_dead(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<DeclareDeadRequest>,
 ) -> Result<Json<InstanceView>, ApiError> {
-    let ctx = operator(req.request_id.clone(), &(&name, &req));
+    let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
     let done = state
         .db
         .idempotent("declare_dead", ctx, move |tx| {
@@ -245,6 +274,7 @@ pub async fn declare_dead(
 /// (`role`, `group`, `older_than`); `dry_run` lists what would be done.
 pub async fn terminate_instances(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiJson(req): ApiJson<BulkTerminateRequest>,
 ) -> Result<Json<BulkTerminateResponse>, ApiError> {
     if req.instance_ids.is_empty() {
@@ -281,7 +311,7 @@ pub async fn terminate_instances(
         older_than_ms,
     };
     let (dry_run, executor) = (req.dry_run, state.config.ec2_executor);
-    let ctx = operator(req.request_id.clone(), &req);
+    let ctx = operator(&caller, req.request_id.clone(), &req);
     let done = state
         .db
         .idempotent("bulk_terminate", ctx, move |tx| {
@@ -348,11 +378,12 @@ pub async fn get_agent(
 
 pub async fn delete_agent(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeleteAgentRequest>,
 ) -> Result<Json<AgentView>, ApiError> {
     let agent = id.clone();
-    let ctx = operator(q.request_id.clone(), &id);
+    let ctx = operator(&caller, q.request_id.clone(), &id);
     let done = state
         .db
         .idempotent("delete_agent", ctx, move |tx| tx.delete_agent(&agent))

@@ -21,6 +21,8 @@ pub enum Entity<'a> {
     Group(&'a str),
     Instance(&'a str),
     Agent(&'a str),
+    /// A named operator token.
+    Token(&'a str),
 }
 
 impl std::fmt::Display for Entity<'_> {
@@ -29,6 +31,7 @@ impl std::fmt::Display for Entity<'_> {
             Entity::Group(g) => write!(f, "group:{g}"),
             Entity::Instance(i) => write!(f, "instance:{i}"),
             Entity::Agent(a) => write!(f, "agent:{a}"),
+            Entity::Token(t) => write!(f, "token:{t}"),
         }
     }
 }

@@ -8,8 +8,9 @@ use spot_common::decision::{
     DecisionInput, DecisionOutput, GroupFeatures, HourPrice, Member, PoolFeatures, SCHEMA_VERSION,
 };
 use spot_common::pricing::to_dollars;
-use spot_common::wire::DecisionView;
+use spot_common::wire::{DecisionView, ModelStats};
 use spot_common::{NoticeKind, PoolKey, Role};
+use spot_runtime::from_row;
 use spot_runtime::sql::col;
 use std::collections::BTreeMap;
 
@@ -46,6 +47,17 @@ fn evidence(
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     Ok((hours, interruptions, rebalances, last))
+}
+
+/// Interruption notices per instance-hour in `pool` over the 30 days
+/// before `at_ms`.
+pub fn interruption_rate(conn: &Connection, pool: &PoolKey, at_ms: i64) -> Result<f64> {
+    let (hours, interruptions, _, _) = evidence(conn, pool, at_ms)?;
+    Ok(if hours > 0.0 {
+        interruptions as f64 / hours
+    } else {
+        0.0
+    })
 }
 
 /// Launches into `pool` that failed in the evidence window, fleet-wide.
@@ -86,15 +98,10 @@ pub fn input(
     on_demand: &BTreeMap<String, f64>,
 ) -> Result<DecisionInput> {
     let g = rows::group(conn, group)?;
-    let product = g.config.product_description.clone();
     let boot = snapshot::boot_secs(conn, group)?;
     let mut pools = Vec::with_capacity(g.config.pools.len());
-    for p in &g.config.pools {
-        let key = pricing::SeriesKey {
-            pool: p.key(),
-            product: product.clone(),
-        };
-        let hourly = pricing::hourly(conn, &key, now_ms - SERIES_MS, now_ms + 1)?
+    for (pool, series) in pricing::group_series(conn, &g.config, now_ms - SERIES_MS, now_ms + 1)? {
+        let hourly = series
             .into_iter()
             .map(|h| HourPrice {
                 hour_ms: h.hour_ms,
@@ -102,12 +109,12 @@ pub fn input(
                 interpolated: h.interpolated,
             })
             .collect();
-        let (hours, interruptions, rebalances, last) = evidence(conn, &key.pool, now_ms)?;
+        let (hours, interruptions, rebalances, last) = evidence(conn, &pool, now_ms)?;
         let rate = |n: i64| if hours > 0.0 { n as f64 / hours } else { 0.0 };
         pools.push(PoolFeatures {
-            failed_launches: failed_launches(conn, &key.pool, now_ms)?,
-            boot_s: boot.get(&key.pool).copied(),
-            pool: key.pool,
+            failed_launches: failed_launches(conn, &pool, now_ms)?,
+            boot_s: boot.get(&pool).copied(),
+            pool,
             hourly,
             interruptions_per_instance_hour: rate(interruptions),
             rebalances_per_instance_hour: rate(rebalances),
@@ -178,6 +185,10 @@ pub struct Logged<'a> {
     pub outcome: &'a str,
     pub invalid: Option<&'a str>,
     pub fallback: Option<&'a str>,
+    /// The model the group is assigned (A/B).
+    pub assigned: spot_common::ModelChoice,
+    /// The PRIMARY's hourly price when decided.
+    pub primary_price: Option<f64>,
 }
 
 impl Txn<'_> {
@@ -190,8 +201,8 @@ impl Txn<'_> {
         self.tx.execute(
             "INSERT INTO decisions (group_name, at_ms, mode, model, input_digest, action,
                  target_instance_type, target_availability_zone, confidence, reason,
-                 latency_us, saving_per_hour, outcome, invalid, fallback)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 latency_us, saving_per_hour, outcome, invalid, fallback, assigned, primary_price)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 d.group,
                 self.now_ms(),
@@ -207,7 +218,9 @@ impl Txn<'_> {
                 d.saving_per_hour,
                 d.outcome,
                 d.invalid,
-                d.fallback
+                d.fallback,
+                d.assigned.as_str(),
+                d.primary_price
             ],
         )?;
         let id = self.tx.last_insert_rowid();
@@ -232,7 +245,7 @@ pub fn list(conn: &Connection, group: &str, limit: u32) -> Result<Vec<DecisionVi
     let mut stmt = conn.prepare_cached(
         "SELECT id, group_name, at_ms, mode, model, input_digest, action,
                 target_instance_type, target_availability_zone, confidence, reason,
-                latency_us, saving_per_hour, outcome, invalid, fallback
+                latency_us, saving_per_hour, outcome, invalid, fallback, assigned
          FROM decisions WHERE group_name = ?1 ORDER BY id DESC LIMIT ?2",
     )?;
     let rows = stmt
@@ -255,7 +268,95 @@ pub fn list(conn: &Connection, group: &str, limit: u32) -> Result<Vec<DecisionVi
                 outcome: r.get(13)?,
                 invalid: r.get(14)?,
                 fallback: r.get(15)?,
+                assigned: col::text(r, 16)?,
             })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// `group`'s pools' canonical hourly prices and this fleet's interruption
+/// notices per pool, hour by hour from `since_ms` to `now_ms`, for a
+/// backtest.
+pub fn history(
+    conn: &Connection,
+    group: &str,
+    since_ms: i64,
+    now_ms: i64,
+) -> Result<spot_common::decision::backtest::History> {
+    let g = rows::group(conn, group)?;
+    let start = spot_common::pricing::hour_floor(since_ms);
+    let hours = usize::try_from((now_ms - start) / HOUR + 1).unwrap_or(0);
+    let mut prices = Vec::new();
+    let mut interrupted = Vec::new();
+    for (pool, points) in pricing::group_series(conn, &g.config, start, now_ms + 1)? {
+        let mut series = vec![None; hours];
+        for h in points {
+            if let Ok(k) = usize::try_from((h.hour_ms - start) / HOUR)
+                && k < hours
+            {
+                series[k] = Some(to_dollars(h.price));
+            }
+        }
+        prices.push(series);
+        let mut hit = vec![false; hours];
+        let mut stmt = conn.prepare_cached(
+            "SELECT n.seen_at_ms FROM notices n JOIN instances i ON i.instance_id = n.instance_id
+             WHERE n.kind = 'interruption' AND i.instance_type = ?1 AND i.availability_zone = ?2
+               AND n.seen_at_ms >= ?3",
+        )?;
+        let seen: Vec<i64> = stmt
+            .query_map(
+                params![pool.instance_type, pool.availability_zone, start],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        for t in seen {
+            if let Ok(k) = usize::try_from((t - start) / HOUR)
+                && k < hours
+            {
+                hit[k] = true;
+            }
+        }
+        interrupted.push(hit);
+    }
+    Ok(spot_common::decision::backtest::History {
+        pools: g.config.pools.iter().map(|p| p.key()).collect(),
+        start_ms: start,
+        prices,
+        interrupted,
+    })
+}
+
+/// Per assigned model, over the decisions since `since_ms`: groups,
+/// decisions, switches acted on, fallbacks, the PRIMARY's mean price at
+/// decision time (the realized cost per instance-hour, sampled), and for
+/// the groups it decides now, their interruptions and switch downtime.
+pub fn compare(conn: &Connection, since_ms: i64) -> Result<Vec<ModelStats>> {
+    let mut stmt = conn.prepare(
+        "WITH current AS (
+             SELECT d.group_name, d.assigned FROM decisions d
+             WHERE d.id = (SELECT MAX(id) FROM decisions x WHERE x.group_name = d.group_name)
+         )
+         SELECT d.assigned,
+                COUNT(DISTINCT d.group_name),
+                COUNT(*),
+                SUM(d.outcome LIKE 'switch to%'),
+                SUM(d.fallback IS NOT NULL),
+                AVG(d.primary_price),
+                (SELECT COUNT(*) FROM notices n JOIN current c ON c.group_name = n.group_name
+                  WHERE c.assigned = d.assigned AND n.kind = 'interruption' AND n.seen_at_ms >= ?1),
+                (SELECT COALESCE(SUM(s.downtime_ms), 0) FROM switches s JOIN current c ON c.group_name = s.group_name
+                  WHERE c.assigned = d.assigned AND s.started_at_ms >= ?1) / 1000.0
+         FROM decisions d WHERE d.at_ms >= ?1
+         GROUP BY d.assigned ORDER BY d.assigned",
+    )?;
+    let rows = stmt
+        .query_map([since_ms], |r| {
+            Ok(from_row! { r => ModelStats {
+                model: text, groups, decisions, switches, fallbacks,
+                cost_per_instance_hour, interruptions, switch_downtime_s
+            }})
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)

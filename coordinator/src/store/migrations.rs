@@ -280,6 +280,20 @@ const STEPS: &[&str] = &[
     CREATE INDEX instances_by_pool ON instances(instance_type, availability_zone);
     CREATE INDEX notices_by_instance ON notices(instance_id, kind);
     "#,
+    // 8 -> 9: named operator tokens (admin or viewer), revocable; the
+    // decision log says which model a group was assigned.
+    r#"
+    CREATE TABLE tokens (
+        name          TEXT PRIMARY KEY,
+        role          TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+        token_hash    TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    ) STRICT;
+    -- A/B: the model a group was assigned, and its PRIMARY's price then.
+    ALTER TABLE decisions ADD COLUMN assigned TEXT NOT NULL DEFAULT 'builtin';
+    ALTER TABLE decisions ADD COLUMN primary_price REAL;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

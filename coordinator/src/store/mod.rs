@@ -33,6 +33,8 @@ mod retention;
 mod rows;
 mod snapshot;
 mod switches;
+mod tokens;
+mod training;
 
 pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
@@ -44,6 +46,8 @@ pub use pricing::{ConsolidationConfig, SeriesKey};
 pub use promotion::{Committed, PromoteResult, ReplaceRequest};
 pub use retention::{Retention, Table};
 pub use snapshot::{AgentLive, FleetHealth, SnapshotInput};
+pub use tokens::TokenView;
+pub use training::{COLUMNS as TRAINING_COLUMNS, TrainingRow};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -451,12 +455,34 @@ pub trait Read {
     ) -> Result<spot_common::decision::DecisionInput> {
         decisions::input(self.conn(), group, now_ms, on_demand)
     }
+    /// `group`'s price and interruption history, hour by hour, for a
+    /// backtest.
+    fn backtest_history(
+        &self,
+        group: &str,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<spot_common::decision::backtest::History> {
+        decisions::history(self.conn(), group, since_ms, now_ms)
+    }
+    /// Per assigned model, how its groups fared since `since_ms` (A/B).
+    fn compare_models(&self, since_ms: i64) -> Result<Vec<spot_common::wire::ModelStats>> {
+        decisions::compare(self.conn(), since_ms)
+    }
     /// The latest `limit` decisions of `group`, newest first.
     fn decisions(&self, group: &str, limit: u32) -> Result<Vec<spot_common::wire::DecisionView>> {
         decisions::list(self.conn(), group, limit)
     }
     fn audit_log(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
         audit::log(self.conn(), q)
+    }
+    /// Named operator tokens (never the tokens themselves).
+    fn tokens(&self) -> Result<Vec<TokenView>> {
+        tokens::list(self.conn())
+    }
+    /// The name and role of the active named token with this hash.
+    fn named_token(&self, hash: &str) -> Result<Option<(String, spot_common::TokenRole)>> {
+        tokens::find(self.conn(), hash)
     }
     /// The id of the latest audit entry (0 for none).
     fn last_audit_id(&self) -> Result<i64> {
@@ -469,6 +495,10 @@ pub trait Read {
     }
     fn consolidation_runs(&self, limit: u32) -> Result<Vec<ConsolidationRun>> {
         pricing::consolidation_runs(self.conn(), limit)
+    }
+    /// Per group and hour since `since_ms`: features, decision, labels.
+    fn training_rows(&self, since_ms: i64, now_ms: i64) -> Result<Vec<TrainingRow>> {
+        training::rows(self.conn(), since_ms, now_ms)
     }
     /// Every canonical pool-hour since `since_ms`, for the training export.
     fn export_hourly(

@@ -323,6 +323,27 @@ pub fn hourly(
     Ok(rows)
 }
 
+/// Each of a group's pools with its canonical hourly series in
+/// `[from_ms, to_ms)`, in the group's order.
+pub fn group_series(
+    conn: &Connection,
+    config: &spot_common::GroupConfig,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<(PoolKey, Vec<HourPoint>)>> {
+    config
+        .pools
+        .iter()
+        .map(|p| {
+            let key = SeriesKey {
+                pool: p.key(),
+                product: config.product_description.clone(),
+            };
+            Ok((key.pool.clone(), hourly(conn, &key, from_ms, to_ms)?))
+        })
+        .collect()
+}
+
 /// Every canonical pool-hour since `since_ms`, for the training export.
 pub fn export_hourly(
     conn: &Connection,

@@ -1263,3 +1263,66 @@ fn retention_prunes_old_rows_and_keeps_what_fencing_and_retries_read() {
     prune_all(&mut s, 500 * day);
     assert_eq!(count(&s, "audit"), 0);
 }
+
+#[test]
+fn training_rows_follow_the_primary_and_label_what_came_next() {
+    let (_d, mut s) = store();
+    let h = 3_600_000;
+    let config = GroupConfig {
+        pools: vec![
+            spot_common::Pool::new("m5.large", "us-east-1a"),
+            spot_common::Pool::new("m5.large", "us-east-1b"),
+        ],
+        ..GroupConfig::default()
+    };
+    op(&mut s, "create_group", None, 0, |t| {
+        t.create_group("g", &config)
+    })
+    .unwrap();
+    register(&mut s, "i-p", "a-p", 10).unwrap();
+    tx(&mut s, 11, |t| t.agent_healthy("a-p")).unwrap();
+    tx(&mut s, 12, |t| t.begin_replace(&replace("i-p", 0))).unwrap();
+    confirm(&mut s, "a-p", "i-p", 1, 1);
+    // PRIMARY from 2 h on.
+    tx(&mut s, 2 * h, |t| t.commit_promotion("g", 1)).unwrap();
+    let pts: Vec<_> = (0..10)
+        .flat_map(|k| {
+            [
+                point("us-east-1a", k * h, "0.100000"),
+                point("us-east-1b", k * h, "0.050000"),
+            ]
+        })
+        .collect();
+    tx(&mut s, 10 * h, |t| t.ingest_prices("a-p", &pts)).unwrap();
+    tx(&mut s, 10 * h, |t| t.consolidate(&CONS)).unwrap();
+    // An interruption notice at 5.5 h.
+    let notice = Event {
+        event_id: "a-p:9".into(),
+        seq: 9,
+        at_ms: 5 * h + h / 2,
+        body: EventBody::Notice {
+            notice: spot_common::NoticeKind::Interruption,
+            effective_at_ms: Some(6 * h),
+            action: Some("terminate".into()),
+            raw: "{}".into(),
+        },
+    };
+    tx(&mut s, 5 * h + h / 2, |t| t.apply_events("a-p", &[notice])).unwrap();
+
+    let rows = s.training_rows(0, 9 * h).unwrap();
+    assert_eq!(rows.len(), 10, "hours 0..=9");
+    assert_eq!(rows[1].primary, None, "not PRIMARY yet");
+    let r = &rows[3];
+    assert_eq!(r.primary.as_deref(), Some("i-p"));
+    assert_eq!(r.availability_zone.as_deref(), Some("us-east-1a"));
+    assert_eq!((r.price, r.cheapest_price), (Some(0.10), Some(0.05)));
+    assert_eq!(r.cheapest_pool.as_deref(), Some("m5.large/us-east-1b"));
+    assert_eq!(r.realized_price_24h, Some(0.10));
+    let labels = |k: usize| {
+        let r = &rows[k];
+        (r.interrupted_1h, r.interrupted_6h, r.interrupted_24h)
+    };
+    assert_eq!(labels(5), (true, true, true), "notice in hour 5");
+    assert_eq!(labels(4), (false, true, true));
+    assert_eq!(labels(6), (false, false, false), "after the notice");
+}

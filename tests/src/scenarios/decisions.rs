@@ -136,17 +136,64 @@ pub async fn shadow() -> Result<Timings> {
         switches.as_array().is_some_and(Vec::is_empty),
         "no switch: {switches}"
     );
+    // What the optimizer would have done over the stored history.
+    let out = std::process::Command::new(crate::harness::bin_path("spot-coordinator")?)
+        .args(["backtest", "--since", "2d", "--json", "--data-dir"])
+        .arg(&f.coord.data_dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "backtest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let policies: Vec<&str> = report[0]["outcomes"]
+        .as_array()
+        .context("outcomes")?
+        .iter()
+        .filter_map(|o| o["policy"].as_str())
+        .collect();
+    ensure!(
+        report[0]["group"] == "db" && policies == ["builtin", "always-stay", "always-cheapest"],
+        "{report}"
+    );
+    // The training rows carry the decision of the hour.
+    let out = std::process::Command::new(crate::harness::bin_path("spot-coordinator")?)
+        .args(["export-training", "--since", "2h", "--rows", "group-hours"])
+        .args(["--format", "jsonl", "--out", "-", "--data-dir"])
+        .arg(&f.coord.data_dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        rows.iter().any(|r| r["group"] == "db"
+            && r["decision_action"] == "SWITCH"
+            && r["decision_mode"] == "shadow"),
+        "{rows:?}"
+    );
     Ok(vec![("prices_to_decision_s", decided)])
+}
+
+/// The example model, answering `answer` after `delay`; its URL.
+async fn model(delay: Option<Duration>, answer: Answer) -> Result<String> {
+    model_server::start(ModelArgs {
+        listen: "127.0.0.1:0".parse()?,
+        delay,
+        answer,
+    })
+    .await
 }
 
 /// The external model decides: its SWITCH is followed in auto mode.
 pub async fn external() -> Result<Timings> {
-    let url = model_server::start(ModelArgs {
-        listen: "127.0.0.1:0".parse()?,
-        delay: None,
-        answer: Answer::Cheapest,
-    })
-    .await?;
+    let url = model(None, Answer::Cheapest).await?;
     let (f, first) = fleet_with("auto", &["--decision-model-url".into(), url]).await?;
     let checker = InvariantChecker::start(&f);
     let d = decision(&f, "SWITCH").await?;
@@ -171,12 +218,7 @@ pub async fn external() -> Result<Timings> {
 /// group: neither is followed; the built-in model decides within the
 /// 500 ms deadline and the log says why.
 pub async fn model_fallback() -> Result<Timings> {
-    let slow = model_server::start(ModelArgs {
-        listen: "127.0.0.1:0".parse()?,
-        delay: Some(Duration::from_secs(2)),
-        answer: Answer::Cheapest,
-    })
-    .await?;
+    let slow = model(Some(Duration::from_secs(2)), Answer::Cheapest).await?;
     let (f, first) = fleet_with("shadow", &["--decision-model-url".into(), slow]).await?;
     let d = decision(&f, "SWITCH").await?;
     let fallback = d["fallback"].as_str().unwrap_or("");
@@ -202,12 +244,7 @@ pub async fn model_fallback() -> Result<Timings> {
     );
     drop(f);
 
-    let outside = model_server::start(ModelArgs {
-        listen: "127.0.0.1:0".parse()?,
-        delay: None,
-        answer: Answer::Outside,
-    })
-    .await?;
+    let outside = model(None, Answer::Outside).await?;
     let (f, _) = fleet_with("shadow", &["--decision-model-url".into(), outside]).await?;
     let d = decision(&f, "SWITCH").await?;
     let fallback = d["fallback"].as_str().unwrap_or("");
@@ -216,4 +253,69 @@ pub async fn model_fallback() -> Result<Timings> {
         "an invalid answer is refused with the raw answer: {d}"
     );
     Ok(vec![("slow_model_decision_ms", latency_ms)])
+}
+
+/// A/B: group `db` assigned the external model, group `web` the built-in
+/// one (both in shadow mode): each decision says which model made it, and
+/// the comparison has a row per model.
+pub async fn ab_models() -> Result<Timings> {
+    let url = model(None, Answer::Cheapest).await?;
+    let args = ["--decision-model-url".into(), url];
+    let mut opts = FleetOptions::default();
+    opts.coordinator_args
+        .extend(["--consolidate-interval", "2s", "--decision-interval", "1s"].map(String::from));
+    opts.coordinator_args.extend(args);
+    let f = Fleet::start(opts).await?;
+    group(
+        &f,
+        json!({"decisions": "shadow", "model": "external"}),
+        None,
+    )
+    .await?;
+    let web = f
+        .group("web", json!({"decisions": "shadow", "model": "builtin"}))
+        .await?;
+    wait_confirmed(&f, "web", Some(&web), None).await?;
+    f.ec2.set_prices(a_cheaper_pool());
+    let t = Instant::now();
+    let by = |g: &'static str| {
+        let f = &f;
+        async move {
+            eventually(&format!("a SWITCH decision in {g}"), WAIT, || async {
+                let list = f.get(&format!("/v1/groups/{g}/decisions")).await.ok()?;
+                list.as_array()?
+                    .iter()
+                    .find(|d| d["action"] == "SWITCH")
+                    .cloned()
+            })
+            .await
+        }
+    };
+    let (db, web) = (by("db").await?, by("web").await?);
+    let decided = t.elapsed().as_secs_f64();
+    ensure!(
+        db["assigned"] == "external" && db["model"] == format!("{}/1", model_server::NAME),
+        "db is decided by the external model: {db}"
+    );
+    ensure!(
+        web["assigned"] == "builtin" && web["model"] == "builtin/1",
+        "web by the built-in one: {web}"
+    );
+    let rows = f.get("/v1/models/compare?since=1h").await?;
+    let models: Vec<&str> = rows
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter_map(|r| r["model"].as_str())
+        .collect();
+    ensure!(models == ["builtin", "external"], "{rows}");
+    ensure!(
+        rows[0]["groups"] == 1
+            && rows[1]["groups"] == 1
+            && rows[0]["cost_per_instance_hour"]
+                .as_f64()
+                .is_some_and(|c| (c - 0.1).abs() < 1e-6),
+        "one group each, the PRIMARY's price sampled: {rows}"
+    );
+    Ok(vec![("prices_to_both_decisions_s", decided)])
 }

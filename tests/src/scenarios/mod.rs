@@ -48,6 +48,7 @@ pub const SCENARIOS: &[(&str, Run)] = &[
     ("shadow-decisions", || Box::pin(decisions::shadow())),
     ("external-model", || Box::pin(decisions::external())),
     ("model-fallback", || Box::pin(decisions::model_fallback())),
+    ("ab-models", || Box::pin(decisions::ab_models())),
     ("terminated", || Box::pin(failover::terminated())),
     ("coordinator-crash", || {
         Box::pin(failover::coordinator_crash())

@@ -1,0 +1,89 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Named operator tokens against the real coordinator: created, listed and
+//! revoked with `spot-coordinator token` while it runs; a viewer reads and
+//! is refused every change; changes are audited under the token's name;
+//! a revoked token stops working at once.
+
+use serde_json::json;
+use spot_tests::harness::{Coordinator, bin_path};
+use std::process::{Command, Output};
+
+fn token_cmd(c: &Coordinator, args: &[&str]) -> Output {
+    Command::new(bin_path("spot-coordinator").unwrap())
+        .arg("token")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&c.data_dir)
+        .output()
+        .unwrap()
+}
+
+fn create(c: &Coordinator, name: &str, role: &str) -> String {
+    let o = token_cmd(c, &["create", "--name", name, "--role", role]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn viewers_only_read_and_changes_are_audited_under_the_tokens_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    let viewer = create(&c, "ops-ro", "viewer");
+    let oncall = create(&c, "ops-oncall", "admin");
+    assert!(viewer.len() >= 32 && viewer != oncall);
+
+    // Creating a group with `token`: its status, and who the audit says did it.
+    let create_group = |name: &'static str, token: String| {
+        let api = c.api();
+        let admin = c.admin_token.clone();
+        async move {
+            let (st, v) = api
+                .post("/v1/groups", &token, &json!({"name": name, "config": {}}))
+                .await
+                .unwrap();
+            let (_, audit) = api
+                .get(&format!("/v1/audit?entity=group:{name}"), &admin)
+                .await
+                .unwrap();
+            (st.as_u16(), v, audit[0]["actor"].clone())
+        }
+    };
+    let (st, _) = api.get("/v1/groups", &viewer).await.unwrap();
+    assert_eq!(st, 200, "a viewer reads");
+    let (st, v, actor) = create_group("web", viewer.clone()).await;
+    assert_eq!((st, &v["code"]), (403, &json!("forbidden")), "{v}");
+    assert!(actor.is_null(), "nothing was changed: {actor}");
+    let (st, _, actor) = create_group("web", oncall.clone()).await;
+    assert_eq!((st, actor), (201, json!("operator:ops-oncall")));
+    // The shared admin token keeps working, audited as `operator`.
+    let (st, _, actor) = create_group("db", c.admin_token.clone()).await;
+    assert_eq!((st, actor), (201, json!("operator")));
+
+    // Revoked: refused at once; its name is never given out again.
+    let o = token_cmd(&c, &["revoke", "--name", "ops-oncall"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (st, _) = api.get("/v1/groups", &oncall).await.unwrap();
+    assert_eq!(st, 401);
+    let o = token_cmd(&c, &["create", "--name", "ops-oncall", "--role", "admin"]);
+    assert!(!o.status.success(), "a name is never reused");
+    let o = token_cmd(&c, &["create", "--name", "bad name", "--role", "admin"]);
+    assert!(!o.status.success(), "names are checked");
+    let (st, _) = api
+        .get("/v1/groups", "not-a-token-at-all-000000")
+        .await
+        .unwrap();
+    assert_eq!(st, 401);
+
+    // The list shows names, roles and revocations, never a token.
+    let o = token_cmd(&c, &["list"]);
+    let list = String::from_utf8(o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{list}");
+    assert!(
+        v[0]["revoked_at_ms"].is_i64() && v[0]["name"] == "ops-oncall",
+        "{list}"
+    );
+    assert_eq!(v[1]["role"], "viewer");
+    assert!(!list.contains(&viewer) && !list.contains(&oncall), "{list}");
+}
