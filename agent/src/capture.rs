@@ -33,10 +33,7 @@ pub async fn ec2_watch(agent: Arc<Agent>) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let mut states: Vec<spot_common::Ec2State> = list
-            .into_iter()
-            .map(|(instance_id, state)| spot_common::Ec2State { instance_id, state })
-            .collect();
+        let mut states = list;
         states.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         if states != last {
             agent

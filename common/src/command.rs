@@ -163,6 +163,9 @@ pub struct Ec2State {
     pub instance_id: String,
     /// `pending`, `running`, `shutting-down`, `terminated`, ...
     pub state: String,
+    /// Its `spot:request-id` tag: the launch command that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl EventBody {

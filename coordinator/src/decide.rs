@@ -1,7 +1,8 @@
-//! The decision engine's task: every `decision_interval`, and after every
-//! price consolidation, each group whose `decisions` mode is `shadow` or
-//! `auto` gets a decision from the built-in model, or from the external
-//! model when one is configured (docs/DECISIONS.md). An external model
+//! The decision engine's task: every `decision_interval`, after every
+//! price consolidation and on a rebalance or maintenance notice, each group
+//! whose `decisions` mode is `shadow` or `auto` gets a decision from the
+//! built-in model, or from the external model when one is configured
+//! (docs/DECISIONS.md). An external model
 //! that errs, answers late or answers something invalid is not followed:
 //! the built-in model decides, and the log says why. An answer that fails
 //! validation is logged with the raw answer, counted, and taken as

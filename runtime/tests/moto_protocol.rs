@@ -120,8 +120,10 @@ async fn agent_ec2_calls_round_trip_through_moto() {
 
     // Tags went over the wire as the agent encodes them.
     let listed = ec2.group_instances("db").await.unwrap();
-    let ids: Vec<_> = listed.iter().map(|(id, _)| id.clone()).collect();
+    let ids: Vec<_> = listed.iter().map(|i| i.instance_id.clone()).collect();
     assert!(ids.contains(&a) && ids.contains(&b), "{listed:?}");
+    let tagged = listed.iter().find(|i| i.instance_id == a).unwrap();
+    assert_eq!(tagged.request_id.as_deref(), Some("req-a"), "{listed:?}");
     let d = sdk
         .describe_instances()
         .instance_ids(&a)
@@ -219,6 +221,9 @@ async fn agent_ec2_calls_round_trip_through_moto() {
         "{s:?}"
     );
     let states = ec2.group_instances("db").await.unwrap();
-    let sa = states.iter().find(|(id, _)| *id == a).unwrap();
-    assert!(sa.1 == "shutting-down" || sa.1 == "terminated", "{sa:?}");
+    let sa = states.iter().find(|i| i.instance_id == a).unwrap();
+    assert!(
+        sa.state == "shutting-down" || sa.state == "terminated",
+        "{sa:?}"
+    );
 }

@@ -13,7 +13,7 @@ use spot_common::wire::{
     MAX_POLL_WAIT_MS, MAX_PRICE_POINTS, PollResponse, PricingRequest, PricingResponse,
     RegisterRequest, RegisterResponse,
 };
-use spot_common::{Actor, AgentStatus, EventBody, Role};
+use spot_common::{Actor, AgentStatus, EventBody, NoticeKind, Role};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -304,6 +304,17 @@ pub async fn events(
     let cleaned_up = req.events.iter().any(|e| {
         matches!(&e.body, EventBody::CommandResult { request_id, .. } if *request_id == cleanup_id)
     });
+    // A rebalance recommendation or scheduled maintenance is news for the
+    // decision engine (a REPLICA may be worth creating).
+    let risk_news = req.events.iter().any(|e| {
+        matches!(
+            &e.body,
+            EventBody::Notice {
+                notice: NoticeKind::Rebalance | NoticeKind::ScheduledMaintenance,
+                ..
+            }
+        )
+    });
     let resp = {
         let agent_id = agent_id.clone();
         let ctx = Ctx::new(crate::now_ms(), Actor::Agent(agent_id.clone()));
@@ -315,6 +326,9 @@ pub async fn events(
     };
     if resp.applied > 0 {
         state.reconcile.notify_one();
+        if risk_news {
+            state.decide.notify_one();
+        }
     }
     if cleaned_up && state.live.status(&agent_id) == Some(AgentStatus::Deleted) {
         // The deleted agent has done its cleanup: its token dies now.

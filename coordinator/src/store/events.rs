@@ -98,7 +98,9 @@ impl Txn<'_> {
                 EventBody::Prices { .. } => {}
                 EventBody::Ec2States { instances } => {
                     for i in instances {
-                        self.set_ec2_state(&agent.group, &i.instance_id, &i.state)?;
+                        if !self.set_ec2_state(&agent.group, &i.instance_id, &i.state)? {
+                            self.adopt_launched(&agent.group, i)?;
+                        }
                     }
                 }
             }

@@ -194,12 +194,53 @@ impl Txn<'_> {
     }
 
     /// What an agent of the group saw in EC2.
-    pub fn set_ec2_state(&mut self, group: &str, instance_id: &str, state: &str) -> Result<()> {
-        self.tx.execute(
+    /// Record what EC2 says of a known instance; `false`: the store does
+    /// not know it.
+    pub fn set_ec2_state(&mut self, group: &str, instance_id: &str, state: &str) -> Result<bool> {
+        Ok(self.tx.execute(
             "UPDATE instances SET ec2_state = ?1 WHERE instance_id = ?2 AND group_name = ?3",
             params![state, instance_id, group],
+        )? == 1)
+    }
+
+    /// An instance EC2 runs for `group`, made by one of the group's
+    /// launches (its `spot:request-id` tag), that the store never heard of:
+    /// the launch's result was lost (an agent killed between RunInstances
+    /// and reporting). It becomes LAUNCHING as of the launch, so one that
+    /// never registers is FAILED once the launch timeout has passed, and
+    /// then terminated like every FAILED instance: nothing is left billing.
+    pub(super) fn adopt_launched(
+        &mut self,
+        group: &str,
+        seen: &spot_common::Ec2State,
+    ) -> Result<bool> {
+        let Some(rid) = &seen.request_id else {
+            return Ok(false);
+        };
+        if !matches!(
+            seen.state.as_str(),
+            "pending" | "running" | "stopping" | "stopped"
+        ) {
+            return Ok(false);
+        }
+        let n = self.tx.execute(
+            "INSERT OR IGNORE INTO instances (instance_id, group_name, role, instance_type,
+                 availability_zone, created_at_ms, updated_at_ms, ec2_state)
+             SELECT ?1, group_name, 'launching',
+                    json_extract(body, '$.action.pool.instance_type'),
+                    json_extract(body, '$.action.pool.availability_zone'), created_at_ms, ?2, ?3
+             FROM commands WHERE request_id = ?4 AND kind = 'launch' AND group_name = ?5",
+            params![seen.instance_id, self.now_ms(), seen.state, rid, group],
         )?;
-        Ok(())
+        if n == 1 {
+            self.audit(
+                Entity::Instance(&seen.instance_id),
+                "adopted",
+                &json!(null),
+                &json!({"role": "launching", "request_id": rid, "ec2_state": seen.state}),
+            )?;
+        }
+        Ok(n == 1)
     }
 
     /// A launch created `instance_id`: it is LAUNCHING from now on (so one

@@ -1326,3 +1326,57 @@ fn training_rows_follow_the_primary_and_label_what_came_next() {
     assert_eq!(labels(4), (false, true, true));
     assert_eq!(labels(6), (false, false, false), "after the notice");
 }
+
+#[test]
+fn an_instance_whose_launch_result_was_lost_is_adopted_and_then_failed() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let pool = spot_common::Pool::new("m5.large", "us-east-1b");
+    tx(&mut s, 20, |t| {
+        t.queue_launch("launch-lost", "g", Via::Agent("a-r1"), &pool, false)
+    })
+    .unwrap();
+    // The agent ran RunInstances and died before reporting: its launch
+    // expires, and another agent's DescribeInstances shows the instance.
+    tx(&mut s, 30, |t| {
+        t.set_agent_status("a-r1", AgentStatus::Online, AgentStatus::Offline)
+    })
+    .unwrap();
+    let seen = |id: &str, rid: Option<&str>, state: &str| spot_common::Ec2State {
+        instance_id: id.into(),
+        state: state.into(),
+        request_id: rid.map(str::to_owned),
+    };
+    let ev = Event {
+        event_id: "a-p:70".into(),
+        seq: 70,
+        at_ms: 40,
+        body: EventBody::Ec2States {
+            instances: vec![
+                seen("i-lost", Some("launch-lost"), "running"),
+                seen("i-stranger", Some("not-a-launch-of-g"), "running"),
+                seen("i-gone", Some("launch-lost"), "terminated"),
+                seen("i-p", None, "running"),
+            ],
+        },
+    };
+    tx(&mut s, 40, |t| t.apply_events("a-p", &[ev])).unwrap();
+    let lost = s.instance("i-lost").unwrap();
+    assert_eq!(lost.role, Role::Launching);
+    assert_eq!(lost.availability_zone, "us-east-1b", "the launch's pool");
+    assert_eq!(lost.created_at_ms, 20, "as of the launch");
+    assert!(
+        s.instance("i-stranger").is_err(),
+        "not a launch of this group"
+    );
+    assert!(s.instance("i-gone").is_err(), "already terminated");
+    // Five minutes after the launch it is overdue: the planner fails it,
+    // and FAILED instances are terminated (failed_retention_s = 0).
+    let snap = snapshot(&s, &["a-p"], 20 + 300_001);
+    assert!(
+        snap.instances
+            .iter()
+            .any(|i| i.instance_id == "i-lost" && i.launch_overdue),
+        "{snap:?}"
+    );
+}

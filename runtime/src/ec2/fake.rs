@@ -16,6 +16,8 @@ struct State {
     addresses: HashMap<String, Option<String>>,
     /// client token -> instance id
     tokens: HashMap<String, String>,
+    /// instance id -> the request id it was launched for (its tag)
+    launched_by: HashMap<String, String>,
     failures: HashMap<&'static str, VecDeque<Ec2Error>>,
     calls: Vec<String>,
     next: u64,
@@ -118,6 +120,7 @@ impl Ec2Api for FakeEc2 {
         let id = format!("i-fake{:04}", g.next);
         g.instances.insert(id.clone(), "pending".into());
         g.tokens.insert(token, id.clone());
+        g.launched_by.insert(id.clone(), spec.request_id.clone());
         Ok(id)
     }
 
@@ -156,14 +159,18 @@ impl Ec2Api for FakeEc2 {
         Ok(g.instances.get(instance_id).cloned())
     }
 
-    async fn group_instances(&self, group: &str) -> Result<Vec<(String, String)>, Ec2Error> {
+    async fn group_instances(&self, group: &str) -> Result<Vec<spot_common::Ec2State>, Ec2Error> {
         let g = self.enter("DescribeInstances", group.to_owned())?;
-        let mut v: Vec<(String, String)> = g
+        let mut v: Vec<spot_common::Ec2State> = g
             .instances
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| spot_common::Ec2State {
+                instance_id: k.clone(),
+                state: v.clone(),
+                request_id: g.launched_by.get(k).cloned(),
+            })
             .collect();
-        v.sort();
+        v.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         Ok(v)
     }
 

@@ -185,8 +185,9 @@ pub trait Ec2Api: Send + Sync {
     async fn terminate(&self, instance_id: &str) -> Result<(), Ec2Error>;
     /// The instance's state name; `None` when EC2 does not know it.
     async fn instance_state(&self, instance_id: &str) -> Result<Option<String>, Ec2Error>;
-    /// States of the group's instances, by the `spot:group` tag.
-    async fn group_instances(&self, group: &str) -> Result<Vec<(String, String)>, Ec2Error>;
+    /// The group's instances (by the `spot:group` tag): state, and the
+    /// launch that made them (`spot:request-id` tag).
+    async fn group_instances(&self, group: &str) -> Result<Vec<spot_common::Ec2State>, Ec2Error>;
     /// Move an Elastic IP to `instance_id`, taking it only from an instance
     /// in `allowed_holders` (or from nobody): see `Ec2::move_address`.
     async fn move_address(

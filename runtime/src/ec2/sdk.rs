@@ -220,7 +220,7 @@ impl Ec2Api for Ec2 {
         }
     }
 
-    async fn group_instances(&self, group: &str) -> Result<Vec<(String, String)>, Ec2Error> {
+    async fn group_instances(&self, group: &str) -> Result<Vec<spot_common::Ec2State>, Ec2Error> {
         self.retry("DescribeInstances", || async {
             let out = self
                 .client
@@ -239,10 +239,16 @@ impl Ec2Api for Ec2 {
                 .iter()
                 .flat_map(|r| r.instances())
                 .filter_map(|i| {
-                    Some((
-                        i.instance_id()?.to_owned(),
-                        i.state()?.name()?.as_str().to_owned(),
-                    ))
+                    Some(spot_common::Ec2State {
+                        instance_id: i.instance_id()?.to_owned(),
+                        state: i.state()?.name()?.as_str().to_owned(),
+                        request_id: i
+                            .tags()
+                            .iter()
+                            .find(|t| t.key() == Some("spot:request-id"))
+                            .and_then(|t| t.value())
+                            .map(str::to_owned),
+                    })
                 })
                 .collect())
         })
