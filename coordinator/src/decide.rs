@@ -75,13 +75,14 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     }
 }
 
-/// The model's input for `group`, or `None` when the group is not to be
-/// decided now (mode off, paused, or something already in flight).
+/// The model's input for `group` and the model its config names, or
+/// `None` when the group is not to be decided now (mode off, paused, or
+/// something already in flight).
 pub async fn input(
     state: &AppState,
     group: &str,
     now_ms: i64,
-) -> Result<Option<DecisionInput>, StoreError> {
+) -> Result<Option<(DecisionInput, Option<ModelChoice>)>, StoreError> {
     let name = group.to_owned();
     let on_demand = state.config.on_demand_dollars();
     state
@@ -101,7 +102,8 @@ pub async fn input(
             {
                 return Ok(None);
             }
-            s.decision_input(&name, now_ms, &on_demand).map(Some)
+            let input = s.decision_input(&name, now_ms, &on_demand)?;
+            Ok(Some((input, g.config.model)))
         })
         .await
 }
@@ -249,17 +251,10 @@ pub async fn decide(
     group: &str,
     now_ms: i64,
 ) -> Result<Option<i64>, StoreError> {
-    let Some(input) = input(state, group, now_ms).await? else {
+    let Some((input, chosen)) = input(state, group, now_ms).await? else {
         return Ok(None);
     };
     let mode = input.config.mode;
-    let chosen = state
-        .db
-        .read({
-            let name = group.to_owned();
-            move |s| s.group(&name).map(|g| g.config.model)
-        })
-        .await?;
     let assigned = decision::assign(
         group,
         chosen,
