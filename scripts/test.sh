@@ -19,6 +19,17 @@ if ! command -v promtool >/dev/null; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# Headless Chromium and its WebDriver for the dashboard's browser tests.
+if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then
+    echo "==> installing chromium and chromium-driver (browser tests)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+export SPOT_CHROMEDRIVER=/usr/bin/chromedriver SPOT_CHROMIUM=/usr/bin/chromium
+
+echo "==> dashboard: vendored uPlot against the npm registry"
+tests/ui-vendor-check.sh
+
 echo "==> promtool: alert rules and their unit tests"
 promtool check rules packaging/prometheus/alerts.yml
 promtool test rules packaging/prometheus/alerts.test.yml

@@ -120,6 +120,18 @@ pub struct ServeArgs {
     /// answered, heartbeats persisted) [default: 10s].
     #[arg(long, env = "SPOT_COORDINATOR_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key; both
+    /// re-read on SIGHUP) [default: plain HTTP].
+    #[arg(long, env = "SPOT_COORDINATOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SPOT_COORDINATOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CA(s) that sign agents' client certificates: the
+    /// agent API then also requires a client certificate (mTLS, on top of
+    /// the agent's token); operators and the dashboard need none.
+    #[arg(long, env = "SPOT_COORDINATOR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// TEST BUILDS ONLY: take an instance silent past its lease for dead
     /// (no fence). It breaks the fencing rule on purpose, so a test can
     /// show the checker catching two serving PRIMARIES.
@@ -180,6 +192,20 @@ struct FileConfig {
     /// its default).
     #[serde(default)]
     retention: crate::store::Retention,
+    /// `[tls]`: serve HTTPS.
+    tls: Option<TlsConfig>,
+}
+
+/// HTTPS: PEM files, re-read on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle for agents' client certificates (mTLS on the agent API).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -217,6 +243,8 @@ pub struct Config {
     pub on_demand_prices: std::collections::BTreeMap<String, String>,
     /// `[retention]`: how long each growing table keeps its rows.
     pub retention: crate::store::Retention,
+    /// `[tls]`: HTTPS (and mTLS for agents); `None` serves plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -268,6 +296,7 @@ impl Default for Config {
             unsafe_silence_is_death: false,
             on_demand_prices: std::collections::BTreeMap::new(),
             retention: crate::store::Retention::default(),
+            tls: None,
         }
     }
 }
@@ -371,6 +400,17 @@ impl Config {
             unsafe_silence_is_death: false,
             on_demand_prices: file.on_demand_prices,
             retention: file.retention,
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: args
+                        .tls_client_ca
+                        .clone()
+                        .or(file.tls.and_then(|t| t.client_ca)),
+                }),
+                _ => file.tls,
+            },
         };
         c.validate()?;
         Ok(c)

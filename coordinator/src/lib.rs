@@ -52,6 +52,8 @@ pub struct AppState {
     pub executor_wake: Notify,
     /// New evidence (consolidated prices) for the decision engine.
     pub decide: Notify,
+    /// The dashboard's login sessions.
+    pub sessions: api::Sessions,
 }
 
 /// Unix milliseconds: what is wall time by nature (stored timestamps,
@@ -158,6 +160,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         reconcile: Notify::new(),
         executor_wake: Notify::new(),
         decide: Notify::new(),
+        sessions: api::Sessions::default(),
         config,
         db,
     }))

@@ -61,6 +61,62 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub decision_fallbacks: Counter,
     pub store_bytes: Gauge,
+    pub promotions_committed: Family<KindLabel, Counter>,
+    pub promotion_duration: Family<KindLabel, Histogram>,
+    pub savings_ratio: Family<GroupLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub fleet_savings_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: String,
+}
+
+/// What the PRIMARIES save against on-demand: per group `1 - spot /
+/// on-demand` of its PRIMARY's instance type, and fleet-wide `1 - sum(spot)
+/// / sum(on-demand)` over the groups that have both prices.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Savings {
+    pub groups: Vec<GroupSavings>,
+    /// `None` until some group has both prices.
+    pub fleet_ratio: Option<f64>,
+    pub fleet_spot_per_hour: f64,
+    pub fleet_on_demand_per_hour: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupSavings {
+    pub group: String,
+    pub spot_price: f64,
+    pub on_demand_price: f64,
+    pub ratio: f64,
+}
+
+pub fn savings(
+    primaries: &[crate::store::PrimaryPrice],
+    on_demand: &std::collections::BTreeMap<String, f64>,
+) -> Savings {
+    let mut out = Savings::default();
+    for p in primaries {
+        let (Some(spot), Some(&od)) = (p.price, on_demand.get(&p.instance_type)) else {
+            continue;
+        };
+        if od <= 0.0 {
+            continue;
+        }
+        out.fleet_spot_per_hour += spot;
+        out.fleet_on_demand_per_hour += od;
+        out.groups.push(GroupSavings {
+            group: p.group.clone(),
+            spot_price: spot,
+            on_demand_price: od,
+            ratio: 1.0 - spot / od,
+        });
+    }
+    if out.fleet_on_demand_per_hour > 0.0 {
+        out.fleet_ratio = Some(1.0 - out.fleet_spot_per_hour / out.fleet_on_demand_per_hour);
+    }
+    out
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -217,8 +273,55 @@ impl Metrics {
                 "Bytes of the database in use (free pages excluded), after the last retention pass",
                 Gauge::default(),
             ),
+            promotions_committed: metric(
+                r,
+                "promotions_committed",
+                "Promotions committed, by kind: emergency (interruption, lost PRIMARY) or planned (switch, operator)",
+                Family::default(),
+            ),
+            // 50 ms .. ~100 s.
+            promotion_duration: metric(
+                r,
+                "promotion_duration_seconds",
+                "Time from a transition's start to its commit (a failover's or switch's length), by kind",
+                Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 12))),
+            ),
+            savings_ratio: metric(
+                r,
+                "savings_ratio",
+                "1 - PRIMARY's spot price / on-demand price of its type, per group (groups with an on-demand price configured)",
+                Family::default(),
+            ),
+            fleet_savings_ratio: metric(
+                r,
+                "fleet_savings_ratio",
+                "1 - sum of PRIMARIES' spot prices / sum of their on-demand prices, fleet-wide",
+                Gauge::default(),
+            ),
             registry,
         }
+    }
+
+    pub fn set_savings(&self, s: &Savings) {
+        self.savings_ratio.clear();
+        for g in &s.groups {
+            self.savings_ratio
+                .get_or_create(&GroupLabel {
+                    group: g.group.clone(),
+                })
+                .set(g.ratio);
+        }
+        self.fleet_savings_ratio.set(s.fleet_ratio.unwrap_or(0.0));
+    }
+
+    pub fn record_commit(&self, emergency: bool, duration_ms: i64) {
+        let kind = if emergency { "emergency" } else { "planned" };
+        self.promotions_committed
+            .get_or_create(&KindLabel { kind })
+            .inc();
+        self.promotion_duration
+            .get_or_create(&KindLabel { kind })
+            .observe(duration_ms.max(0) as f64 / 1000.0);
     }
 
     pub fn set_fleet_health(&self, h: &crate::store::FleetHealth) {
@@ -276,6 +379,47 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    #[test]
+    fn savings_weigh_groups_by_their_on_demand_price() {
+        let p = |group: &str, t: &str, price: Option<f64>| crate::store::PrimaryPrice {
+            group: group.into(),
+            instance_type: t.into(),
+            price,
+        };
+        let od = [("m5.large".to_owned(), 0.1), ("m5.xlarge".to_owned(), 0.2)].into();
+        let s = savings(
+            &[
+                p("a", "m5.large", Some(0.03)),
+                p("b", "m5.xlarge", Some(0.1)),
+                p("no-price", "m5.large", None),
+                p("no-od", "c5.large", Some(0.05)),
+            ],
+            &od,
+        );
+        let ratios: Vec<_> = s
+            .groups
+            .iter()
+            .map(|g| (g.group.as_str(), g.ratio))
+            .collect();
+        assert_eq!(ratios.len(), 2, "{ratios:?}");
+        assert!((ratios[0].1 - 0.7).abs() < 1e-9 && (ratios[1].1 - 0.5).abs() < 1e-9);
+        // (0.03 + 0.1) / (0.1 + 0.2): the larger group weighs more.
+        assert!((s.fleet_ratio.unwrap() - (1.0 - 0.13 / 0.3)).abs() < 1e-9);
+        assert_eq!(savings(&[], &od).fleet_ratio, None);
+        let m = Metrics::new();
+        m.set_savings(&s);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("spot_coordinator_savings_ratio{group=\"a\"} 0.7"),
+            "{text}"
+        );
+        m.set_savings(&savings(&[], &od));
+        assert!(
+            !m.encode().unwrap().contains("group=\"a\""),
+            "a gone group's ratio is dropped"
+        );
+    }
+
     /// Every series the shipped alert rules read is one this coordinator
     /// exports (a renamed metric must not silently disarm an alert).
     #[test]
@@ -310,6 +454,15 @@ mod tests {
         m.pruned
             .get_or_create(&TableLabel { table: "events" })
             .inc();
+        m.record_commit(true, 1000);
+        m.set_savings(&savings(
+            &[crate::store::PrimaryPrice {
+                group: "g".into(),
+                instance_type: "m5.large".into(),
+                price: Some(0.03),
+            }],
+            &[("m5.large".to_owned(), 0.096)].into(),
+        ));
         let exported = m.encode().unwrap();
         for (file, text) in [
             (

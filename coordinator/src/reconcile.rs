@@ -234,6 +234,7 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
             .await
             .map(|d| {
                 outcome(state, "committed");
+                state.metrics.record_commit(d.value.emergency, d.value.duration_ms);
                 if let Some(ms) = d.value.switch_downtime_ms {
                     state.metrics.switch_downtime.observe(ms as f64 / 1000.0);
                 }

@@ -4,6 +4,7 @@
 pub mod agent_bench;
 pub mod backtest_bench;
 pub mod bench;
+pub mod browser;
 pub mod decision_bench;
 pub mod ec2_sim;
 pub mod failover_bench;

@@ -384,6 +384,7 @@ async fn documented_api_matches_the_server() {
         ("get", "/v1/pricing/runs", "/v1/pricing/runs".into(), adm.clone(), None),
         ("get", "/v1/prices", "/v1/prices?instance_type=m5.large&availability_zone=us-east-1a&from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z".into(), adm.clone(), None),
         ("get", "/v1/groups/{name}/prices", "/v1/groups/db/prices".into(), adm.clone(), None),
+        ("get", "/v1/savings", "/v1/savings".into(), adm.clone(), None),
     ];
     for (method, tpl, path, tok, body) in &pricing_calls {
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();

@@ -1,6 +1,7 @@
 //! HTTP API v1: the agent API under `/v1/agents` (per-agent bearer tokens),
 //! the operator API (the shared admin token, or a named token: admin, or
-//! viewer for reading only), `/healthz` and `/metrics`.
+//! viewer for reading only; or the dashboard's session cookie), the
+//! dashboard under `/ui`, `/healthz` and `/metrics`.
 //!
 //! Bodies are capped at 1 MiB; JSON, query and path errors are turned into
 //! the same `ErrorBody` as every other refusal.
@@ -10,13 +11,16 @@ mod error;
 mod operator;
 mod prices;
 mod stream;
+mod ui;
+
+pub use ui::Sessions;
 
 pub use error::ApiError;
 
 use crate::AppState;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -123,8 +127,11 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Constant-time comparison of a presented token's hash with the expected
 /// one, so response timing leaks nothing about the admin token.
 pub fn token_matches(presented: Option<&str>, expected_hash: &str) -> bool {
-    let Some(t) = presented else { return false };
-    let h = spot_common::token_hash(t);
+    presented.is_some_and(|t| hash_matches(&spot_common::token_hash(t), expected_hash))
+}
+
+/// Constant-time equality of two hashes.
+pub fn hash_matches(h: &str, expected_hash: &str) -> bool {
     h.len() == expected_hash.len()
         && h.bytes()
             .zip(expected_hash.bytes())
@@ -178,6 +185,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/prices", get(prices::prices))
         .route("/v1/groups/{name}/prices", get(prices::group_prices))
         .route("/v1/pricing/runs", get(prices::runs))
+        .route("/v1/savings", get(prices::savings))
         .route("/v1/pricing/consolidate", post(prices::consolidate))
         .route("/v1/audit", get(operator::audit))
         .route("/v1/events/stream", get(stream::stream))
@@ -188,6 +196,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(agent_api)
         .merge(operator_api)
+        .merge(ui::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -217,46 +226,65 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// The shared admin token (audited as `operator`), or a named token that
-/// is not revoked (audited as `operator:NAME`); a viewer token may only
-/// read.
+/// Who holds the token whose hash is `hash`: the shared admin token
+/// (audited as `operator`), or a named token that is not revoked (audited
+/// as `operator:NAME`).
+pub async fn caller_for_hash(state: &AppState, hash: String) -> Result<Option<Caller>, ApiError> {
+    use spot_common::{Actor, TokenRole};
+    if hash_matches(&hash, &state.admin_token_hash) {
+        return Ok(Some(Caller {
+            actor: Actor::Operator,
+            role: TokenRole::Admin,
+        }));
+    }
+    let found = state
+        .db
+        .read(move |s| crate::store::Read::named_token(s, &hash))
+        .await?;
+    Ok(found.map(|(name, role)| Caller {
+        actor: Actor::NamedOperator(name),
+        role,
+    }))
+}
+
+/// The caller of an operator request: a bearer token, or the dashboard's
+/// session cookie (whose changes must pass the CSRF check).
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Caller, ApiError> {
+    let hash = if let Some(t) = bearer(headers) {
+        spot_common::token_hash(t)
+    } else if let Some(id) = ui::session_cookie(headers) {
+        let session = state
+            .sessions
+            .get(id, crate::now_ms())
+            .ok_or_else(ApiError::unauthorized)?;
+        if ui::mutating(method) {
+            ui::check_csrf(headers, &session)?;
+        }
+        session.token_hash
+    } else {
+        return Err(ApiError::unauthorized());
+    };
+    caller_for_hash(state, hash)
+        .await?
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Operator requests: authenticated, and a viewer token may only read.
 async fn require_operator(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     mut req: Request,
     next: Next,
 ) -> Response {
-    use spot_common::{Actor, TokenRole};
-    let presented = bearer(&headers).map(str::to_owned);
-    let caller = if token_matches(presented.as_deref(), &state.admin_token_hash) {
-        Some(Caller {
-            actor: Actor::Operator,
-            role: TokenRole::Admin,
-        })
-    } else if let Some(t) = presented {
-        let hash = spot_common::token_hash(&t);
-        match state
-            .db
-            .read(move |s| crate::store::Read::named_token(s, &hash))
-            .await
-        {
-            Ok(found) => found.map(|(name, role)| Caller {
-                actor: Actor::NamedOperator(name),
-                role,
-            }),
-            Err(e) => return ApiError::from(e).into_response(),
-        }
-    } else {
-        None
+    let caller = match authenticate(&state, &headers, req.method()).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
     };
-    let Some(caller) = caller else {
-        return ApiError::unauthorized().into_response();
-    };
-    let reads = matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD
-    );
-    if caller.role == TokenRole::Viewer && !reads {
+    if caller.role == spot_common::TokenRole::Viewer && ui::mutating(req.method()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -317,7 +345,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .read(move |s| crate::store::Read::fleet_health(s, now))
         .await
     {
-        Ok(h) => state.metrics.set_fleet_health(&h),
+        Ok(h) => {
+            state.metrics.set_fleet_health(&h);
+            let s = crate::metrics::savings(&h.primary_prices, &state.config.on_demand_dollars());
+            state.metrics.set_savings(&s);
+        }
         Err(e) => tracing::warn!(error = %e, "reading fleet health for /metrics"),
     }
     state

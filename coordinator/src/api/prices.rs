@@ -179,3 +179,15 @@ pub async fn consolidate(
 ) -> Result<Json<ConsolidationRun>, ApiError> {
     Ok(Json(crate::pricing_job::run_once(&state).await?))
 }
+
+/// What the PRIMARIES save against on-demand, per group and fleet-wide
+/// (groups whose PRIMARY's type has an on-demand price configured).
+pub async fn savings(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<crate::metrics::Savings>, ApiError> {
+    let primaries = state.db.read(|s| s.primary_prices()).await?;
+    Ok(Json(crate::metrics::savings(
+        &primaries,
+        &state.config.on_demand_dollars(),
+    )))
+}

@@ -58,6 +58,7 @@ pub async fn stream(
                 entity: None,
                 after_id: Some(after),
                 limit: Some(500),
+                ..AuditQuery::default()
             };
             let rows = match state.db.read(move |s| s.audit_log(&q)).await {
                 Ok(r) => r,

@@ -13,6 +13,12 @@ pub struct AuditQuery {
     pub entity: Option<String>,
     pub after_id: Option<i64>,
     pub limit: Option<u32>,
+    /// Only this action (`commit`: each PRIMARY change).
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Newest first (the last `limit` entries) instead of oldest first.
+    #[serde(default)]
+    pub newest_first: bool,
 }
 
 /// What an audit row is about: `group:db`, `instance:i-1`, `agent:agt-1`.
@@ -65,15 +71,20 @@ impl Txn<'_> {
 
 pub fn log(conn: &Connection, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
     let limit = q.limit.unwrap_or(100).min(1000);
-    let mut stmt = conn.prepare(
+    let order = if q.newest_first { "DESC" } else { "ASC" };
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, at_ms, actor, request_id, entity, action, pre_state, post_state FROM audit
-         WHERE (?1 IS NULL OR entity = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
-    )?;
+         WHERE (?1 IS NULL OR entity = ?1) AND (?4 IS NULL OR action = ?4) AND id > ?2
+         ORDER BY id {order} LIMIT ?3"
+    ))?;
     Ok(stmt
-        .query_map(params![q.entity, q.after_id.unwrap_or(0), limit], |r| {
-            Ok(from_row! { r => AuditEntry {
-                id, at_ms, actor, request_id, entity, action, pre_state: json, post_state: json
-            }})
-        })?
+        .query_map(
+            params![q.entity, q.after_id.unwrap_or(0), limit, q.action],
+            |r| {
+                Ok(from_row! { r => AuditEntry {
+                    id, at_ms, actor, request_id, entity, action, pre_state: json, post_state: json
+                }})
+            },
+        )?
         .collect::<rusqlite::Result<_>>()?)
 }

@@ -45,7 +45,7 @@ pub use migrations::LATEST as SCHEMA_VERSION;
 pub use pricing::{ConsolidationConfig, SeriesKey};
 pub use promotion::{Committed, PromoteResult, ReplaceRequest};
 pub use retention::{Retention, Table};
-pub use snapshot::{AgentLive, FleetHealth, SnapshotInput};
+pub use snapshot::{AgentLive, FleetHealth, PrimaryPrice, SnapshotInput};
 pub use tokens::TokenView;
 pub use training::{COLUMNS as TRAINING_COLUMNS, TrainingRow};
 
@@ -403,6 +403,10 @@ pub trait Read {
     /// What the alerts watch across the fleet.
     fn fleet_health(&self, now_ms: i64) -> Result<FleetHealth> {
         snapshot::fleet_health(self.conn(), now_ms)
+    }
+    /// Each group's PRIMARY and its pool's newest hourly price.
+    fn primary_prices(&self) -> Result<Vec<PrimaryPrice>> {
+        snapshot::primary_prices(self.conn())
     }
     fn agent(&self, agent_id: &str) -> Result<AgentView> {
         rows::agent(self.conn(), agent_id)

@@ -61,6 +61,10 @@ fn check_epoch(actual: u64, expected: u64) -> Result<()> {
 pub struct Committed {
     pub primary: String,
     pub switch_downtime_ms: Option<i64>,
+    /// An interruption's or a lost PRIMARY's failover, not a planned one.
+    pub emergency: bool,
+    /// From the transition's start to this commit.
+    pub duration_ms: i64,
 }
 
 impl Txn<'_> {
@@ -318,6 +322,8 @@ impl Txn<'_> {
         )?;
         self.write_transition(group, None, g.epoch)?;
         Ok(Committed {
+            duration_ms: self.now_ms() - t.started_at_ms,
+            emergency: t.emergency,
             primary: t.candidate,
             switch_downtime_ms,
         })

@@ -163,7 +163,7 @@ fn expired(
 }
 
 /// What the alerts watch across the fleet, read at each scrape.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetHealth {
     /// Groups that had instances and have no PRIMARY now.
     pub groups_without_primary: i64,
@@ -172,6 +172,43 @@ pub struct FleetHealth {
     pub interrupted_without_replica: i64,
     /// ZOMBIEs kept past their group's retention (cleanup is not working).
     pub zombies_past_retention: i64,
+    /// Each group's PRIMARY with its pool's newest hourly price, for the
+    /// savings ratio.
+    pub primary_prices: Vec<PrimaryPrice>,
+}
+
+/// A group's PRIMARY and what its pool costs now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrimaryPrice {
+    pub group: String,
+    pub instance_type: String,
+    /// Dollars per hour: the pool's newest hourly price, `None` when the
+    /// store has none yet.
+    pub price: Option<f64>,
+}
+
+pub fn primary_prices(conn: &Connection) -> Result<Vec<PrimaryPrice>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT g.name, i.instance_type,
+                (SELECT p.price_micros FROM price_hourly p
+                  WHERE p.instance_type = i.instance_type
+                    AND p.availability_zone = i.availability_zone
+                    AND p.product_description =
+                        COALESCE(json_extract(g.config, '$.product_description'), ?1)
+                  ORDER BY p.hour_ms DESC LIMIT 1)
+           FROM groups g JOIN instances i ON i.group_name = g.name AND i.role = 'primary'
+          ORDER BY g.name",
+    )?;
+    let rows = stmt
+        .query_map([spot_common::DEFAULT_PRODUCT], |r| {
+            Ok(PrimaryPrice {
+                group: r.get(0)?,
+                instance_type: r.get(1)?,
+                price: r.get::<_, Option<i64>>(2)?.map(|m| m as f64 / 1e6),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
 }
 
 pub fn fleet_health(conn: &Connection, now_ms: i64) -> Result<FleetHealth> {
@@ -196,6 +233,7 @@ pub fn fleet_health(conn: &Connection, now_ms: i64) -> Result<FleetHealth> {
              WHERE i.role = 'zombie' AND i.updated_at_ms <=
                    ?1 - 1000 * COALESCE(json_extract(g.config, '$.zombie_retention_s'), 2592000)",
         )?,
+        primary_prices: primary_prices(conn)?,
     })
 }
 

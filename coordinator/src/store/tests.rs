@@ -1117,7 +1117,34 @@ fn a_launch_taken_by_an_agent_that_goes_offline_no_longer_counts_as_in_flight() 
 fn fleet_health_counts_what_the_alerts_watch() {
     let (_d, mut s) = store();
     live_group(&mut s);
-    assert_eq!(s.fleet_health(10).unwrap(), super::FleetHealth::default());
+    let h = s.fleet_health(10).unwrap();
+    assert_eq!(
+        (
+            h.groups_without_primary,
+            h.interrupted_without_replica,
+            h.zombies_past_retention
+        ),
+        (0, 0, 0)
+    );
+    // The PRIMARY's pool has no price yet; then its newest hour counts.
+    let primary = |s: &Store| s.fleet_health(10).unwrap().primary_prices;
+    assert_eq!(
+        primary(&s),
+        vec![super::PrimaryPrice {
+            group: "g".into(),
+            instance_type: "m5.large".into(),
+            price: None
+        }]
+    );
+    for (hour, micros) in [(3_600_000, 40_000), (7_200_000, 30_000)] {
+        s.conn
+            .execute(
+                "INSERT INTO price_hourly VALUES ('m5.large', 'us-east-1a', 'Linux/UNIX', ?1, ?2, 0, 0)",
+                [hour, micros],
+            )
+            .unwrap();
+    }
+    assert_eq!(primary(&s)[0].price, Some(0.03));
     // Both REPLICAs gone: an interruption on the PRIMARY has no one to
     // fail over to, and nothing is launching.
     for r in ["i-r1", "i-r2"] {
