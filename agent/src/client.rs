@@ -36,6 +36,8 @@ pub enum LinkError {
     Transport(#[source] reqwest::Error),
     #[error("coordinator answered {status}")]
     Server { status: u16 },
+    #[error("TLS set-up: {0}")]
+    Tls(String),
 }
 
 impl LinkError {
@@ -91,10 +93,13 @@ pub struct Link {
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Link {
-    pub fn new(base: &str) -> Result<Link, LinkError> {
-        let http = reqwest::Client::builder()
+    pub fn new(base: &str, tls: &spot_runtime::tls::ClientTls) -> Result<Link, LinkError> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .user_agent(concat!("spot-agent/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("spot-agent/", env!("CARGO_PKG_VERSION")));
+        let http = tls
+            .apply(builder)
+            .map_err(|e| LinkError::Tls(format!("{e:#}")))?
             .build()
             .map_err(LinkError::Transport)?;
         Ok(Link {

@@ -68,6 +68,17 @@ pub struct RunArgs {
     /// [default: 10m].
     #[arg(long, env = "SPOT_AGENT_PRICING_INTERVAL", value_parser = humantime::parse_duration)]
     pub pricing_interval: Option<Duration>,
+    /// PEM bundle of the CA that signed the coordinator's certificate,
+    /// trusted besides the system's roots (a private CA).
+    #[arg(long, env = "SPOT_AGENT_COORDINATOR_CA_BUNDLE")]
+    pub coordinator_ca_bundle: Option<PathBuf>,
+    /// Client certificate (PEM chain) for a coordinator that requires one
+    /// (mTLS); with --client-key.
+    #[arg(long, env = "SPOT_AGENT_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, env = "SPOT_AGENT_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,6 +106,9 @@ struct FileConfig {
     pricing_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     shutdown_timeout: Option<Duration>,
+    coordinator_ca_bundle: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +126,8 @@ pub struct Config {
     pub ec2_watch_interval: Duration,
     pub pricing_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// TLS to the coordinator: extra CA, client certificate.
+    pub tls: spot_runtime::tls::ClientTls,
 }
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spot-agent/agent.toml";
@@ -134,6 +150,7 @@ impl Config {
             ec2_watch_interval: Duration::from_secs(30),
             pricing_interval: Duration::from_secs(600),
             shutdown_timeout: Duration::from_secs(25),
+            tls: spot_runtime::tls::ClientTls::default(),
         }
     }
 }
@@ -223,6 +240,11 @@ impl Config {
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(Duration::from_secs(25)),
+            tls: spot_runtime::tls::ClientTls {
+                ca_bundle: a.coordinator_ca_bundle.or(file.coordinator_ca_bundle),
+                cert: a.client_cert.clone().or(file.client_cert),
+                key: a.client_key.clone().or(file.client_key),
+            },
         };
         c.validate()?;
         Ok(c)
@@ -230,6 +252,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("client_cert and client_key go together".into());
+        }
         if !(self.coordinator_url.starts_with("http://")
             || self.coordinator_url.starts_with("https://"))
         {

@@ -13,7 +13,9 @@ use std::time::Duration;
 /// Operator CLI of the spot optimizer: fleet status, listings, and the
 /// actions of the coordinator's API. The coordinator URL and an admin (or
 /// viewer) token come from flags, else SPOTCTL_URL / SPOTCTL_TOKEN, else
-/// ~/.config/spotctl.toml (`url = "..."`, `token = "..."`).
+/// ~/.config/spotctl.toml (`url = "..."`, `token = "..."`, `ca_bundle =
+/// "..."`). An https:// coordinator is verified against the system's roots
+/// plus the CA bundle, if any.
 #[derive(Parser, Debug)]
 #[command(name = "spotctl", version, args_override_self = true)]
 pub struct Cli {
@@ -26,6 +28,9 @@ pub struct Cli {
     /// Config file [default: ~/.config/spotctl.toml].
     #[arg(long, global = true, env = "SPOTCTL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// PEM bundle of a private CA that signed the coordinator's certificate.
+    #[arg(long, global = true, env = "SPOTCTL_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value = "table")]
     pub output: Output,
@@ -165,6 +170,7 @@ impl CtlError {
 struct FileConfig {
     url: Option<String>,
     token: Option<String>,
+    ca_bundle: Option<PathBuf>,
 }
 
 /// A client of the operator API.
@@ -172,19 +178,35 @@ pub struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
+    tls: spot_runtime::tls::ClientTls,
 }
 
 impl Client {
-    pub fn new(base: &str, token: &str) -> Result<Client, CtlError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| CtlError::Config(format!("HTTP client: {e}")))?;
+    pub fn new(
+        base: &str,
+        token: &str,
+        tls: spot_runtime::tls::ClientTls,
+    ) -> Result<Client, CtlError> {
+        let http = Self::http(
+            &tls,
+            reqwest::Client::builder().timeout(Duration::from_secs(30)),
+        )?;
         Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             http,
+            tls,
         })
+    }
+
+    fn http(
+        tls: &spot_runtime::tls::ClientTls,
+        b: reqwest::ClientBuilder,
+    ) -> Result<reqwest::Client, CtlError> {
+        tls.apply(b)
+            .map_err(|e| CtlError::Config(format!("{e:#}")))?
+            .build()
+            .map_err(|e| CtlError::Config(format!("HTTP client: {e}")))
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CtlError> {
@@ -218,10 +240,10 @@ impl Client {
     pub async fn watch(&self, after: Option<i64>, json_out: bool) -> Result<(), CtlError> {
         use std::io::Write;
         // No overall timeout: the stream lives as long as we watch.
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| CtlError::Config(format!("HTTP client: {e}")))?;
+        let http = Self::http(
+            &self.tls,
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)),
+        )?;
         let mut last = after;
         let mut connected_once = false;
         loop {
@@ -324,7 +346,11 @@ fn client(cli: &Cli) -> Result<Client, CtlError> {
                 .into(),
         )
     })?;
-    Client::new(&url, &token)
+    let tls = spot_runtime::tls::ClientTls {
+        ca_bundle: cli.ca_bundle.clone().or(file.ca_bundle),
+        ..Default::default()
+    };
+    Client::new(&url, &token, tls)
 }
 
 pub fn main() -> ExitCode {

@@ -19,6 +19,7 @@ pub mod pricing_job;
 pub mod reconcile;
 pub mod retention;
 pub mod store;
+pub mod tls;
 
 use anyhow::Context;
 use config::Config;
@@ -177,12 +178,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading bound address")?;
+    // A bad certificate or key stops the start, before anything listens.
+    let tls = match &state.config.tls {
+        Some(cfg) => Some(Arc::new(tls::Reloadable::new(cfg).context("TLS")?)),
+        None => None,
+    };
     write_private(
         &state.config.data_dir.join("listen.addr"),
         &addr.to_string(),
     )
     .context("writing listen.addr")?;
-    tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "coordinator listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, data_dir = %state.config.data_dir.display(), "coordinator listening");
 
     let mut tasks = spot_runtime::supervise::Supervisor::new(state.shutdown.clone());
     tasks.spawn("clock", clock::run(Arc::clone(&state)));
@@ -200,12 +207,16 @@ pub async fn run(
     }
     let app = api::router(Arc::clone(&state));
     let stop = state.shutdown.clone();
-    tasks.spawn("http server", async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .context("serving HTTP")
-    });
+    tasks.spawn("sighup", tls::reload_on_sighup(tls.clone(), stop.clone()));
+    match tls {
+        Some(tls) => tasks.spawn("https server", tls::serve(listener, app, tls, stop)),
+        None => tasks.spawn("http server", async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("serving HTTP")
+        }),
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tasks.wait(shutdown, state.config.shutdown_timeout).await?;
     tracing::info!("coordinator stopped");

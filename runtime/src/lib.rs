@@ -9,3 +9,4 @@ pub mod retry;
 pub mod sql;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;

@@ -609,13 +609,18 @@ impl Booter {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let imds = ImdsSim::start(InstanceMeta::spot(instance_id, itype, az, group)).await?;
-        let target: std::net::SocketAddr =
-            self.coordinator.trim_start_matches("http://").parse()?;
+        // The proxy passes bytes: TLS to the coordinator goes through it.
+        let (scheme, host_port) = self
+            .coordinator
+            .split_once("://")
+            .unwrap_or(("http", &self.coordinator));
+        let target: std::net::SocketAddr = host_port.parse()?;
         let link = Proxy::start(target).await?;
         let ec2_link = Proxy::start(self.ec2.addr).await?;
+        let coordinator_url = link.url().replacen("http://", &format!("{scheme}://"), 1);
         let mut agent = AgentProc::new(
             &dir,
-            &link.url(),
+            &coordinator_url,
             &self.enrollment,
             &imds.endpoint(),
             &ec2_link.url(),

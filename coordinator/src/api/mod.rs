@@ -145,7 +145,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{agent_id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agents/{agent_id}/commands", get(agent::poll_commands))
         .route("/v1/agents/{agent_id}/events", post(agent::events))
-        .route("/v1/agents/{agent_id}/pricing", post(agent::pricing));
+        .route("/v1/agents/{agent_id}/pricing", post(agent::pricing))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_client_cert,
+        ));
     let operator_api = Router::new()
         .route(
             "/v1/groups",
@@ -271,6 +275,31 @@ async fn authenticate(
     caller_for_hash(state, hash)
         .await?
         .ok_or_else(ApiError::unauthorized)
+}
+
+/// With `[tls] client_ca`, agents must present a client certificate that
+/// CA signed (on top of their tokens).
+async fn require_client_cert(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let required = state
+        .config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some());
+    let presented =
+        req.extensions().get::<crate::tls::ClientCert>() == Some(&crate::tls::ClientCert(true));
+    if required && !presented {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "the agent API requires a client certificate signed by the coordinator's client CA (mTLS)",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Operator requests: authenticated, and a viewer token may only read.
