@@ -236,7 +236,7 @@ function renderBanner(ix) {
       ? `new PRIMARY <b class="new-primary">${esc(g.primary)}</b>`
       : (g && g.transition ? `failing over (${esc(g.transition.phase)})` : 'no new PRIMARY yet');
     const when = n.effective_at_ms != null ? `reclaimed in ${countdown(n.effective_at_ms)}` : 'reclaim time unknown';
-    return `<div class="emergency" data-group="${esc(n.group)}">Interruption: group <a href="#/group/${encodeURIComponent(n.group)}">${esc(n.group)}</a>, ${esc(n.instance_id)} (was ${esc(i.role)}), ${when}; ${newPrimary}</div>`;
+    return `<div class="emergency" data-group="${esc(n.group)}">Interruption: group <a href="#/group/${encodeURIComponent(n.group)}">${esc(n.group)}</a>, ${esc(n.instance_id)} (now ${esc(i.role)}), ${when}; ${newPrimary}</div>`;
   }).join('');
 }
 
@@ -400,7 +400,7 @@ function chart(prices) {
   const width = Math.max(320, el.clientWidth - 20);
   new uPlot({
     width, height: 300, series,
-    axes: [{}, { label: '$ / hour', values: (u, v) => v.map((x) => x.toFixed(4)) }],
+    axes: [{}, { label: '$ / hour', size: 80, values: (u, v) => v.map((x) => x.toFixed(4)) }],
     legend: { live: false },
   }, data, el);
 }

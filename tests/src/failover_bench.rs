@@ -226,23 +226,67 @@ pub struct Demo {
     pub duration: Option<Duration>,
 }
 
+/// Three days of spot prices for the demo's pools, a point every 3 hours
+/// (the hours between are interpolated, as the dashboard's chart shows).
+fn demo_prices() -> Vec<crate::ec2_sim::SimPrice> {
+    const H: i64 = 3_600_000;
+    let now = crate::now_ms() / H * H;
+    let mut v = Vec::new();
+    for (k, (t, az, base)) in [
+        ("m5.large", "us-east-1a", 0.034),
+        ("m5.large", "us-east-1b", 0.037),
+        ("c5.large", "us-east-1a", 0.031),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for step in 0..24 {
+            let wave = ((step as f64 + k as f64 * 2.0) / 3.0).sin() * 0.004;
+            v.push(crate::ec2_sim::SimPrice {
+                instance_type: t.into(),
+                availability_zone: az.into(),
+                product_description: "Linux/UNIX".into(),
+                timestamp_ms: now - 72 * H + step * 3 * H,
+                price: format!("{:.6}", base + wave),
+            });
+        }
+    }
+    v
+}
+
 pub async fn demo(args: Demo) -> Result<()> {
     let root = std::env::temp_dir().join(format!("spot-sim-demo-{}", std::process::id()));
-    let f = Fleet::start_in(
-        root.clone(),
-        FleetOptions {
-            boot_delay: args.boot,
-            listen: args.listen.clone(),
-            ..FleetOptions::default()
-        },
-    )
-    .await?;
+    std::fs::create_dir_all(&root)?;
+    // On-demand prices (us-east-1, Linux) so that savings show; prices
+    // consolidated every 30 s instead of 12 h so the chart fills at once.
+    let config = root.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "[on_demand_prices]\n\"m5.large\" = \"0.096\"\n\"c5.large\" = \"0.085\"\n",
+    )?;
+    let mut opts = FleetOptions {
+        boot_delay: args.boot,
+        listen: args.listen.clone(),
+        ..FleetOptions::default()
+    };
+    opts.coordinator_args.extend([
+        "--config".into(),
+        config.display().to_string(),
+        "--consolidate-interval".into(),
+        "30s".into(),
+    ]);
+    let f = Fleet::start_in(root.clone(), opts).await?;
+    f.ec2.set_prices(demo_prices());
     println!(
         "spot-sim demo: coordinator at {} (state in {})",
         f.coord.base,
         root.display()
     );
     println!("  admin token: {}", f.coord.admin_token);
+    println!(
+        "  dashboard: {}/ui (log in with the admin token)",
+        f.coord.base
+    );
     println!(
         "  watch:  curl -s -H 'Authorization: Bearer {}' {}/v1/instances | python3 -m json.tool",
         f.coord.admin_token, f.coord.base

@@ -18,6 +18,7 @@ pub mod pricing_bench;
 pub mod proxy;
 pub mod retention_bench;
 pub mod scenarios;
+pub mod ui_bench;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {

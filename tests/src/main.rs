@@ -62,6 +62,9 @@ enum Bench {
     /// A seeded price-and-interruption history replayed through the
     /// built-in model, always-stay and always-cheapest.
     Backtest(spot_tests::backtest_bench::BacktestBench),
+    /// The dashboard in headless Chromium: first paint with 1,000 groups,
+    /// refresh cost, store change -> visible on the page.
+    Ui(spot_tests::ui_bench::UiBench),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             Command::Bench(Bench::Retention(args)) => spot_tests::retention_bench::run(args).await,
             Command::Bench(Bench::Decisions(args)) => spot_tests::decision_bench::run(args).await,
             Command::Bench(Bench::Backtest(args)) => spot_tests::backtest_bench::run(args).await,
+            Command::Bench(Bench::Ui(args)) => spot_tests::ui_bench::run(args).await,
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
             Command::Model(args) => spot_tests::model_server::run(args).await,
             Command::Nemesis(args) => spot_tests::nemesis::main(args).await,
