@@ -68,6 +68,10 @@ fn issue(dir: &Path, name: &str, cn: &str, ext: &str) {
     );
 }
 
+/// The coordinator's certificate: valid for 127.0.0.1, for servers only.
+const SERVER_EXT: &str =
+    "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n";
+
 struct Pki {
     dir: tempfile::TempDir,
 }
@@ -95,12 +99,7 @@ impl Pki {
                 "/CN=spot test CA",
             ],
         );
-        issue(
-            dir.path(),
-            "server",
-            "127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        );
+        issue(dir.path(), "server", "127.0.0.1", SERVER_EXT);
         issue(
             dir.path(),
             "agent",
@@ -270,12 +269,7 @@ async fn https_with_a_private_ca_client_certificates_and_reload() {
     assert_eq!(served_serial(&addr), before, "a broken pair is not taken");
     let (st, _) = f.api.get("/healthz", &adm).await.unwrap();
     assert_eq!(st, 200, "still serving after a refused reload");
-    issue(
-        pki.dir.path(),
-        "server",
-        "127.0.0.1",
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    );
+    issue(pki.dir.path(), "server", "127.0.0.1", SERVER_EXT);
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     let after = eventually(
         "the new certificate served",
