@@ -65,6 +65,7 @@ pub struct Metrics {
     pub promotion_duration: Family<KindLabel, Histogram>,
     pub savings_ratio: Family<GroupLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub fleet_savings_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub agents_online_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -298,6 +299,12 @@ impl Metrics {
                 "1 - sum of PRIMARIES' spot prices / sum of their on-demand prices, fleet-wide",
                 Gauge::default(),
             ),
+            agents_online_ratio: metric(
+                r,
+                "agents_online_ratio",
+                "Share of live agents (online or offline, not replaced) that are online: the fleet's agent uptime ratio",
+                Gauge::default(),
+            ),
             registry,
         }
     }
@@ -332,13 +339,24 @@ impl Metrics {
     }
 
     pub fn set_agent_counts(&self, counts: &[(AgentStatus, i64)]) {
+        let (mut online, mut live) = (0, 0);
         for (status, n) in counts {
             self.agents
                 .get_or_create(&StatusLabel {
                     status: status.as_str(),
                 })
                 .set(*n);
+            match status {
+                AgentStatus::Online => (online, live) = (online + n, live + n),
+                AgentStatus::Offline => live += n,
+                _ => {}
+            }
         }
+        self.agents_online_ratio.set(if live > 0 {
+            online as f64 / live as f64
+        } else {
+            1.0
+        });
     }
 
     pub fn record_consolidation(&self, run: &spot_common::wire::ConsolidationRun) {
@@ -463,7 +481,12 @@ mod tests {
             }],
             &[("m5.large".to_owned(), 0.096)].into(),
         ));
+        m.set_agent_counts(&[(AgentStatus::Online, 3), (AgentStatus::Offline, 1)]);
         let exported = m.encode().unwrap();
+        assert!(
+            exported.contains("spot_coordinator_agents_online_ratio 0.75"),
+            "{exported}"
+        );
         for (file, text) in [
             (
                 "alerts.yml",

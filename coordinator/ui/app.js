@@ -329,8 +329,8 @@ async function renderGroup(name, ix, view) {
     <h2>Prices of the candidate pools</h2>
     <div id="chart"></div>
     <h2>Failovers and switches</h2>
-    <table id="failovers"><thead><tr><th>when</th><th>who</th><th>from</th><th>to</th></tr></thead><tbody>
-    ${failovers.map((a) => `<tr><td>${new Date(a.at_ms).toLocaleString()}</td><td>${esc(a.actor)}</td><td>${esc(a.pre_state && a.pre_state.primary)}</td><td>${esc(a.post_state && a.post_state.primary)}</td></tr>`).join('') || '<tr><td colspan="4" class="muted">none</td></tr>'}
+    <table id="failovers"><thead><tr><th>when</th><th>kind</th><th>why</th><th>from</th><th>to</th><th>took</th><th>switch downtime</th></tr></thead><tbody>
+    ${failovers.map((a) => { const p = a.post_state || {}; const secs = (ms) => (ms != null ? (ms / 1000).toFixed(2) + ' s' : '—'); return `<tr><td>${new Date(a.at_ms).toLocaleString()}</td><td>${p.emergency ? '<span class="bad">emergency</span>' : 'planned'}</td><td>${esc(p.reason || a.actor)}</td><td>${esc((a.pre_state && a.pre_state.primary) || '—')}</td><td>${esc(p.primary)}</td><td>${secs(p.duration_ms)}</td><td>${secs(p.switch_downtime_ms)}</td></tr>`; }).join('') || '<tr><td colspan="7" class="muted">none</td></tr>'}
     </tbody></table>
     <table id="switches"><thead><tr><th>switch</th><th>started</th><th>to pool</th><th>state</th><th>from → to</th><th>downtime</th></tr></thead><tbody>
     ${switches.slice(0, 20).map((s) => `<tr><td>${s.id}</td><td>${new Date(s.started_at_ms).toLocaleString()}</td><td>${esc(pool(s.target_pool.instance_type, s.target_pool.availability_zone))}</td><td>${esc(s.state)}${s.failure ? ': ' + esc(s.failure) : ''}</td><td>${esc(s.from_instance || '—')} → ${esc(s.to_instance || '—')}</td><td>${s.downtime_ms != null ? (s.downtime_ms / 1000).toFixed(2) + ' s' : '—'}</td></tr>`).join('') || '<tr><td colspan="6" class="muted">none</td></tr>'}

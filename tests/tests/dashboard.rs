@@ -383,6 +383,24 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     assert!(row.as_str().unwrap().contains("i-db-replica"), "{row}");
 
+    // The group's history shows the failover: emergency, to the REPLICA.
+    b.client
+        .goto(&format!("{base}/ui#/group/db"))
+        .await
+        .unwrap();
+    let history = b
+        .until(
+            "the failover in the group's history",
+            Duration::from_secs(10),
+            "const t = document.querySelector('#failovers'); return t && t.textContent.includes('emergency') ? t.textContent : null",
+        )
+        .await
+        .unwrap();
+    assert!(
+        history.as_str().unwrap().contains("i-db-replica"),
+        "{history}"
+    );
+
     // A forged cross-site POST (a form on another origin, with the login
     // cookie) is refused by the CSRF check, and changes nothing.
     let epoch = f.get("/v1/groups/db").await.unwrap()["epoch"].clone();

@@ -314,15 +314,20 @@ impl Txn<'_> {
             Some(sw) => self.finish_switch(sw, &t)?,
             None => None,
         };
+        let duration_ms = self.now_ms() - t.started_at_ms;
         self.audit(
             Entity::Group(group),
             "commit",
             &json!({"primary": t.old, "epoch": g.epoch}),
-            &json!({"primary": t.candidate, "epoch": g.epoch}),
+            &json!({
+                "primary": t.candidate, "epoch": g.epoch, "emergency": t.emergency,
+                "reason": t.reason, "duration_ms": duration_ms,
+                "switch_downtime_ms": switch_downtime_ms,
+            }),
         )?;
         self.write_transition(group, None, g.epoch)?;
         Ok(Committed {
-            duration_ms: self.now_ms() - t.started_at_ms,
+            duration_ms,
             emergency: t.emergency,
             primary: t.candidate,
             switch_downtime_ms,
