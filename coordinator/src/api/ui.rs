@@ -142,18 +142,40 @@ pub fn check_csrf(headers: &HeaderMap, session: &Session) -> Result<(), ApiError
     Ok(())
 }
 
+/// The page's files besides `index.html`: path, content type, bytes.
+const ASSETS: [(&str, &str, &[u8]); 5] = [
+    ("/ui/app.js", JS, include_bytes!("../../ui/app.js")),
+    ("/ui/app.css", CSS, include_bytes!("../../ui/app.css")),
+    (
+        "/ui/vendor/uPlot.iife.min.js",
+        JS,
+        include_bytes!("../../ui/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "/ui/vendor/uPlot.min.css",
+        CSS,
+        include_bytes!("../../ui/vendor/uPlot.min.css"),
+    ),
+    (
+        "/ui/vendor/uPlot.LICENSE",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../ui/vendor/uPlot.LICENSE"),
+    ),
+];
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
+    let mut r = Router::new()
         .route("/ui", get(index))
         .route("/ui/", get(index))
-        .route("/ui/app.js", get(app_js))
-        .route("/ui/app.css", get(app_css))
-        .route("/ui/vendor/uPlot.iife.min.js", get(uplot_js))
-        .route("/ui/vendor/uPlot.min.css", get(uplot_css))
-        .route("/ui/vendor/uPlot.LICENSE", get(uplot_licence))
         .route("/ui/login", post(login))
         .route("/ui/logout", post(logout))
-        .route("/ui/session", get(session))
+        .route("/ui/session", get(session));
+    for (path, content_type, body) in ASSETS {
+        r = r.route(path, get(move || async move { asset(content_type, body) }));
+    }
+    r
 }
 
 fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
@@ -188,41 +210,6 @@ async fn index() -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     r
-}
-
-async fn app_js() -> Response {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../ui/app.js"),
-    )
-}
-
-async fn app_css() -> Response {
-    asset(
-        "text/css; charset=utf-8",
-        include_bytes!("../../ui/app.css"),
-    )
-}
-
-async fn uplot_js() -> Response {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../ui/vendor/uPlot.iife.min.js"),
-    )
-}
-
-async fn uplot_css() -> Response {
-    asset(
-        "text/css; charset=utf-8",
-        include_bytes!("../../ui/vendor/uPlot.min.css"),
-    )
-}
-
-async fn uplot_licence() -> Response {
-    asset(
-        "text/plain; charset=utf-8",
-        include_bytes!("../../ui/vendor/uPlot.LICENSE"),
-    )
 }
 
 #[derive(Debug, Deserialize)]
