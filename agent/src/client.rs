@@ -17,7 +17,7 @@ use spot_common::wire::{
     ErrorBody, EventsRequest, EventsResponse, HeartbeatRequest, HeartbeatResponse, PollResponse,
     RegisterRequest, RegisterResponse,
 };
-use spot_common::{Command, Event};
+use spot_common::Event;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub trait CoordinatorApi: Send + Sync {
         token: &str,
         instance_id: &str,
         wait: Duration,
-    ) -> Result<Vec<Command>, LinkError>;
+    ) -> Result<PollResponse, LinkError>;
     async fn events(
         &self,
         agent_id: &str,
@@ -195,18 +195,16 @@ impl CoordinatorApi for Link {
         token: &str,
         instance_id: &str,
         wait: Duration,
-    ) -> Result<Vec<Command>, LinkError> {
+    ) -> Result<PollResponse, LinkError> {
         let ms = wait.as_millis();
-        let r: PollResponse = self
-            .send::<(), _>(
-                reqwest::Method::GET,
-                &format!("/v1/agents/{agent_id}/commands?wait_ms={ms}&instance_id={instance_id}"),
-                token,
-                None,
-                wait + CALL_TIMEOUT,
-            )
-            .await?;
-        Ok(r.commands)
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/agents/{agent_id}/commands?wait_ms={ms}&instance_id={instance_id}"),
+            token,
+            None,
+            wait + CALL_TIMEOUT,
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
@@ -261,7 +259,10 @@ pub mod fake {
         /// Every call fails as unreachable while set.
         pub down: std::sync::atomic::AtomicBool,
         pub heartbeats: Mutex<Vec<HeartbeatRequest>>,
-        pub commands: Mutex<VecDeque<Command>>,
+        pub commands: Mutex<VecDeque<spot_common::Command>>,
+        /// The clock a poll answers with (`sent_at_ms`); None, as a
+        /// coordinator of the previous release.
+        pub clock_ms: Mutex<Option<i64>>,
         pub events: Mutex<Vec<Event>>,
         pub registrations: Mutex<u32>,
     }
@@ -292,6 +293,7 @@ pub mod fake {
                 down: Default::default(),
                 heartbeats: Mutex::default(),
                 commands: Mutex::default(),
+                clock_ms: Mutex::default(),
                 events: Mutex::default(),
                 registrations: Mutex::default(),
             }
@@ -349,13 +351,16 @@ pub mod fake {
             _token: &str,
             _instance_id: &str,
             wait: Duration,
-        ) -> Result<Vec<Command>, LinkError> {
+        ) -> Result<PollResponse, LinkError> {
             self.check()?;
-            let cmds: Vec<Command> = lock(&self.commands).drain(..).collect();
+            let cmds: Vec<spot_common::Command> = lock(&self.commands).drain(..).collect();
             if cmds.is_empty() {
                 tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
             }
-            Ok(cmds)
+            Ok(PollResponse {
+                commands: cmds,
+                sent_at_ms: *lock(&self.clock_ms),
+            })
         }
 
         async fn events(

@@ -23,6 +23,7 @@ pub mod imds;
 pub mod journal;
 pub mod lease;
 pub mod link;
+pub mod notices;
 pub mod outbox;
 pub mod status;
 pub mod watchdog;
@@ -239,7 +240,7 @@ async fn spawn(agent: &Arc<Agent>, imds: Imds) -> anyhow::Result<Supervisor> {
     let (urgent, routine): (Vec<_>, Vec<_>) =
         unfinished.into_iter().partition(|c| c.action.is_urgent());
     tasks.spawn("failsafe", failsafe::run(Arc::clone(agent)));
-    tasks.spawn("imds watcher", imds::watch(imds, Arc::clone(agent)));
+    tasks.spawn("imds watcher", notices::watch(imds, Arc::clone(agent)));
     tasks.spawn("coordinator link", link::run(Arc::clone(agent), lanes));
     tasks.spawn("outbox", outbox::run(Arc::clone(agent)));
     tasks.spawn(

@@ -239,9 +239,10 @@ async fn poll_loop(agent: &Agent, creds: &Creds, lanes: &Lanes) -> Result<(), St
             )
             .await
         {
-            Ok(list) => {
+            Ok(answer) => {
                 delays = spot_runtime::retry::delays(COORDINATOR_RECONNECT);
-                for cmd in list {
+                // Deadlines become budgets measured from now on our clock.
+                for cmd in answer.into_local(agent.now_ms()) {
                     offer(agent, cmd, lanes).await?;
                 }
             }
@@ -405,6 +406,42 @@ mod tests {
         offer(&t.agent, cmd("d4", spot_common::CommandKind::Demote, 4), &l)
             .await
             .unwrap();
+        assert!(urgent.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_promote_from_a_coordinator_whose_clock_is_behind_still_gets_its_budget() {
+        let t = agent(RoleState::default());
+        t.clock.set(2_000_000);
+        let promote = spot_common::CommandKind::Promote {
+            promotion: Default::default(),
+            address_from: Vec::new(),
+        };
+        let sent = |rid: &str, clock: Option<i64>| {
+            *t.coordinator.clock_ms.lock().unwrap() = clock;
+            t.coordinator.commands.lock().unwrap().push_back(Command {
+                request_id: rid.into(),
+                group: "g".into(),
+                action: promote.clone(),
+                priority: 100,
+                epoch: 2,
+                // 25 s of budget on a coordinator clock 60 s behind ours.
+                deadline_ms: 1_965_000,
+            });
+        };
+        let (l, mut urgent, _) = lanes();
+        sent("p2", Some(1_940_000));
+        let _ = tokio::time::timeout(Duration::from_millis(50), poll_loop(&t.agent, &creds(), &l))
+            .await;
+        let Ok(Job::Command(c)) = urgent.try_recv() else {
+            panic!("the promote was refused as past its deadline");
+        };
+        assert_eq!(c.deadline_ms, 2_025_000, "25 s from receipt on our clock");
+        // From a coordinator that sends no clock, the deadline stands as
+        // sent, and here it has passed.
+        sent("p3", None);
+        let _ = tokio::time::timeout(Duration::from_millis(50), poll_loop(&t.agent, &creds(), &l))
+            .await;
         assert!(urgent.try_recv().is_err());
     }
 }

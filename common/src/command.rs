@@ -54,6 +54,13 @@ impl CommandKind {
         matches!(self, CommandKind::Promote { .. } | CommandKind::Demote)
     }
 
+    /// Whether a command past its deadline is refused. A demote never is:
+    /// stepping down late is always safe, and a refused demote turns a
+    /// graceful demotion into an EC2 termination.
+    pub fn expires(&self) -> bool {
+        !matches!(self, CommandKind::Demote)
+    }
+
     /// Commands of the failover path: they run in the agent's role lane,
     /// never behind a slow launch.
     pub fn is_urgent(&self) -> bool {

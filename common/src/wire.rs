@@ -83,9 +83,44 @@ pub struct HeartbeatResponse {
     pub pricing: Option<PricingHint>,
 }
 
+/// Old agents ignore unknown fields here, so fields are only ever added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PollResponse {
     pub commands: Vec<Command>,
+    /// The coordinator's clock when it answered. A command's deadline is an
+    /// instant on that clock; what it means is the budget between the two,
+    /// which the agent measures from receipt on its own clock
+    /// ([`PollResponse::into_local`]), so the coordinator's clock and the
+    /// agent's need not agree. Absent from coordinators before 0.2: their
+    /// deadlines are taken as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<i64>,
+}
+
+impl PollResponse {
+    pub fn new(commands: Vec<Command>, sent_at_ms: i64) -> Self {
+        PollResponse {
+            commands,
+            sent_at_ms: Some(sent_at_ms),
+        }
+    }
+
+    /// The commands with each deadline moved onto the receiver's clock:
+    /// `received_at_ms` plus the budget the coordinator gave (never less
+    /// than nothing: a command already past its deadline stays past it).
+    pub fn into_local(self, received_at_ms: i64) -> Vec<Command> {
+        let Some(sent) = self.sent_at_ms else {
+            return self.commands;
+        };
+        self.commands
+            .into_iter()
+            .map(|mut c| {
+                let budget = c.deadline_ms.saturating_sub(sent);
+                c.deadline_ms = received_at_ms.saturating_add(budget);
+                c
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +207,10 @@ pub struct DeclareDeadRequest {
     /// The instance the operator vouches is not serving (stopped,
     /// terminated, disconnected from its data): it counts as fenced.
     pub instance_id: String,
+    /// Declare it dead although its agent was heard within its lease (it
+    /// answers but the operator knows it does not serve). Audited.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
@@ -273,8 +312,14 @@ pub struct TransitionView {
     pub emergency: bool,
     pub started_at_ms: i64,
     pub phase_started_ms: i64,
-    /// The new PRIMARY must serve before this (an interruption's time).
+    /// The new PRIMARY should serve before this: the interruption's time,
+    /// else 60 s after the start. A target for the operator's eye; it never
+    /// shortens a grant unless it is `notice_at_ms` and still ahead.
     pub deadline_ms: i64,
+    /// The notice (interruption, maintenance) this transition races, if
+    /// any: while it is still in the future it caps a grant's window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice_at_ms: Option<i64>,
     pub priority: i64,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +336,32 @@ pub struct TransitionView {
 
 fn default_promote_budget() -> i64 {
     25_000
+}
+
+/// `GET /v1/groups/{name}/transition`: the replacement in progress and
+/// what it waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionStatus {
+    pub transition: TransitionView,
+    /// Each fence target and the evidence so far.
+    pub targets: Vec<crate::planner::FenceSnap>,
+    /// The candidate's `promote(epoch)`, once granted.
+    #[serde(default)]
+    pub promote: Option<crate::CommandState>,
+    /// What has to happen next, in words.
+    pub waiting_for: String,
+    /// Nothing was granted yet: `POST .../transition/abort` may end it.
+    pub abortable: bool,
+}
+
+/// `POST /v1/groups/{name}/transition/abort`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortTransitionRequest {
+    /// The epoch of the transition you decided to abort (its `epoch`).
+    pub expected_epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// An instance a transition must fence, and the epoch of its demotion.
@@ -508,4 +579,50 @@ pub struct ConsolidationRun {
     pub points_interpolated: i64,
     pub hours_written: i64,
     pub staging_pruned: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CommandKind;
+
+    fn demote(deadline_ms: i64) -> Command {
+        Command {
+            request_id: "demote-i-1-e2".into(),
+            group: "g".into(),
+            action: CommandKind::Demote,
+            priority: 100,
+            epoch: 2,
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn a_deadline_is_a_budget_measured_on_the_receivers_clock() {
+        // The coordinator's clock is 60 s behind the agent's: 25 s of
+        // budget stay 25 s.
+        let r = PollResponse::new(vec![demote(1_025_000)], 1_000_000);
+        let local = r.into_local(1_060_000);
+        assert_eq!(local[0].deadline_ms, 1_085_000);
+        // Already past on the coordinator's clock: past on the agent's too.
+        let r = PollResponse::new(vec![demote(990_000)], 1_000_000);
+        assert_eq!(r.into_local(5_000)[0].deadline_ms, -5_000);
+    }
+
+    #[test]
+    fn a_coordinator_that_sends_no_clock_keeps_its_deadlines_and_old_agents_read_the_new_answer() {
+        let old: PollResponse =
+            serde_json::from_value(serde_json::json!({"commands": [demote(7)]})).unwrap();
+        assert_eq!(old.sent_at_ms, None);
+        assert_eq!(old.into_local(1_000)[0].deadline_ms, 7);
+        // An agent of the previous release ignores the added field.
+        #[derive(Deserialize)]
+        struct Previous {
+            #[allow(dead_code)]
+            commands: Vec<Command>,
+        }
+        let v = serde_json::to_value(PollResponse::new(vec![demote(7)], 3)).unwrap();
+        assert_eq!(v["sent_at_ms"], 3);
+        serde_json::from_value::<Previous>(v).unwrap();
+    }
 }

@@ -92,7 +92,7 @@ fn backtest(
     use crate::store::Read;
     use spot_common::decision::backtest::{Downtime, compare};
     let (db, config) = offline(serve)?;
-    let now = crate::now_ms();
+    let now = crate::state::now_ms();
     let since_ms = now - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
     let groups = match group {
         Some(g) => vec![g],
@@ -190,11 +190,11 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::Create { name, role, serve } => {
             let (db, _) = offline(&serve)?;
-            let token = crate::random_token();
+            let token = crate::state::random_token();
             let hash = spot_common::token_hash(&token);
             db.write_now(|s| {
                 s.transact(
-                    Ctx::new(crate::now_ms(), spot_common::Actor::Operator),
+                    Ctx::new(crate::state::now_ms(), spot_common::Actor::Operator),
                     |tx| tx.create_token(&name, role, &hash),
                 )
             })?;
@@ -210,7 +210,7 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             let (db, _) = offline(&serve)?;
             let t = db.write_now(|s| {
                 s.transact(
-                    Ctx::new(crate::now_ms(), spot_common::Actor::Operator),
+                    Ctx::new(crate::state::now_ms(), spot_common::Actor::Operator),
                     |tx| tx.revoke_token(&name),
                 )
             })?;
@@ -243,7 +243,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let (db, config) = offline(&args)?;
             let cfg = config.consolidation();
             let run = db
-                .write_now(|s| s.transact(Ctx::system(crate::now_ms()), |tx| tx.consolidate(&cfg)))?
+                .write_now(|s| {
+                    s.transact(Ctx::system(crate::state::now_ms()), |tx| {
+                        tx.consolidate(&cfg)
+                    })
+                })?
                 .value;
             println!("{}", serde_json::to_string_pretty(&run)?);
             Ok(())
@@ -259,7 +263,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("--rows prices is written as CSV only; use --format csv");
             }
             let (db, _) = offline(&serve)?;
-            let since_ms = crate::now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+            let since_ms =
+                crate::state::now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
             let n = db.read_now(|s| {
                 let mut w: Box<dyn std::io::Write> = if out.as_os_str() == "-" {
                     Box::new(std::io::stdout().lock())
@@ -275,7 +280,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                     ExportRows::GroupHours => crate::export::write_group_hours(
                         s,
                         since_ms,
-                        crate::now_ms(),
+                        crate::state::now_ms(),
                         format == ExportFormat::Jsonl,
                         &mut w,
                     ),
@@ -306,7 +311,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        let state = crate::prepare(config)?;
+        let state = crate::state::prepare(config)?;
         crate::run(state, listener, spot_runtime::supervise::shutdown_signal()).await
     })
 }

@@ -65,19 +65,6 @@ impl MonoClock {
     }
 }
 
-/// Read the clock every `TICK` until shutdown, so a stall is measured
-/// from the last tick before it.
-pub async fn run(state: std::sync::Arc<crate::AppState>) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => { state.clock.now(); }
-            _ = state.shutdown.cancelled() => return Ok(()),
-        }
-    }
-}
-
 /// Test builds (`failpoints` feature) step the wall clock by the offset in
 /// milliseconds found in `SPOT_COORDINATOR_CLOCK_OFFSET_FILE` (re-read at
 /// most every 200 ms): the nemesis steps the coordinator's clock by

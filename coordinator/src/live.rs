@@ -274,6 +274,14 @@ impl Live {
         }
     }
 
+    /// How long `agent_id` has been silent; `None` for an unknown agent.
+    pub fn silent_ms(&self, agent_id: &str, now: Instant) -> Option<i64> {
+        let g = self.read();
+        let a = g.agents.get(agent_id)?;
+        let silent = now.saturating_duration_since(a.last_seen);
+        Some(i64::try_from(silent.as_millis()).unwrap_or(i64::MAX))
+    }
+
     /// What the planner needs per agent: online, silence, last report.
     pub fn view(&self, now: Instant) -> HashMap<String, AgentView> {
         self.read()

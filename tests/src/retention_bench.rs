@@ -1,6 +1,6 @@
 //! `spot-sim bench retention`: the real coordinator store under a simulated
 //! fleet's write load for months of simulated time, with the coordinator's
-//! own retention pass (`spot_coordinator::retention::pass`) and price
+//! own retention pass (`spot_coordinator::tasks::retention::pass`) and price
 //! consolidation running on their schedules. Prints the database size as
 //! the days go by: it grows while the retention windows fill, then stays
 //! flat.
@@ -249,7 +249,7 @@ pub async fn run(args: RetentionBench) -> Result<()> {
                 .await?;
         }
         // The coordinator prunes every 10 minutes; hourly is plenty here.
-        let pruned = spot_coordinator::retention::pass(&db, &retention, now).await?;
+        let pruned = spot_coordinator::tasks::retention::pass(&db, &retention, now).await?;
         pruned_total += pruned.iter().map(|(_, n)| n).sum::<usize>();
         let day = hour / 24;
         if hour % 24 == 23 && ((day + 1) % args.report_every == 0 || day + 1 == args.days) {

@@ -225,13 +225,6 @@ async fn documented_api_matches_the_server() {
         ),
         (
             "post",
-            "/v1/groups/{name}/declare-dead",
-            "/v1/groups/db/declare-dead".into(),
-            adm.clone(),
-            Some(json!({"instance_id": "i-2"})),
-        ),
-        (
-            "post",
             "/v1/instances/terminate",
             "/v1/instances/terminate".into(),
             adm.clone(),
@@ -366,6 +359,66 @@ async fn documented_api_matches_the_server() {
     assert_eq!(v["failure"], "cancelled by an operator", "{v}");
     check(&spec, schema, &v, tpl, &mut problems);
     documented.retain(|(m, p)| !(m == "post" && p == tpl));
+    // A transition that waits on fencing i-1: why it waits, abort it;
+    // another one, and declare i-1 dead for it (forced: i-1 is live).
+    // i-4 joins and reports healthy first, so that it is a REPLICA.
+    let mut reg4 = reg.clone();
+    reg4["instance_id"] = json!("i-4");
+    let (_, r4) = api
+        .post("/v1/agents/register", &c.enrollment_token, &reg4)
+        .await
+        .unwrap();
+    let hb4 = json!({"instance_id": "i-4", "highest_epoch": 0, "healthy": true, "backlog": 0});
+    let agent4 = r4["agent_id"].as_str().unwrap();
+    let token4 = r4["token"].as_str().unwrap();
+    let (st, v) = api
+        .post(&format!("/v1/agents/{agent4}/heartbeat"), token4, &hb4)
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+    let transition_calls: Vec<(&str, &str, String, Option<Value>)> = vec![
+        (
+            "post",
+            "/v1/groups/{name}/promote",
+            "/v1/groups/db/promote".into(),
+            Some(json!({"instance_id": "i-4", "expected_epoch": 1})),
+        ),
+        (
+            "get",
+            "/v1/groups/{name}/transition",
+            "/v1/groups/db/transition".into(),
+            None,
+        ),
+        (
+            "post",
+            "/v1/groups/{name}/transition/abort",
+            "/v1/groups/db/transition/abort".into(),
+            Some(json!({"expected_epoch": 2})),
+        ),
+        (
+            "post",
+            "/v1/groups/{name}/promote",
+            "/v1/groups/db/promote".into(),
+            Some(json!({"instance_id": "i-4", "expected_epoch": 2})),
+        ),
+        (
+            "post",
+            "/v1/groups/{name}/declare-dead",
+            "/v1/groups/db/declare-dead".into(),
+            Some(json!({"instance_id": "i-1", "force": true})),
+        ),
+    ];
+    for (method, tpl, path, body) in &transition_calls {
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (st, v) = api
+            .call(m, path, Some(adm.as_str()), body.as_ref())
+            .await
+            .unwrap();
+        let (code, schema) = response_schema(&spec, tpl, method);
+        assert_eq!(st.as_str(), code, "{method} {path}: {v}");
+        check(&spec, schema, &v, &format!("{method} {tpl}"), &mut problems);
+        documented.retain(|(dm, dp)| !(dm == method && dp == tpl));
+    }
     let (_, g) = api.get("/v1/groups/db", &adm).await.unwrap();
     check(
         &spec,

@@ -79,7 +79,7 @@ impl Journal {
                 Some(CommandOutcome::Stale),
                 Accept::Stale { highest },
             )
-        } else if now_ms > cmd.deadline_ms {
+        } else if now_ms > cmd.deadline_ms && cmd.action.expires() {
             ("expired", Some(CommandOutcome::Expired), Accept::Expired)
         } else {
             ("received", None, Accept::Run)
@@ -164,7 +164,7 @@ impl Journal {
                 format!("epoch {} was superseded by epoch {highest}", cmd.epoch),
             )
         } else if now_ms > cmd.deadline_ms
-            && !matches!(cmd.action, spot_common::CommandKind::Demote)
+            && cmd.action.expires()
             && !(matches!(cmd.action, spot_common::CommandKind::Launch { .. }) && attempts > 0)
         {
             (

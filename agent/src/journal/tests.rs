@@ -65,13 +65,26 @@ fn stale_epoch_is_refused_and_reported() {
 #[test]
 fn expired_command_never_runs() {
     let (_d, mut j) = journal();
+    let promote = CommandKind::Promote {
+        promotion: Default::default(),
+        address_from: Vec::new(),
+    };
     assert_eq!(
-        j.accept(&cmd("r1", CommandKind::Demote, 1), 5_000).unwrap(),
+        j.accept(&cmd("r1", promote, 1), 5_000).unwrap(),
         Accept::Expired
     );
     assert!(j.unfinished().unwrap().is_empty());
     // An expired role change does not raise the epoch either.
     assert_eq!(j.highest_epoch().unwrap(), 0);
+}
+
+#[test]
+fn a_demote_redelivered_after_its_deadline_still_runs() {
+    let (_d, mut j) = journal();
+    let c = cmd("d1", CommandKind::Demote, 4);
+    assert_eq!(j.accept(&c, 60_000).unwrap(), Accept::Run);
+    assert_eq!(j.highest_epoch().unwrap(), 4);
+    assert_eq!(j.start("d1", 90_000).unwrap(), Start::Run { attempts: 1 });
 }
 
 #[test]

@@ -96,7 +96,7 @@ pub struct NoticeSnap {
 }
 
 /// One instance a transition must fence, and what is known about it.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FenceSnap {
     pub instance_id: String,
     pub epoch: u64,

@@ -2,7 +2,7 @@
 //! and `Enrolled` extractors) before it reads the body.
 
 use super::{AgentCaller, ApiError, ApiJson, ApiQuery, Enrolled};
-use crate::AppState;
+use crate::state::AppState;
 use crate::store::{Ctx, HeartbeatRecord, Read, Reported, RoleOf};
 use axum::Json;
 use axum::extract::State;
@@ -45,13 +45,13 @@ pub async fn register(
     }
     let agent_id = format!("agt-{}", uuid::Uuid::new_v4().simple());
     let instance_id = req.instance_id.clone();
-    let token = crate::random_token();
+    let token = crate::state::random_token();
     let (hb, lease) = (
-        crate::millis(state.config.heartbeat_interval),
-        crate::millis(state.config.lease),
+        crate::state::millis(state.config.heartbeat_interval),
+        crate::state::millis(state.config.lease),
     );
-    let ctx =
-        Ctx::new(crate::now_ms(), Actor::Agent(agent_id.clone())).request(req.request_id.clone());
+    let ctx = Ctx::new(crate::state::now_ms(), Actor::Agent(agent_id.clone()))
+        .request(req.request_id.clone());
     let done = state
         .db
         .idempotent("register", ctx, move |tx| {
@@ -83,7 +83,7 @@ pub async fn heartbeat(
         return Err(ApiError::instance_mismatch(&agent_id, &req.instance_id));
     }
     state.metrics.heartbeats.inc();
-    let now = crate::now_ms();
+    let now = crate::state::now_ms();
     let needs_store = state.live.heartbeat(
         HeartbeatRecord {
             agent_id: agent_id.clone(),
@@ -112,7 +112,14 @@ pub async fn heartbeat(
     }
     let id = agent_id.clone();
     let mut r = state.db.read(move |s| s.agent_role(&id)).await?;
-    if req.highest_epoch > r.epoch {
+    // A PRIMARY claim at the group's epoch that the store does not answer
+    // as PRIMARY: after a restore, another agent's report may have raised
+    // the epoch first; the claim still wins (converge decides).
+    let unknown_claim = req.role == Some(Role::Primary)
+        && req.role_epoch == req.highest_epoch
+        && req.role_epoch >= r.epoch
+        && r.answer().0 != Role::Primary;
+    if req.highest_epoch > r.epoch || unknown_claim {
         // The store is behind an agent: restored from an older copy.
         let reported = Reported {
             role: req.role,
@@ -151,7 +158,7 @@ pub async fn heartbeat(
     }
     // The lease goes to the store's PRIMARY at its epoch only.
     let lease_ms = if req.role == Some(Role::Primary) && agrees {
-        crate::millis(state.config.lease)
+        crate::state::millis(state.config.lease)
     } else {
         0
     };
@@ -161,7 +168,7 @@ pub async fn heartbeat(
         role_epoch,
         epoch: r.epoch,
         lease_ms,
-        heartbeat_interval_ms: crate::millis(state.config.heartbeat_interval),
+        heartbeat_interval_ms: crate::state::millis(state.config.heartbeat_interval),
         pricing: r.pricing,
     }))
 }
@@ -188,7 +195,7 @@ async fn record_disagreement(
         "agent": {"role": req.role, "role_epoch": req.role_epoch},
     });
     let instance = r.instance_id.clone();
-    let ctx = Ctx::new(crate::now_ms(), Actor::Agent(agent_id.to_owned()));
+    let ctx = Ctx::new(crate::state::now_ms(), Actor::Agent(agent_id.to_owned()));
     state
         .db
         .transact(ctx, move |tx| {
@@ -211,7 +218,7 @@ pub async fn pricing(
         )));
     }
     let agent_id = caller.agent_id;
-    let ctx = Ctx::new(crate::now_ms(), Actor::Agent(agent_id.clone()));
+    let ctx = Ctx::new(crate::state::now_ms(), Actor::Agent(agent_id.clone()));
     let (accepted, duplicates) = state
         .db
         .transact(ctx, move |tx| tx.ingest_prices(&agent_id, &req.points))
@@ -249,14 +256,15 @@ pub async fn poll_commands(
     }
     let wait = Duration::from_millis(q.wait_ms.min(MAX_POLL_WAIT_MS));
     let deadline = tokio::time::Instant::now() + wait;
-    let redeliver = i64::try_from(crate::millis(state.config.redeliver_after)).unwrap_or(i64::MAX);
+    let redeliver =
+        i64::try_from(crate::state::millis(state.config.redeliver_after)).unwrap_or(i64::MAX);
     loop {
         // Register interest before looking, so a command queued between the
         // look and the wait still wakes us.
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let now = crate::now_ms();
+        let now = crate::state::now_ms();
         let id = agent_id.clone();
         let pending = state
             .db
@@ -271,7 +279,7 @@ pub async fn poll_commands(
                 .await?
                 .value;
             if !commands.is_empty() {
-                return Ok(Json(PollResponse { commands }));
+                return Ok(Json(PollResponse::new(commands, crate::state::now_ms())));
             }
         }
         if state.live.status(&agent_id).is_none() {
@@ -280,10 +288,10 @@ pub async fn poll_commands(
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(PollResponse { commands: Vec::new() }));
+                return Ok(Json(PollResponse::new(Vec::new(), crate::state::now_ms())));
             }
             _ = state.shutdown.cancelled() => {
-                return Ok(Json(PollResponse { commands: Vec::new() }));
+                return Ok(Json(PollResponse::new(Vec::new(), crate::state::now_ms())));
             }
         }
     }
@@ -317,7 +325,7 @@ pub async fn events(
     });
     let resp = {
         let agent_id = agent_id.clone();
-        let ctx = Ctx::new(crate::now_ms(), Actor::Agent(agent_id.clone()));
+        let ctx = Ctx::new(crate::state::now_ms(), Actor::Agent(agent_id.clone()));
         let done = state
             .db
             .transact(ctx, move |tx| tx.apply_events(&agent_id, &req.events))

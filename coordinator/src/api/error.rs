@@ -127,10 +127,11 @@ impl From<StoreError> for ApiError {
             ),
             S::NotFenced(m) => ApiError::new(StatusCode::CONFLICT, "not_fenced", m),
             S::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", m),
+            S::Refused { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
             S::InProgress(m) => ApiError::new(StatusCode::CONFLICT, "promotion_in_progress", m),
             S::NotIngested(m) => ApiError::new(StatusCode::FORBIDDEN, "not_ingested", m),
             S::Sqlite(_) | S::Json(_) | S::Join(_) => {
-                tracing::error!(error = %crate::error_chain(&e), "store failure");
+                tracing::error!(error = %spot_common::error_chain(&e), "store failure");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

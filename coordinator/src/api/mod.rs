@@ -11,13 +11,12 @@ mod error;
 mod operator;
 mod prices;
 mod stream;
+mod transitions;
 mod ui;
-
-pub use ui::Sessions;
 
 pub use error::ApiError;
 
-use crate::AppState;
+use crate::state::AppState;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -171,7 +170,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/compare", get(operator::compare_models))
         .route(
             "/v1/groups/{name}/declare-dead",
-            post(operator::declare_dead),
+            post(transitions::declare_dead),
+        )
+        .route(
+            "/v1/groups/{name}/transition",
+            get(transitions::get_transition),
+        )
+        .route(
+            "/v1/groups/{name}/transition/abort",
+            post(transitions::abort_transition),
         )
         .route("/v1/notices", get(operator::list_notices))
         .route("/v1/instances", get(operator::list_instances))
@@ -263,7 +270,7 @@ async fn authenticate(
     } else if let Some(id) = ui::session_cookie(headers) {
         let session = state
             .sessions
-            .get(id, crate::now_ms())
+            .get(id, crate::state::now_ms())
             .ok_or_else(ApiError::unauthorized)?;
         if ui::mutating(method) {
             ui::check_csrf(headers, &session)?;
@@ -368,7 +375,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .metrics
         .agents_backlogged
         .set(state.live.backlogged(BACKLOG_FLAG));
-    let now = crate::now_ms();
+    let now = crate::state::now_ms();
     match state
         .db
         .read(move |s| crate::store::Read::fleet_health(s, now))

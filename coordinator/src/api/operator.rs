@@ -3,7 +3,7 @@
 //! the rules live in the store and the planner.
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, Caller};
-use crate::AppState;
+use crate::state::AppState;
 use crate::store::{AuditQuery, BulkSelection, Ctx, PromoteResult, Read, ReplaceRequest, Via};
 use axum::Json;
 use axum::extract::State;
@@ -11,9 +11,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use spot_common::wire::{
     AgentView, AuditEntry, BulkTerminateRequest, BulkTerminateResponse, CancelSwitchRequest,
-    CommandView, CreateGroupRequest, DecisionView, DeclareDeadRequest, DeleteAgentRequest,
-    GroupView, InstanceView, LaunchRequest, ModelStats, NoticeView, PromoteRequest, QueuedCommand,
-    SwitchRequest, SwitchView, UpdateGroupRequest,
+    CommandView, CreateGroupRequest, DecisionView, DeleteAgentRequest, GroupView, InstanceView,
+    LaunchRequest, ModelStats, NoticeView, PromoteRequest, QueuedCommand, SwitchRequest,
+    SwitchView, UpdateGroupRequest,
 };
 use std::sync::Arc;
 
@@ -38,8 +38,12 @@ pub struct AgentFilter {
 
 /// An operator request, by `caller`: its id and content make it
 /// idempotent.
-fn operator<T: serde::Serialize>(caller: &Caller, request_id: Option<String>, body: &T) -> Ctx {
-    Ctx::new(crate::now_ms(), caller.actor.clone())
+pub(super) fn operator<T: serde::Serialize>(
+    caller: &Caller,
+    request_id: Option<String>,
+    body: &T,
+) -> Ctx {
+    Ctx::new(crate::state::now_ms(), caller.actor.clone())
         .request(request_id)
         .body(body)
 }
@@ -198,7 +202,7 @@ pub async fn compare_models(
             ApiError::bad_request(format!("since {s:?} is not a duration (7d, 12h): {e}"))
         })?,
     };
-    let since = crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let since = crate::state::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     Ok(Json(state.db.read(move |s| s.compare_models(since)).await?))
 }
 
@@ -246,28 +250,6 @@ pub async fn launch(
     let q = state.woke(done);
     tracing::info!(request_id = %q.command.request_id, agent_id = ?q.agent_id, "launch queued");
     Ok(Json(q))
-}
-
-/// An operator vouches that an instance does not serve: it counts as
-/// fenced, so a replacement blocked on fencing it can go on. Audited.
-pub async fn declare_dead(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    ApiPath(name): ApiPath<String>,
-    ApiJson(req): ApiJson<DeclareDeadRequest>,
-) -> Result<Json<InstanceView>, ApiError> {
-    let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
-    let done = state
-        .db
-        .idempotent("declare_dead", ctx, move |tx| {
-            tx.declare_dead(&name, &req.instance_id)?;
-            tx.instance(&req.instance_id)
-        })
-        .await?;
-    let inst = state.woke(done);
-    tracing::warn!(group = %inst.group, instance = %inst.instance_id, "operator declared the instance dead: it counts as fenced");
-    state.reconcile.notify_one();
-    Ok(Json(inst))
 }
 
 /// Terminate ZOMBIE and FAILED instances in bulk, by ids or by filter

@@ -2,7 +2,7 @@
 //! consolidation job's records.
 
 use super::{ApiError, ApiPath, ApiQuery};
-use crate::AppState;
+use crate::state::AppState;
 use crate::store::{Read, SeriesKey};
 use axum::Json;
 use axum::extract::State;
@@ -37,7 +37,7 @@ fn parse_time(name: &str, s: &Option<String>, default: i64) -> Result<i64, ApiEr
 }
 
 fn window(from: &Option<String>, to: &Option<String>) -> Result<(i64, i64), ApiError> {
-    let now = crate::now_ms();
+    let now = crate::state::now_ms();
     let to = parse_time("to", to, now)?;
     let from = parse_time("from", from, to - DEFAULT_WINDOW_MS)?;
     if from >= to {
@@ -177,7 +177,7 @@ pub async fn runs(
 pub async fn consolidate(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<ConsolidationRun>, ApiError> {
-    Ok(Json(crate::pricing_job::run_once(&state).await?))
+    Ok(Json(crate::tasks::pricing::run_once(&state).await?))
 }
 
 /// What the PRIMARIES save against on-demand, per group and fleet-wide

@@ -8,7 +8,7 @@
 //! closing an idle stream.
 
 use super::ApiQuery;
-use crate::AppState;
+use crate::state::AppState;
 use crate::store::{AuditQuery, Read};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -63,7 +63,7 @@ pub async fn stream(
             let rows = match state.db.read(move |s| s.audit_log(&q)).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "event stream: reading the audit log; retrying");
+                    tracing::warn!(error = %spot_common::error_chain(&e), "event stream: reading the audit log; retrying");
                     continue;
                 }
             };

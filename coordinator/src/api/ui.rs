@@ -11,85 +11,16 @@
 //! (spotctl, scripts) send no cookie and need neither.
 
 use super::{ApiError, ApiJson, Caller};
-use crate::AppState;
+use crate::state::{AppState, Session};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::get, routing::post};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub const COOKIE: &str = "spot_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// A session lasts a working day; then the token is asked for again.
-const SESSION_MS: i64 = 12 * 3600 * 1000;
-/// More live sessions than any team has browsers: a flood of logins with
-/// a valid token cannot grow memory without bound.
-const MAX_SESSIONS: usize = 10_000;
-
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// The hash of the token that logged in (re-checked on every request).
-    pub token_hash: String,
-    pub csrf: String,
-    expires_ms: i64,
-}
-
-/// Live sessions, keyed by the hash of the cookie's value.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-impl Sessions {
-    /// A new session for `token_hash`: the cookie's value and the session.
-    fn create(&self, token_hash: String, now_ms: i64) -> Result<(String, Session), ApiError> {
-        let id = crate::random_token();
-        let s = Session {
-            token_hash,
-            csrf: crate::random_token(),
-            expires_ms: now_ms + SESSION_MS,
-        };
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_SESSIONS {
-            map.retain(|_, s| s.expires_ms > now_ms);
-        }
-        if map.len() >= MAX_SESSIONS {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_sessions",
-                format!(
-                    "{MAX_SESSIONS} sessions are open; log out elsewhere or wait for them to expire"
-                ),
-            ));
-        }
-        map.insert(spot_common::token_hash(&id), s.clone());
-        Ok((id, s))
-    }
-
-    pub fn get(&self, id: &str, now_ms: i64) -> Option<Session> {
-        let key = spot_common::token_hash(id);
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&key) {
-            Some(s) if s.expires_ms > now_ms => Some(s.clone()),
-            Some(_) => {
-                map.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn remove(&self, id: &str) {
-        let key = spot_common::token_hash(id);
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-    }
-}
-
 /// The session cookie's value, if the request carries one.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -255,11 +186,22 @@ async fn login(
         tracing::warn!("dashboard login refused: unknown or revoked token");
         return Err(ApiError::unauthorized());
     };
-    let (id, s) = state.sessions.create(hash, crate::now_ms())?;
+    let (id, s) = state
+        .sessions
+        .create(hash, crate::state::now_ms())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sessions",
+                e.to_string(),
+            )
+        })?;
     tracing::info!(actor = %caller.actor, role = %caller.role, "dashboard login");
     let mut r = Json(view(&caller, &s)).into_response();
-    r.headers_mut()
-        .insert(header::SET_COOKIE, cookie(&state, &id, SESSION_MS / 1000));
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&state, &id, crate::state::SESSION_MS / 1000),
+    );
     Ok(r)
 }
 
@@ -271,7 +213,7 @@ async fn from_cookie(
     let id = session_cookie(headers).ok_or_else(ApiError::unauthorized)?;
     let s = state
         .sessions
-        .get(id, crate::now_ms())
+        .get(id, crate::state::now_ms())
         .ok_or_else(ApiError::unauthorized)?;
     let caller = super::caller_for_hash(state, s.token_hash.clone())
         .await?
@@ -355,17 +297,5 @@ mod tests {
             let e = check_csrf(&bad, &s).unwrap_err();
             assert_eq!(e.code, "csrf_refused", "{bad:?}");
         }
-    }
-
-    #[test]
-    fn sessions_expire_and_can_be_removed() {
-        let ss = Sessions::default();
-        let (id, s) = ss.create("h".into(), 0).unwrap();
-        assert_eq!(ss.get(&id, 1).unwrap().csrf, s.csrf);
-        assert!(ss.get("other", 1).is_none());
-        assert!(ss.get(&id, SESSION_MS).is_none(), "expired");
-        let (id, _) = ss.create("h".into(), 0).unwrap();
-        ss.remove(&id);
-        assert!(ss.get(&id, 1).is_none());
     }
 }

@@ -8,7 +8,8 @@
 //!   transition started;
 //! * EC2 reports it `terminated` (a `fence` command finished, or an
 //!   agent's DescribeInstances saw it);
-//! * an operator declared it dead.
+//! * an operator declared it dead during this transition, as one of its
+//!   fence targets, and its agent has not been heard since.
 //!
 //! No clock appears here: silence only makes the planner send a fence.
 
@@ -23,8 +24,11 @@ use spot_common::{Command, CommandKind, CommandState, ids};
 /// Whether `target` is shown not to serve (see the module docs).
 pub fn fenced(conn: &Connection, target: &FenceTarget, since_ms: i64) -> Result<bool> {
     Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM instances WHERE instance_id = ?1
-                          AND (ec2_state = 'terminated' OR declared_dead_at_ms IS NOT NULL))
+        "SELECT EXISTS (SELECT 1 FROM instances WHERE instance_id = ?1 AND ec2_state = 'terminated')
+             OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = ?1
+                          AND i.declared_dead_at_ms >= ?3
+                          AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.instance_id = ?1
+                                            AND a.last_heartbeat_ms > i.declared_dead_at_ms))
              OR EXISTS (SELECT 1 FROM commands WHERE subject = ?1 AND kind IN ('demote', 'fence')
                           AND state = 'done' AND epoch >= ?2)
              OR EXISTS (SELECT 1 FROM events e JOIN agents a ON a.agent_id = e.agent_id
@@ -107,13 +111,60 @@ impl Txn<'_> {
     }
 
     /// An operator vouches that `instance` does not serve (stopped by hand,
-    /// cut off from its data): it counts as fenced. Audited.
-    pub fn declare_dead(&mut self, group: &str, instance: &str) -> Result<()> {
+    /// cut off from its data). The declaration is scoped: `instance` must be
+    /// a fence target of the group's transition, and it counts as fenced
+    /// only for that transition and only until its agent is heard again.
+    /// `heard_ms_ago` is how long its agent has been silent (`None`: no
+    /// agent, or never heard); one heard within `lease_ms` is refused
+    /// unless `force` (audited as forced). Returns the transition's epoch.
+    pub fn declare_dead(
+        &mut self,
+        group: &str,
+        instance: &str,
+        heard_ms_ago: Option<i64>,
+        lease_ms: i64,
+        force: bool,
+    ) -> Result<u64> {
         let inst = self.instance(instance)?;
         if inst.group != group {
             return Err(StoreError::NotFound {
                 what: "instance",
                 id: format!("{instance} in group {group}"),
+            });
+        }
+        let g = self.group(group)?;
+        let Some(t) = g.transition else {
+            return Err(StoreError::Refused {
+                code: "no_transition",
+                message: format!(
+                    "group {group} has no transition: declaring {instance} dead would fence nothing"
+                ),
+            });
+        };
+        if !t.fence.iter().any(|f| f.instance_id == instance) {
+            let targets: Vec<&str> = t.fence.iter().map(|f| f.instance_id.as_str()).collect();
+            return Err(StoreError::Refused {
+                code: "not_a_fence_target",
+                message: format!(
+                    "{instance} is not a fence target of group {group}'s transition (epoch {}, targets: {})",
+                    t.epoch,
+                    if targets.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        targets.join(", ")
+                    }
+                ),
+            });
+        }
+        let live = heard_ms_ago.is_some_and(|ms| ms < lease_ms);
+        if live && !force {
+            return Err(StoreError::Refused {
+                code: "instance_live",
+                message: format!(
+                    "{instance}'s agent was heard {} ms ago, within its lease ({lease_ms} ms): it \
+                     may still serve. Fence it through EC2, or pass force if you know it does not",
+                    heard_ms_ago.unwrap_or_default()
+                ),
             });
         }
         self.tx.execute(
@@ -123,8 +174,9 @@ impl Txn<'_> {
         self.audit(
             Entity::Instance(instance),
             "declared_dead",
-            &json!({"role": inst.role}),
-            &json!({"declared_dead": true}),
-        )
+            &json!({"role": inst.role, "heard_ms_ago": heard_ms_ago}),
+            &json!({"declared_dead": true, "transition_epoch": t.epoch, "forced": live && force}),
+        )?;
+        Ok(t.epoch)
     }
 }

@@ -56,7 +56,7 @@ use spot_common::planner::GroupSnap;
 use spot_common::pricing::HourPoint;
 use spot_common::wire::{
     AgentView, AuditEntry, CommandView, ConsolidationRun, GroupView, InstanceView, NoticeView,
-    SwitchView,
+    SwitchView, TransitionStatus,
 };
 use spot_common::{Actor, ConfigRuleError, RoleError};
 use std::collections::HashSet;
@@ -87,6 +87,9 @@ pub enum StoreError {
     NotFenced(String),
     #[error("{0}")]
     Invalid(String),
+    /// The request is well formed but the state refuses it now (409).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("store task failed")]
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
@@ -396,6 +399,10 @@ pub trait Read {
     }
     fn group_names(&self) -> Result<Vec<String>> {
         groups::names(self.conn())
+    }
+    /// The group's transition and what it waits for; `None` without one.
+    fn transition_status(&self, group: &str) -> Result<Option<TransitionStatus>> {
+        promotion::status(self.conn(), group)
     }
     fn group_snapshot(&self, group: &str, input: &SnapshotInput) -> Result<GroupSnap> {
         snapshot::group(self.conn(), group, input)

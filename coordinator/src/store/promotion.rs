@@ -8,13 +8,13 @@
 //! (`fence::fenced`): the store itself refuses to promote past an
 //! unfenced instance, whatever the planner decided.
 
-use super::fence::fenced;
+use super::fence::{self, fenced};
 use super::{Read, Result, StoreError, Txn};
 use crate::store::audit::Entity;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use spot_common::ids;
-use spot_common::wire::{FenceTarget, TransitionView};
+use spot_common::wire::{FenceTarget, TransitionStatus, TransitionView};
 use spot_common::{Command, CommandKind, Phase, Promotion, Role, RoleError, RoleEvent};
 
 /// T1, as the planner or an operator asks for it.
@@ -53,6 +53,79 @@ fn check_epoch(actual: u64, expected: u64) -> Result<()> {
         return Err(RoleError::StaleEpoch { expected, actual }.into());
     }
     Ok(())
+}
+
+/// Until when the candidate granted at `now` may promote: the whole promote
+/// budget from now (the agent abandons a promotion that cannot finish in
+/// it, before the coordinator rolls it over), capped by the notice only
+/// while the notice is still ahead. A grant that lands late (a slow
+/// demote, a second fence, a replacement that booted after the reclaim)
+/// gets its full budget: a window already past would only get its hook
+/// killed, its instance fenced and another launched, round after round.
+pub fn grant_window(t: &TransitionView, now: i64) -> i64 {
+    let window = now.saturating_add(t.promote_budget_ms);
+    match t.notice_at_ms {
+        Some(notice) if notice > now => window.min(notice).max(now + 1_000),
+        _ => window,
+    }
+}
+
+/// The group's transition, each fence target's evidence, and in words what
+/// it waits for.
+pub fn status(conn: &Connection, group: &str) -> Result<Option<TransitionStatus>> {
+    let Some(t) = super::rows::group(conn, group)?.transition else {
+        return Ok(None);
+    };
+    let targets = t
+        .fence
+        .iter()
+        .map(|target| fence::snap(conn, target, t.started_at_ms))
+        .collect::<Result<Vec<_>>>()?;
+    let promote = super::commands::state(conn, &ids::promote(&t.candidate, t.epoch))?;
+    let granted = t.phase == Phase::Promoting
+        || t.fence
+            .iter()
+            .any(|f| Some(&f.instance_id) != t.old.as_ref());
+    let waiting_for = match t.phase {
+        Phase::Promoting => format!(
+            "{} to finish promoting at epoch {} (its promote command: {})",
+            t.candidate,
+            t.epoch,
+            promote.map_or("not queued: no agent".to_owned(), |s| s.to_string())
+        ),
+        _ => {
+            let open: Vec<String> = targets
+                .iter()
+                .filter(|x| !x.fenced)
+                .map(|x| {
+                    let demote = x.demote.map_or("none queued".to_owned(), |s| s.to_string());
+                    let fence = match (&x.last_fence, &x.last_fence_code) {
+                        (None, _) => "no EC2 fence yet".to_owned(),
+                        (Some(s), Some(code)) => {
+                            format!("{} EC2 fence(s), last {s} ({code})", x.fence_attempts)
+                        }
+                        (Some(s), None) => format!("{} EC2 fence(s), last {s}", x.fence_attempts),
+                    };
+                    format!("{} to be fenced (demote: {demote}; {fence})", x.instance_id)
+                })
+                .collect();
+            if open.is_empty() {
+                format!(
+                    "the grant of {} (every fence target is fenced)",
+                    t.candidate
+                )
+            } else {
+                open.join("; ")
+            }
+        }
+    };
+    Ok(Some(TransitionStatus {
+        abortable: !granted,
+        transition: t,
+        targets,
+        promote,
+        waiting_for,
+    }))
 }
 
 /// A committed promotion: the new PRIMARY, and the downtime of the manual
@@ -155,6 +228,7 @@ impl Txn<'_> {
             started_at_ms: now,
             phase_started_ms: now,
             deadline_ms: req.deadline_ms.unwrap_or(now + 60_000),
+            notice_at_ms: req.deadline_ms,
             priority: if req.emergency {
                 spot_common::PRIORITY_EMERGENCY
             } else {
@@ -230,12 +304,7 @@ impl Txn<'_> {
         }
         let candidate = t.candidate.clone();
         let now = self.now_ms();
-        // The agent abandons a promotion that cannot finish in time, before
-        // the coordinator rolls it over.
-        let deadline = t
-            .deadline_ms
-            .min(now + t.promote_budget_ms)
-            .max(now + 1_000);
+        let deadline = grant_window(&t, now);
         queued.extend(self.queue_role_command(
             &candidate,
             group,
@@ -405,5 +474,72 @@ impl Txn<'_> {
             &json!({"epoch": epoch, "reason": reason, "fence": t.fence}),
         )?;
         self.write_transition(group, Some(&t), epoch)
+    }
+
+    /// An operator ends a transition that waits (a fence that never comes,
+    /// a demote hook that keeps failing), before anything was granted in
+    /// it: nobody can be PRIMARY at its epoch, so ending it cannot make a
+    /// second one. The old PRIMARY's undelivered demote is cancelled and it
+    /// stays the store's PRIMARY; the group is paused, so the planner does
+    /// not start the same transition again before the operator has looked.
+    /// Refused once a candidate was granted (it may be promoting: it must
+    /// be fenced, which the transition is doing). Audited.
+    pub fn abort_transition(&mut self, group: &str, expected_epoch: u64) -> Result<TransitionView> {
+        let g = self.group(group)?;
+        check_epoch(g.epoch, expected_epoch)?;
+        let Some(t) = g.transition.clone() else {
+            return Err(StoreError::InProgress(format!(
+                "group {group} has no transition to abort"
+            )));
+        };
+        let granted: Vec<&str> = t
+            .fence
+            .iter()
+            .map(|f| f.instance_id.as_str())
+            .filter(|i| Some(*i) != t.old.as_deref())
+            .chain((t.phase == Phase::Promoting).then_some(t.candidate.as_str()))
+            .collect();
+        let old_still_primary = match &t.old {
+            Some(o) => self.instance(o)?.role == Role::Primary,
+            None => true,
+        };
+        if !granted.is_empty() || !old_still_primary {
+            return Err(StoreError::Refused {
+                code: "transition_granted",
+                message: format!(
+                    "group {group}'s transition (epoch {}) granted {}: it may be promoting, and \
+                     aborting would leave it unfenced. The transition fences it; declare it dead \
+                     if you know it does not serve",
+                    t.epoch,
+                    if granted.is_empty() {
+                        t.candidate.clone()
+                    } else {
+                        granted.join(", ")
+                    }
+                ),
+            });
+        }
+        if let Some(old) = &t.old {
+            self.tx.execute(
+                "UPDATE commands SET state = 'cancelled', finished_at_ms = ?2
+                 WHERE request_id = ?1 AND state = 'queued'",
+                params![ids::demote(old, t.epoch), self.now_ms()],
+            )?;
+        }
+        if let Some(sw) = t.switch_id {
+            self.tx
+                .execute("UPDATE switches SET state = 'failed' WHERE id = ?1", [sw])?;
+        }
+        let mut config = g.config.clone();
+        config.paused = true;
+        self.update_group(group, &config, g.version)?;
+        self.audit(
+            Entity::Group(group),
+            "abort_transition",
+            &json!({"transition": t}),
+            &json!({"transition": null, "epoch": g.epoch, "paused": true}),
+        )?;
+        self.write_transition(group, None, g.epoch)?;
+        Ok(t)
     }
 }

@@ -260,6 +260,81 @@ fn replacement_fences_the_old_primary_before_promoting() {
     );
 }
 
+/// The promote command `agent` is handed at `now`.
+fn promote_deadline(s: &mut Store, agent: &str, now: i64) -> i64 {
+    let cmds = take(s, agent, now, 30_000);
+    let p = cmds
+        .iter()
+        .find(|c| matches!(c.action, CommandKind::Promote { .. }))
+        .unwrap_or_else(|| panic!("no promote for {agent} at {now}: {cmds:?}"));
+    p.deadline_ms
+}
+
+#[test]
+fn every_grant_gets_its_promote_budget_however_late_it_lands() {
+    // No notice; the old PRIMARY is fenced 80 s after T1 (past the
+    // default 60 s target): the candidate still gets its whole budget.
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 10_000, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    tx(&mut s, 90_000, |t| {
+        t.set_ec2_state("g", "i-p", "terminated")
+    })
+    .unwrap();
+    tx(&mut s, 90_000, |t| t.grant("g", 2)).unwrap();
+    assert_eq!(promote_deadline(&mut s, "a-r1", 90_001), 90_000 + 25_000);
+
+    // An interruption already past (the replacement registered after the
+    // reclaim): the notice caps nothing any more.
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 10_000, |t| {
+        t.begin_replace(&ReplaceRequest {
+            emergency: true,
+            deadline_ms: Some(20_000),
+            ..replace("i-r1", 1)
+        })
+    })
+    .unwrap();
+    tx(&mut s, 40_000, |t| {
+        t.set_ec2_state("g", "i-p", "terminated")
+    })
+    .unwrap();
+    tx(&mut s, 40_000, |t| t.grant("g", 2)).unwrap();
+    assert_eq!(promote_deadline(&mut s, "a-r1", 40_001), 40_000 + 25_000);
+
+    // A roll-over and a second grant later still: a full budget again.
+    tx(&mut s, 70_000, |t| t.roll_over("g", 2, "test")).unwrap();
+    tx(&mut s, 70_000, |t| t.retarget("g", 3, "i-r2")).unwrap();
+    report(
+        &mut s,
+        "a-r1",
+        &ids::demote("i-r1", 3),
+        CommandOutcome::Done,
+        201,
+    );
+    tx(&mut s, 95_000, |t| t.grant("g", 3)).unwrap();
+    assert_eq!(promote_deadline(&mut s, "a-r2", 95_001), 95_000 + 25_000);
+
+    // A notice still ahead caps the window (never below 1 s).
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 10_000, |t| {
+        t.begin_replace(&ReplaceRequest {
+            emergency: true,
+            deadline_ms: Some(30_000),
+            ..replace("i-r1", 1)
+        })
+    })
+    .unwrap();
+    tx(&mut s, 12_000, |t| {
+        t.set_ec2_state("g", "i-p", "terminated")
+    })
+    .unwrap();
+    tx(&mut s, 12_000, |t| t.grant("g", 2)).unwrap();
+    assert_eq!(promote_deadline(&mut s, "a-r1", 12_001), 30_000);
+}
+
 #[test]
 fn a_failed_candidate_is_fenced_before_the_next_is_granted() {
     let (_d, mut s) = store();
@@ -376,7 +451,7 @@ fn an_operator_may_declare_an_instance_dead_and_it_is_audited() {
     tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
     assert!(tx(&mut s, 11, |t| t.grant("g", 2)).is_err());
     op(&mut s, "declare_dead", None, 11, |t| {
-        t.declare_dead("g", "i-p")
+        t.declare_dead("g", "i-p", Some(60_000), 15_000, false)
     })
     .unwrap();
     tx(&mut s, 12, |t| t.grant("g", 2)).unwrap();
@@ -391,6 +466,144 @@ fn an_operator_may_declare_an_instance_dead_and_it_is_audited() {
             .iter()
             .any(|e| e.action == "declared_dead" && e.actor == "operator")
     );
+}
+
+/// `agent` heartbeats, persisted at `now`.
+fn heartbeat(s: &mut Store, agent: &str, now: i64) {
+    let rec = HeartbeatRecord {
+        agent_id: agent.into(),
+        at_ms: now,
+        reported_role: Some(Role::Replica),
+        highest_epoch: 1,
+        healthy: true,
+        backlog: 0,
+    };
+    tx(s, now, |t| t.flush_heartbeats(&[rec])).unwrap();
+}
+
+#[test]
+fn declared_dead_counts_only_for_its_transition_and_until_the_instance_speaks() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let declare = |s: &mut Store, now, who: &str, heard, force| {
+        op(s, "declare_dead", None, now, |t| {
+            t.declare_dead("g", who, heard, 15_000, force)
+        })
+    };
+    // No transition: nothing to fence, refused, nothing written.
+    let before = table_counts(&s);
+    assert!(declare(&mut s, 9, "i-r2", None, false).is_err());
+    assert_eq!(table_counts(&s), before);
+    tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    // A live REPLICA is no fence target of this transition.
+    assert!(declare(&mut s, 11, "i-r2", Some(100_000), true).is_err());
+    // The target was heard 2 s ago, within its 15 s lease: refused unless
+    // forced.
+    let err = declare(&mut s, 11, "i-p", Some(2_000), false).unwrap_err();
+    assert!(err.to_string().contains("within its lease"), "{err}");
+    assert!(tx(&mut s, 11, |t| t.grant("g", 2)).is_err());
+    declare(&mut s, 12, "i-p", Some(2_000), true).unwrap();
+    // It speaks again before the grant: the declaration no longer counts.
+    heartbeat(&mut s, "a-p", 13);
+    let err = tx(&mut s, 14, |t| t.grant("g", 2)).unwrap_err();
+    assert!(matches!(err, StoreError::NotFenced(_)), "{err:?}");
+    // Declared again while silent: fenced, for this transition only. The
+    // operator aborts it instead (nothing granted yet); the next
+    // transition cannot lean on the old declaration.
+    declare(&mut s, 15, "i-p", Some(20_000), false).unwrap();
+    tx(&mut s, 16, |t| t.abort_transition("g", 2)).unwrap();
+    op(&mut s, "resume", None, 17, |t| {
+        let g = t.group("g")?;
+        let config = GroupConfig {
+            paused: false,
+            ..g.config
+        };
+        t.update_group("g", &config, g.version)
+    })
+    .unwrap();
+    tx(&mut s, 20, |t| t.begin_replace(&replace("i-r2", 2))).unwrap();
+    let err = tx(&mut s, 21, |t| t.grant("g", 3)).unwrap_err();
+    assert!(matches!(err, StoreError::NotFenced(_)), "{err:?}");
+    let t = snapshot(&s, &["a-r1", "a-r2"], 21).transition.unwrap();
+    assert!(!t.targets[0].fenced);
+    declare(&mut s, 22, "i-p", None, false).unwrap();
+    tx(&mut s, 23, |t| t.grant("g", 3)).unwrap();
+}
+
+#[test]
+fn a_waiting_transition_says_why_and_may_be_aborted_before_any_grant() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    let st = s.transition_status("g").unwrap().expect("a transition");
+    assert!(st.abortable);
+    assert!(!st.targets[0].fenced);
+    assert!(
+        st.waiting_for.contains("i-p to be fenced"),
+        "{}",
+        st.waiting_for
+    );
+    assert!(
+        st.waiting_for.contains("demote: queued"),
+        "{}",
+        st.waiting_for
+    );
+    // A stale epoch is refused; the right one ends it: the old PRIMARY
+    // stays, its undelivered demote is cancelled, the group is paused.
+    assert!(tx(&mut s, 11, |t| t.abort_transition("g", 1)).is_err());
+    tx(&mut s, 11, |t| t.abort_transition("g", 2)).unwrap();
+    let g = s.group("g").unwrap();
+    assert_eq!(
+        (
+            g.primary.as_deref(),
+            g.transition.is_none(),
+            g.config.paused
+        ),
+        (Some("i-p"), true, true)
+    );
+    assert_eq!(s.instance("i-p").unwrap().role, Role::Primary);
+    assert!(
+        take(&mut s, "a-p", 12, 30_000).is_empty(),
+        "the demote is cancelled"
+    );
+    assert!(s.transition_status("g").unwrap().is_none());
+    let trail = s
+        .audit_log(&AuditQuery {
+            entity: Some("group:g".into()),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(trail.iter().any(|e| e.action == "abort_transition"));
+
+    // Once a candidate is granted, abort is refused and changes nothing.
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    tx(&mut s, 11, |t| t.set_ec2_state("g", "i-p", "terminated")).unwrap();
+    tx(&mut s, 11, |t| t.grant("g", 2)).unwrap();
+    let st = s.transition_status("g").unwrap().unwrap();
+    assert!(!st.abortable);
+    assert!(
+        st.waiting_for.contains("i-r1 to finish promoting"),
+        "{}",
+        st.waiting_for
+    );
+    let before = table_counts(&s);
+    let err = tx(&mut s, 12, |t| t.abort_transition("g", 2)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Refused {
+                code: "transition_granted",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(table_counts(&s), before);
+    // Rolled over, the granted candidate is a fence target: still refused.
+    tx(&mut s, 13, |t| t.roll_over("g", 2, "test")).unwrap();
+    assert!(tx(&mut s, 14, |t| t.abort_transition("g", 3)).is_err());
 }
 
 #[test]
@@ -430,6 +643,51 @@ fn a_store_behind_an_agent_converges_to_it() {
     .unwrap();
     assert!(!again);
     assert_eq!(table_counts(&s), before);
+}
+
+#[test]
+fn a_restored_store_adopts_the_real_primary_whichever_agent_speaks_first() {
+    // Reality: i-r1 is PRIMARY at epoch 5; i-p, the store's PRIMARY at
+    // epoch 1, was demoted at 5.
+    let demoted = Reported {
+        role: Some(Role::Replica),
+        role_epoch: 5,
+        highest_epoch: 5,
+    };
+    let primary = Reported {
+        role: Some(Role::Primary),
+        role_epoch: 5,
+        highest_epoch: 5,
+    };
+    for order in [["i-p", "i-r1"], ["i-r1", "i-p"]] {
+        let (_d, mut s) = store();
+        live_group(&mut s);
+        for (n, who) in order.iter().enumerate() {
+            let r = if *who == "i-p" { demoted } else { primary };
+            tx(&mut s, 10 + n as i64, |t| t.converge_epoch(who, r)).unwrap();
+        }
+        let g = s.group("g").unwrap();
+        assert_eq!(
+            (g.epoch, g.primary.as_deref()),
+            (5, Some("i-r1")),
+            "order {order:?}"
+        );
+        assert_eq!(s.instance("i-r1").unwrap().role_epoch, 5);
+        // A claim that is not above the adopted PRIMARY changes nothing,
+        // nor does a PRIMARY claim from an agent that has seen a higher
+        // epoch since.
+        let before = table_counts(&s);
+        for r in [
+            primary,
+            Reported {
+                role_epoch: 4,
+                ..primary
+            },
+        ] {
+            assert!(!tx(&mut s, 20, |t| t.converge_epoch("i-r2", r)).unwrap());
+        }
+        assert_eq!(table_counts(&s), before);
+    }
 }
 
 #[test]

@@ -26,7 +26,23 @@ impl Txn<'_> {
     pub fn converge_epoch(&mut self, instance: &str, reported: Reported) -> Result<bool> {
         let inst = self.instance(instance)?;
         let g = self.group(&inst.group)?;
-        if reported.highest_epoch <= g.epoch {
+        // The role epoch of the store's PRIMARY (0 with none, or when it is
+        // the reporter itself).
+        let primary_epoch = match g.primary.as_deref() {
+            Some(p) if p != instance => self.instance(p)?.role_epoch,
+            _ => 0,
+        };
+        // A PRIMARY claim above the store's PRIMARY, at or above the store's
+        // epoch, with no transition of the store's own under way: the store
+        // lost it (a restored copy that another agent's report already
+        // raised to this epoch). It wins whichever heartbeat came first.
+        let claims_primary = reported.role == Some(Role::Primary)
+            && reported.role_epoch == reported.highest_epoch
+            && g.primary.as_deref() != Some(instance)
+            && reported.role_epoch >= g.epoch
+            && reported.role_epoch > primary_epoch
+            && g.transition.is_none();
+        if reported.highest_epoch <= g.epoch && !claims_primary {
             return Ok(false);
         }
         let before = json!({"epoch": g.epoch, "primary": g.primary, "transition": g.transition});
@@ -38,9 +54,13 @@ impl Txn<'_> {
                 params![g.name, self.now_ms(), to_i64(t.epoch)],
             )?;
         }
-        self.write_transition(&g.name, None, reported.highest_epoch)?;
+        self.write_transition(&g.name, None, reported.highest_epoch.max(g.epoch))?;
         let mut adopted = false;
-        if reported.role == Some(Role::Primary) && reported.role_epoch > g.epoch {
+        if reported.role == Some(Role::Primary)
+            && reported.role_epoch == reported.highest_epoch
+            && reported.role_epoch >= g.epoch
+            && reported.role_epoch > primary_epoch
+        {
             if let Some(other) = g.primary.as_deref().filter(|p| *p != instance) {
                 self.role_event(other, RoleEvent::Demote)?;
             }

@@ -2,23 +2,19 @@
 //! grows (rules in `store::retention`), one small transaction per batch so
 //! that heartbeats and promotions never queue behind a long delete.
 
-use crate::AppState;
+use super::Schedule;
 use crate::metrics::TableLabel;
+use crate::state::AppState;
 use crate::store::{Db, Retention, Table};
 use std::sync::Arc;
 
 pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let retention = state.config.retention;
-    let mut tick = tokio::time::interval(retention.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.shutdown.cancelled() => return Ok(()),
-        }
+    let mut schedule = Schedule::every(retention.interval, &state);
+    while schedule.next().await {
         // A failed pass is retried on the next tick; it never stops the
         // coordinator (retention is housekeeping, not safety).
-        match pass(&state.db, &retention, crate::now_ms()).await {
+        match pass(&state.db, &retention, crate::state::now_ms()).await {
             Ok(pruned) => {
                 for (table, n) in &pruned {
                     state
@@ -36,16 +32,19 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "retention pass failed; next tick retries")
+                tracing::warn!(error = %spot_common::error_chain(&e), "retention pass failed; next tick retries")
             }
         }
         match state.db.read(|s| s.used_bytes()).await {
             Ok(bytes) => {
                 state.metrics.store_bytes.set(bytes);
             }
-            Err(e) => tracing::warn!(error = %crate::error_chain(&e), "reading the store's size"),
+            Err(e) => {
+                tracing::warn!(error = %spot_common::error_chain(&e), "reading the store's size")
+            }
         }
     }
+    Ok(())
 }
 
 /// One pass over every table as of `now_ms`: batches until a table has

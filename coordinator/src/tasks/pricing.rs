@@ -3,7 +3,8 @@
 //! is logged and retried at the next interval; it changed nothing (one
 //! transaction).
 
-use crate::AppState;
+use super::Schedule;
+use crate::state::AppState;
 use crate::store::{Ctx, StoreError};
 use spot_common::wire::ConsolidationRun;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ pub async fn run_once(state: &AppState) -> Result<ConsolidationRun, StoreError> 
     let cfg = state.config.consolidation();
     let run = state
         .db
-        .transact(Ctx::system(crate::now_ms()), move |tx| tx.consolidate(&cfg))
+        .transact(Ctx::system(crate::state::now_ms()), move |tx| {
+            tx.consolidate(&cfg)
+        })
         .await?
         .value;
     state.metrics.record_consolidation(&run);
@@ -29,18 +32,11 @@ pub async fn run_once(state: &AppState) -> Result<ConsolidationRun, StoreError> 
 }
 
 pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + state.config.consolidate_interval,
-        state.config.consolidate_interval,
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.shutdown.cancelled() => return Ok(()),
-        }
+    let mut schedule = Schedule::after(state.config.consolidate_interval, &state);
+    while schedule.next().await {
         if let Err(e) = run_once(&state).await {
-            tracing::error!(error = %crate::error_chain(&e), "price consolidation failed; next run at the next interval");
+            tracing::error!(error = %spot_common::error_chain(&e), "price consolidation failed; next run at the next interval");
         }
     }
+    Ok(())
 }

@@ -12,8 +12,9 @@
 //! the decision. A group that is paused, in a transition, switching or
 //! launching is left alone this pass.
 
-use crate::AppState;
+use super::Schedule;
 use crate::metrics::DecisionLabels;
+use crate::state::AppState;
 use crate::store::{Ctx, LoggedDecision, Read, StoreError, Via};
 use sha2::{Digest, Sha256};
 use spot_common::decision::{self, Action, DecisionInput, DecisionOutput, builtin};
@@ -37,19 +38,13 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
         .as_deref()
         .map(|url| Arc::new(External::new(url, state.config.decision_model_timeout)));
     let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
-    let mut tick = tokio::time::interval(state.config.decision_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.decide.notified() => {}
-            _ = state.shutdown.cancelled() => return Ok(()),
-        }
+    let mut schedule = Schedule::every(state.config.decision_interval, &state).or_on(&state.decide);
+    while schedule.next().await {
         // One group's failure is logged and never stops the others.
         let names = match state.db.read(|s| s.group_names()).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "decision pass: listing groups");
+                tracing::warn!(error = %spot_common::error_chain(&e), "decision pass: listing groups");
                 continue;
             }
         };
@@ -62,8 +57,8 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
                 (Arc::clone(&state), external.clone(), Arc::clone(&permits));
             set.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                if let Err(e) = decide(&state, external.as_deref(), &name, crate::now_ms()).await {
-                    tracing::warn!(group = %name, error = %crate::error_chain(&e), "decision failed; next pass retries");
+                if let Err(e) = decide(&state, external.as_deref(), &name, crate::state::now_ms()).await {
+                    tracing::warn!(group = %name, error = %spot_common::error_chain(&e), "decision failed; next pass retries");
                 }
             });
         }
@@ -73,6 +68,7 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
 }
 
 /// The model's input for `group` and the model its config names, or
@@ -152,7 +148,7 @@ impl External {
                 .json(input)
                 .send()
                 .await
-                .map_err(|e| format!("unreachable: {}", crate::error_chain(&e)))?;
+                .map_err(|e| format!("unreachable: {}", spot_common::error_chain(&e)))?;
             if !resp.status().is_success() {
                 return Err(format!("answered {}", resp.status()));
             }

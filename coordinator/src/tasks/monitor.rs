@@ -4,7 +4,8 @@
 //! It is the only writer of ONLINE/OFFLINE to the store. A store failure is
 //! logged and retried on the next tick: memory keeps the truth meanwhile.
 
-use crate::AppState;
+use super::Schedule;
+use crate::state::AppState;
 use crate::store::Ctx;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,23 +14,18 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     // A fifth of the heartbeat interval, capped at 1 s: OFFLINE is seen
     // within 20 % of an interval of the third missed heartbeat.
     let period = (state.config.heartbeat_interval / 5).min(Duration::from_secs(1));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut schedule = Schedule::every(period, &state);
     let watchdog = sd_notify::watchdog_enabled();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.shutdown.cancelled() => {
-                flush(&state).await;
-                return Ok(());
-            }
-        }
+    while schedule.next().await {
         sweep(&state).await;
         flush(&state).await;
         if watchdog.is_some() {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
     }
+    // The last heartbeats are persisted before the coordinator stops.
+    flush(&state).await;
+    Ok(())
 }
 
 async fn sweep(state: &AppState) {
@@ -40,7 +36,7 @@ async fn sweep(state: &AppState) {
         let c = change.clone();
         match state
             .db
-            .transact(Ctx::system(crate::now_ms()), move |tx| {
+            .transact(Ctx::system(crate::state::now_ms()), move |tx| {
                 tx.set_agent_status(&c.agent_id, c.from, c.to)
             })
             .await
@@ -52,7 +48,7 @@ async fn sweep(state: &AppState) {
                 state.reconcile.notify_one();
             }
             Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), agent_id = %change.agent_id, "persisting agent status; will retry")
+                tracing::warn!(error = %spot_common::error_chain(&e), agent_id = %change.agent_id, "persisting agent status; will retry")
             }
         }
     }
@@ -67,14 +63,14 @@ async fn flush(state: &AppState) {
     let kept = batch.clone();
     if let Err(e) = state
         .db
-        .transact(Ctx::system(crate::now_ms()), move |tx| {
+        .transact(Ctx::system(crate::state::now_ms()), move |tx| {
             tx.flush_heartbeats(&batch)
         })
         .await
     {
         // Liveness is decided in memory; the batch goes back so the next
         // flush persists it (unless a newer heartbeat replaced it).
-        tracing::warn!(error = %crate::error_chain(&e), heartbeats = n, "persisting heartbeats; kept for the next flush");
+        tracing::warn!(error = %spot_common::error_chain(&e), heartbeats = n, "persisting heartbeats; kept for the next flush");
         state.live.restore_pending(kept);
     }
 }

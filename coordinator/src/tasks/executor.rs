@@ -11,7 +11,8 @@
 //! is taken again after `redeliver_after`. Each runs as its own task, so a
 //! minute-long fence never delays a launch.
 
-use crate::AppState;
+use super::Schedule;
+use crate::state::AppState;
 use crate::store::Ctx;
 use spot_common::{Command, CommandKind, CommandOutcome, EventBody};
 use spot_runtime::ec2::{self, Ec2Api, ErrorClass, LaunchSpec};
@@ -19,39 +20,42 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub async fn run(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<()> {
+pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
+    let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
+    run_with(state, Arc::new(ec2)).await
+}
+
+/// The executor over any EC2 implementation (tests pass a simulator).
+pub async fn run_with(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<()> {
     tracing::info!(region = %state.config.ec2_region, "coordinator EC2 executor on");
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut schedule = Schedule::every(Duration::from_secs(1), &state).or_on(&state.executor_wake);
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
-    let redeliver = crate::millis(state.config.redeliver_after);
+    let redeliver = crate::state::millis(state.config.redeliver_after);
     let redeliver = i64::try_from(redeliver).unwrap_or(i64::MAX);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.executor_wake.notified() => {}
+            alive = schedule.next() => if !alive {
+                tasks.abort_all();
+                return Ok(());
+            },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = done {
                     tracing::error!(error = %e, "an executor command task failed");
                 }
                 continue;
             }
-            _ = state.shutdown.cancelled() => {
-                tasks.abort_all();
-                return Ok(());
-            }
         }
         let cmds = match state
             .db
-            .transact(Ctx::system(crate::now_ms()), move |tx| {
+            .transact(Ctx::system(crate::state::now_ms()), move |tx| {
                 tx.take_commands(None, redeliver, 16)
             })
             .await
         {
             Ok(d) => d.value,
             Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "taking the executor's commands; next tick");
+                tracing::warn!(error = %spot_common::error_chain(&e), "taking the executor's commands; next tick");
                 continue;
             }
         };
@@ -99,7 +103,7 @@ fn failed(cmd: &Command, e: ec2::Ec2Error) -> EventBody {
 }
 
 async fn execute(state: &AppState, ec2: &dyn Ec2Api, cmd: &Command) -> EventBody {
-    let now = crate::now_ms();
+    let now = crate::state::now_ms();
     match &cmd.action {
         CommandKind::Launch { .. } => {
             let Some(spec) = LaunchSpec::of(cmd) else {
@@ -166,7 +170,7 @@ async fn record(state: &AppState, body: EventBody) {
     let b = body.clone();
     match state
         .db
-        .transact(Ctx::system(crate::now_ms()), move |tx| {
+        .transact(Ctx::system(crate::state::now_ms()), move |tx| {
             tx.command_result(None, &b)
         })
         .await
@@ -178,7 +182,7 @@ async fn record(state: &AppState, body: EventBody) {
         // Not recorded: the command stays delivered and is run again after
         // `redeliver_after` (idempotently).
         Err(e) => {
-            tracing::error!(error = %crate::error_chain(&e), ?body, "recording an executor result")
+            tracing::error!(error = %spot_common::error_chain(&e), ?body, "recording an executor result")
         }
     }
 }

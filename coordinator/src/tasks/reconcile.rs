@@ -12,7 +12,8 @@
 //! report (`settle`): the store may be older than the agents' reality (a
 //! restore), and their reports converge it first.
 
-use crate::AppState;
+use super::Schedule;
+use crate::state::AppState;
 use crate::store::{Ctx, Read, ReplaceRequest, SnapshotInput, StoreError, Via};
 use spot_common::Phase;
 use spot_common::ids;
@@ -54,22 +55,17 @@ impl Timers {
 }
 
 pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut schedule = Schedule::every(Duration::from_millis(500), &state).or_on(&state.reconcile);
     let started = state.clock.now();
     let settle = state.config.heartbeat_interval * 2 + Duration::from_secs(1);
     let mut timers = Timers::default();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.reconcile.notified() => {}
-            _ = state.shutdown.cancelled() => return Ok(()),
-        }
+    while schedule.next().await {
         let settled = state.clock.now().saturating_duration_since(started) >= settle;
         if let Err(e) = pass(&state, &mut timers, settled).await {
-            tracing::warn!(error = %crate::error_chain(&e), "reconcile pass failed; retrying");
+            tracing::warn!(error = %spot_common::error_chain(&e), "reconcile pass failed; retrying");
         }
     }
+    Ok(())
 }
 
 fn plan_config(state: &AppState) -> PlanConfig {
@@ -95,7 +91,7 @@ async fn pass(state: &AppState, timers: &mut Timers, settled: bool) -> Result<()
         let now = state.clock.now();
         let input = SnapshotInput {
             agents: state.live.view(now),
-            now_ms: crate::now_ms(),
+            now_ms: crate::state::now_ms(),
             launch_timeout_ms: LAUNCH_TIMEOUT_MS,
             coordinator_executor: state.config.ec2_executor,
         };
@@ -109,7 +105,7 @@ async fn pass(state: &AppState, timers: &mut Timers, settled: bool) -> Result<()
         if state.config.unsafe_silence_is_death {
             silence_is_death(state, &snap, &cfg).await;
         }
-        let decided = plan(&snap, crate::now_ms(), &cfg);
+        let decided = plan(&snap, crate::state::now_ms(), &cfg);
         match (&decided.blocked, timers.blocked.get(&group)) {
             (Some(why), prev) if prev != Some(why) => {
                 tracing::error!(%group, reason = %why, "group blocked: fencing is impossible; an operator must declare the instance dead");
@@ -157,8 +153,8 @@ async fn silence_is_death(
             let (g, i) = (snap.name.clone(), target.instance_id.clone());
             let r = state
                 .db
-                .transact(Ctx::system(crate::now_ms()), move |tx| {
-                    tx.declare_dead(&g, &i)
+                .transact(Ctx::system(crate::state::now_ms()), move |tx| {
+                    tx.declare_dead(&g, &i, None, 0, true)
                 })
                 .await;
             tracing::error!(instance = %target.instance_id, ok = r.is_ok(), "UNSAFE (test build): silence taken for death, no fence");
@@ -186,7 +182,7 @@ fn outcome(state: &AppState, outcome: &'static str) {
 /// next pass.
 async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
     let g = group.to_owned();
-    let ctx = Ctx::system(crate::now_ms());
+    let ctx = Ctx::system(crate::state::now_ms());
     let result = match step.clone() {
         Step::Replace {
             candidate,

@@ -1,0 +1,153 @@
+//! What every handler and background task shares: the configuration, the
+//! store, the live view of agents, metrics, the wake-ups between tasks and
+//! the dashboard's sessions; and `prepare`, which builds it from a config.
+//!
+//! Direction: `api` and `tasks` use `state`; `state` uses `store`, `live`,
+//! `metrics` and `clock`; nothing here knows a handler or a task.
+
+mod sessions;
+
+pub use sessions::{SESSION_MS, Session, Sessions, TooManySessions};
+
+use crate::clock::MonoClock;
+use crate::config::Config;
+use crate::live::Live;
+use crate::metrics::Metrics;
+use crate::store::{COORDINATOR_EXECUTOR, Db, Done, Read};
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Shared by every handler and background task.
+pub struct AppState {
+    pub config: Config,
+    pub db: Db,
+    pub live: Live,
+    pub metrics: Metrics,
+    /// Monotonic time with the coordinator's own stalls taken out.
+    pub clock: MonoClock,
+    pub enrollment_token_hash: String,
+    pub admin_token_hash: String,
+    pub started: Instant,
+    /// Cancelled on shutdown: every task stops, long-polls answer at once.
+    pub shutdown: CancellationToken,
+    /// Something happened that may need a failover decision.
+    pub reconcile: Notify,
+    /// Commands were queued for the coordinator's own EC2 executor.
+    pub executor_wake: Notify,
+    /// New evidence (consolidated prices) for the decision engine.
+    pub decide: Notify,
+    /// The dashboard's login sessions.
+    pub sessions: Sessions,
+}
+
+/// Unix milliseconds: what is wall time by nature (stored timestamps,
+/// command deadlines, notice times). Timers use `clock::MonoClock`.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    ms.saturating_add(crate::clock::test_offset_ms(ms))
+}
+
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// 256 random bits, hex.
+pub fn random_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl AppState {
+    /// Wake the long-polls of the agents a committed transaction queued
+    /// commands for, and hand back its answer.
+    pub fn woke<T>(&self, done: Done<T>) -> T {
+        for agent in &done.wake {
+            if agent == COORDINATOR_EXECUTOR {
+                self.executor_wake.notify_one();
+            } else {
+                self.live.wake(agent);
+            }
+        }
+        done.value
+    }
+}
+
+/// Use the configured token, else the one kept in the data dir, else a new
+/// one (printed once, then kept with mode 0600).
+fn resolve_token(data_dir: &Path, name: &str, configured: Option<&str>) -> anyhow::Result<String> {
+    if let Some(t) = configured {
+        return Ok(t.to_owned());
+    }
+    let path = data_dir.join(format!("{name}.token"));
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = random_token();
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    // Printed on stdout once, on purpose: this is how the operator learns it.
+    println!(
+        "generated {name} token (kept in {}): {token}",
+        path.display()
+    );
+    Ok(token)
+}
+
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Open the data dir and the store; everything `serve` needs before it
+/// accepts connections.
+pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let enrollment = resolve_token(
+        &config.data_dir,
+        "enrollment",
+        config.enrollment_token.as_deref(),
+    )?;
+    let admin = resolve_token(&config.data_dir, "admin", config.admin_token.as_deref())?;
+    let db_path = config.data_dir.join("coordinator.db");
+    let db = Db::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    // Not serving yet: reading on this thread blocks nobody.
+    let agents = db.read_now(|s| s.active_agents())?;
+    let clock = MonoClock::new();
+    Ok(Arc::new(AppState {
+        live: Live::from_store(agents, clock.now()),
+        clock,
+        metrics: Metrics::new(),
+        enrollment_token_hash: spot_common::token_hash(&enrollment),
+        admin_token_hash: spot_common::token_hash(&admin),
+        started: Instant::now(),
+        shutdown: CancellationToken::new(),
+        reconcile: Notify::new(),
+        executor_wake: Notify::new(),
+        decide: Notify::new(),
+        sessions: Sessions::default(),
+        config,
+        db,
+    }))
+}
