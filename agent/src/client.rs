@@ -13,11 +13,11 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use spot_common::Event;
 use spot_common::wire::{
     ErrorBody, EventsRequest, EventsResponse, HeartbeatRequest, HeartbeatResponse, PollResponse,
     RegisterRequest, RegisterResponse,
 };
-use spot_common::Event;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]

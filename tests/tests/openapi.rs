@@ -91,6 +91,29 @@ fn response_schema<'a>(spec: &'a Value, path: &str, method: &str) -> (&'a str, &
     (code, &r["content"]["application/json"]["schema"])
 }
 
+/// (method, path template, concrete path, token, body) of one call.
+type Call<'a> = (&'a str, &'a str, String, String, Option<Value>);
+
+/// Make one documented call that must answer its documented status, check
+/// the answer against its schema and mark the operation as exercised.
+async fn exercise(
+    api: &spot_tests::harness::Api,
+    spec: &Value,
+    (method, tpl, path, tok, body): &Call<'_>,
+    problems: &mut Vec<String>,
+    documented: &mut Vec<(String, String)>,
+) {
+    let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+    let (st, v) = api
+        .call(m, path, Some(tok.as_str()), body.as_ref())
+        .await
+        .unwrap();
+    let (code, schema) = response_schema(spec, tpl, method);
+    assert_eq!(st.as_str(), code, "{method} {path}: {v}");
+    check(spec, schema, &v, &format!("{method} {tpl}"), problems);
+    documented.retain(|(dm, dp)| !(dm == method && dp == tpl));
+}
+
 #[tokio::test]
 async fn documented_api_matches_the_server() {
     let spec = spec();
@@ -149,7 +172,7 @@ async fn documented_api_matches_the_server() {
     let events = json!({"events": [{"event_id": format!("{agent}:1"), "seq": 1, "at_ms": 1,
         "body": {"type": "notice", "notice": "rebalance", "raw": "{}"}}]});
     // (method, concrete path, token, body) for every documented operation.
-    let calls: Vec<(&str, &str, String, String, Option<Value>)> = vec![
+    let calls: Vec<Call> = vec![
         (
             "post",
             "/v1/agents/register",
@@ -408,16 +431,9 @@ async fn documented_api_matches_the_server() {
             Some(json!({"instance_id": "i-1", "force": true})),
         ),
     ];
-    for (method, tpl, path, body) in &transition_calls {
-        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let (st, v) = api
-            .call(m, path, Some(adm.as_str()), body.as_ref())
-            .await
-            .unwrap();
-        let (code, schema) = response_schema(&spec, tpl, method);
-        assert_eq!(st.as_str(), code, "{method} {path}: {v}");
-        check(&spec, schema, &v, &format!("{method} {tpl}"), &mut problems);
-        documented.retain(|(dm, dp)| !(dm == method && dp == tpl));
+    for (method, tpl, path, body) in transition_calls {
+        let call = (method, tpl, path, adm.clone(), body);
+        exercise(&api, &spec, &call, &mut problems, &mut documented).await;
     }
     let (_, g) = api.get("/v1/groups/db", &adm).await.unwrap();
     check(
@@ -431,7 +447,7 @@ async fn documented_api_matches_the_server() {
     // Pricing: a report, a consolidation, the series, the runs.
     let batch = json!({"points": [{"instance_type": "m5.large", "availability_zone": "us-east-1a",
         "product_description": "Linux/UNIX", "timestamp": "2026-11-20T10:00:00Z", "price": "0.031400"}]});
-    let pricing_calls: Vec<(&str, &str, String, String, Option<Value>)> = vec![
+    let pricing_calls: Vec<Call> = vec![
         ("post", "/v1/agents/{agent_id}/pricing", format!("/v1/agents/{agent}/pricing"), token.clone(), Some(batch)),
         ("post", "/v1/pricing/consolidate", "/v1/pricing/consolidate".into(), adm.clone(), None),
         ("get", "/v1/pricing/runs", "/v1/pricing/runs".into(), adm.clone(), None),
@@ -439,16 +455,8 @@ async fn documented_api_matches_the_server() {
         ("get", "/v1/groups/{name}/prices", "/v1/groups/db/prices".into(), adm.clone(), None),
         ("get", "/v1/savings", "/v1/savings".into(), adm.clone(), None),
     ];
-    for (method, tpl, path, tok, body) in &pricing_calls {
-        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let (st, v) = api
-            .call(m, path, Some(tok.as_str()), body.as_ref())
-            .await
-            .unwrap();
-        let (code, schema) = response_schema(&spec, tpl, method);
-        assert_eq!(st.as_str(), code, "{method} {path}: {v}");
-        check(&spec, schema, &v, &format!("{method} {tpl}"), &mut problems);
-        documented.retain(|(dm, dp)| !(dm == method && dp == tpl));
+    for call in &pricing_calls {
+        exercise(&api, &spec, call, &mut problems, &mut documented).await;
     }
     let (_, series) = api.get(&pricing_calls[3].2, &adm).await.unwrap();
     assert_eq!(series["points"][0]["price"], "0.031400", "{series}");
