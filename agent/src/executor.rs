@@ -298,7 +298,16 @@ async fn promote(
         if let Some(stop) = superseded_or_late(agent, cmd) {
             return stop;
         }
-        if let Err(e) = agent.ec2.attach_interface(eni, me).await {
+        let moved = ec2::move_interface(
+            agent.ec2.as_ref(),
+            eni,
+            me,
+            &agent.identity.availability_zone,
+            address_from,
+            Duration::from_millis(500),
+        )
+        .await;
+        if let Err(e) = moved {
             return Outcome::ec2(e);
         }
     }

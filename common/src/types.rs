@@ -181,6 +181,11 @@ pub enum ConfigRuleError {
     DuplicatePool(String),
     #[error("group name {0:?} must be 1-64 characters of [A-Za-z0-9._-]")]
     BadGroupName(String),
+    #[error(
+        "promotion.network_interface_id: a secondary ENI lives in one availability zone, so every \
+         pool of the group must be in that zone (the pools span {0})"
+    )]
+    InterfaceAcrossZones(String),
 }
 
 impl GroupConfig {
@@ -194,7 +199,26 @@ impl GroupConfig {
                 return Err(ConfigRuleError::DuplicatePool(p.to_string()));
             }
         }
+        if self.promotion.network_interface_id.is_some() {
+            let mut zones: Vec<&str> = self
+                .pools
+                .iter()
+                .map(|p| p.availability_zone.as_str())
+                .collect();
+            zones.sort_unstable();
+            zones.dedup();
+            if zones.len() > 1 {
+                return Err(ConfigRuleError::InterfaceAcrossZones(zones.join(", ")));
+            }
+        }
         Ok(())
+    }
+
+    /// The one zone the PRIMARY may be in, when its address cannot leave
+    /// it (a secondary ENI): the pools' zone.
+    pub fn pinned_zone(&self) -> Option<&str> {
+        self.promotion.network_interface_id.as_ref()?;
+        self.pools.first().map(|p| p.availability_zone.as_str())
     }
 
     /// What the decision engine may do: `auto_switch` means `auto`.

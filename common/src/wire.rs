@@ -89,7 +89,7 @@ pub struct PollResponse {
     pub commands: Vec<Command>,
     /// The coordinator's clock when it answered. A command's deadline is an
     /// instant on that clock; what it means is the budget between the two,
-    /// which the agent measures from receipt on its own clock
+    /// which the agent measures from receipt on its own monotonic clock
     /// ([`PollResponse::into_local`]), so the coordinator's clock and the
     /// agent's need not agree. Absent from coordinators before 0.2: their
     /// deadlines are taken as they are.

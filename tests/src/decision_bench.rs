@@ -75,6 +75,7 @@ pub async fn run(args: DecisionBench) -> Result<()> {
                 reason: "bench".into(),
                 switch_id: None,
                 promote_budget_ms: 25_000,
+                heard_since_ms: 0,
             })?;
             let confirm = Event {
                 event_id: format!("a-{g}:1"),

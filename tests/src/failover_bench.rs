@@ -299,12 +299,16 @@ pub async fn demo(args: Demo) -> Result<()> {
             &format!("eipalloc-{name}"),
             &format!("203.0.113.{}", 10 + g),
         );
-        let first = f
-            .group(
-                &name,
-                json!({"promotion": {"elastic_ip_allocation_id": format!("eipalloc-{name}")}}),
-            )
-            .await?;
+        let mut config =
+            json!({"promotion": {"elastic_ip_allocation_id": format!("eipalloc-{name}")}});
+        // The first group's PRIMARY also holds a secondary ENI, which pins
+        // it to one zone.
+        if g == 0 {
+            f.ec2.add_eni(&format!("eni-{name}"), "us-east-1a");
+            config["promotion"]["network_interface_id"] = json!(format!("eni-{name}"));
+            config["pools"] = crate::fleet::one_zone_pools();
+        }
+        let first = f.group(&name, config).await?;
         confirmed(&f, &name, "", Duration::from_secs(60)).await?;
         if g < args.groups.div_ceil(2) {
             f.rebalance(&first)?; // a rebalance makes the coordinator launch a REPLICA
@@ -340,6 +344,9 @@ pub async fn demo(args: Demo) -> Result<()> {
                     "  {name}: new PRIMARY {new} confirmed after {:.1} s",
                     t.elapsed().as_secs_f64()
                 );
+                if let Some(holder) = f.ec2.eni_holder(&format!("eni-{name}")) {
+                    println!("  {name}: secondary ENI eni-{name} on {holder}");
+                }
                 primaries[idx].1 = new.clone();
                 f.rebalance(&new)?; // keep a REPLICA coming for the next round
             }

@@ -59,7 +59,8 @@ impl Node {
         flag(&self.agent.state_dir.join(spot_agent_fault_file()), on)
     }
 
-    /// Step the agent's wall clock by `offset_ms` from true time.
+    /// Step the agent's system clock by `offset_ms` from true time; like a
+    /// real step, the agent sees it at its next start only.
     pub fn clock_offset(&self, offset_ms: i64) -> Result<()> {
         std::fs::write(self.dir.join("clock-offset"), offset_ms.to_string())?;
         Ok(())
@@ -146,6 +147,15 @@ pub fn default_pools() -> Value {
     json!([
         pool_json("m5.large", "us-east-1a"),
         pool_json("m5.large", "us-east-1b"),
+        pool_json("c5.large", "us-east-1a")
+    ])
+}
+
+/// The pools of a group whose PRIMARY holds a secondary ENI in
+/// `us-east-1a`: that zone only (an ENI cannot leave it).
+pub fn one_zone_pools() -> Value {
+    json!([
+        pool_json("m5.large", "us-east-1a"),
         pool_json("c5.large", "us-east-1a")
     ])
 }

@@ -106,6 +106,14 @@ scenario!(
 );
 scenario!(a_restored_store_converges_to_the_agents, "restored-store");
 scenario!(
+    a_restored_store_fences_the_cut_off_real_primary_before_granting,
+    "restored-store-partitioned"
+);
+scenario!(
+    a_secondary_eni_follows_the_primary_within_its_zone,
+    "secondary-eni"
+);
+scenario!(
     a_lone_primary_lost_without_notice_is_replaced,
     "lost-primary"
 );

@@ -200,6 +200,9 @@ pub struct GroupSnap {
     pub paused: bool,
     pub manual_replica: bool,
     pub pools: Vec<Pool>,
+    /// The PRIMARY's address cannot leave this zone (a secondary ENI):
+    /// candidates and launches only here.
+    pub pinned_zone: Option<String>,
     pub instances: Vec<InstanceSnap>,
     /// Notices of the group's live instances.
     pub notices: Vec<NoticeSnap>,
@@ -229,6 +232,11 @@ pub struct GroupSnap {
 impl GroupSnap {
     pub fn instance(&self, id: &str) -> Option<&InstanceSnap> {
         self.instances.iter().find(|i| i.instance_id == id)
+    }
+
+    /// Whether `zone` may hold the PRIMARY (see `pinned_zone`).
+    pub fn in_pinned_zone(&self, zone: &str) -> bool {
+        self.pinned_zone.as_deref().is_none_or(|z| z == zone)
     }
 
     pub fn primary(&self) -> Option<&InstanceSnap> {
@@ -410,6 +418,7 @@ pub fn launch_pools(snap: &GroupSnap, avoid: Option<&PoolKey>) -> Vec<Pool> {
         .enumerate()
         .filter(|(_, p)| avoid.is_none_or(|a| !a.matches(p)))
         .filter(|(_, p)| !snap.failed_pools.iter().any(|k| k.matches(p)))
+        .filter(|(_, p)| snap.in_pinned_zone(&p.availability_zone))
         .collect();
     let boot = |p: &Pool| snap.boot_secs.get(&p.key()).copied();
     pools.sort_by(|(ia, a), (ib, b)| match (boot(a), boot(b)) {
@@ -436,6 +445,7 @@ pub fn candidates<'a>(
         .iter()
         .filter(|i| i.role == Role::Replica && i.online && i.healthy && !i.ec2_gone)
         .filter(|i| !i.promote_failed_recently)
+        .filter(|i| snap.in_pinned_zone(&i.availability_zone))
         // A replica with its own interruption notice is no refuge.
         .filter(|i| snap.interruption(&i.instance_id).is_none())
         // A candidate a roll-over gave up on is fenced, not promoted.

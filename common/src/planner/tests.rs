@@ -400,6 +400,35 @@ fn unfit_replicas_are_not_candidates() {
 }
 
 #[test]
+fn a_primary_pinned_to_its_enis_zone_is_replaced_only_there() {
+    // The only REPLICA is in b; the secondary ENI lives in a.
+    let mut s = snap(vec![
+        inst("p", Role::Primary, "a"),
+        inst("r-b", Role::Replica, "b"),
+    ]);
+    s.pinned_zone = Some("a".into());
+    s.boot_secs.insert(PoolKey::new("m5.large", "b"), 5.0);
+    interrupt(&mut s, "p");
+    match &plan(&s, 2, &CFG)[..] {
+        [
+            Step::Launch {
+                pool,
+                emergency: true,
+                ..
+            },
+        ] => {
+            assert_eq!(pool.availability_zone, "a", "never another zone: {pool:?}");
+        }
+        other => panic!("a REPLICA outside the ENI's zone is no candidate: {other:?}"),
+    }
+    s.instances.push(inst("r-a", Role::Replica, "a"));
+    assert!(matches!(
+        &plan(&s, 2, &CFG)[..],
+        [Step::Replace { candidate, .. }] if candidate == "r-a"
+    ));
+}
+
+#[test]
 fn interruption_without_replica_launches_via_the_primary_outside_its_pool() {
     let mut s = snap(vec![inst("p", Role::Primary, "a")]);
     interrupt(&mut s, "p");

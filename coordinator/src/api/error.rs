@@ -113,6 +113,9 @@ impl From<StoreError> for ApiError {
                         }
                         spot_common::ConfigRuleError::DuplicatePool(_) => "pools_are_unique",
                         spot_common::ConfigRuleError::BadGroupName(_) => "group_name_format",
+                        spot_common::ConfigRuleError::InterfaceAcrossZones(_) => {
+                            "interface_pools_in_one_zone"
+                        }
                     }
                     .to_owned(),
                 ),

@@ -115,6 +115,7 @@ pub async fn promote(
         reason: "operator promotion".into(),
         switch_id: None,
         promote_budget_ms: state.config.promote_budget_ms(),
+        heard_since_ms: state.started_at_ms,
     };
     let done = state
         .db

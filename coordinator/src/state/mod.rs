@@ -32,6 +32,9 @@ pub struct AppState {
     pub enrollment_token_hash: String,
     pub admin_token_hash: String,
     pub started: Instant,
+    /// Unix ms of the start: an agent not heard since may hold an epoch a
+    /// restored store never saw (`ReplaceRequest::heard_since_ms`).
+    pub started_at_ms: i64,
     /// Cancelled on shutdown: every task stops, long-polls answer at once.
     pub shutdown: CancellationToken,
     /// Something happened that may need a failover decision.
@@ -142,6 +145,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         enrollment_token_hash: spot_common::token_hash(&enrollment),
         admin_token_hash: spot_common::token_hash(&admin),
         started: Instant::now(),
+        started_at_ms: now_ms(),
         shutdown: CancellationToken::new(),
         reconcile: Notify::new(),
         executor_wake: Notify::new(),

@@ -34,6 +34,12 @@ pub struct ReplaceRequest {
     /// grant (shorter than the coordinator's promotion timeout, so a late
     /// promotion is abandoned by the agent before it is rolled over).
     pub promote_budget_ms: i64,
+    /// Unix ms this coordinator started. An instance of the group created
+    /// before and not heard since may hold an epoch this store never saw
+    /// (the store was restored from an older copy while it was promoted):
+    /// it becomes a fence target, so nothing is granted until it is heard
+    /// or fenced.
+    pub heard_since_ms: i64,
 }
 
 /// What a replacement started or became.
@@ -184,6 +190,37 @@ impl Txn<'_> {
         )
     }
 
+    /// The epoch of a new grant: above the group's and above anything any
+    /// of its agents reported holding (a store restored from an older copy
+    /// must not hand out an epoch an instance already holds).
+    fn next_epoch(&self, group: &str, epoch: u64) -> Result<u64> {
+        let reported: i64 = self.tx.query_row(
+            "SELECT COALESCE(MAX(highest_epoch), 0) FROM agents WHERE group_name = ?1",
+            [group],
+            |r| r.get(0),
+        )?;
+        Ok(epoch.max(u64::try_from(reported).unwrap_or(0)) + 1)
+    }
+
+    /// Instances of `group` (but `candidate`) that may serve at an epoch
+    /// the store never saw: created before `since_ms`, not shown gone, and
+    /// with no agent heard since `since_ms`.
+    fn unheard_since(&self, group: &str, since_ms: i64, candidate: &str) -> Result<Vec<String>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT i.instance_id FROM instances i
+             WHERE i.group_name = ?1 AND i.instance_id != ?3 AND i.created_at_ms < ?2
+               AND i.role NOT IN ('failed', 'terminated')
+               AND COALESCE(i.ec2_state, '') != 'terminated'
+               AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.instance_id = i.instance_id
+                                 AND a.last_heartbeat_ms >= ?2)
+             ORDER BY i.instance_id",
+        )?;
+        let ids = stmt
+            .query_map(params![group, since_ms, candidate], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
     fn all_fenced(&self, t: &TransitionView) -> Result<bool> {
         for target in &t.fence {
             if !fenced(&self.tx, target, t.started_at_ms)? {
@@ -217,8 +254,19 @@ impl Txn<'_> {
             });
         }
         spot_common::state::next(cand.role, RoleEvent::Promote)?;
-        let epoch = g.epoch + 1;
+        let epoch = self.next_epoch(group, g.epoch)?;
         let now = self.now_ms();
+        let fence: Vec<FenceTarget> = g
+            .primary
+            .iter()
+            .cloned()
+            .chain(
+                self.unheard_since(group, req.heard_since_ms, &req.candidate)?
+                    .into_iter()
+                    .filter(|i| g.primary.as_ref() != Some(i)),
+            )
+            .map(|instance_id| FenceTarget { instance_id, epoch })
+            .collect();
         let t = TransitionView {
             phase: Phase::Demoting,
             old: g.primary.clone(),
@@ -236,14 +284,7 @@ impl Txn<'_> {
             },
             reason: req.reason.clone(),
             switch_id: req.switch_id,
-            fence: g
-                .primary
-                .iter()
-                .map(|o| FenceTarget {
-                    instance_id: o.clone(),
-                    epoch,
-                })
-                .collect(),
+            fence,
             promote_budget_ms: req.promote_budget_ms,
         };
         self.audit(
@@ -260,8 +301,19 @@ impl Txn<'_> {
             demoted: g.primary.clone(),
             commands: Vec::new(),
         };
-        if let Some(old) = &g.primary {
-            result.commands.extend(self.demote(old, group, &t)?);
+        for target in &t.fence {
+            result
+                .commands
+                .extend(self.demote(&target.instance_id, group, &t)?);
+        }
+        if t.fence.len() > usize::from(g.primary.is_some()) {
+            let unheard: Vec<&str> = t.fence.iter().map(|f| f.instance_id.as_str()).collect();
+            self.audit(
+                Entity::Group(group),
+                "fence_unheard",
+                &json!({"heard_since_ms": req.heard_since_ms}),
+                &json!({"epoch": epoch, "fence": unheard}),
+            )?;
         }
         self.write_transition(group, Some(&t), epoch)?;
         if self.all_fenced(&t)? {
@@ -451,7 +503,7 @@ impl Txn<'_> {
              WHERE request_id = ?1 AND state IN ('queued', 'delivered')",
             params![ids::promote(&t.candidate, t.epoch), self.now_ms()],
         )?;
-        let epoch = g.epoch + 1;
+        let epoch = self.next_epoch(group, g.epoch)?;
         t.epoch = epoch;
         let candidate = t.candidate.clone();
         if !t.fence.iter().any(|f| f.instance_id == candidate) {

@@ -74,6 +74,7 @@ pub fn group(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Gr
         epoch: g.epoch,
         paused: g.config.paused,
         manual_replica: g.config.manual_replica,
+        pinned_zone: g.config.pinned_zone().map(str::to_owned),
         pools: g.config.pools,
     })
 }

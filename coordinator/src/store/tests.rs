@@ -54,6 +54,7 @@ fn replace(candidate: &str, epoch: u64) -> ReplaceRequest {
         reason: "test".into(),
         switch_id: None,
         promote_budget_ms: 25_000,
+        heard_since_ms: 0,
     }
 }
 
@@ -688,6 +689,70 @@ fn a_restored_store_adopts_the_real_primary_whichever_agent_speaks_first() {
         }
         assert_eq!(table_counts(&s), before);
     }
+}
+
+#[test]
+fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
+    // The store is a copy from before i-r2 was promoted at epoch 4; i-r2
+    // still serves but is cut off. The coordinator started at 100; i-p
+    // (demoted at 3 in reality) and i-r1 have been heard since, i-r2 not.
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let beat = |s: &mut Store, agent: &str, highest_epoch: u64, now: i64| {
+        let rec = HeartbeatRecord {
+            agent_id: agent.into(),
+            at_ms: now,
+            reported_role: Some(Role::Replica),
+            highest_epoch,
+            healthy: true,
+            backlog: 0,
+        };
+        tx(s, now, |t| t.flush_heartbeats(&[rec])).unwrap();
+    };
+    beat(&mut s, "a-p", 3, 105);
+    beat(&mut s, "a-r1", 1, 106);
+    let r = tx(&mut s, 120, |t| {
+        t.begin_replace(&ReplaceRequest {
+            heard_since_ms: 100,
+            ..replace("i-r1", 1)
+        })
+    })
+    .unwrap();
+    assert_eq!(r.phase, Phase::Demoting);
+    assert_eq!(r.epoch, 4, "above every epoch an agent reported (3)");
+    let t = s.group("g").unwrap().transition.unwrap();
+    let targets: Vec<&str> = t.fence.iter().map(|f| f.instance_id.as_str()).collect();
+    assert_eq!(targets, ["i-p", "i-r2"]);
+    // The store's PRIMARY acknowledges its demotion: not enough, i-r2 may
+    // serve at an epoch this store never saw.
+    take(&mut s, "a-p", 121, 30_000);
+    report(
+        &mut s,
+        "a-p",
+        &ids::demote("i-p", 4),
+        CommandOutcome::Done,
+        300,
+    );
+    let refused = tx(&mut s, 130, |t| t.grant("g", 4)).unwrap_err();
+    assert!(matches!(refused, StoreError::NotFenced(_)), "{refused:?}");
+    tx(&mut s, 140, |t| t.set_ec2_state("g", "i-r2", "terminated")).unwrap();
+    tx(&mut s, 141, |t| t.grant("g", 4)).unwrap();
+
+    // Heard since the start: nothing more than the PRIMARY is fenced.
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    for a in ["a-p", "a-r1", "a-r2"] {
+        beat(&mut s, a, 1, 105);
+    }
+    tx(&mut s, 120, |t| {
+        t.begin_replace(&ReplaceRequest {
+            heard_since_ms: 100,
+            ..replace("i-r1", 1)
+        })
+    })
+    .unwrap();
+    let t = s.group("g").unwrap().transition.unwrap();
+    assert_eq!((t.epoch, t.fence.len()), (2, 1));
 }
 
 #[test]

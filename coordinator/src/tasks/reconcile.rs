@@ -202,6 +202,7 @@ async fn apply(state: &AppState, group: &str, rule: &'static str, step: Step) {
                 reason: reason.to_owned(),
                 switch_id,
                 promote_budget_ms: state.config.promote_budget_ms(),
+                heard_since_ms: state.started_at_ms,
             };
             state
                 .db

@@ -3,7 +3,7 @@
 //! fake of the trait, not of the wire: protocol fidelity is the EC2
 //! simulator's and moto's job (in `tests/`).
 
-use super::{Ec2Api, Ec2Error, ErrorClass, LaunchSpec, SpotPrice};
+use super::{Attachment, Ec2Api, Ec2Error, ErrorClass, Interface, LaunchSpec, SpotPrice};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -14,6 +14,10 @@ struct State {
     instances: HashMap<String, String>,
     /// allocation id -> holder
     addresses: HashMap<String, Option<String>>,
+    /// eni -> (zone, holder)
+    interfaces: HashMap<String, (String, Option<String>)>,
+    /// A detach leaves the ENI `detaching` forever.
+    stuck_detach: bool,
     /// client token -> instance id
     tokens: HashMap<String, String>,
     /// instance id -> the request id it was launched for (its tag)
@@ -55,6 +59,21 @@ impl FakeEc2 {
 
     pub fn holder(&self, allocation_id: &str) -> Option<String> {
         self.lock().addresses.get(allocation_id).cloned().flatten()
+    }
+
+    pub fn add_interface(&self, eni: &str, zone: &str, holder: Option<&str>) {
+        self.lock()
+            .interfaces
+            .insert(eni.to_owned(), (zone.to_owned(), holder.map(str::to_owned)));
+    }
+
+    pub fn interface_holder(&self, eni: &str) -> Option<String> {
+        self.lock().interfaces.get(eni).and_then(|(_, h)| h.clone())
+    }
+
+    /// Detaches are accepted but never finish.
+    pub fn stuck_detach(&self) {
+        self.lock().stuck_detach = true;
     }
 
     pub fn state(&self, id: &str) -> Option<String> {
@@ -142,6 +161,11 @@ impl Ec2Api for FakeEc2 {
                 *holder = None;
             }
         }
+        for (_, holder) in g.interfaces.values_mut() {
+            if holder.as_deref() == Some(instance_id) {
+                *holder = None;
+            }
+        }
         Ok(())
     }
 
@@ -207,9 +231,65 @@ impl Ec2Api for FakeEc2 {
         Ok(format!("eipassoc-{instance_id}"))
     }
 
+    async fn interface(&self, eni: &str) -> Result<Interface, Ec2Error> {
+        let g = self.enter("DescribeNetworkInterfaces", eni.to_owned())?;
+        let (zone, holder) = g.interfaces.get(eni).cloned().ok_or_else(|| Ec2Error {
+            op: "DescribeNetworkInterfaces",
+            class: ErrorClass::NotFound,
+            code: "InvalidNetworkInterfaceID.NotFound".into(),
+            message: eni.to_owned(),
+        })?;
+        let status = if g.stuck_detach
+            && g.calls
+                .iter()
+                .any(|c| c == &format!("DetachNetworkInterface(attach-{eni})"))
+        {
+            "detaching"
+        } else {
+            "attached"
+        };
+        Ok(Interface {
+            availability_zone: zone,
+            attachment: holder.map(|instance_id| Attachment {
+                attachment_id: format!("attach-{eni}"),
+                instance_id,
+                status: status.into(),
+            }),
+        })
+    }
+
+    async fn detach_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        let mut g = self.enter("DetachNetworkInterface", attachment_id.to_owned())?;
+        if g.stuck_detach {
+            return Ok(());
+        }
+        let eni = attachment_id.trim_start_matches("attach-").to_owned();
+        if let Some((_, holder)) = g.interfaces.get_mut(&eni) {
+            *holder = None;
+        }
+        Ok(())
+    }
+
     async fn attach_interface(&self, eni: &str, instance_id: &str) -> Result<String, Ec2Error> {
-        drop(self.enter("AttachNetworkInterface", format!("{eni}->{instance_id}"))?);
-        Ok(format!("attach-{eni}"))
+        let mut g = self.enter("AttachNetworkInterface", format!("{eni}->{instance_id}"))?;
+        match g.interfaces.get_mut(eni) {
+            Some((_, Some(h))) => Err(Ec2Error {
+                op: "AttachNetworkInterface",
+                class: ErrorClass::Client,
+                code: "InvalidParameterValue".into(),
+                message: format!("Interface {eni} is currently in use by {h}"),
+            }),
+            Some((_, slot)) => {
+                *slot = Some(instance_id.to_owned());
+                Ok(format!("attach-{eni}"))
+            }
+            None => Err(Ec2Error {
+                op: "AttachNetworkInterface",
+                class: ErrorClass::NotFound,
+                code: "InvalidNetworkInterfaceID.NotFound".into(),
+                message: eni.to_owned(),
+            }),
+        }
     }
 
     async fn spot_prices(

@@ -196,6 +196,10 @@ pub trait Ec2Api: Send + Sync {
         instance_id: &str,
         allowed_holders: &[String],
     ) -> Result<String, Ec2Error>;
+    /// A network interface's zone and attachment.
+    async fn interface(&self, eni: &str) -> Result<Interface, Ec2Error>;
+    async fn detach_interface(&self, attachment_id: &str) -> Result<(), Ec2Error>;
+    /// Attach as device 1; see [`move_interface`] for the safe move.
     async fn attach_interface(&self, eni: &str, instance_id: &str) -> Result<String, Ec2Error>;
     async fn spot_prices(
         &self,
@@ -251,7 +255,9 @@ pub async fn fence(
         .unwrap_or_else(|_| Err(timed_out()))
 }
 
+mod interface;
 mod sdk;
+pub use interface::{Attachment, DETACH_WAIT, Interface, move_interface};
 pub use sdk::Ec2;
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! policy: `spot_common::retry::EC2_CALL`, inside a 60 s deadline per
 //! action).
 
-use super::{Ec2Api, Ec2Error, ErrorClass, LaunchSpec, SpotPrice, to_error};
+use super::{Attachment, Ec2Api, Ec2Error, ErrorClass, Interface, LaunchSpec, SpotPrice, to_error};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
     Filter, InstanceMarketOptionsRequest, InstanceType, LaunchTemplateSpecification, MarketType,
@@ -349,6 +349,60 @@ impl Ec2Api for Ec2 {
         Ok(new_assoc)
     }
 
+    #[tracing::instrument(skip(self), err)]
+    async fn interface(&self, eni: &str) -> Result<Interface, Ec2Error> {
+        self.retry("DescribeNetworkInterfaces", || async {
+            let out = self
+                .client
+                .describe_network_interfaces()
+                .network_interface_ids(eni)
+                .send()
+                .await
+                .map_err(|e| to_error("DescribeNetworkInterfaces", e))?;
+            let i = out.network_interfaces().first().ok_or_else(|| Ec2Error {
+                op: "DescribeNetworkInterfaces",
+                class: ErrorClass::NotFound,
+                code: "InvalidNetworkInterfaceID.NotFound".into(),
+                message: format!("{eni} not found"),
+            })?;
+            let present = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_owned);
+            let attachment = i.attachment().and_then(|a| {
+                Some(Attachment {
+                    attachment_id: present(a.attachment_id())?,
+                    instance_id: present(a.instance_id())?,
+                    status: a.status().map_or("attached", |s| s.as_str()).to_owned(),
+                })
+            });
+            Ok(Interface {
+                availability_zone: i.availability_zone().unwrap_or_default().to_owned(),
+                attachment,
+            })
+        })
+        .await
+    }
+
+    /// Detach without force: the holder is fenced (its demote hook ran, or
+    /// EC2 stopped it), so a clean detach is what it allows.
+    #[tracing::instrument(skip(self), err)]
+    async fn detach_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        let r = self
+            .retry("DetachNetworkInterface", || async {
+                self.client
+                    .detach_network_interface()
+                    .attachment_id(attachment_id)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| to_error("DetachNetworkInterface", e))
+            })
+            .await;
+        match r {
+            // Already detached (a retry, or EC2 freed it on termination).
+            Err(e) if e.class == ErrorClass::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
     /// Attach a secondary ENI as device 1.
     #[tracing::instrument(skip(self), err)]
     async fn attach_interface(&self, eni: &str, instance_id: &str) -> Result<String, Ec2Error> {
@@ -425,6 +479,34 @@ impl Ec2Api for Ec2 {
                 Some(n) if !n.is_empty() => next = Some(n.to_owned()),
                 _ => return Ok(out),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod policy {
+    /// Every EC2 action this client makes is allowed by the IAM policy the
+    /// packages ship (a call added without its permission fails in
+    /// production with UnauthorizedOperation, never in a test against moto).
+    #[test]
+    fn the_shipped_iam_policy_allows_every_call_the_client_makes() {
+        let source = include_str!("sdk.rs");
+        let policy = include_str!("../../../packaging/iam-policy.json");
+        let mut calls: Vec<&str> = source
+            .match_indices(".retry(\"")
+            .map(|(i, m)| {
+                let rest = &source[i + m.len()..];
+                &rest[..rest.find('"').unwrap_or(0)]
+            })
+            .collect();
+        calls.sort_unstable();
+        calls.dedup();
+        assert!(calls.len() >= 10, "found only {calls:?}");
+        for call in calls {
+            assert!(
+                policy.contains(&format!("\"ec2:{call}\"")),
+                "packaging/iam-policy.json does not allow ec2:{call}"
+            );
         }
     }
 }

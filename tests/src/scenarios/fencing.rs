@@ -261,6 +261,57 @@ pub async fn restored_store() -> Result<Timings> {
     Ok(vec![("restart_to_converged_s", took)])
 }
 
+/// A store restored from a copy older than the real PRIMARY, which is cut
+/// off from the coordinator across the restore (it keeps serving on its
+/// lease). Nothing is granted until every instance the copy cannot vouch
+/// for is heard or fenced: the ledger never shows two PRIMARIES.
+pub async fn restored_store_partitioned() -> Result<Timings> {
+    let mut f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let db = f.coord.data_dir.join("coordinator.db");
+    let backup = f.root.join("backup.db");
+    {
+        let c = rusqlite::Connection::open(&db)?;
+        c.execute("VACUUM INTO ?1", [backup.display().to_string()])?;
+    }
+    let checker = InvariantChecker::start(&f);
+    f.interrupt(&first, Duration::from_secs(120))?;
+    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+    wait_serving(&f, "db", "i-db-r").await?;
+    f.partition("i-db-r")?;
+    f.coord.kill9();
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(f.coord.data_dir.join(format!("coordinator.db{ext}")));
+    }
+    std::fs::copy(&backup, &db)?;
+    let t = Instant::now();
+    f.coord.start_again()?;
+    let new = eventually(
+        "a PRIMARY granted by the restored store",
+        WAIT * 3,
+        || async {
+            let p = f.confirmed_primary("db").await.ok()??;
+            (p != first && p != "i-db-r").then_some(p)
+        },
+    )
+    .await?;
+    let took = t.elapsed().as_secs_f64();
+    wait_serving(&f, "db", &new).await?;
+    ensure!(
+        f.audited("group:db", "fence_unheard").await?,
+        "the unheard REPLICA of the copy was made a fence target"
+    );
+    ensure!(
+        f.ec2
+            .instances()
+            .iter()
+            .any(|i| i.instance_id == "i-db-r" && i.state == "terminated"),
+        "the cut-off real PRIMARY was fenced through EC2"
+    );
+    checker.check().await?;
+    Ok(vec![("restart_to_new_primary_s", took)])
+}
+
 /// A lone PRIMARY whose instance disappears without a notice, its agent
 /// with it: no live agent in the group, so the coordinator's executor
 /// launches a replacement, which is promoted once the old one is fenced.

@@ -11,6 +11,7 @@
 mod decisions;
 mod failover;
 mod fencing;
+mod interface;
 
 use crate::fleet::{Fleet, FleetOptions};
 use crate::harness::eventually;
@@ -40,6 +41,7 @@ pub const SCENARIOS: &[(&str, Run)] = &[
         || Box::pin(failover::failed_promotion()),
     ),
     ("switch", || Box::pin(failover::switch())),
+    ("secondary-eni", || Box::pin(interface::secondary_eni())),
     ("manual-replica", || Box::pin(failover::manual_replica())),
     ("zombie-cleanup", || Box::pin(failover::zombie_cleanup())),
     ("switch-failure", || Box::pin(failover::switch_failure())),
@@ -63,6 +65,9 @@ pub const SCENARIOS: &[(&str, Run)] = &[
         Box::pin(fencing::coordinator_restart())
     }),
     ("restored-store", || Box::pin(fencing::restored_store())),
+    ("restored-store-partitioned", || {
+        Box::pin(fencing::restored_store_partitioned())
+    }),
     ("lost-primary", || Box::pin(fencing::lost_primary())),
     ("journal-failure", || Box::pin(fencing::journal_failure())),
     ("shared-identity", || Box::pin(fencing::shared_identity())),

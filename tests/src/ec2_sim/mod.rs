@@ -5,9 +5,12 @@
 //! RunInstances honours `ClientToken` (same token and parameters: the same
 //! instance; other parameters: `IdempotentParameterMismatch`; its instance
 //! terminated: `IdempotentInstanceTerminated`), AssociateAddress honours
-//! `AllowReassociation=false`, an attached ENI cannot be attached again,
+//! `AllowReassociation=false`, an ENI attaches only to an instance of its
+//! zone and only when free (detach first; termination frees it),
 //! DescribeSpotPriceHistory filters and paginates a configured series.
 //! Errors can be injected per action (throttling, capacity, 5xx).
+
+mod eni;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -68,8 +71,7 @@ struct Injected {
 struct Inner {
     instances: Vec<SimInstance>,
     addresses: HashMap<String, SimAddress>,
-    /// eni -> attached instance
-    enis: HashMap<String, Option<String>>,
+    enis: HashMap<String, eni::SimEni>,
     prices: Vec<SimPrice>,
     /// Access key -> the price history that caller sees (conflicting reports).
     price_views: HashMap<String, Vec<SimPrice>>,
@@ -81,6 +83,8 @@ struct Inner {
     terminations: Option<mpsc::UnboundedSender<(String, oneshot::Sender<()>)>>,
     /// `shutting-down` lasts this long before `terminated`.
     terminate_delay: Duration,
+    /// A detached ENI stays `detaching` this long.
+    detach_delay: Duration,
     /// The next calls of an action succeed but their answer is lost (the
     /// connection is dropped after the effect).
     lost_answers: HashMap<String, usize>,
@@ -231,6 +235,10 @@ impl Ec2Sim {
     }
 
     /// How long an instance stays `shutting-down` (slow state changes).
+    pub fn set_detach_delay(&self, d: Duration) {
+        self.lock().detach_delay = d;
+    }
+
     pub fn set_terminate_delay(&self, d: Duration) {
         self.lock().terminate_delay = d;
     }
@@ -281,6 +289,12 @@ impl Ec2Sim {
                     if a.instance_id.as_deref() == Some(id.as_str()) {
                         a.instance_id = None;
                         a.association_id = None;
+                    }
+                }
+                // A secondary ENI (DeleteOnTermination false) is freed.
+                for e in g.enis.values_mut() {
+                    if e.holder.as_deref() == Some(id.as_str()) {
+                        e.holder = None;
                     }
                 }
             }
@@ -343,8 +357,25 @@ impl Ec2Sim {
         self.lock().addresses.get(allocation_id).cloned()
     }
 
-    pub fn add_eni(&self, eni: &str) {
-        self.lock().enis.insert(eni.to_owned(), None);
+    /// A secondary ENI in `zone`, attached to nobody.
+    pub fn add_eni(&self, eni: &str, zone: &str) {
+        self.lock()
+            .enis
+            .insert(eni.to_owned(), eni::SimEni::new(zone));
+    }
+
+    /// The instance `eni` is attached to.
+    pub fn eni_holder(&self, eni: &str) -> Option<String> {
+        self.lock().enis.get(eni).and_then(|e| e.holder.clone())
+    }
+
+    /// Every instance `eni` was ever attached to, in order.
+    pub fn eni_history(&self, eni: &str) -> Vec<String> {
+        self.lock()
+            .enis
+            .get(eni)
+            .map(|e| e.history.clone())
+            .unwrap_or_default()
     }
 
     pub fn set_prices(&self, prices: Vec<SimPrice>) {
@@ -527,32 +558,8 @@ fn answer_other(
             a.instance_id = None;
             ok("DisassociateAddress", "<return>true</return>")
         }
-        "AttachNetworkInterface" => {
-            let (Some(eni), Some(inst)) = (p.get("NetworkInterfaceId"), p.get("InstanceId")) else {
-                return missing("NetworkInterfaceId and InstanceId are required");
-            };
-            match g.enis.get_mut(eni) {
-                None => err(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidNetworkInterfaceID.NotFound",
-                    eni,
-                ),
-                Some(Some(other)) => err(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidParameterValue",
-                    &format!("Interface {eni} is currently in use by {other}"),
-                ),
-                Some(slot) => {
-                    *slot = Some(inst.clone());
-                    ok(
-                        "AttachNetworkInterface",
-                        &format!(
-                            "<attachmentId>eni-attach-{}</attachmentId>",
-                            &eni[4.min(eni.len())..]
-                        ),
-                    )
-                }
-            }
+        "AttachNetworkInterface" | "DetachNetworkInterface" | "DescribeNetworkInterfaces" => {
+            eni::answer(g, action, p)
         }
         "DescribeSpotPriceHistory" => {
             let view = caller
