@@ -135,7 +135,19 @@ pub struct Fleet {
     /// The workloads' ledger.
     pub ledger: PathBuf,
     opts: FleetOptions,
+    /// What instances launched from now on are like.
+    launched: Arc<Mutex<Launched>>,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// How instances RunInstances creates from now on boot (a fault that
+/// outlasts a notice: the replacement registers after the reclaim).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Launched {
+    /// Boot time instead of `FleetOptions::boot_delay`.
+    pub boot_delay: Option<Duration>,
+    /// Their promote hook takes this long.
+    pub promote_delay: Option<Duration>,
 }
 
 fn pool_json(t: &str, az: &str) -> Value {
@@ -253,6 +265,7 @@ impl Fleet {
             ec2,
             nodes: Arc::default(),
             opts,
+            launched: Arc::default(),
             _tmp: None,
         };
         fleet.watch_launches();
@@ -268,7 +281,8 @@ impl Fleet {
             while let Some(inst) = rx.recv().await {
                 let boot = boot.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(boot.opts.boot_delay).await;
+                    let delay = crate::lock(&boot.launched).boot_delay;
+                    tokio::time::sleep(delay.unwrap_or(boot.opts.boot_delay)).await;
                     boot.ec2.set_state(&inst.instance_id, "running");
                     let group = inst.tag("spot:group").unwrap_or("unknown").to_owned();
                     if let Err(e) = boot
@@ -308,7 +322,13 @@ impl Fleet {
             enrollment: self.coord.enrollment_token.clone(),
             ec2: self.ec2.clone(),
             ledger: self.ledger.clone(),
+            launched: Arc::clone(&self.launched),
         }
+    }
+
+    /// Make instances launched from now on boot and promote so.
+    pub fn launch_like(&self, launched: Launched) {
+        *crate::lock(&self.launched) = launched;
     }
 
     /// Create a group and its first instance (already running).
@@ -562,6 +582,7 @@ struct Booter {
     enrollment: String,
     ec2: Ec2Sim,
     ledger: PathBuf,
+    launched: Arc<Mutex<Launched>>,
 }
 
 /// Each node's log of successful hook runs: `<hook> <request id> <agent pid>`.
@@ -644,6 +665,12 @@ impl Booter {
             "start \"$SPOT_EPOCH\"",
         )?;
         write_hook(&agent.hooks_dir, "demote", &workload_bin, &socket, "stop")?;
+        if let Some(d) = crate::lock(&self.launched).promote_delay {
+            std::fs::write(
+                agent.hooks_dir.join("promote.delay"),
+                format!("{:.3}", d.as_secs_f64()),
+            )?;
+        }
         let poll = humantime::format_duration(self.opts.imds_poll).to_string();
         agent.arg("--imds-poll-interval").arg(&poll);
         agent.arg("--health-command").arg(&format!(

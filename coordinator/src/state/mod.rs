@@ -6,8 +6,10 @@
 //! `metrics` and `clock`; nothing here knows a handler or a task.
 
 mod sessions;
+mod streams;
 
 pub use sessions::{SESSION_MS, Session, Sessions, TooManySessions};
+pub use streams::{FEED_BUFFER, Feed, STREAMS_PER_TOKEN, Slot, StreamCounts};
 
 use crate::clock::MonoClock;
 use crate::config::Config;
@@ -45,6 +47,10 @@ pub struct AppState {
     pub decide: Notify,
     /// The dashboard's login sessions.
     pub sessions: Sessions,
+    /// New audit entries, for every open event stream (`tasks::events`).
+    pub events: Feed,
+    /// Open event streams per token.
+    pub streams: StreamCounts,
 }
 
 /// Unix milliseconds: what is wall time by nature (stored timestamps,
@@ -151,6 +157,8 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         executor_wake: Notify::new(),
         decide: Notify::new(),
         sessions: Sessions::default(),
+        events: Feed::new(FEED_BUFFER),
+        streams: StreamCounts::default(),
         config,
         db,
     }))

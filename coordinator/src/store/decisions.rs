@@ -198,11 +198,12 @@ impl Txn<'_> {
             | spot_common::decision::Action::CreateReplica { pool } => Some(pool),
             _ => None,
         };
-        self.tx.execute(
+        let id: i64 = self.tx.query_row(
             "INSERT INTO decisions (group_name, at_ms, mode, model, input_digest, action,
                  target_instance_type, target_availability_zone, confidence, reason,
                  latency_us, saving_per_hour, outcome, invalid, fallback, assigned, primary_price)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+             RETURNING id",
             params![
                 d.group,
                 self.now_ms(),
@@ -222,8 +223,8 @@ impl Txn<'_> {
                 d.assigned.as_str(),
                 d.primary_price
             ],
+            |r| r.get(0),
         )?;
-        let id = self.tx.last_insert_rowid();
         self.audit(
             Entity::Group(d.group),
             "decision",

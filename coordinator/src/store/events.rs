@@ -28,8 +28,8 @@ impl Txn<'_> {
         };
         for e in events {
             let inserted = self.tx.execute(
-                "INSERT OR IGNORE INTO events (event_id, agent_id, seq, kind, body, at_ms, received_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (event_id, agent_id, seq, kind, body, at_ms, received_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                 params![
                     e.event_id,
                     agent_id,
@@ -98,8 +98,10 @@ impl Txn<'_> {
                 EventBody::Prices { .. } => {}
                 EventBody::Ec2States { instances } => {
                     for i in instances {
-                        if !self.set_ec2_state(&agent.group, &i.instance_id, &i.state)? {
-                            self.adopt_launched(&agent.group, i)?;
+                        if !self.set_ec2_state(&agent.group, &i.instance_id, &i.state)?
+                            && !self.adopt_launched(&agent.group, i)?
+                        {
+                            self.adopt_stranger(&agent.group, i)?;
                         }
                     }
                 }

@@ -224,12 +224,13 @@ impl Txn<'_> {
             return Ok(false);
         }
         let n = self.tx.execute(
-            "INSERT OR IGNORE INTO instances (instance_id, group_name, role, instance_type,
+            "INSERT INTO instances (instance_id, group_name, role, instance_type,
                  availability_zone, created_at_ms, updated_at_ms, ec2_state)
              SELECT ?1, group_name, 'launching',
                     json_extract(body, '$.action.pool.instance_type'),
                     json_extract(body, '$.action.pool.availability_zone'), created_at_ms, ?2, ?3
-             FROM commands WHERE request_id = ?4 AND kind = 'launch' AND group_name = ?5",
+             FROM commands WHERE request_id = ?4 AND kind = 'launch' AND group_name = ?5
+             ON CONFLICT DO NOTHING",
             params![seen.instance_id, self.now_ms(), seen.state, rid, group],
         )?;
         if n == 1 {
@@ -243,16 +244,54 @@ impl Txn<'_> {
         Ok(n == 1)
     }
 
+    /// An instance EC2 runs for `group` from a launch (its
+    /// `spot:request-id` tag) this store has no record of: the store was
+    /// restored from a copy older than that launch, and the instance may
+    /// hold an epoch granted after the copy. It becomes LAUNCHING, marked
+    /// a stranger (of unknown pool until it registers), so a replacement
+    /// fences it unless it is heard first (`unheard_since`).
+    pub(super) fn adopt_stranger(
+        &mut self,
+        group: &str,
+        seen: &spot_common::Ec2State,
+    ) -> Result<bool> {
+        if seen.request_id.is_none()
+            || !matches!(
+                seen.state.as_str(),
+                "pending" | "running" | "stopping" | "stopped"
+            )
+        {
+            return Ok(false);
+        }
+        let n = self.tx.execute(
+            "INSERT INTO instances (instance_id, group_name, role, instance_type,
+                 availability_zone, created_at_ms, updated_at_ms, ec2_state, stranger)
+             VALUES (?1, ?2, 'launching', '', '', ?3, ?3, ?4, 1) ON CONFLICT DO NOTHING",
+            params![seen.instance_id, group, self.now_ms(), seen.state],
+        )?;
+        if n == 1 {
+            tracing::warn!(%group, instance = %seen.instance_id, request_id = ?seen.request_id, "EC2 runs an instance of the group from a launch this store never made (restored from an older copy?): it is fenced before any grant unless heard");
+            self.audit(
+                Entity::Instance(&seen.instance_id),
+                "stranger",
+                &json!(null),
+                &json!({"role": "launching", "request_id": seen.request_id, "ec2_state": seen.state}),
+            )?;
+        }
+        Ok(n == 1)
+    }
+
     /// A launch created `instance_id`: it is LAUNCHING from now on (so one
     /// that never registers can be marked FAILED), in the launch's pool.
     pub(super) fn insert_launched(&mut self, instance_id: &str, launch_rid: &str) -> Result<()> {
         self.tx.execute(
-            "INSERT OR IGNORE INTO instances (instance_id, group_name, role, instance_type,
+            "INSERT INTO instances (instance_id, group_name, role, instance_type,
                  availability_zone, created_at_ms, updated_at_ms)
              SELECT ?1, group_name, 'launching',
                     json_extract(body, '$.action.pool.instance_type'),
                     json_extract(body, '$.action.pool.availability_zone'), ?2, ?2
-             FROM commands WHERE request_id = ?3 AND kind = 'launch'",
+             FROM commands WHERE request_id = ?3 AND kind = 'launch'
+             ON CONFLICT DO NOTHING",
             params![instance_id, self.now_ms(), launch_rid],
         )?;
         Ok(())

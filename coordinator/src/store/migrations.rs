@@ -1,4 +1,4 @@
-//! Schema migrations: a `PRAGMA user_version` ladder. Each step runs in one
+//! Schema migrations: a version ladder (`dialect::schema_version`). Each step runs in one
 //! transaction at start-up, so a crash mid-migration leaves the previous
 //! version intact.
 
@@ -294,6 +294,12 @@ const STEPS: &[&str] = &[
     ALTER TABLE decisions ADD COLUMN assigned TEXT NOT NULL DEFAULT 'builtin';
     ALTER TABLE decisions ADD COLUMN primary_price REAL;
     "#,
+    // 9 -> 10: an instance EC2 runs for a group, launched by a launch this
+    // store never saw (a store restored from an older copy): a stranger,
+    // fenced before any grant until it is heard.
+    r#"
+    ALTER TABLE instances ADD COLUMN stranger INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
@@ -302,7 +308,7 @@ pub const LATEST: i64 = STEPS.len() as i64;
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = super::dialect::schema_version(&tx)?;
         if version >= LATEST {
             return Ok(version);
         }
@@ -311,7 +317,7 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
             return Ok(version);
         };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version + 1)?;
+        super::dialect::set_schema_version(&tx, version + 1)?;
         tx.commit()?;
         tracing::info!(
             from = version,

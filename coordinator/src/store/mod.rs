@@ -7,8 +7,8 @@
 //! switches, pricing, audit) and commit once, so a request that changes a
 //! group and retires its replicas is one transaction. A `Txn` dropped
 //! without `commit` rolls back, so an early return or a panic never
-//! half-writes. Reads go through the [`Read`] trait, on the reader
-//! connection or inside a `Txn`.
+//! half-writes. Reads go through the [`Read`] trait, on a connection of
+//! the reader pool or inside a `Txn`.
 //!
 //! Role changes are checked by `spot_common::state` and written by one
 //! writer (`instances::write_role`) with optimistic `version` checks; the
@@ -22,6 +22,7 @@ mod agents;
 mod audit;
 mod commands;
 mod decisions;
+pub mod dialect;
 mod events;
 mod fence;
 mod groups;
@@ -120,22 +121,64 @@ fn open(path: &Path, read_only: bool) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Async handle: one writer connection and one reader connection (WAL lets
-/// reads proceed while a write commits), each used on the blocking pool.
+/// Reader connections the store keeps: a long read (a reconcile snapshot,
+/// an audit page, an event stream's poll) must not make a heartbeat's or a
+/// long-poll's read wait.
+pub const READERS: usize = 4;
+
+/// Async handle: one writer connection and a pool of [`READERS`] reader
+/// connections (WAL lets reads proceed while a write commits), each used
+/// on the blocking pool.
 #[derive(Clone)]
 pub struct Db {
     write: Arc<Mutex<Store>>,
-    read: Arc<Mutex<Store>>,
+    read: Arc<Readers>,
+}
+
+/// The reader pool: a read takes the first idle connection, or waits for
+/// the next in turn when all are busy.
+struct Readers {
+    conns: Vec<Mutex<Store>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    fn take(&self) -> std::sync::MutexGuard<'_, Store> {
+        use std::sync::atomic::Ordering;
+        let n = self.conns.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(guard) = self.conns[(start + i) % n].try_lock() {
+                return guard;
+            }
+        }
+        lock(&self.conns[start % n])
+    }
+}
+
+/// A poisoned lock means a panic mid-call; SQLite already rolled that
+/// transaction back, so the connection is still sound.
+fn lock(m: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
         let mut conn = open(path, false)?;
         migrations::migrate(&mut conn)?;
-        let read = open(path, true)?;
+        let conns = (0..READERS)
+            .map(|_| {
+                Ok(Mutex::new(Store {
+                    conn: open(path, true)?,
+                }))
+            })
+            .collect::<Result<_>>()?;
         Ok(Db {
             write: Arc::new(Mutex::new(Store { conn })),
-            read: Arc::new(Mutex::new(Store { conn: read })),
+            read: Arc::new(Readers {
+                conns,
+                next: std::sync::atomic::AtomicUsize::new(0),
+            }),
         })
     }
 
@@ -145,13 +188,7 @@ impl Db {
         F: FnOnce(&mut Store) -> Result<R> + Send + 'static,
     {
         let store = Arc::clone(store);
-        tokio::task::spawn_blocking(move || {
-            // A poisoned lock means a panic mid-call; SQLite already rolled
-            // that transaction back, so the connection is still sound.
-            let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await?
+        tokio::task::spawn_blocking(move || f(&mut lock(&store))).await?
     }
 
     /// Run `f` on the writer connection (it opens its own transactions).
@@ -184,15 +221,13 @@ impl Db {
 
     /// Run `f` on the writer connection on this thread (one-off commands).
     pub fn write_now<R>(&self, f: impl FnOnce(&mut Store) -> Result<R>) -> Result<R> {
-        let mut guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        f(&mut lock(&self.write))
     }
 
     /// Run `f` on the reader connection on this thread: for start-up and
     /// one-off commands, never on an async worker.
     pub fn read_now<R>(&self, f: impl FnOnce(&Store) -> Result<R>) -> Result<R> {
-        let guard = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        f(&guard)
+        f(&self.read.take())
     }
 
     /// Run `f` on the reader connection.
@@ -201,7 +236,8 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&Store) -> Result<R> + Send + 'static,
     {
-        Self::run(&self.read, move |s| f(s)).await
+        let readers = Arc::clone(&self.read);
+        tokio::task::spawn_blocking(move || f(&readers.take())).await?
     }
 }
 
@@ -380,9 +416,7 @@ pub trait Read {
     fn conn(&self) -> &Connection;
 
     fn schema_version(&self) -> Result<i64> {
-        Ok(self
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(dialect::schema_version(self.conn())?)
     }
 
     fn integrity_check(&self) -> Result<String> {

@@ -89,9 +89,9 @@ impl Txn<'_> {
         let mut accepted = 0;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO price_staging (instance_type, availability_zone, product_description,
+                "INSERT INTO price_staging (instance_type, availability_zone, product_description,
                      aws_timestamp_ms, price_micros, reporter_agent, reporter_role, received_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
             )?;
             for (p, ts, price) in &rows {
                 accepted += stmt.execute(params![
@@ -237,14 +237,14 @@ impl Txn<'_> {
         )?;
         tx.execute("INSERT INTO counters (key, value) VALUES (?1, 0) ON CONFLICT (key) DO UPDATE SET value = 0", [DUPLICATES])?;
         run.duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
-        tx.execute(
+        run.id = tx.query_row(
             "INSERT INTO consolidation_runs (started_at_ms, duration_ms, pools, rows_read, duplicates_dropped,
                  conflicts_median, primary_precedence, points_interpolated, hours_written, staging_pruned)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
             params![run.started_at_ms, run.duration_ms, run.pools, run.rows_read, run.duplicates_dropped,
                 run.conflicts_median, run.primary_precedence, run.points_interpolated, run.hours_written, run.staging_pruned],
+            |r| r.get(0),
         )?;
-        run.id = tx.last_insert_rowid();
         Ok(run)
     }
 
@@ -254,9 +254,9 @@ impl Txn<'_> {
         let now_ms = self.now_ms();
         let mut n = 0;
         let mut stmt = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO price_staging (instance_type, availability_zone, product_description,
+            "INSERT INTO price_staging (instance_type, availability_zone, product_description,
                  aws_timestamp_ms, price_micros, reporter_agent, reporter_role, received_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
         )?;
         for (k, ts, price, agent, role) in rows {
             n += stmt.execute(params![

@@ -203,13 +203,16 @@ impl Txn<'_> {
     }
 
     /// Instances of `group` (but `candidate`) that may serve at an epoch
-    /// the store never saw: created before `since_ms`, not shown gone, and
-    /// with no agent heard since `since_ms`.
+    /// the store never saw: created before `since_ms` (or strangers: from
+    /// a launch the store has no record of), not shown gone, and with no
+    /// agent heard since `since_ms`.
     fn unheard_since(&self, group: &str, since_ms: i64, candidate: &str) -> Result<Vec<String>> {
         let mut stmt = self.tx.prepare_cached(
             "SELECT i.instance_id FROM instances i
-             WHERE i.group_name = ?1 AND i.instance_id != ?3 AND i.created_at_ms < ?2
-               AND i.role NOT IN ('failed', 'terminated')
+             WHERE i.group_name = ?1 AND i.instance_id != ?3
+               AND (i.created_at_ms < ?2 OR i.stranger = 1)
+               -- ZOMBIE and FAILED lead only to TERMINATED: never to a later epoch.
+               AND i.role NOT IN ('zombie', 'failed', 'terminated')
                AND COALESCE(i.ec2_state, '') != 'terminated'
                AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.instance_id = i.instance_id
                                  AND a.last_heartbeat_ms >= ?2)

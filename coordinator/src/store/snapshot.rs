@@ -92,7 +92,10 @@ fn instances(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Ve
                 i.role_epoch,
                 COALESCE(a.registered_at_ms > i.updated_at_ms, 0)
          FROM instances i LEFT JOIN agents a ON a.agent_id = i.agent_id
-         WHERE i.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')",
+         -- A stranger (from a launch this store never saw) is only a fence
+         -- target until it registers: the planner neither waits for it
+         -- nor counts it.
+         WHERE i.group_name = ?1 AND i.role NOT IN ('terminated', 'failed') AND i.stranger = 0",
     )?;
     let rows = stmt
         .query_map(

@@ -28,9 +28,9 @@ impl Txn<'_> {
                 "group {group} is already replacing its PRIMARY"
             )));
         }
-        self.tx.execute(
+        let id: i64 = self.tx.query_row(
             "INSERT INTO switches (group_name, request_id, from_instance, target_pool, state, started_at_ms)
-             VALUES (?1, ?2, ?3, ?4, 'launching', ?5)",
+             VALUES (?1, ?2, ?3, ?4, 'launching', ?5) RETURNING id",
             params![
                 group,
                 self.ctx.request_id,
@@ -38,8 +38,8 @@ impl Txn<'_> {
                 serde_json::to_string(pool)?,
                 self.now_ms()
             ],
+            |r| r.get(0),
         )?;
-        let id = self.tx.last_insert_rowid();
         self.audit(
             Entity::Group(group),
             "switch",

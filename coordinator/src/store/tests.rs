@@ -1715,10 +1715,6 @@ fn an_instance_whose_launch_result_was_lost_is_adopted_and_then_failed() {
     assert_eq!(lost.role, Role::Launching);
     assert_eq!(lost.availability_zone, "us-east-1b", "the launch's pool");
     assert_eq!(lost.created_at_ms, 20, "as of the launch");
-    assert!(
-        s.instance("i-stranger").is_err(),
-        "not a launch of this group"
-    );
     assert!(s.instance("i-gone").is_err(), "already terminated");
     // Five minutes after the launch it is overdue: the planner fails it,
     // and FAILED instances are terminated (failed_retention_s = 0).
@@ -1728,5 +1724,23 @@ fn an_instance_whose_launch_result_was_lost_is_adopted_and_then_failed() {
             .iter()
             .any(|i| i.instance_id == "i-lost" && i.launch_overdue),
         "{snap:?}"
+    );
+    // From a launch this store never made (a restored copy): a stranger,
+    // which the planner neither waits for nor counts, but which the next
+    // replacement must fence before granting anything.
+    assert_eq!(s.instance("i-stranger").unwrap().role, Role::Launching);
+    assert!(!snap.instances.iter().any(|i| i.instance_id == "i-stranger"));
+    tx(&mut s, 50, |t| {
+        t.begin_replace(&ReplaceRequest {
+            heard_since_ms: 45,
+            ..replace("i-r2", 1)
+        })
+    })
+    .unwrap();
+    let t = s.group("g").unwrap().transition.unwrap();
+    assert!(
+        t.fence.iter().any(|f| f.instance_id == "i-stranger"),
+        "{:?}",
+        t.fence
     );
 }

@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod decide;
+pub mod events;
 pub mod executor;
 pub mod monitor;
 pub mod pricing;
@@ -28,6 +29,7 @@ pub fn spawn_all(tasks: &mut Supervisor, state: &Arc<AppState>) {
     tasks.spawn("pricing job", pricing::run(Arc::clone(state)));
     tasks.spawn("retention", retention::run(Arc::clone(state)));
     tasks.spawn("decision engine", decide::run(Arc::clone(state)));
+    tasks.spawn("event feed", events::run(Arc::clone(state)));
     if state.config.ec2_executor {
         tasks.spawn("ec2 executor", executor::run(Arc::clone(state)));
     }

@@ -136,6 +136,18 @@ pub(super) async fn judge(
         violations.push(violation(run, "leaked_instance", l.clone(), now));
     }
 
+    for (group, eni) in &run.enis {
+        let primary = run.f.primary(group).await?;
+        let holder = run.f.ec2.eni_holder(eni);
+        if primary.is_some() && holder != primary {
+            let detail = format!(
+                "{eni} is on {holder:?}, {group}'s PRIMARY is {primary:?} (attached to, in order: {:?})",
+                run.f.ec2.eni_history(eni)
+            );
+            violations.push(violation(run, "eni_misplaced", detail, now));
+        }
+    }
+
     let stuck_commands = stuck_commands(run).await?;
     for c in &stuck_commands {
         violations.push(violation(run, "stuck_command", c.clone(), now));

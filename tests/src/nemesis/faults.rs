@@ -59,11 +59,31 @@ kinds! {
     Interruption = "interruption": "a spot interruption notice; the instance dies when it takes effect",
     Rebalance = "rebalance": "a rebalance recommendation",
     Lost = "lost": "an instance dies without notice",
+    RestoreCut = "restore-cut": "restore an older store copy while the PRIMARY is cut off, through the settle window",
+    RestoreFreeze = "restore-freeze": "restore an older store copy while the PRIMARY's agent is frozen, through the settle window",
+    LateReplacement = "late-replacement": "interrupt the PRIMARY; replacements boot after the reclaim, their promote hook takes 3 s",
+    SlowBoot = "slow-boot": "launched instances boot in 20-40 s while the PRIMARY is interrupted",
+    DeclareDead = "declare-dead": "an operator declares a live REPLICA dead during a transition (not forced)",
 }
 
 impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.name() == s)
+    }
+
+    /// Faults whose unavailability counts for every group: the fleet-wide
+    /// ones, and those that restore the store while hitting one instance.
+    pub fn touches_every_group(self) -> bool {
+        self.fleet_wide() || matches!(self, Kind::RestoreCut | Kind::RestoreFreeze)
+    }
+
+    /// The role a kind always hits, whatever the schedule's target.
+    fn forced_role(self) -> Option<Target> {
+        match self {
+            Kind::SlowHook | Kind::DeclareDead => Some(Target::Replica),
+            Kind::RestoreCut | Kind::RestoreFreeze | Kind::LateReplacement => Some(Target::Primary),
+            _ => None,
+        }
     }
 
     /// Faults of the whole fleet (the coordinator, EC2) rather than of one
@@ -79,6 +99,7 @@ impl Kind {
                 | Kind::Ec2ServerError
                 | Kind::Ec2LostAnswer
                 | Kind::Ec2Slow
+                | Kind::SlowBoot
         )
     }
 }
@@ -201,17 +222,31 @@ impl Schedule {
                 (lead, i64::try_from(lead).unwrap_or(0))
             }
             Kind::Lost => (0, 0),
+            // Cut or frozen past the settle window (2 heartbeats + 1 s).
+            Kind::RestoreCut | Kind::RestoreFreeze => (self.secs(5, 15), 0),
+            Kind::LateReplacement => {
+                // The notice's lead; the replacement boots 10-20 s after it.
+                let lead = self.secs(5, 10);
+                (lead + self.secs(10, 20), i64::try_from(lead).unwrap_or(0))
+            }
+            Kind::SlowBoot => {
+                let boot = self.secs(20, 40);
+                (boot, i64::try_from(boot).unwrap_or(0))
+            }
+            Kind::DeclareDead => (3000, 0),
         };
         let lifecycle = matches!(
             kind,
-            Kind::Interruption | Kind::Lost | Kind::SlowHook | Kind::Rebalance
+            Kind::Interruption
+                | Kind::Lost
+                | Kind::SlowHook
+                | Kind::Rebalance
+                | Kind::LateReplacement
+                | Kind::DeclareDead
         );
-        let with_interruption = kind == Kind::SlowHook || (!lifecycle && self.rng.random_bool(0.2));
-        let role = if kind == Kind::SlowHook {
-            Target::Replica
-        } else {
-            role
-        };
+        let with_interruption = matches!(kind, Kind::SlowHook | Kind::SlowBoot)
+            || (!lifecycle && self.rng.random_bool(0.2));
+        let role = kind.forced_role().unwrap_or(role);
         Draw {
             kind,
             group,

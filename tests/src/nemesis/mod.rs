@@ -13,7 +13,7 @@
 pub mod check;
 pub mod faults;
 
-use crate::fleet::{Fleet, FleetOptions, default_pools};
+use crate::fleet::{Fleet, FleetOptions, Launched, default_pools, one_zone_pools};
 use crate::harness::eventually;
 use crate::ledger::monotonic_ns;
 use crate::scenarios::InvariantChecker;
@@ -141,6 +141,8 @@ struct Run {
     history: Vec<Applied>,
     stuck: Vec<check::Violation>,
     samples: BTreeMap<String, Vec<f64>>,
+    /// Groups whose PRIMARY holds a secondary ENI: (group, eni).
+    enis: Vec<(String, String)>,
 }
 
 /// Run the nemesis and judge it.
@@ -170,6 +172,7 @@ pub async fn run(args: NemesisArgs) -> Result<check::Report> {
         history: Vec::new(),
         stuck: Vec::new(),
         samples: BTreeMap::new(),
+        enis: Vec::new(),
     };
     run.setup().await?;
     run.back_up_store()?;
@@ -194,7 +197,15 @@ impl Run {
     /// The groups, each serving before the first fault.
     async fn setup(&mut self) -> Result<()> {
         for (i, g) in self.groups.clone().iter().enumerate() {
+            // Every third group is warm and its PRIMARY holds a secondary
+            // ENI (in us-east-1a, like its pools and its REPLICA).
+            let eni = format!("eni-{g}");
             let config = match i % 3 {
+                0 => {
+                    self.f.ec2.add_eni(&eni, "us-east-1a");
+                    self.enis.push((g.clone(), eni.clone()));
+                    json!({"pools": one_zone_pools(), "promotion": {"network_interface_id": eni}})
+                }
                 2 => json!({"pools": default_pools(), "manual_replica": true}),
                 _ => json!({}),
             };
@@ -203,7 +214,7 @@ impl Run {
             if i % 3 == 0 {
                 let replica = format!("i-{g}-replica");
                 self.f
-                    .add_instance(&replica, "m5.large", "us-east-1b", g)
+                    .add_instance(&replica, "m5.large", "us-east-1a", g)
                     .await?;
                 crate::scenarios::wait_role(&self.f, &replica, "replica").await?;
             }
@@ -349,7 +360,7 @@ impl Run {
             }
         }
         let ledger = self.f.ledger()?;
-        let affected: Vec<&String> = if draw.kind.fleet_wide() {
+        let affected: Vec<&String> = if draw.kind.touches_every_group() {
             self.groups.iter().collect()
         } else {
             vec![&group]
@@ -374,14 +385,46 @@ impl Run {
             Kind::JournalIo => f.with_node(id, |n| n.journal_faults(true))?,
             Kind::CoordinatorFreeze => f.coord.freeze(true)?,
             Kind::CoordinatorKill => f.coord.kill9(),
-            Kind::CoordinatorRestore => {
-                f.coord.kill9();
-                let db = f.coord.data_dir.join("coordinator.db");
-                for ext in ["-wal", "-shm"] {
-                    let _ =
-                        std::fs::remove_file(f.coord.data_dir.join(format!("coordinator.db{ext}")));
+            Kind::CoordinatorRestore => restore(f, &self.backup)?,
+            Kind::RestoreCut | Kind::RestoreFreeze => {
+                if d.kind == Kind::RestoreCut {
+                    on_node(f, id, |n| n.link.cut())?;
+                } else {
+                    f.with_node(id, |n| n.agent.freeze(true))?;
                 }
-                std::fs::copy(&self.backup, &db).context("restoring the store copy")?;
+                restore(f, &self.backup)?;
+                f.coord.start_again()?;
+            }
+            Kind::LateReplacement => {
+                let lead = Duration::from_millis(d.param.unsigned_abs());
+                f.launch_like(Launched {
+                    boot_delay: Some(lead + Duration::from_millis(d.hold_ms) / 2),
+                    promote_delay: Some(Duration::from_secs(3)),
+                });
+                f.interrupt(id, lead)?;
+            }
+            Kind::SlowBoot => f.launch_like(Launched {
+                boot_delay: Some(Duration::from_millis(d.param.unsigned_abs())),
+                promote_delay: None,
+            }),
+            Kind::DeclareDead => {
+                if let Some((p, _)) = self.resolve(group, Target::Primary).await.ok().flatten() {
+                    self.f.interrupt(&p, Duration::from_secs(10))?;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let (st, v) = self
+                    .f
+                    .api
+                    .post(
+                        &format!("/v1/groups/{group}/declare-dead"),
+                        &self.f.coord.admin_token,
+                        &json!({"instance_id": id}),
+                    )
+                    .await?;
+                tracing::info!(%group, instance = id, %st, answer = %v, "nemesis: declared a live REPLICA dead");
+                if st.is_success() {
+                    bail!("declaring live REPLICA {id} dead was accepted: {v}");
+                }
             }
             Kind::LinkCut => on_node(f, id, |n| n.link.cut())?,
             Kind::LinkOneWay => on_node(f, id, |n| n.link.cut_answers())?,
@@ -441,6 +484,11 @@ impl Run {
             Kind::JournalIo => if_alive(f, &|n| n.journal_faults(false)),
             Kind::CoordinatorFreeze => f.coord.freeze(false)?,
             Kind::CoordinatorKill | Kind::CoordinatorRestore => f.coord.start_again()?,
+            Kind::RestoreCut => {
+                let _ = on_node(f, id, |n| n.link.heal());
+            }
+            Kind::RestoreFreeze => if_alive(f, &|n| n.agent.freeze(false)),
+            Kind::LateReplacement | Kind::SlowBoot => f.launch_like(Launched::default()),
             Kind::LinkCut | Kind::LinkOneWay | Kind::Ec2Cut => {
                 let _ = on_node(f, id, |n| {
                     n.link.heal();
@@ -460,10 +508,25 @@ impl Run {
             Kind::Unhealthy => if_alive(f, &|n| n.unhealthy(false)),
             Kind::AgentClock => if_alive(f, &|n| n.clock_offset(0)),
             Kind::CoordinatorClock => f.coordinator_clock_offset(0)?,
-            Kind::AgentKill | Kind::Interruption | Kind::Rebalance | Kind::Lost => {}
+            Kind::AgentKill
+            | Kind::Interruption
+            | Kind::Rebalance
+            | Kind::Lost
+            | Kind::DeclareDead => {}
         }
         Ok(())
     }
+}
+
+/// Kill the coordinator and put the older copy of its store in place.
+fn restore(f: &mut Fleet, backup: &std::path::Path) -> Result<()> {
+    f.coord.kill9();
+    let db = f.coord.data_dir.join("coordinator.db");
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(f.coord.data_dir.join(format!("coordinator.db{ext}")));
+    }
+    std::fs::copy(backup, &db).context("restoring the store copy")?;
+    Ok(())
 }
 
 /// Do `g` to the node `id`.

@@ -106,9 +106,12 @@ impl Txn<'_> {
             }
             Some(inst) => {
                 self.tx.execute(
-                    "UPDATE instances SET agent_id = ?1, version = version + 1, updated_at_ms = ?2
+                    "UPDATE instances SET agent_id = ?1, version = version + 1, updated_at_ms = ?2,
+                         instance_type = CASE WHEN stranger = 1 THEN ?4 ELSE instance_type END,
+                         availability_zone = CASE WHEN stranger = 1 THEN ?5 ELSE availability_zone END,
+                         stranger = 0
                      WHERE instance_id = ?3",
-                    params![agent_id, self.now_ms(), inst.instance_id],
+                    params![agent_id, self.now_ms(), inst.instance_id, req.instance_type, req.availability_zone],
                 )?;
             }
             None => {

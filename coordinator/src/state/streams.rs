@@ -1,0 +1,72 @@
+//! Open event streams: the feed they follow and how many each token holds.
+
+use super::AppState;
+use spot_common::wire::AuditEntry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Open streams one token may hold: enough for a team's dashboards, few
+/// enough that one runaway script cannot hold the coordinator's memory.
+pub const STREAMS_PER_TOKEN: usize = 32;
+
+/// New audit entries, broadcast by `tasks::events` to every open stream.
+pub type Feed = tokio::sync::broadcast::Sender<Arc<AuditEntry>>;
+
+/// Open streams per token.
+#[derive(Default)]
+pub struct StreamCounts(Mutex<HashMap<String, usize>>);
+
+/// One open stream, counted until dropped.
+pub struct Slot {
+    state: Arc<AppState>,
+    key: String,
+}
+
+impl StreamCounts {
+    /// Count one more stream for `key`; the message when it holds
+    /// [`STREAMS_PER_TOKEN`] already.
+    pub fn take(state: &Arc<AppState>, key: String) -> Result<Slot, String> {
+        let mut m = state.streams.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.clone()).or_default();
+        if *n >= STREAMS_PER_TOKEN {
+            return Err(format!(
+                "this token already holds {STREAMS_PER_TOKEN} open event streams; close one first"
+            ));
+        }
+        *n += 1;
+        Ok(Slot {
+            state: Arc::clone(state),
+            key,
+        })
+    }
+
+    /// Open streams now, over all tokens.
+    pub fn open(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self
+            .state
+            .streams
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Entries the feed holds for a slow subscriber before it lags (and
+/// catches up from the store).
+pub const FEED_BUFFER: usize = 4096;
