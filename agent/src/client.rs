@@ -35,7 +35,12 @@ pub enum LinkError {
     #[error("coordinator unreachable or failing")]
     Transport(#[source] reqwest::Error),
     #[error("coordinator answered {status}")]
-    Server { status: u16 },
+    Server {
+        status: u16,
+        /// The coordinator's `Retry-After` (an overloaded coordinator
+        /// sheds registrations first and says when to come back).
+        retry_after: Option<Duration>,
+    },
     #[error("TLS set-up: {0}")]
     Tls(String),
 }
@@ -44,6 +49,14 @@ impl LinkError {
     /// This identity must be given up and a new one registered.
     pub fn identity_lost(&self) -> bool {
         matches!(self, LinkError::Unauthorized | LinkError::InstanceMismatch)
+    }
+
+    /// When the coordinator asked to be called again (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LinkError::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -133,8 +146,15 @@ impl Link {
             return Err(LinkError::Unauthorized);
         }
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             return Err(LinkError::Server {
                 status: status.as_u16(),
+                retry_after,
             });
         }
         let err: ErrorBody = resp.json().await.unwrap_or(ErrorBody {
@@ -301,7 +321,10 @@ pub mod fake {
 
         fn check(&self) -> Result<(), LinkError> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                Err(LinkError::Server { status: 503 })
+                Err(LinkError::Server {
+                    status: 503,
+                    retry_after: None,
+                })
             } else {
                 Ok(())
             }

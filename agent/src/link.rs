@@ -99,7 +99,7 @@ async fn ensure_registered(agent: &Agent) -> Result<Option<Creds>, JournalError>
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         request_id: Some(rid),
     };
-    let mut delays = spot_runtime::retry::delays(COORDINATOR_LINK);
+    let mut delays = spot_runtime::retry::full_jitter(COORDINATOR_LINK);
     loop {
         match agent.coordinator.register(&enrollment, &req).await {
             Ok(r) => {
@@ -117,7 +117,12 @@ async fn ensure_registered(agent: &Agent) -> Result<Option<Creds>, JournalError>
                 return Ok(Some(creds));
             }
             Err(e) => {
-                let wait = delays.next().unwrap_or(COORDINATOR_LINK.max_delay);
+                // An overloaded coordinator says when to come back; never
+                // sooner than that, never later than our own cap.
+                let backoff = delays.next().unwrap_or(COORDINATOR_LINK.max_delay);
+                let wait = e.retry_after().map_or(backoff, |ra| {
+                    ra.min(COORDINATOR_LINK.max_delay).max(backoff)
+                });
                 tracing::warn!(error = %spot_common::error_chain(&e), ?wait, "registering; retrying");
                 link_state(agent, "unregistered", Some(spot_common::error_chain(&e))).await?;
                 tokio::select! {

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub consolidations: Counter,
     pub convergences: Counter,
     pub disagreements: Family<KindLabel, Counter>,
+    pub shed: Family<KindLabel, Counter>,
     pub fences: Family<OutcomeLabel, Counter>,
     pub groups_blocked: Gauge,
     pub agents_backlogged: Gauge,
@@ -175,6 +176,12 @@ impl Metrics {
                 r,
                 "role_disagreements",
                 "Disagreements between an agent's reported role and the store, by kind",
+                Family::default(),
+            ),
+            shed: metric(
+                r,
+                "agent_requests_shed",
+                "Agent requests refused with 503 overloaded, by kind (register, heartbeat)",
                 Family::default(),
             ),
             fences: metric(

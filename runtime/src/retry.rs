@@ -21,6 +21,17 @@ pub fn delays(policy: RetryPolicy) -> impl Iterator<Item = Duration> {
     })
 }
 
+/// Full jitter: each delay uniform in `[0, ceiling]`. For registration,
+/// where a whole fleet retries at once (a coordinator restart, a new
+/// fleet): the spread, not the mean, is what keeps the storm flat.
+pub fn full_jitter(policy: RetryPolicy) -> impl Iterator<Item = Duration> {
+    let limit = policy.max_retries.unwrap_or(usize::MAX);
+    (0u32..).take(limit).map(move |n| {
+        let ceiling = u64::try_from(policy.ceiling(n).as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=ceiling))
+    })
+}
+
 /// Call `op` until it succeeds, fails with an error `retryable` refuses, or
 /// the policy runs out of retries; `notify` sees each retried error.
 pub async fn retry<T, E, F, Fut>(
@@ -53,6 +64,17 @@ where
 mod tests {
     use super::*;
     use spot_common::retry::{COORDINATOR_RECONNECT, EC2_CALL};
+
+    #[test]
+    fn full_jitter_spreads_over_the_whole_window_under_the_cap() {
+        let p = spot_common::retry::COORDINATOR_LINK;
+        let v: Vec<_> = full_jitter(p).take(400).collect();
+        assert!(v.iter().enumerate().all(|(n, d)| *d <= p.ceiling(n as u32)));
+        // Past the cap, a quarter of the delays land in its lower half
+        // (equal jitter would put none there).
+        let low = v[20..].iter().filter(|d| **d < p.max_delay / 2).count();
+        assert!(low > 380 / 4, "{low} of 380 below half the cap");
+    }
 
     #[test]
     fn delays_stay_under_the_cap_and_limited_policies_end() {

@@ -145,6 +145,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{agent_id}/commands", get(agent::poll_commands))
         .route("/v1/agents/{agent_id}/events", post(agent::events))
         .route("/v1/agents/{agent_id}/pricing", post(agent::pricing))
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_client_cert,
@@ -350,6 +351,50 @@ async fn track_latency(State(state): State<Arc<AppState>>, req: Request, next: N
         .get_or_create(&crate::metrics::HttpLabels { route, method })
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// Shed agent requests under overload (`state::admission`): 503
+/// `overloaded` with a `Retry-After` the agent honours.
+async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use crate::state::admission::Class;
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let class = match path {
+        Some("/v1/agents/{agent_id}/commands") => return next.run(req).await,
+        Some("/v1/agents/register") => Class::Register,
+        Some("/v1/agents/{agent_id}/heartbeat") => Class::Heartbeat,
+        _ => Class::Report,
+    };
+    let Some(_ticket) = state.admission.enter(class) else {
+        let wait = class.retry_after();
+        state
+            .metrics
+            .shed
+            .get_or_create(&crate::metrics::KindLabel { kind: class.name() })
+            .inc();
+        tracing::debug!(
+            kind = class.name(),
+            in_flight = state.admission.in_flight(),
+            "shedding an agent request: overloaded"
+        );
+        let mut resp = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the coordinator is overloaded; retry in {} s",
+                wait.as_secs()
+            ),
+        )
+        .into_response();
+        if let Ok(v) = wait.as_secs().to_string().parse() {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return resp;
+    };
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

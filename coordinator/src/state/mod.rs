@@ -5,6 +5,7 @@
 //! Direction: `api` and `tasks` use `state`; `state` uses `store`, `live`,
 //! `metrics` and `clock`; nothing here knows a handler or a task.
 
+pub mod admission;
 mod sessions;
 mod streams;
 
@@ -51,6 +52,8 @@ pub struct AppState {
     pub events: Feed,
     /// Open event streams per token.
     pub streams: StreamCounts,
+    /// Shedding of agent requests under overload.
+    pub admission: admission::Admission,
 }
 
 /// Unix milliseconds: what is wall time by nature (stored timestamps,
@@ -159,6 +162,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         sessions: Sessions::default(),
         events: Feed::new(FEED_BUFFER),
         streams: StreamCounts::default(),
+        admission: admission::Admission::default(),
         config,
         db,
     }))
