@@ -332,6 +332,11 @@ pub struct TransitionView {
     /// The candidate must finish its promotion within this of the grant.
     #[serde(default = "default_promote_budget")]
     pub promote_budget_ms: i64,
+    /// Unix ms the coordinator that began it started: instances not heard
+    /// since are fence targets, and nothing is granted before an EC2 view
+    /// of the group taken since (strangers: see the store's promotion).
+    #[serde(default)]
+    pub heard_since_ms: i64,
 }
 
 fn default_promote_budget() -> i64 {

@@ -35,6 +35,10 @@ scenario!(
     "cold-failover"
 );
 scenario!(
+    a_replacement_registering_after_the_reclaim_still_becomes_primary_once,
+    "late-replacement"
+);
+scenario!(
     failed_promotion_rolls_over_to_the_next_candidate,
     "failed-promotion"
 );

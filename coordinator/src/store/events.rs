@@ -97,6 +97,10 @@ impl Txn<'_> {
                 // Price batches are delivered to the pricing endpoint.
                 EventBody::Prices { .. } => {}
                 EventBody::Ec2States { instances } => {
+                    self.tx.execute(
+                        "UPDATE groups SET ec2_seen_at_ms = ?1 WHERE name = ?2",
+                        params![self.now_ms(), agent.group],
+                    )?;
                     for i in instances {
                         if !self.set_ec2_state(&agent.group, &i.instance_id, &i.state)?
                             && !self.adopt_launched(&agent.group, i)?

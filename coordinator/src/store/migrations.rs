@@ -296,9 +296,11 @@ const STEPS: &[&str] = &[
     "#,
     // 9 -> 10: an instance EC2 runs for a group, launched by a launch this
     // store never saw (a store restored from an older copy): a stranger,
-    // fenced before any grant until it is heard.
+    // fenced before any grant until it is heard; when an agent last showed
+    // the coordinator the group's instances in EC2.
     r#"
     ALTER TABLE instances ADD COLUMN stranger INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE groups ADD COLUMN ec2_seen_at_ms INTEGER;
     "#,
 ];
 

@@ -44,7 +44,7 @@ pub use decisions::Logged as LoggedDecision;
 pub use instances::BulkSelection;
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use pricing::{ConsolidationConfig, SeriesKey};
-pub use promotion::{Committed, PromoteResult, ReplaceRequest};
+pub use promotion::{Committed, PromoteResult, RESTORED_EPOCH_GAP, ReplaceRequest};
 pub use retention::{Retention, Table};
 pub use snapshot::{AgentLive, FleetHealth, PrimaryPrice, SnapshotInput};
 pub use tokens::TokenView;

@@ -42,6 +42,21 @@ pub struct ReplaceRequest {
     pub heard_since_ms: i64,
 }
 
+/// How far a transition's epoch jumps when the store may be a restored
+/// copy (an instance it cannot hear, or no EC2 view yet since the start):
+/// more than any group is granted in the life of a backup, so the new
+/// PRIMARY's epoch is above whatever the unheard one holds.
+pub const RESTORED_EPOCH_GAP: u64 = 1 << 20;
+
+/// Whether a waiting transition may be granted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    Grant,
+    /// New fence targets were added (and written): not yet.
+    Extended,
+    Wait,
+}
+
 /// What a replacement started or became.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PromoteResult {
@@ -224,6 +239,50 @@ impl Txn<'_> {
         Ok(ids)
     }
 
+    /// Whether EC2's view of `group` (an agent's report of its instances)
+    /// arrived since `since_ms`.
+    fn ec2_seen_since(&self, group: &str, since_ms: i64) -> Result<bool> {
+        let seen: Option<i64> = self.tx.query_row(
+            "SELECT ec2_seen_at_ms FROM groups WHERE name = ?1",
+            [group],
+            |r| r.get(0),
+        )?;
+        Ok(since_ms <= 0 || seen.is_some_and(|s| s >= since_ms))
+    }
+
+    /// Before a grant: instances that turned up unheard since the
+    /// transition began (a stranger in EC2's view) become fence targets
+    /// too, and nothing is granted until EC2's view of the group since the
+    /// coordinator started is in.
+    fn may_grant(&mut self, group: &str, t: &mut TransitionView) -> Result<Ready> {
+        let mut added = Vec::new();
+        for id in self.unheard_since(group, t.heard_since_ms, &t.candidate)? {
+            if !t.fence.iter().any(|f| f.instance_id == id) {
+                t.fence.push(FenceTarget {
+                    instance_id: id.clone(),
+                    epoch: t.epoch,
+                });
+                added.push(id);
+            }
+        }
+        if !added.is_empty() {
+            self.audit(
+                Entity::Group(group),
+                "fence_unheard",
+                &json!({"heard_since_ms": t.heard_since_ms}),
+                &json!({"epoch": t.epoch, "fence": added}),
+            )?;
+            let epoch = t.epoch;
+            self.write_transition(group, Some(t), epoch)?;
+            return Ok(Ready::Extended);
+        }
+        if self.ec2_seen_since(group, t.heard_since_ms)? && self.all_fenced(t)? {
+            Ok(Ready::Grant)
+        } else {
+            Ok(Ready::Wait)
+        }
+    }
+
     fn all_fenced(&self, t: &TransitionView) -> Result<bool> {
         for target in &t.fence {
             if !fenced(&self.tx, target, t.started_at_ms)? {
@@ -257,14 +316,20 @@ impl Txn<'_> {
             });
         }
         spot_common::state::next(cand.role, RoleEvent::Promote)?;
-        let epoch = self.next_epoch(group, g.epoch)?;
+        let unheard = self.unheard_since(group, req.heard_since_ms, &req.candidate)?;
+        let mut epoch = self.next_epoch(group, g.epoch)?;
+        if !unheard.is_empty() || !self.ec2_seen_since(group, req.heard_since_ms)? {
+            // The store may be a restored copy: someone it cannot hear may
+            // hold an epoch it never saw. Jump clear of any it could be.
+            epoch += RESTORED_EPOCH_GAP;
+        }
         let now = self.now_ms();
         let fence: Vec<FenceTarget> = g
             .primary
             .iter()
             .cloned()
             .chain(
-                self.unheard_since(group, req.heard_since_ms, &req.candidate)?
+                unheard
                     .into_iter()
                     .filter(|i| g.primary.as_ref() != Some(i)),
             )
@@ -289,6 +354,7 @@ impl Txn<'_> {
             switch_id: req.switch_id,
             fence,
             promote_budget_ms: req.promote_budget_ms,
+            heard_since_ms: req.heard_since_ms,
         };
         self.audit(
             Entity::Group(group),
@@ -319,7 +385,8 @@ impl Txn<'_> {
             )?;
         }
         self.write_transition(group, Some(&t), epoch)?;
-        if self.all_fenced(&t)? {
+        let mut t = t;
+        if self.may_grant(group, &mut t)? == Ready::Grant {
             result.commands = self.grant_transition(group, &g.config.promotion, t)?;
             result.phase = Phase::Promoting;
         }
@@ -330,15 +397,21 @@ impl Txn<'_> {
     pub fn grant(&mut self, group: &str, expected_epoch: u64) -> Result<()> {
         let g = self.group(group)?;
         check_epoch(g.epoch, expected_epoch)?;
-        let Some(t) = g.transition.filter(|t| t.phase == Phase::Demoting) else {
+        let Some(mut t) = g.transition.filter(|t| t.phase == Phase::Demoting) else {
             return Err(StoreError::InProgress(format!(
                 "group {group} has no demotion to grant"
             )));
         };
-        if !self.all_fenced(&t)? {
-            return Err(StoreError::NotFenced(format!(
-                "group {group}: not every fence target is shown not to serve"
-            )));
+        match self.may_grant(group, &mut t)? {
+            Ready::Grant => {}
+            // Committed: the next pass fences the new targets.
+            Ready::Extended => return Ok(()),
+            Ready::Wait => {
+                return Err(StoreError::NotFenced(format!(
+                    "group {group}: not every fence target is shown not to serve, or EC2's view \
+                     of the group since the coordinator started is not in yet"
+                )));
+            }
         }
         self.grant_transition(group, &g.config.promotion, t)
             .map(|_| ())

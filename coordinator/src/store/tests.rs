@@ -691,6 +691,27 @@ fn a_restored_store_adopts_the_real_primary_whichever_agent_speaks_first() {
     }
 }
 
+/// `agent` reports what EC2 shows of its group: `strangers` (id, launch
+/// request id) running besides.
+fn ec2_view(s: &mut Store, agent: &str, strangers: &[(&str, &str)], now: i64) {
+    let ev = Event {
+        event_id: format!("{agent}:ec2:{now}"),
+        seq: 1000 + now,
+        at_ms: now,
+        body: EventBody::Ec2States {
+            instances: strangers
+                .iter()
+                .map(|(id, rid)| spot_common::Ec2State {
+                    instance_id: (*id).into(),
+                    state: "running".into(),
+                    request_id: Some((*rid).into()),
+                })
+                .collect(),
+        },
+    };
+    tx(s, now, |t| t.apply_events(agent, &[ev])).unwrap();
+}
+
 #[test]
 fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     // The store is a copy from before i-r2 was promoted at epoch 4; i-r2
@@ -719,7 +740,12 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     })
     .unwrap();
     assert_eq!(r.phase, Phase::Demoting);
-    assert_eq!(r.epoch, 4, "above every epoch an agent reported (3)");
+    assert_eq!(
+        r.epoch,
+        4 + RESTORED_EPOCH_GAP,
+        "above every epoch an agent reported (3), and clear of any the unheard may hold"
+    );
+    let e = r.epoch;
     let t = s.group("g").unwrap().transition.unwrap();
     let targets: Vec<&str> = t.fence.iter().map(|f| f.instance_id.as_str()).collect();
     assert_eq!(targets, ["i-p", "i-r2"]);
@@ -729,14 +755,35 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     report(
         &mut s,
         "a-p",
-        &ids::demote("i-p", 4),
+        &ids::demote("i-p", e),
         CommandOutcome::Done,
         300,
     );
-    let refused = tx(&mut s, 130, |t| t.grant("g", 4)).unwrap_err();
+    let refused = tx(&mut s, 130, |t| t.grant("g", e)).unwrap_err();
     assert!(matches!(refused, StoreError::NotFenced(_)), "{refused:?}");
     tx(&mut s, 140, |t| t.set_ec2_state("g", "i-r2", "terminated")).unwrap();
-    tx(&mut s, 141, |t| t.grant("g", 4)).unwrap();
+    // Fenced, but EC2's view of the group since the start is not in: an
+    // instance the copy never heard of may still serve.
+    assert!(tx(&mut s, 141, |t| t.grant("g", e)).is_err());
+    ec2_view(
+        &mut s,
+        "a-r1",
+        &[("i-stranger", "launch-after-the-copy")],
+        142,
+    );
+    // The view shows a stranger: it becomes a fence target first.
+    tx(&mut s, 143, |t| t.grant("g", e)).unwrap();
+    let t = s.group("g").unwrap().transition.unwrap();
+    assert_eq!((t.phase, t.fence.len()), (Phase::Demoting, 3), "{t:?}");
+    tx(&mut s, 144, |t| {
+        t.set_ec2_state("g", "i-stranger", "terminated")
+    })
+    .unwrap();
+    tx(&mut s, 145, |t| t.grant("g", e)).unwrap();
+    assert_eq!(
+        s.group("g").unwrap().transition.unwrap().phase,
+        Phase::Promoting
+    );
 
     // Heard since the start: nothing more than the PRIMARY is fenced.
     let (_d, mut s) = store();
@@ -744,6 +791,7 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     for a in ["a-p", "a-r1", "a-r2"] {
         beat(&mut s, a, 1, 105);
     }
+    ec2_view(&mut s, "a-r1", &[], 110);
     tx(&mut s, 120, |t| {
         t.begin_replace(&ReplaceRequest {
             heard_since_ms: 100,

@@ -152,6 +152,64 @@ pub async fn failed_promotion() -> Result<Timings> {
     Ok(vec![("notice_to_new_primary_s", took)])
 }
 
+/// A lone PRIMARY whose replacement boots slower than the notice: it
+/// registers 20 s after the reclaim, its promote hook takes 3 s. It must
+/// still become PRIMARY within the promote budget (+ 5 s) of registering,
+/// its hook run once, and nothing more be launched.
+pub async fn late_replacement() -> Result<Timings> {
+    let lead = Duration::from_secs(8);
+    let f = Fleet::start(FleetOptions {
+        boot_delay: lead + Duration::from_secs(19),
+        ..FleetOptions::default()
+    })
+    .await?;
+    let first = group(&f, json!({}), None).await?;
+    let checker = InvariantChecker::start(&f);
+    f.launch_like(crate::fleet::Launched {
+        boot_delay: None,
+        promote_delay: Some(Duration::from_secs(3)),
+    });
+    let reclaim = f.interrupt(&first, lead)?;
+    let new = wait_confirmed(&f, "db", None, Some(&first)).await?;
+    let confirmed_ms = crate::now_ms();
+    let agents = f.get("/v1/agents").await?;
+    let registered_ms = agents
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["instance_id"] == new.as_str())
+        .and_then(|a| a["registered_at_ms"].as_i64())
+        .context("the replacement's registration")?;
+    let reclaim_ms = i64::try_from(reclaim.duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
+    let after_reclaim_s = (registered_ms - reclaim_ms) as f64 / 1000.0;
+    let to_primary_s = (confirmed_ms - registered_ms) as f64 / 1000.0;
+    ensure!(
+        after_reclaim_s > 15.0,
+        "the replacement registered {after_reclaim_s:.1} s after the reclaim, not after a slow boot"
+    );
+    // Promote budget: promotion timeout (15 s here) - 5 s.
+    ensure!(
+        to_primary_s <= 10.0 + 5.0,
+        "PRIMARY {to_primary_s:.1} s after registering"
+    );
+    wait_serving(&f, "db", &new).await?;
+    let hooks =
+        std::fs::read_to_string(f.root.join(&new).join("hooks").join(crate::fleet::HOOK_LOG))
+            .unwrap_or_default();
+    let promotes = hooks.lines().filter(|l| l.starts_with("promote ")).count();
+    ensure!(
+        promotes == 1,
+        "the promote hook ran {promotes} times: {hooks}"
+    );
+    let l = launched(&f);
+    ensure!(l.len() == 1, "one launch, no more: {l:?}");
+    checker.check().await?;
+    Ok(vec![
+        ("registered_after_reclaim_s", after_reclaim_s),
+        ("registration_to_primary_s", to_primary_s),
+    ])
+}
+
 pub async fn switch() -> Result<Timings> {
     let (f, first) = super::group_with_address("eipalloc-sw", "203.0.113.7", None).await?;
     let checker = InvariantChecker::start(&f);

@@ -37,6 +37,10 @@ pub const SCENARIOS: &[(&str, Run)] = &[
     ("warm-failover", || Box::pin(failover::warm_failover())),
     ("cold-failover", || Box::pin(failover::cold_failover())),
     (
+        "late-replacement",
+        || Box::pin(failover::late_replacement()),
+    ),
+    (
         "failed-promotion",
         || Box::pin(failover::failed_promotion()),
     ),
