@@ -23,6 +23,7 @@
 mod rules;
 #[cfg(test)]
 mod tests;
+mod transition;
 
 pub use rules::RULES;
 

@@ -36,6 +36,7 @@ mod snapshot;
 mod switches;
 mod tokens;
 mod training;
+mod unheard;
 
 pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
@@ -44,7 +45,7 @@ pub use decisions::Logged as LoggedDecision;
 pub use instances::BulkSelection;
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use pricing::{ConsolidationConfig, SeriesKey};
-pub use promotion::{Committed, PromoteResult, RESTORED_EPOCH_GAP, ReplaceRequest};
+pub use promotion::{Committed, PromoteResult, ReplaceRequest};
 pub use retention::{Retention, Table};
 pub use snapshot::{AgentLive, FleetHealth, PrimaryPrice, SnapshotInput};
 pub use tokens::TokenView;

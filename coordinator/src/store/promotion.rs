@@ -9,6 +9,7 @@
 //! unfenced instance, whatever the planner decided.
 
 use super::fence::{self, fenced};
+use super::unheard::{Ready, restored_epoch_floor};
 use super::{Read, Result, StoreError, Txn};
 use crate::store::audit::Entity;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -40,21 +41,6 @@ pub struct ReplaceRequest {
     /// it becomes a fence target, so nothing is granted until it is heard
     /// or fenced.
     pub heard_since_ms: i64,
-}
-
-/// How far a transition's epoch jumps when the store may be a restored
-/// copy (an instance it cannot hear, or no EC2 view yet since the start):
-/// more than any group is granted in the life of a backup, so the new
-/// PRIMARY's epoch is above whatever the unheard one holds.
-pub const RESTORED_EPOCH_GAP: u64 = 1 << 20;
-
-/// Whether a waiting transition may be granted now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ready {
-    Grant,
-    /// New fence targets were added (and written): not yet.
-    Extended,
-    Wait,
 }
 
 /// What a replacement started or became.
@@ -205,85 +191,7 @@ impl Txn<'_> {
         )
     }
 
-    /// The epoch of a new grant: above the group's and above anything any
-    /// of its agents reported holding (a store restored from an older copy
-    /// must not hand out an epoch an instance already holds).
-    fn next_epoch(&self, group: &str, epoch: u64) -> Result<u64> {
-        let reported: i64 = self.tx.query_row(
-            "SELECT COALESCE(MAX(highest_epoch), 0) FROM agents WHERE group_name = ?1",
-            [group],
-            |r| r.get(0),
-        )?;
-        Ok(epoch.max(u64::try_from(reported).unwrap_or(0)) + 1)
-    }
-
-    /// Instances of `group` (but `candidate`) that may serve at an epoch
-    /// the store never saw: created before `since_ms` (or strangers: from
-    /// a launch the store has no record of), not shown gone, and with no
-    /// agent heard since `since_ms`.
-    fn unheard_since(&self, group: &str, since_ms: i64, candidate: &str) -> Result<Vec<String>> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT i.instance_id FROM instances i
-             WHERE i.group_name = ?1 AND i.instance_id != ?3
-               AND (i.created_at_ms < ?2 OR i.stranger = 1)
-               -- ZOMBIE and FAILED lead only to TERMINATED: never to a later epoch.
-               AND i.role NOT IN ('zombie', 'failed', 'terminated')
-               AND COALESCE(i.ec2_state, '') != 'terminated'
-               AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.instance_id = i.instance_id
-                                 AND a.last_heartbeat_ms >= ?2)
-             ORDER BY i.instance_id",
-        )?;
-        let ids = stmt
-            .query_map(params![group, since_ms, candidate], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(ids)
-    }
-
-    /// Whether EC2's view of `group` (an agent's report of its instances)
-    /// arrived since `since_ms`.
-    fn ec2_seen_since(&self, group: &str, since_ms: i64) -> Result<bool> {
-        let seen: Option<i64> = self.tx.query_row(
-            "SELECT ec2_seen_at_ms FROM groups WHERE name = ?1",
-            [group],
-            |r| r.get(0),
-        )?;
-        Ok(since_ms <= 0 || seen.is_some_and(|s| s >= since_ms))
-    }
-
-    /// Before a grant: instances that turned up unheard since the
-    /// transition began (a stranger in EC2's view) become fence targets
-    /// too, and nothing is granted until EC2's view of the group since the
-    /// coordinator started is in.
-    fn may_grant(&mut self, group: &str, t: &mut TransitionView) -> Result<Ready> {
-        let mut added = Vec::new();
-        for id in self.unheard_since(group, t.heard_since_ms, &t.candidate)? {
-            if !t.fence.iter().any(|f| f.instance_id == id) {
-                t.fence.push(FenceTarget {
-                    instance_id: id.clone(),
-                    epoch: t.epoch,
-                });
-                added.push(id);
-            }
-        }
-        if !added.is_empty() {
-            self.audit(
-                Entity::Group(group),
-                "fence_unheard",
-                &json!({"heard_since_ms": t.heard_since_ms}),
-                &json!({"epoch": t.epoch, "fence": added}),
-            )?;
-            let epoch = t.epoch;
-            self.write_transition(group, Some(t), epoch)?;
-            return Ok(Ready::Extended);
-        }
-        if self.ec2_seen_since(group, t.heard_since_ms)? && self.all_fenced(t)? {
-            Ok(Ready::Grant)
-        } else {
-            Ok(Ready::Wait)
-        }
-    }
-
-    fn all_fenced(&self, t: &TransitionView) -> Result<bool> {
+    pub(super) fn all_fenced(&self, t: &TransitionView) -> Result<bool> {
         for target in &t.fence {
             if !fenced(&self.tx, target, t.started_at_ms)? {
                 return Ok(false);
@@ -321,7 +229,7 @@ impl Txn<'_> {
         if !unheard.is_empty() || !self.ec2_seen_since(group, req.heard_since_ms)? {
             // The store may be a restored copy: someone it cannot hear may
             // hold an epoch it never saw. Jump clear of any it could be.
-            epoch += RESTORED_EPOCH_GAP;
+            epoch = restored_epoch_floor(epoch, self.now_ms());
         }
         let now = self.now_ms();
         let fence: Vec<FenceTarget> = g
