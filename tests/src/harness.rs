@@ -225,6 +225,27 @@ impl Coordinator {
         }
     }
 
+    /// A consistent copy of the live store at `to` (`VACUUM INTO`).
+    pub fn back_up_store(&self, to: &Path) -> Result<()> {
+        let _ = std::fs::remove_file(to);
+        let c = rusqlite::Connection::open(self.data_dir.join("coordinator.db"))?;
+        c.busy_timeout(Duration::from_secs(5))?;
+        c.execute("VACUUM INTO ?1", [to.display().to_string()])?;
+        Ok(())
+    }
+
+    /// Kill the coordinator and put the copy at `from` in its store's
+    /// place (a restore from backup); `start_again` to run it.
+    pub fn restore_store(&mut self, from: &Path) -> Result<()> {
+        self.kill9();
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(self.data_dir.join(format!("coordinator.db{ext}")));
+        }
+        std::fs::copy(from, self.data_dir.join("coordinator.db"))
+            .context("restoring the store copy")?;
+        Ok(())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

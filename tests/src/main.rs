@@ -18,11 +18,12 @@ enum Command {
     Demo(spot_tests::failover_bench::Demo),
     /// Run a failover or fencing flow on the simulated fleet and print its
     /// verdict and timings (judged by what the workloads served): one of
-    /// rebalance, warm-failover, cold-failover, failed-promotion, switch, switch-failure,
+    /// rebalance, warm-failover, cold-failover, late-replacement, failed-promotion, switch,
+    /// secondary-eni, switch-failure,
     /// maintenance, auto-switch, shadow-decisions, external-model, model-fallback, ab-models,
     /// manual-replica, zombie-cleanup, terminated, coordinator-crash, partition,
     /// slow-promote, frozen-agent, frozen-coordinator, coordinator-restart,
-    /// restored-store, lost-primary, journal-failure, shared-identity; or
+    /// restored-store, restored-store-partitioned, lost-primary, journal-failure, shared-identity; or
     /// all.
     Scenario {
         name: String,

@@ -431,6 +431,32 @@ pub fn launch_pools(snap: &GroupSnap, avoid: Option<&PoolKey>) -> Vec<Pool> {
     pools.into_iter().map(|(_, p)| p.clone()).collect()
 }
 
+/// An emergency launch for a group that needs an instance, away from
+/// `avoid`, unless one is on its way or nobody can launch.
+fn emergency_launch(
+    snap: &GroupSnap,
+    prefer: Option<&InstanceSnap>,
+    avoid: Option<&PoolKey>,
+    reason: &'static str,
+) -> Vec<Step> {
+    if snap.launches_in_flight > 0 || snap.instances.iter().any(|i| i.role == Role::Launching) {
+        return Vec::new();
+    }
+    match (
+        executor(snap, prefer, &[]),
+        launch_pools(snap, avoid).into_iter().next(),
+    ) {
+        (Some(via), Some(pool)) => vec![Step::Launch {
+            via,
+            pool,
+            emergency: true,
+            switch_id: None,
+            reason,
+        }],
+        _ => Vec::new(),
+    }
+}
+
 /// Online, healthy REPLICAs without an interruption notice, a recently
 /// failed promotion or a pending fence, least correlated with `primary`
 /// first, then the most recent heartbeat.

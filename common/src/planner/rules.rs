@@ -4,7 +4,7 @@
 
 use super::{
     Decision, Executor, GroupSnap, InstanceSnap, PlanConfig, Step, SwitchSnap, candidates,
-    executor, launch_pools,
+    emergency_launch, executor, launch_pools,
 };
 use crate::command::{CommandState, NoticeKind};
 use crate::types::{Pool, PoolKey, Role};
@@ -98,8 +98,6 @@ fn transition(snap: &GroupSnap, now_ms: i64, cfg: &PlanConfig) -> Option<Decisio
     Some(super::transition::plan(snap, t, now_ms, cfg))
 }
 
-/// An emergency launch for a group that needs an instance, away from
-/// `avoid`, unless one is on its way or nobody can launch.
 /// Replace the PRIMARY `p` by the best candidate, or, with none, do
 /// `otherwise` (launch one first).
 fn replace_else(
@@ -111,30 +109,6 @@ fn replace_else(
     match candidates(snap, Some(p)).first() {
         Some(c) => steps(vec![replace(Some(p), c, snap, None, why)]),
         None => steps(otherwise()),
-    }
-}
-
-pub(super) fn emergency_launch(
-    snap: &GroupSnap,
-    prefer: Option<&InstanceSnap>,
-    avoid: Option<&PoolKey>,
-    reason: &'static str,
-) -> Vec<Step> {
-    if snap.launches_in_flight > 0 || snap.instances.iter().any(|i| i.role == Role::Launching) {
-        return Vec::new();
-    }
-    match (
-        executor(snap, prefer, &[]),
-        launch_pools(snap, avoid).into_iter().next(),
-    ) {
-        (Some(via), Some(pool)) => vec![Step::Launch {
-            via,
-            pool,
-            emergency: true,
-            switch_id: None,
-            reason,
-        }],
-        _ => Vec::new(),
     }
 }
 

@@ -3,10 +3,9 @@
 //! fenced, commit on the candidate's confirmation, roll over or retarget
 //! when the candidate fails or is no candidate any more.
 
-use super::rules::emergency_launch;
 use super::{
     Decision, FenceSnap, GroupSnap, InstanceSnap, PlanConfig, Step, TransitionSnap, candidates,
-    executor,
+    emergency_launch, executor,
 };
 use crate::command::CommandState;
 use crate::types::Phase;

@@ -353,6 +353,25 @@ async fn track_latency(State(state): State<Arc<AppState>>, req: Request, next: N
     resp
 }
 
+/// An operator's change: one idempotent transaction (a repeated
+/// `request_id` gets the first answer), the long-polls of the agents it
+/// queued commands for woken, and a reconcile pass asked for.
+pub(crate) async fn operator_change<R, F>(
+    state: &AppState,
+    scope: &'static str,
+    ctx: crate::store::Ctx,
+    f: F,
+) -> Result<R, ApiError>
+where
+    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    F: FnOnce(&mut crate::store::Txn<'_>) -> crate::store::Result<R> + Send + 'static,
+{
+    let done = state.db.idempotent(scope, ctx, f).await?;
+    let value = state.woke(done);
+    state.reconcile.notify_one();
+    Ok(value)
+}
+
 /// Shed agent requests under overload (`state::admission`): 503
 /// `overloaded` with a `Retry-After` the agent honours.
 async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

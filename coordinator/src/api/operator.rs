@@ -2,7 +2,7 @@
 //! anything is parsed). Handlers translate HTTP to store transactions;
 //! the rules live in the store and the planner.
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, Caller};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, Caller, operator_change};
 use crate::state::AppState;
 use crate::store::{AuditQuery, BulkSelection, Ctx, PromoteResult, Read, ReplaceRequest, Via};
 use axum::Json;
@@ -85,15 +85,11 @@ pub async fn update_group(
     ApiJson(req): ApiJson<UpdateGroupRequest>,
 ) -> Result<Json<GroupView>, ApiError> {
     let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
-    let done = state
-        .db
-        .idempotent("update_group", ctx, move |tx| {
-            tx.update_group(&name, &req.config, req.version)
-        })
-        .await?;
-    let g = state.woke(done);
+    let g = operator_change(&state, "update_group", ctx, move |tx| {
+        tx.update_group(&name, &req.config, req.version)
+    })
+    .await?;
     tracing::info!(group = %g.name, version = g.version, "group config updated");
-    state.reconcile.notify_one();
     Ok(Json(g))
 }
 
@@ -141,13 +137,11 @@ pub async fn switch(
     ApiJson(req): ApiJson<SwitchRequest>,
 ) -> Result<Json<SwitchView>, ApiError> {
     let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
-    let done = state
-        .db
-        .idempotent("switch", ctx, move |tx| tx.request_switch(&name, &req.pool))
-        .await?;
-    let sw = state.woke(done);
+    let sw = operator_change(&state, "switch", ctx, move |tx| {
+        tx.request_switch(&name, &req.pool)
+    })
+    .await?;
     tracing::info!(group = %sw.group, switch = sw.id, pool = %sw.target_pool, "switch requested");
-    state.reconcile.notify_one();
     Ok(Json(sw))
 }
 
@@ -160,13 +154,11 @@ pub async fn cancel_switch(
     ApiJson(req): ApiJson<CancelSwitchRequest>,
 ) -> Result<Json<SwitchView>, ApiError> {
     let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
-    let done = state
-        .db
-        .idempotent("cancel_switch", ctx, move |tx| tx.cancel_switch(&name))
-        .await?;
-    let sw = state.woke(done);
+    let sw = operator_change(&state, "cancel_switch", ctx, move |tx| {
+        tx.cancel_switch(&name)
+    })
+    .await?;
     tracing::warn!(group = %sw.group, switch = sw.id, "switch cancelled by an operator");
-    state.reconcile.notify_one();
     Ok(Json(sw))
 }
 

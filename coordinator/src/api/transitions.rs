@@ -3,7 +3,7 @@
 //! dead. Every change is audited and idempotent under `request_id`.
 
 use super::operator::operator;
-use super::{ApiError, ApiJson, ApiPath, Caller};
+use super::{ApiError, ApiJson, ApiPath, Caller, operator_change};
 use crate::state::AppState;
 use crate::store::Read;
 use axum::Json;
@@ -42,15 +42,11 @@ pub async fn abort_transition(
 ) -> Result<Json<TransitionView>, ApiError> {
     let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
     let group = name.clone();
-    let done = state
-        .db
-        .idempotent("abort_transition", ctx, move |tx| {
-            tx.abort_transition(&group, req.expected_epoch)
-        })
-        .await?;
-    let t = state.woke(done);
+    let t = operator_change(&state, "abort_transition", ctx, move |tx| {
+        tx.abort_transition(&group, req.expected_epoch)
+    })
+    .await?;
     tracing::warn!(group = %name, epoch = t.epoch, candidate = %t.candidate, "transition aborted by an operator; the group is paused");
-    state.reconcile.notify_one();
     Ok(Json(t))
 }
 
@@ -76,15 +72,11 @@ pub async fn declare_dead(
     let heard = agent.and_then(|a| state.live.silent_ms(&a, state.clock.now()));
     let lease_ms = i64::try_from(state.config.lease.as_millis()).unwrap_or(i64::MAX);
     let force = req.force;
-    let done = state
-        .db
-        .idempotent("declare_dead", ctx, move |tx| {
-            tx.declare_dead(&name, &req.instance_id, heard, lease_ms, force)?;
-            tx.instance(&req.instance_id)
-        })
-        .await?;
-    let inst = state.woke(done);
+    let inst = operator_change(&state, "declare_dead", ctx, move |tx| {
+        tx.declare_dead(&name, &req.instance_id, heard, lease_ms, force)?;
+        tx.instance(&req.instance_id)
+    })
+    .await?;
     tracing::warn!(group = %inst.group, instance = %inst.instance_id, forced = force, "operator declared the instance dead: it counts as fenced for the group's transition");
-    state.reconcile.notify_one();
     Ok(Json(inst))
 }

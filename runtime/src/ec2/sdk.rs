@@ -102,19 +102,28 @@ impl Ec2 {
                 .send()
                 .await
                 .map_err(|e| to_error("DescribeAddresses", e))?;
-            let a = out.addresses().first().ok_or_else(|| Ec2Error {
-                op: "DescribeAddresses",
-                class: ErrorClass::NotFound,
-                code: "InvalidAllocationID.NotFound".into(),
-                message: format!("{allocation_id} not found"),
+            let a = out.addresses().first().ok_or_else(|| {
+                missing("DescribeAddresses", "InvalidAllocationID", allocation_id)
             })?;
-            // Some endpoints (moto 5.1, and EC2 on an address mid-release)
-            // answer an empty string rather than leaving the field out:
-            // both mean "nobody".
-            let present = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_owned);
             Ok((present(a.association_id()), present(a.instance_id())))
         })
         .await
+    }
+}
+
+/// Some endpoints (moto 5.1, and EC2 on an address mid-release) answer an
+/// empty string rather than leaving a field out: both mean "nobody".
+fn present(v: Option<&str>) -> Option<String> {
+    v.filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// A Describe call that answered no item for `id`.
+fn missing(op: &'static str, kind: &str, id: &str) -> Ec2Error {
+    Ec2Error {
+        op,
+        class: ErrorClass::NotFound,
+        code: format!("{kind}.NotFound"),
+        message: format!("{id} not found"),
     }
 }
 
@@ -359,13 +368,13 @@ impl Ec2Api for Ec2 {
                 .send()
                 .await
                 .map_err(|e| to_error("DescribeNetworkInterfaces", e))?;
-            let i = out.network_interfaces().first().ok_or_else(|| Ec2Error {
-                op: "DescribeNetworkInterfaces",
-                class: ErrorClass::NotFound,
-                code: "InvalidNetworkInterfaceID.NotFound".into(),
-                message: format!("{eni} not found"),
+            let i = out.network_interfaces().first().ok_or_else(|| {
+                missing(
+                    "DescribeNetworkInterfaces",
+                    "InvalidNetworkInterfaceID",
+                    eni,
+                )
             })?;
-            let present = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_owned);
             let attachment = i.attachment().and_then(|a| {
                 Some(Attachment {
                     attachment_id: present(a.attachment_id())?,

@@ -227,12 +227,7 @@ impl Run {
 
     /// A consistent copy of the store as it is now (`VACUUM INTO`).
     fn back_up_store(&self) -> Result<()> {
-        let _ = std::fs::remove_file(&self.backup);
-        let db = self.f.coord.data_dir.join("coordinator.db");
-        let c = rusqlite::Connection::open(&db)?;
-        c.busy_timeout(Duration::from_secs(5))?;
-        c.execute("VACUUM INTO ?1", [self.backup.display().to_string()])?;
-        Ok(())
+        self.f.coord.back_up_store(&self.backup)
     }
 
     /// The groups not (yet) served by exactly the PRIMARY the store names.
@@ -385,14 +380,14 @@ impl Run {
             Kind::JournalIo => f.with_node(id, |n| n.journal_faults(true))?,
             Kind::CoordinatorFreeze => f.coord.freeze(true)?,
             Kind::CoordinatorKill => f.coord.kill9(),
-            Kind::CoordinatorRestore => restore(f, &self.backup)?,
+            Kind::CoordinatorRestore => f.coord.restore_store(&self.backup)?,
             Kind::RestoreCut | Kind::RestoreFreeze => {
                 if d.kind == Kind::RestoreCut {
                     on_node(f, id, |n| n.link.cut())?;
                 } else {
                     f.with_node(id, |n| n.agent.freeze(true))?;
                 }
-                restore(f, &self.backup)?;
+                f.coord.restore_store(&self.backup)?;
                 f.coord.start_again()?;
             }
             Kind::LateReplacement => {
@@ -516,17 +511,6 @@ impl Run {
         }
         Ok(())
     }
-}
-
-/// Kill the coordinator and put the older copy of its store in place.
-fn restore(f: &mut Fleet, backup: &std::path::Path) -> Result<()> {
-    f.coord.kill9();
-    let db = f.coord.data_dir.join("coordinator.db");
-    for ext in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(f.coord.data_dir.join(format!("coordinator.db{ext}")));
-    }
-    std::fs::copy(backup, &db).context("restoring the store copy")?;
-    Ok(())
 }
 
 /// Do `g` to the node `id`.

@@ -213,30 +213,35 @@ pub async fn coordinator_restart() -> Result<Timings> {
     Ok(vec![("down_s", 20.0)])
 }
 
-/// The coordinator restarts onto an older copy of its store (a restore):
-/// the agents' epochs are above the store's. The store converges to them
-/// (the real PRIMARY kept, its epoch adopted) and never promotes a second.
-pub async fn restored_store() -> Result<Timings> {
+/// A group `db` whose PRIMARY `first` failed over to `i-db-r` after a
+/// copy of the store was taken; the coordinator then restarted onto that
+/// copy (with `i-db-r` cut off across the restore when `cut`). Returns the
+/// fleet, `first`, a checker started before the failover, and the epoch
+/// the fleet had reached.
+async fn failover_then_restore(cut: bool) -> Result<(Fleet, String, InvariantChecker, u64)> {
     let mut f = Fleet::start(FleetOptions::default()).await?;
     let first = group(&f, json!({}), Some("i-db-r")).await?;
-    let db = f.coord.data_dir.join("coordinator.db");
     let backup = f.root.join("backup.db");
-    {
-        let c = rusqlite::Connection::open(&db)?;
-        c.execute("VACUUM INTO ?1", [backup.display().to_string()])?;
-    }
+    f.coord.back_up_store(&backup)?;
     let checker = InvariantChecker::start(&f);
     f.interrupt(&first, Duration::from_secs(120))?;
     wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
     wait_serving(&f, "db", "i-db-r").await?;
     let real_epoch = group_epoch(&f.get("/v1/groups/db").await?);
-    f.coord.kill9();
-    for ext in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(f.coord.data_dir.join(format!("coordinator.db{ext}")));
+    if cut {
+        f.partition("i-db-r")?;
     }
-    std::fs::copy(&backup, &db)?;
-    let t = Instant::now();
+    f.coord.restore_store(&backup)?;
     f.coord.start_again()?;
+    Ok((f, first, checker, real_epoch))
+}
+
+/// The coordinator restarts onto an older copy of its store (a restore):
+/// the agents' epochs are above the store's. The store converges to them
+/// (the real PRIMARY kept, its epoch adopted) and never promotes a second.
+pub async fn restored_store() -> Result<Timings> {
+    let (f, first, checker, real_epoch) = failover_then_restore(false).await?;
+    let t = Instant::now();
     let g = f.get("/v1/groups/db").await?;
     ensure!(
         group_epoch(&g) < real_epoch && g["primary"] == first.as_str(),
@@ -266,26 +271,8 @@ pub async fn restored_store() -> Result<Timings> {
 /// lease). Nothing is granted until every instance the copy cannot vouch
 /// for is heard or fenced: the ledger never shows two PRIMARIES.
 pub async fn restored_store_partitioned() -> Result<Timings> {
-    let mut f = Fleet::start(FleetOptions::default()).await?;
-    let first = group(&f, json!({}), Some("i-db-r")).await?;
-    let db = f.coord.data_dir.join("coordinator.db");
-    let backup = f.root.join("backup.db");
-    {
-        let c = rusqlite::Connection::open(&db)?;
-        c.execute("VACUUM INTO ?1", [backup.display().to_string()])?;
-    }
-    let checker = InvariantChecker::start(&f);
-    f.interrupt(&first, Duration::from_secs(120))?;
-    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
-    wait_serving(&f, "db", "i-db-r").await?;
-    f.partition("i-db-r")?;
-    f.coord.kill9();
-    for ext in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(f.coord.data_dir.join(format!("coordinator.db{ext}")));
-    }
-    std::fs::copy(&backup, &db)?;
+    let (f, first, checker, _) = failover_then_restore(true).await?;
     let t = Instant::now();
-    f.coord.start_again()?;
     let new = eventually(
         "a PRIMARY granted by the restored store",
         WAIT * 3,

@@ -31,51 +31,43 @@ pub type Timings = Vec<(&'static str, f64)>;
 
 type Run = fn() -> Pin<Box<dyn Future<Output = Result<Timings>> + Send>>;
 
-/// Every scenario, by name.
-pub const SCENARIOS: &[(&str, Run)] = &[
-    ("rebalance", || Box::pin(failover::rebalance())),
-    ("warm-failover", || Box::pin(failover::warm_failover())),
-    ("cold-failover", || Box::pin(failover::cold_failover())),
-    (
-        "late-replacement",
-        || Box::pin(failover::late_replacement()),
-    ),
-    (
-        "failed-promotion",
-        || Box::pin(failover::failed_promotion()),
-    ),
-    ("switch", || Box::pin(failover::switch())),
-    ("secondary-eni", || Box::pin(interface::secondary_eni())),
-    ("manual-replica", || Box::pin(failover::manual_replica())),
-    ("zombie-cleanup", || Box::pin(failover::zombie_cleanup())),
-    ("switch-failure", || Box::pin(failover::switch_failure())),
-    ("maintenance", || Box::pin(failover::maintenance())),
-    ("auto-switch", || Box::pin(decisions::auto())),
-    ("shadow-decisions", || Box::pin(decisions::shadow())),
-    ("external-model", || Box::pin(decisions::external())),
-    ("model-fallback", || Box::pin(decisions::model_fallback())),
-    ("ab-models", || Box::pin(decisions::ab_models())),
-    ("terminated", || Box::pin(failover::terminated())),
-    ("coordinator-crash", || {
-        Box::pin(failover::coordinator_crash())
-    }),
-    ("partition", || Box::pin(fencing::partition())),
-    ("slow-promote", || Box::pin(fencing::slow_promote())),
-    ("frozen-agent", || Box::pin(fencing::frozen_agent())),
-    ("frozen-coordinator", || {
-        Box::pin(fencing::frozen_coordinator())
-    }),
-    ("coordinator-restart", || {
-        Box::pin(fencing::coordinator_restart())
-    }),
-    ("restored-store", || Box::pin(fencing::restored_store())),
-    ("restored-store-partitioned", || {
-        Box::pin(fencing::restored_store_partitioned())
-    }),
-    ("lost-primary", || Box::pin(fencing::lost_primary())),
-    ("journal-failure", || Box::pin(fencing::journal_failure())),
-    ("shared-identity", || Box::pin(fencing::shared_identity())),
-];
+macro_rules! scenarios {
+    ($($name:literal => $run:path,)*) => {
+        /// Every scenario, by name.
+        pub const SCENARIOS: &[(&str, Run)] = &[$(($name, || Box::pin($run()))),*];
+    };
+}
+
+scenarios! {
+    "rebalance" => failover::rebalance,
+    "warm-failover" => failover::warm_failover,
+    "cold-failover" => failover::cold_failover,
+    "late-replacement" => failover::late_replacement,
+    "failed-promotion" => failover::failed_promotion,
+    "switch" => failover::switch,
+    "secondary-eni" => interface::secondary_eni,
+    "manual-replica" => failover::manual_replica,
+    "zombie-cleanup" => failover::zombie_cleanup,
+    "switch-failure" => failover::switch_failure,
+    "maintenance" => failover::maintenance,
+    "auto-switch" => decisions::auto,
+    "shadow-decisions" => decisions::shadow,
+    "external-model" => decisions::external,
+    "model-fallback" => decisions::model_fallback,
+    "ab-models" => decisions::ab_models,
+    "terminated" => failover::terminated,
+    "coordinator-crash" => failover::coordinator_crash,
+    "partition" => fencing::partition,
+    "slow-promote" => fencing::slow_promote,
+    "frozen-agent" => fencing::frozen_agent,
+    "frozen-coordinator" => fencing::frozen_coordinator,
+    "coordinator-restart" => fencing::coordinator_restart,
+    "restored-store" => fencing::restored_store,
+    "restored-store-partitioned" => fencing::restored_store_partitioned,
+    "lost-primary" => fencing::lost_primary,
+    "journal-failure" => fencing::journal_failure,
+    "shared-identity" => fencing::shared_identity,
+}
 
 pub fn names() -> Vec<&'static str> {
     SCENARIOS.iter().map(|(n, _)| *n).collect()
