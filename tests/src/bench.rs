@@ -20,9 +20,62 @@ pub struct HeartbeatBench {
     /// Measured period (after registration).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Event streams (`/v1/events/stream`) held open meanwhile, as open
+    /// dashboards and `spotctl watch` sessions (32 per viewer token).
+    #[arg(long, default_value_t = 0)]
+    pub streams: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Open `n` event streams against `coord`, each reading its events as they
+/// come; returns the tasks and a count of the events they received.
+async fn open_streams(
+    coord: &Coordinator,
+    n: usize,
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<AtomicU64>)> {
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tokens = Vec::new();
+    for k in 0..n.div_ceil(spot_coordinator::state::STREAMS_PER_TOKEN) {
+        let o = std::process::Command::new(crate::harness::bin_path("spot-coordinator")?)
+            .args([
+                "token",
+                "create",
+                "--name",
+                &format!("bench-{k}"),
+                "--role",
+                "viewer",
+            ])
+            .arg("--data-dir")
+            .arg(&coord.data_dir)
+            .output()?;
+        if !o.status.success() {
+            bail!("token create: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        tokens.push(String::from_utf8(o.stdout)?.trim().to_owned());
+    }
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let tok = &tokens[i / spot_coordinator::state::STREAMS_PER_TOKEN];
+        let mut resp = client
+            .get(format!("{}/v1/events/stream", coord.base))
+            .bearer_auth(tok)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("stream {i}: {}", resp.status());
+        }
+        let received = Arc::clone(&received);
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                let events = chunk.windows(6).filter(|w| w == b"event:").count();
+                received.fetch_add(events as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    Ok((tasks, received))
 }
 
 /// Percentile of sorted samples (nearest rank).
@@ -83,6 +136,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
         creds.push(t.await??);
     }
     let reg_elapsed = reg_start.elapsed();
+    let (streams, stream_events) = open_streams(&coord, args.streams).await?;
 
     let errors = Arc::new(AtomicU64::new(0));
     let late = Arc::new(AtomicU64::new(0));
@@ -140,6 +194,18 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     }
     lat.sort_by(f64::total_cmp);
     firsts.sort_by(f64::total_cmp);
+    let rss_mib = coord
+        .pid()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0);
+    for s in &streams {
+        s.abort();
+    }
     let (_, agents) = api.get("/v1/agents", &coord.admin_token).await?;
     let offline = agents
         .as_array()
@@ -161,6 +227,9 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
         "errors": errors.load(Ordering::Relaxed),
         "late_beats": late.load(Ordering::Relaxed),
         "agents_not_online_at_end": offline,
+        "streams": args.streams,
+        "stream_events": stream_events.load(Ordering::Relaxed),
+        "coordinator_rss_mib": rss_mib,
     });
     if args.json {
         println!("{report}");
@@ -169,7 +238,8 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             "heartbeat bench: {} agents every {:?} for {:?} (registration took {:.1}s)\n  \
              {} heartbeats, {:.0}/s; steady-state latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n  \
              first beat per agent (commits LAUNCHING -> REPLICA): p50 {:.2} ms, p99 {:.2} ms\n  \
-             errors {}, late beats {}, agents not online at end {}",
+             errors {}, late beats {}, agents not online at end {}\n  \
+             {} event streams open ({} events delivered to them); coordinator resident memory {:.0} MiB",
             args.agents,
             args.interval,
             args.duration,
@@ -184,7 +254,10 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             percentile(&firsts, 99.0) * 1000.0,
             errors.load(Ordering::Relaxed),
             late.load(Ordering::Relaxed),
-            offline
+            offline,
+            args.streams,
+            stream_events.load(Ordering::Relaxed),
+            rss_mib.unwrap_or(f64::NAN)
         );
     }
     Ok(())
