@@ -72,14 +72,16 @@ impl Txn<'_> {
     }
 
     /// Whether EC2's view of `group` (an agent's report of its instances)
-    /// arrived since `since_ms`.
+    /// arrived since `since_ms`, or need not have.
+    /// A group created since `since_ms` is known whole to this coordinator:
+    /// no copy of the store can be behind it.
     pub(super) fn ec2_seen_since(&self, group: &str, since_ms: i64) -> Result<bool> {
-        let seen: Option<i64> = self.tx.query_row(
-            "SELECT ec2_seen_at_ms FROM groups WHERE name = ?1",
+        let (created, seen): (i64, Option<i64>) = self.tx.query_row(
+            "SELECT created_at_ms, ec2_seen_at_ms FROM groups WHERE name = ?1",
             [group],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(since_ms <= 0 || seen.is_some_and(|s| s >= since_ms))
+        Ok(since_ms <= 0 || created >= since_ms || seen.is_some_and(|s| s >= since_ms))
     }
 
     /// Before a grant: instances that turned up unheard since the
