@@ -133,7 +133,7 @@ impl From<StoreError> for ApiError {
             S::Refused { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
             S::InProgress(m) => ApiError::new(StatusCode::CONFLICT, "promotion_in_progress", m),
             S::NotIngested(m) => ApiError::new(StatusCode::FORBIDDEN, "not_ingested", m),
-            S::Sqlite(_) | S::Json(_) | S::Join(_) => {
+            S::Engine(_) | S::Json(_) | S::Join(_) => {
                 tracing::error!(error = %spot_common::error_chain(&e), "store failure");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,10 +1,10 @@
 //! The audit log: who changed what, from which state to which.
 
 use super::{Result, Txn};
-use rusqlite::{Connection, params};
+use crate::store::engine::from_row;
+use crate::store::engine::{Conn, ConnExt, params};
 use serde::Serialize;
 use spot_common::wire::AuditEntry;
-use spot_runtime::from_row;
 
 /// Filter of the audit query.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -69,22 +69,21 @@ impl Txn<'_> {
     }
 }
 
-pub fn log(conn: &Connection, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+pub fn log(conn: &dyn Conn, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
     let limit = q.limit.unwrap_or(100).min(1000);
     let order = if q.newest_first { "DESC" } else { "ASC" };
-    let mut stmt = conn.prepare_cached(&format!(
+    let stmt = conn.prepare_cached(&format!(
         "SELECT id, at_ms, actor, request_id, entity, action, pre_state, post_state FROM audit
          WHERE (?1 IS NULL OR entity = ?1) AND (?4 IS NULL OR action = ?4) AND id > ?2
          ORDER BY id {order} LIMIT ?3"
     ))?;
-    Ok(stmt
-        .query_map(
-            params![q.entity, q.after_id.unwrap_or(0), limit, q.action],
-            |r| {
-                Ok(from_row! { r => AuditEntry {
-                    id, at_ms, actor, request_id, entity, action, pre_state: json, post_state: json
-                }})
-            },
-        )?
-        .collect::<rusqlite::Result<_>>()?)
+    stmt.query_map(
+        params![q.entity, q.after_id.unwrap_or(0), limit, q.action],
+        |r| {
+            Ok(from_row! { r => AuditEntry {
+                id, at_ms, actor, request_id, entity, action, pre_state: json, post_state: json
+            }})
+        },
+    )?
+    .collect::<Result<_>>()
 }

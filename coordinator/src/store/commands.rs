@@ -3,11 +3,11 @@
 
 use super::{Read, Result, StoreError, Txn, parse_enum, to_i64};
 use crate::store::audit::Entity;
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::engine::col;
+use crate::store::engine::{Conn, ConnExt, OptionalExtension, params};
 use serde_json::{Value, json};
 use spot_common::wire::{CommandView, QueuedCommand};
 use spot_common::{AgentStatus, Command, CommandKind, CommandOutcome, EventBody, Pool};
-use spot_runtime::sql::col;
 
 /// Who runs a command the caller queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +73,7 @@ impl Txn<'_> {
     /// The agent to run a group's EC2 work: the PRIMARY's if online, else
     /// the most recently heard online agent.
     pub(super) fn online_agent(&self, group: &str) -> Result<Option<String>> {
-        Ok(self
-            .tx
+        self.tx
             .query_row(
                 "SELECT a.agent_id FROM agents a
                  LEFT JOIN instances i ON i.agent_id = a.agent_id
@@ -84,7 +83,7 @@ impl Txn<'_> {
                 [group],
                 |r| r.get(0),
             )
-            .optional()?)
+            .optional()
     }
 
     /// A command's result, from its agent (`Some`) or the coordinator's
@@ -151,13 +150,13 @@ impl Txn<'_> {
     /// it took is left to the transition's fence attempts. Role commands
     /// stay: an agent that comes back must see its demotion.
     pub(super) fn expire_routable(&mut self, agent_id: &str) -> Result<usize> {
-        Ok(self.tx.execute(
+        self.tx.execute(
             "UPDATE commands SET state = 'expired', finished_at_ms = ?2
              WHERE agent_id = ?1
                AND ((state = 'queued' AND kind IN ('launch', 'terminate', 'fence'))
                     OR (state = 'delivered' AND kind IN ('launch', 'terminate')))",
             params![agent_id, self.now_ms()],
-        )?)
+        )
     }
 
     /// Hand the agent (`Some`) or the coordinator's executor (`None`) its
@@ -189,7 +188,7 @@ impl Txn<'_> {
             .query_map(params![agent, now_ms - redeliver_after_ms, limit], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (rid, body) in rows {
             self.tx.execute(
@@ -258,31 +257,31 @@ impl Txn<'_> {
     }
 }
 
-pub fn command_exists(conn: &Connection, request_id: &str) -> Result<bool> {
-    Ok(conn.query_row(
+pub fn command_exists(conn: &dyn Conn, request_id: &str) -> Result<bool> {
+    conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM commands WHERE request_id = ?1)",
         [request_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Whether the agent has anything to fetch (cheap, on the read side).
 pub fn has_pending(
-    conn: &Connection,
+    conn: &dyn Conn,
     agent_id: &str,
     now_ms: i64,
     redeliver_after_ms: i64,
 ) -> Result<bool> {
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM commands WHERE agent_id = ?1 AND
             (state = 'queued' OR (state = 'delivered' AND delivered_at_ms <= ?2)))",
         params![agent_id, now_ms - redeliver_after_ms],
         |r| r.get(0),
-    )?)
+    )
 }
 
-pub fn list(conn: &Connection, agent_id: Option<&str>) -> Result<Vec<CommandView>> {
-    let mut stmt = conn.prepare(
+pub fn list(conn: &dyn Conn, agent_id: Option<&str>) -> Result<Vec<CommandView>> {
+    let stmt = conn.prepare(
         "SELECT body, agent_id, state, created_at_ms, result FROM commands
          WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY created_at_ms, request_id",
     )?;
@@ -292,7 +291,7 @@ pub fn list(conn: &Connection, agent_id: Option<&str>) -> Result<Vec<CommandView
         .query_map([agent_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     rows.into_iter()
         .map(|(body, agent_id, state, created_at_ms, result)| {
             Ok(CommandView {
@@ -307,12 +306,11 @@ pub fn list(conn: &Connection, agent_id: Option<&str>) -> Result<Vec<CommandView
 }
 
 /// The final state of a command, once it has one.
-pub fn state(conn: &Connection, request_id: &str) -> Result<Option<spot_common::CommandState>> {
-    Ok(conn
-        .query_row(
-            "SELECT state FROM commands WHERE request_id = ?1",
-            [request_id],
-            |r| col::text(r, 0),
-        )
-        .optional()?)
+pub fn state(conn: &dyn Conn, request_id: &str) -> Result<Option<spot_common::CommandState>> {
+    conn.query_row(
+        "SELECT state FROM commands WHERE request_id = ?1",
+        [request_id],
+        |r| col::text(r, 0),
+    )
+    .optional()
 }

@@ -3,15 +3,15 @@
 
 use super::audit::Entity;
 use super::{Result, Txn, pricing, rows, snapshot, to_u64};
-use rusqlite::{Connection, params};
+use crate::store::engine::col;
+use crate::store::engine::from_row;
+use crate::store::engine::{Conn, ConnExt, params};
 use spot_common::decision::{
     DecisionInput, DecisionOutput, GroupFeatures, HourPrice, Member, PoolFeatures, SCHEMA_VERSION,
 };
 use spot_common::pricing::to_dollars;
 use spot_common::wire::{DecisionView, ModelStats};
 use spot_common::{NoticeKind, PoolKey, Role};
-use spot_runtime::from_row;
-use spot_runtime::sql::col;
 use std::collections::BTreeMap;
 
 const HOUR: i64 = 3_600_000;
@@ -23,11 +23,7 @@ const EVIDENCE_MS: i64 = 30 * DAY;
 
 /// Per pool over the evidence window: instance-hours spent there,
 /// interruption and rebalance notices, the last interruption.
-fn evidence(
-    conn: &Connection,
-    pool: &PoolKey,
-    now_ms: i64,
-) -> Result<(f64, i64, i64, Option<i64>)> {
+fn evidence(conn: &dyn Conn, pool: &PoolKey, now_ms: i64) -> Result<(f64, i64, i64, Option<i64>)> {
     let since = now_ms - EVIDENCE_MS;
     let hours: f64 = conn.query_row(
         "SELECT COALESCE(SUM(
@@ -51,7 +47,7 @@ fn evidence(
 
 /// Interruption notices per instance-hour in `pool` over the 30 days
 /// before `at_ms`.
-pub fn interruption_rate(conn: &Connection, pool: &PoolKey, at_ms: i64) -> Result<f64> {
+pub fn interruption_rate(conn: &dyn Conn, pool: &PoolKey, at_ms: i64) -> Result<f64> {
     let (hours, interruptions, _, _) = evidence(conn, pool, at_ms)?;
     Ok(if hours > 0.0 {
         interruptions as f64 / hours
@@ -61,7 +57,7 @@ pub fn interruption_rate(conn: &Connection, pool: &PoolKey, at_ms: i64) -> Resul
 }
 
 /// Launches into `pool` that failed in the evidence window, fleet-wide.
-fn failed_launches(conn: &Connection, pool: &PoolKey, now_ms: i64) -> Result<u32> {
+fn failed_launches(conn: &dyn Conn, pool: &PoolKey, now_ms: i64) -> Result<u32> {
     let n: i64 = conn.query_row(
         "SELECT COUNT(*) FROM commands WHERE kind = 'launch' AND state = 'failed'
            AND finished_at_ms >= ?3
@@ -78,21 +74,21 @@ fn failed_launches(conn: &Connection, pool: &PoolKey, now_ms: i64) -> Result<u32
 }
 
 /// Notices an instance carries (interruption, rebalance, maintenance).
-fn notices_of(conn: &Connection, instance_id: &str) -> Result<Vec<NoticeKind>> {
-    let mut stmt = conn.prepare_cached(
+fn notices_of(conn: &dyn Conn, instance_id: &str) -> Result<Vec<NoticeKind>> {
+    let stmt = conn.prepare_cached(
         "SELECT DISTINCT kind FROM notices WHERE instance_id = ?1 AND kind != 'malformed'
          ORDER BY kind",
     )?;
     let kinds: Vec<String> = stmt
         .query_map([instance_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(kinds.iter().filter_map(|k| k.parse().ok()).collect())
 }
 
 /// What a model is told about `group` at `now_ms` (prices in dollars;
 /// `on_demand`: instance type -> dollars per hour).
 pub fn input(
-    conn: &Connection,
+    conn: &dyn Conn,
     group: &str,
     now_ms: i64,
     on_demand: &BTreeMap<String, f64>,
@@ -242,8 +238,8 @@ impl Txn<'_> {
 }
 
 /// The latest `limit` decisions of `group`, newest first.
-pub fn list(conn: &Connection, group: &str, limit: u32) -> Result<Vec<DecisionView>> {
-    let mut stmt = conn.prepare_cached(
+pub fn list(conn: &dyn Conn, group: &str, limit: u32) -> Result<Vec<DecisionView>> {
+    let stmt = conn.prepare_cached(
         "SELECT id, group_name, at_ms, mode, model, input_digest, action,
                 target_instance_type, target_availability_zone, confidence, reason,
                 latency_us, saving_per_hour, outcome, invalid, fallback, assigned
@@ -272,7 +268,7 @@ pub fn list(conn: &Connection, group: &str, limit: u32) -> Result<Vec<DecisionVi
                 assigned: col::text(r, 16)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
@@ -280,7 +276,7 @@ pub fn list(conn: &Connection, group: &str, limit: u32) -> Result<Vec<DecisionVi
 /// notices per pool, hour by hour from `since_ms` to `now_ms`, for a
 /// backtest.
 pub fn history(
-    conn: &Connection,
+    conn: &dyn Conn,
     group: &str,
     since_ms: i64,
     now_ms: i64,
@@ -301,7 +297,7 @@ pub fn history(
         }
         prices.push(series);
         let mut hit = vec![false; hours];
-        let mut stmt = conn.prepare_cached(
+        let stmt = conn.prepare_cached(
             "SELECT n.seen_at_ms FROM notices n JOIN instances i ON i.instance_id = n.instance_id
              WHERE n.kind = 'interruption' AND i.instance_type = ?1 AND i.availability_zone = ?2
                AND n.seen_at_ms >= ?3",
@@ -311,7 +307,7 @@ pub fn history(
                 params![pool.instance_type, pool.availability_zone, start],
                 |r| r.get(0),
             )?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         for t in seen {
             if let Ok(k) = usize::try_from((t - start) / HOUR)
                 && k < hours
@@ -333,8 +329,8 @@ pub fn history(
 /// decisions, switches acted on, fallbacks, the PRIMARY's mean price at
 /// decision time (the realized cost per instance-hour, sampled), and for
 /// the groups it decides now, their interruptions and switch downtime.
-pub fn compare(conn: &Connection, since_ms: i64) -> Result<Vec<ModelStats>> {
-    let mut stmt = conn.prepare(
+pub fn compare(conn: &dyn Conn, since_ms: i64) -> Result<Vec<ModelStats>> {
+    let stmt = conn.prepare(
         "WITH current AS (
              SELECT d.group_name, d.assigned FROM decisions d
              WHERE d.id = (SELECT MAX(id) FROM decisions x WHERE x.group_name = d.group_name)
@@ -359,6 +355,6 @@ pub fn compare(conn: &Connection, since_ms: i64) -> Result<Vec<ModelStats>> {
                 cost_per_instance_hour, interruptions, switch_downtime_s
             }})
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }

@@ -4,10 +4,10 @@
 
 use super::{Read, Result, StoreError, Txn};
 use crate::store::audit::Entity;
-use rusqlite::{Connection, params};
+use crate::store::engine::from_row;
+use crate::store::engine::{Conn, ConnExt, params};
 use spot_common::wire::{EventsResponse, NoticeView};
 use spot_common::{Event, EventBody};
-use spot_runtime::from_row;
 
 impl Txn<'_> {
     /// Apply a batch of events exactly once: an event id seen before is
@@ -115,8 +115,8 @@ impl Txn<'_> {
     }
 }
 
-pub fn notices(conn: &Connection, group: Option<&str>) -> Result<Vec<NoticeView>> {
-    let mut stmt = conn.prepare(
+pub fn notices(conn: &dyn Conn, group: Option<&str>) -> Result<Vec<NoticeView>> {
+    let stmt = conn.prepare(
         "SELECT event_id, agent_id, instance_id, group_name, kind, effective_at_ms, seen_at_ms
          FROM notices WHERE ?1 IS NULL OR group_name = ?1 ORDER BY id",
     )?;
@@ -127,6 +127,6 @@ pub fn notices(conn: &Connection, group: Option<&str>) -> Result<Vec<NoticeView>
                 seen_at_ms
             }})
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }

@@ -15,15 +15,15 @@
 
 use super::{Read, Result, StoreError, Txn};
 use crate::store::audit::Entity;
-use rusqlite::{Connection, params};
+use crate::store::engine::{Conn, ConnExt, params};
 use serde_json::json;
 use spot_common::planner::FenceSnap;
 use spot_common::wire::FenceTarget;
 use spot_common::{Command, CommandKind, CommandState, ids};
 
 /// Whether `target` is shown not to serve (see the module docs).
-pub fn fenced(conn: &Connection, target: &FenceTarget, since_ms: i64) -> Result<bool> {
-    Ok(conn.query_row(
+pub fn fenced(conn: &dyn Conn, target: &FenceTarget, since_ms: i64) -> Result<bool> {
+    conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM instances WHERE instance_id = ?1 AND ec2_state = 'terminated')
              OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = ?1
                           AND i.declared_dead_at_ms >= ?3
@@ -36,13 +36,13 @@ pub fn fenced(conn: &Connection, target: &FenceTarget, since_ms: i64) -> Result<
                             AND json_extract(e.body, '$.hook_ok') = 1 AND e.received_at_ms >= ?3)",
         params![target.instance_id, super::to_i64(target.epoch), since_ms],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// What the planner needs to know about one fence target.
-pub fn snap(conn: &Connection, target: &FenceTarget, since_ms: i64) -> Result<FenceSnap> {
+pub fn snap(conn: &dyn Conn, target: &FenceTarget, since_ms: i64) -> Result<FenceSnap> {
     let demote = super::commands::state(conn, &ids::demote(&target.instance_id, target.epoch))?;
-    let mut stmt = conn.prepare_cached(
+    let stmt = conn.prepare_cached(
         "SELECT state, json_extract(result, '$.error_code') FROM commands
          WHERE subject = ?1 AND kind = 'fence' AND epoch >= ?2 AND created_at_ms >= ?3
          ORDER BY created_at_ms, request_id",
@@ -52,7 +52,7 @@ pub fn snap(conn: &Connection, target: &FenceTarget, since_ms: i64) -> Result<Fe
             params![target.instance_id, super::to_i64(target.epoch), since_ms],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     let last = fences.last().cloned();
     Ok(FenceSnap {
         instance_id: target.instance_id.clone(),

@@ -4,7 +4,7 @@
 use super::rows::{self, GROUP_COLS};
 use super::{Read, Result, StoreError, Txn};
 use crate::store::audit::Entity;
-use rusqlite::{Connection, params};
+use crate::store::engine::{Conn, ConnExt, params};
 use serde_json::Value;
 use spot_common::wire::GroupView;
 use spot_common::{GroupConfig, Role};
@@ -96,19 +96,15 @@ impl Txn<'_> {
     }
 }
 
-pub fn list(conn: &Connection) -> Result<Vec<GroupView>> {
-    let mut stmt = conn.prepare(&format!(
+pub fn list(conn: &dyn Conn) -> Result<Vec<GroupView>> {
+    let stmt = conn.prepare(&format!(
         "SELECT {GROUP_COLS} FROM groups g ORDER BY g.name"
     ))?;
-    Ok(stmt
-        .query_map([], rows::group_row)?
-        .collect::<rusqlite::Result<_>>()?)
+    stmt.query_map([], rows::group_row)?.collect::<Result<_>>()
 }
 
-pub fn names(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT name FROM groups ORDER BY name")?;
-    let rows = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+pub fn names(conn: &dyn Conn) -> Result<Vec<String>> {
+    let stmt = conn.prepare("SELECT name FROM groups ORDER BY name")?;
+    let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_>>()?;
     Ok(rows)
 }

@@ -6,7 +6,7 @@
 use super::rows::{self, INSTANCE_COLS};
 use super::{Read, Result, StoreError, Txn};
 use crate::store::audit::Entity;
-use rusqlite::{Connection, params};
+use crate::store::engine::{Conn, ConnExt, params};
 use serde_json::json;
 use spot_common::state::next;
 use spot_common::wire::{BulkTerminateItem, InstanceView};
@@ -307,13 +307,13 @@ pub struct BulkSelection {
     pub older_than_ms: Option<i64>,
 }
 
-pub fn list(conn: &Connection, group: Option<&str>) -> Result<Vec<InstanceView>> {
-    let mut stmt = conn.prepare(&format!(
+pub fn list(conn: &dyn Conn, group: Option<&str>) -> Result<Vec<InstanceView>> {
+    let stmt = conn.prepare(&format!(
         "SELECT {INSTANCE_COLS} FROM instances WHERE ?1 IS NULL OR group_name = ?1
          ORDER BY group_name, created_at_ms, instance_id"
     ))?;
     let rows = stmt
         .query_map([group], rows::instance_row)?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }

@@ -1,8 +1,10 @@
 //! The coordinator's store: the only module that writes SQL.
 //!
-//! SQLite in WAL mode with `synchronous=FULL`: a committed role change
-//! survives a power cut. Every change is made through a [`Txn`]: callers
-//! open one (`BEGIN IMMEDIATE`), call its operations (one module per
+//! The statements are written against `engine`'s small connection and
+//! transaction interface, never a driver's: the embedded engine is SQLite
+//! in WAL mode with `synchronous=FULL` (a committed role change survives
+//! a power cut). Every change is made through a [`Txn`]: callers open one
+//! (holding the write lock from its start), call its operations (one module per
 //! subject: groups, agents, instances, commands, events, promotion,
 //! switches, pricing, audit) and commit once, so a request that changes a
 //! group and retires its replicas is one transaction. A `Txn` dropped
@@ -16,18 +18,17 @@
 //! invariant 1.
 //!
 //! The store is synchronous; `Db` runs it on the blocking pool so no async
-//! worker ever waits on SQLite.
+//! worker ever waits on the database.
 
 mod agents;
 mod audit;
 mod commands;
 mod decisions;
-pub mod dialect;
+pub mod engine;
 mod events;
 mod fence;
 mod groups;
 mod instances;
-mod migrations;
 mod pricing;
 mod promotion;
 mod retention;
@@ -42,8 +43,8 @@ pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
 pub use commands::Via;
 pub use decisions::Logged as LoggedDecision;
+pub use engine::sqlite::LATEST as SCHEMA_VERSION;
 pub use instances::BulkSelection;
-pub use migrations::LATEST as SCHEMA_VERSION;
 pub use pricing::{ConsolidationConfig, SeriesKey};
 pub use promotion::{Committed, PromoteResult, ReplaceRequest};
 pub use retention::{Retention, Table};
@@ -51,7 +52,7 @@ pub use snapshot::{AgentLive, FleetHealth, PrimaryPrice, SnapshotInput};
 pub use tokens::TokenView;
 pub use training::{COLUMNS as TRAINING_COLUMNS, TrainingRow};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use engine::{Conn, ConnExt, Engine, OptionalExtension, Tx, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use spot_common::planner::GroupSnap;
@@ -68,7 +69,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error")]
-    Sqlite(#[from] rusqlite::Error),
+    Engine(#[from] engine::Error),
     #[error("stored JSON does not parse")]
     Json(#[from] serde_json::Error),
     #[error("{what} {id:?} not found")]
@@ -101,26 +102,6 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// Open a connection with the pragmas every connection needs.
-fn open(path: &Path, read_only: bool) -> Result<Connection> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let conn = Connection::open_with_flags(path, flags)?;
-    // A writer holding the lock for a few ms must not fail a reader.
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-    }
-    Ok(conn)
-}
 
 /// Reader connections the store keeps: a long read (a reconcile snapshot,
 /// an audit page, an event stream's poll) must not make a heartbeat's or a
@@ -164,18 +145,18 @@ fn lock(m: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
 }
 
 impl Db {
+    /// Open (creating and migrating) the SQLite store at `path`.
     pub fn open(path: &Path) -> Result<Db> {
-        let mut conn = open(path, false)?;
-        migrations::migrate(&mut conn)?;
+        let writer = engine::sqlite::Sqlite::open(path, false)?;
         let conns = (0..READERS)
             .map(|_| {
-                Ok(Mutex::new(Store {
-                    conn: open(path, true)?,
-                }))
+                Ok(Mutex::new(Store::new(engine::sqlite::Sqlite::open(
+                    path, true,
+                )?)))
             })
             .collect::<Result<_>>()?;
         Ok(Db {
-            write: Arc::new(Mutex::new(Store { conn })),
+            write: Arc::new(Mutex::new(Store::new(writer))),
             read: Arc::new(Readers {
                 conns,
                 next: std::sync::atomic::AtomicUsize::new(0),
@@ -293,14 +274,15 @@ pub struct Done<T> {
     pub wake: Vec<String>,
 }
 
+/// One connection of the store, on whichever engine.
 pub struct Store {
-    conn: Connection,
+    engine: Box<dyn Engine>,
 }
 
 /// One write transaction. Opened by [`Store::begin`], used through its
 /// methods, committed once; dropped without `commit` it rolls back.
 pub struct Txn<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: Box<dyn Tx + 'a>,
     pub ctx: Ctx,
     /// Agents with newly queued commands.
     wake: HashSet<String>,
@@ -325,13 +307,17 @@ impl Txn<'_> {
 }
 
 impl Store {
-    /// Open a write transaction (`BEGIN IMMEDIATE`: it holds the write
-    /// lock from the start, so its reads see what it will write over).
+    pub fn new(engine: impl Engine + 'static) -> Store {
+        Store {
+            engine: Box::new(engine),
+        }
+    }
+
+    /// Open a write transaction (it holds the write lock from the start,
+    /// so its reads see what it will write over).
     pub fn begin(&mut self, ctx: Ctx) -> Result<Txn<'_>> {
         Ok(Txn {
-            tx: self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?,
+            tx: self.engine.begin()?,
             ctx,
             wake: HashSet::new(),
         })
@@ -414,16 +400,14 @@ impl Store {
 /// Read operations, on the reader connection (`Store`) or inside a write
 /// transaction (`Txn`, which then sees its own changes).
 pub trait Read {
-    fn conn(&self) -> &Connection;
+    fn conn(&self) -> &dyn Conn;
 
     fn schema_version(&self) -> Result<i64> {
-        Ok(dialect::schema_version(self.conn())?)
+        self.conn().schema_version()
     }
 
     fn integrity_check(&self) -> Result<String> {
-        Ok(self
-            .conn()
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        self.conn().integrity_check()
     }
 
     fn group(&self, name: &str) -> Result<GroupView> {
@@ -532,9 +516,8 @@ pub trait Read {
     }
     /// The id of the latest audit entry (0 for none).
     fn last_audit_id(&self) -> Result<i64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?)
+        self.conn()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))
     }
     fn hourly_prices(&self, key: &SeriesKey, from_ms: i64, to_ms: i64) -> Result<Vec<HourPoint>> {
         pricing::hourly(self.conn(), key, from_ms, to_ms)
@@ -557,18 +540,19 @@ pub trait Read {
 }
 
 impl Read for Store {
-    fn conn(&self) -> &Connection {
-        &self.conn
+    fn conn(&self) -> &dyn Conn {
+        self.engine.conn()
     }
 }
 
 impl Read for Txn<'_> {
-    fn conn(&self) -> &Connection {
-        &self.tx
+    fn conn(&self) -> &dyn Conn {
+        &*self.tx
     }
 }
 
-use spot_runtime::sql::{parse_text as parse_enum, to_u64};
+use engine::parse_text as parse_enum;
+use spot_runtime::sql::to_u64;
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

@@ -9,11 +9,11 @@
 //! nothing.
 
 use super::{Result, StoreError, Txn};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::engine::from_row;
+use crate::store::engine::{Conn, ConnExt, OptionalExtension, params};
 use spot_common::pricing::{self, HourPoint, Report, hour_floor};
 use spot_common::wire::ConsolidationRun;
 use spot_common::{PoolKey, PricePoint};
-use spot_runtime::from_row;
 
 const WATERMARK: &str = "pricing.watermark_received_ms";
 const DUPLICATES: &str = "pricing.duplicates_since_run";
@@ -88,7 +88,7 @@ impl Txn<'_> {
         }
         let mut accepted = 0;
         {
-            let mut stmt = tx.prepare_cached(
+            let stmt = tx.prepare_cached(
                 "INSERT INTO price_staging (instance_type, availability_zone, product_description,
                      aws_timestamp_ms, price_micros, reporter_agent, reporter_role, received_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
@@ -136,14 +136,14 @@ impl Txn<'_> {
             .query_map([watermark], |r| {
                 Ok((
                     SeriesKey {
-                        pool: PoolKey::new(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?),
+                        pool: PoolKey::new(&r.get::<String>(0)?, &r.get::<String>(1)?),
                         product: r.get(2)?,
                     },
                     r.get(3)?,
                     r.get(4)?,
                 ))
             })?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         let mut run = ConsolidationRun {
             id: 0,
             started_at_ms: now_ms,
@@ -166,16 +166,16 @@ impl Txn<'_> {
         };
         let mut new_watermark = watermark;
         {
-            let mut read = tx.prepare_cached(
+            let read = tx.prepare_cached(
                 "SELECT aws_timestamp_ms, price_micros, reporter_role = 'primary' FROM price_staging
                  WHERE instance_type = ?1 AND availability_zone = ?2 AND product_description = ?3
                    AND aws_timestamp_ms >= ?4",
             )?;
-            let mut delete = tx.prepare_cached(
+            let delete = tx.prepare_cached(
                 "DELETE FROM price_hourly WHERE instance_type = ?1 AND availability_zone = ?2
                    AND product_description = ?3 AND hour_ms >= ?4",
             )?;
-            let mut insert = tx.prepare_cached(
+            let insert = tx.prepare_cached(
                 "INSERT INTO price_hourly (instance_type, availability_zone, product_description, hour_ms,
                      price_micros, interpolated, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
@@ -199,7 +199,7 @@ impl Txn<'_> {
                             }})
                         },
                     )?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<Result<_>>()?;
                 run.rows_read += i64::try_from(reports.len()).unwrap_or(0);
                 let (points, stats) = pricing::resolve(&reports);
                 run.conflicts_median += i64::try_from(stats.conflicts_median).unwrap_or(0);
@@ -253,7 +253,7 @@ impl Txn<'_> {
     pub fn stage_raw(&mut self, rows: &[(SeriesKey, i64, i64, String, String)]) -> Result<usize> {
         let now_ms = self.now_ms();
         let mut n = 0;
-        let mut stmt = self.tx.prepare_cached(
+        let stmt = self.tx.prepare_cached(
             "INSERT INTO price_staging (instance_type, availability_zone, product_description,
                  aws_timestamp_ms, price_micros, reporter_agent, reporter_role, received_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
@@ -274,8 +274,8 @@ impl Txn<'_> {
     }
 }
 
-pub fn consolidation_runs(conn: &Connection, limit: u32) -> Result<Vec<ConsolidationRun>> {
-    let mut stmt = conn.prepare(
+pub fn consolidation_runs(conn: &dyn Conn, limit: u32) -> Result<Vec<ConsolidationRun>> {
+    let stmt = conn.prepare(
             "SELECT id, started_at_ms, duration_ms, pools, rows_read, duplicates_dropped, conflicts_median,
                     primary_precedence, points_interpolated, hours_written, staging_pruned
              FROM consolidation_runs ORDER BY id DESC LIMIT ?1",
@@ -288,18 +288,18 @@ pub fn consolidation_runs(conn: &Connection, limit: u32) -> Result<Vec<Consolida
                 hours_written, staging_pruned
             }})
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
 /// The canonical series of one pool for hours in [from, to).
 pub fn hourly(
-    conn: &Connection,
+    conn: &dyn Conn,
     key: &SeriesKey,
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<HourPoint>> {
-    let mut stmt = conn.prepare_cached(
+    let stmt = conn.prepare_cached(
         "SELECT hour_ms, price_micros, interpolated FROM price_hourly
              WHERE instance_type = ?1 AND availability_zone = ?2 AND product_description = ?3
                AND hour_ms >= ?4 AND hour_ms < ?5 ORDER BY hour_ms",
@@ -319,14 +319,14 @@ pub fn hourly(
                 }})
             },
         )?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
 /// Each of a group's pools with its canonical hourly series in
 /// `[from_ms, to_ms)`, in the group's order.
 pub fn group_series(
-    conn: &Connection,
+    conn: &dyn Conn,
     config: &spot_common::GroupConfig,
     from_ms: i64,
     to_ms: i64,
@@ -346,19 +346,18 @@ pub fn group_series(
 
 /// Every canonical pool-hour since `since_ms`, for the training export.
 pub fn export_hourly(
-    conn: &Connection,
+    conn: &dyn Conn,
     since_ms: i64,
     mut row: impl FnMut(&SeriesKey, &HourPoint) -> std::io::Result<()>,
 ) -> Result<u64> {
-    let mut stmt = conn.prepare(
+    let stmt = conn.prepare(
             "SELECT instance_type, availability_zone, product_description, hour_ms, price_micros, interpolated
              FROM price_hourly WHERE hour_ms >= ?1 ORDER BY 1, 2, 3, 4",
         )?;
-    let mut rows = stmt.query([since_ms])?;
     let mut n = 0;
-    while let Some(r) = rows.next()? {
+    stmt.for_each([since_ms], |r| {
         let key = SeriesKey {
-            pool: PoolKey::new(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?),
+            pool: PoolKey::new(&r.get::<String>(0)?, &r.get::<String>(1)?),
             product: r.get(2)?,
         };
         let h = HourPoint {
@@ -368,6 +367,7 @@ pub fn export_hourly(
         };
         row(&key, &h).map_err(|e| StoreError::Invalid(format!("writing the export: {e}")))?;
         n += 1;
-    }
+        Ok(())
+    })?;
     Ok(n)
 }

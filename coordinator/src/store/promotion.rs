@@ -12,7 +12,7 @@ use super::fence::{self, fenced};
 use super::unheard::{Ready, restored_epoch_floor};
 use super::{Read, Result, StoreError, Txn};
 use crate::store::audit::Entity;
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::engine::{Conn, ConnExt, OptionalExtension, params};
 use serde_json::json;
 use spot_common::ids;
 use spot_common::wire::{FenceTarget, TransitionStatus, TransitionView};
@@ -79,7 +79,7 @@ pub fn grant_window(t: &TransitionView, now: i64) -> i64 {
 
 /// The group's transition, each fence target's evidence, and in words what
 /// it waits for.
-pub fn status(conn: &Connection, group: &str) -> Result<Option<TransitionStatus>> {
+pub fn status(conn: &dyn Conn, group: &str) -> Result<Option<TransitionStatus>> {
     let Some(t) = super::rows::group(conn, group)?.transition else {
         return Ok(None);
     };

@@ -24,8 +24,8 @@
 //! which would lock the database for its whole duration
 //! (docs/OPERATIONS.md, "Database size").
 
-use super::{Result, Store};
-use rusqlite::params;
+use super::{Read, Result, Store};
+use crate::store::engine::{ConnExt, params};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -218,7 +218,7 @@ impl Store {
                 .to_owned(),
         };
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
-        Ok(self.conn.execute(&sql, params![before_ms, batch])?)
+        self.conn().execute(&sql, params![before_ms, batch])
     }
 
     /// Rows per table that retention (or the pricing pipeline) prunes.
@@ -230,7 +230,7 @@ impl Store {
             .chain(["price_staging", "price_hourly"])
         {
             let n = self
-                .conn
+                .conn()
                 .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
             counts.insert(table, n);
         }
@@ -240,11 +240,6 @@ impl Store {
     /// Bytes the database holds (pages in use, free pages excluded): what
     /// retention keeps flat.
     pub fn used_bytes(&self) -> Result<i64> {
-        Ok(self.conn.query_row(
-            "SELECT (page_count - freelist_count) * page_size
-             FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
-            [],
-            |r| r.get(0),
-        )?)
+        self.conn().used_bytes()
     }
 }

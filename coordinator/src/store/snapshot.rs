@@ -2,14 +2,14 @@
 //! (`spot_common::planner`) needs about one group, read in one go.
 
 use super::{Result, commands, fence, parse_enum, rows, switches, to_u64};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::engine::col;
+use crate::store::engine::from_row;
+use crate::store::engine::{Conn, ConnExt, OptionalExtension, params};
 use spot_common::planner::{
     GroupSnap, InstanceSnap, NoticeSnap, Reported, SwitchSnap, TransitionSnap,
 };
 use spot_common::wire::TransitionView;
 use spot_common::{PoolKey, Role, ids};
-use spot_runtime::from_row;
-use spot_runtime::sql::col;
 use std::collections::HashMap;
 
 /// What the coordinator's liveness table knows of one agent.
@@ -39,7 +39,7 @@ const FAILED_POOL_COOLDOWN_MS: i64 = 10 * 60 * 1000;
 
 /// Read one group's snapshot. The transition's `phase_age_ms` is left at
 /// the wall-clock age: the reconciler replaces it with its monotonic one.
-pub fn group(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<GroupSnap> {
+pub fn group(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<GroupSnap> {
     let g = rows::group(conn, group)?;
     let now_ms = input.now_ms;
     let instances = instances(conn, group, input)?;
@@ -79,8 +79,8 @@ pub fn group(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Gr
     })
 }
 
-fn instances(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Vec<InstanceSnap>> {
-    let mut stmt = conn.prepare_cached(
+fn instances(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Vec<InstanceSnap>> {
+    let stmt = conn.prepare_cached(
         "SELECT i.instance_id, i.role, i.instance_type, i.availability_zone, i.agent_id,
                 COALESCE(a.healthy, 0),
                 COALESCE(i.ec2_state IN ('shutting-down', 'terminated'), 0),
@@ -134,36 +134,35 @@ fn instances(conn: &Connection, group: &str, input: &SnapshotInput) -> Result<Ve
                 })
             },
         )?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
 /// ZOMBIE and FAILED instances kept past their group's retention, that
 /// EC2 does not already report gone.
 fn expired(
-    conn: &Connection,
+    conn: &dyn Conn,
     group: &str,
     now_ms: i64,
     config: &spot_common::GroupConfig,
 ) -> Result<Vec<String>> {
     let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let mut stmt = conn.prepare_cached(
+    let stmt = conn.prepare_cached(
         "SELECT instance_id FROM instances
          WHERE group_name = ?1
            AND COALESCE(ec2_state NOT IN ('shutting-down', 'terminated'), 1)
            AND ((role = 'zombie' AND updated_at_ms <= ?2) OR (role = 'failed' AND updated_at_ms <= ?3))
          ORDER BY updated_at_ms, instance_id",
     )?;
-    Ok(stmt
-        .query_map(
-            params![
-                group,
-                now_ms.saturating_sub(ms(config.zombie_retention_s)),
-                now_ms.saturating_sub(ms(config.failed_retention_s))
-            ],
-            |r| r.get(0),
-        )?
-        .collect::<rusqlite::Result<_>>()?)
+    stmt.query_map(
+        params![
+            group,
+            now_ms.saturating_sub(ms(config.zombie_retention_s)),
+            now_ms.saturating_sub(ms(config.failed_retention_s))
+        ],
+        |r| r.get(0),
+    )?
+    .collect::<Result<_>>()
 }
 
 /// What the alerts watch across the fleet, read at each scrape.
@@ -191,8 +190,8 @@ pub struct PrimaryPrice {
     pub price: Option<f64>,
 }
 
-pub fn primary_prices(conn: &Connection) -> Result<Vec<PrimaryPrice>> {
-    let mut stmt = conn.prepare_cached(
+pub fn primary_prices(conn: &dyn Conn) -> Result<Vec<PrimaryPrice>> {
+    let stmt = conn.prepare_cached(
         "SELECT g.name, i.instance_type,
                 (SELECT p.price_micros FROM price_hourly p
                   WHERE p.instance_type = i.instance_type
@@ -208,15 +207,15 @@ pub fn primary_prices(conn: &Connection) -> Result<Vec<PrimaryPrice>> {
             Ok(PrimaryPrice {
                 group: r.get(0)?,
                 instance_type: r.get(1)?,
-                price: r.get::<_, Option<i64>>(2)?.map(|m| m as f64 / 1e6),
+                price: r.get::<Option<i64>>(2)?.map(|m| m as f64 / 1e6),
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
-pub fn fleet_health(conn: &Connection, now_ms: i64) -> Result<FleetHealth> {
-    let count = |sql: &str| -> Result<i64> { Ok(conn.query_row(sql, [now_ms], |r| r.get(0))?) };
+pub fn fleet_health(conn: &dyn Conn, now_ms: i64) -> Result<FleetHealth> {
+    let count = |sql: &str| -> Result<i64> { conn.query_row(sql, [now_ms], |r| r.get(0)) };
     Ok(FleetHealth {
         groups_without_primary: count(
             "SELECT COUNT(*) FROM groups g WHERE ?1 IS NOT NULL
@@ -247,8 +246,8 @@ pub const MAX_TERMINATE_ATTEMPTS: i64 = 5;
 
 /// TERMINATED instances EC2 last saw running whose every termination
 /// ended without effect (expired, failed, stale, cancelled).
-fn unterminated(conn: &Connection, group: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
+fn unterminated(conn: &dyn Conn, group: &str) -> Result<Vec<String>> {
+    let stmt = conn.prepare_cached(
         "SELECT i.instance_id FROM instances i
          WHERE i.group_name = ?1 AND i.role = 'terminated'
            AND i.ec2_state IN ('pending', 'running', 'stopping', 'stopped')
@@ -261,17 +260,16 @@ fn unterminated(conn: &Connection, group: &str) -> Result<Vec<String>> {
                 AND c.kind = 'terminate') < ?2
          ORDER BY i.instance_id",
     )?;
-    Ok(stmt
-        .query_map(params![group, MAX_TERMINATE_ATTEMPTS], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?)
+    stmt.query_map(params![group, MAX_TERMINATE_ATTEMPTS], |r| r.get(0))?
+        .collect::<Result<_>>()
 }
 
 /// Scheduled maintenance this long past its NotBefore is over (AWS's
 /// windows are at most a couple of hours): it no longer drives a switch.
 const MAINTENANCE_OVER_MS: i64 = 2 * 3_600_000;
 
-fn notices(conn: &Connection, group: &str, now_ms: i64) -> Result<Vec<NoticeSnap>> {
-    let mut stmt = conn.prepare_cached(
+fn notices(conn: &dyn Conn, group: &str, now_ms: i64) -> Result<Vec<NoticeSnap>> {
+    let stmt = conn.prepare_cached(
         "SELECT n.instance_id, n.kind, n.effective_at_ms FROM notices n
          JOIN instances i ON i.instance_id = n.instance_id
          WHERE n.group_name = ?1 AND i.role NOT IN ('terminated', 'failed')
@@ -285,12 +283,12 @@ fn notices(conn: &Connection, group: &str, now_ms: i64) -> Result<Vec<NoticeSnap
                 instance_id, kind: text, effective_at_ms
             }})
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
 fn transition(
-    conn: &Connection,
+    conn: &dyn Conn,
     t: &TransitionView,
     instances: &[InstanceSnap],
     input: &SnapshotInput,
@@ -319,7 +317,7 @@ fn transition(
     })
 }
 
-fn switch(conn: &Connection, group: &str, now_ms: i64) -> Result<Option<SwitchSnap>> {
+fn switch(conn: &dyn Conn, group: &str, now_ms: i64) -> Result<Option<SwitchSnap>> {
     let Some((sw, rid)) = switches::active(conn, group)? else {
         return Ok(None);
     };
@@ -348,7 +346,7 @@ fn switch(conn: &Connection, group: &str, now_ms: i64) -> Result<Option<SwitchSn
 
 /// Launches queued, running, or done but not yet registered. (A launch
 /// queued to an agent that went offline has expired: it does not count.)
-pub(super) fn launches_in_flight(conn: &Connection, group: &str, since_ms: i64) -> Result<usize> {
+pub(super) fn launches_in_flight(conn: &dyn Conn, group: &str, since_ms: i64) -> Result<usize> {
     let n: i64 = conn.query_row(
         "SELECT COUNT(*) FROM commands c WHERE c.group_name = ?1 AND c.kind = 'launch'
            AND (c.state IN ('queued', 'delivered')
@@ -363,8 +361,8 @@ pub(super) fn launches_in_flight(conn: &Connection, group: &str, since_ms: i64) 
 }
 
 /// Observed launch -> registered-healthy seconds, per pool.
-pub(super) fn boot_secs(conn: &Connection, group: &str) -> Result<HashMap<PoolKey, f64>> {
-    let mut stmt = conn.prepare_cached(
+pub(super) fn boot_secs(conn: &dyn Conn, group: &str) -> Result<HashMap<PoolKey, f64>> {
+    let stmt = conn.prepare_cached(
         "SELECT json_extract(c.body, '$.action.pool.instance_type'),
                 json_extract(c.body, '$.action.pool.availability_zone'),
                 AVG(a.at_ms - c.created_at_ms) / 1000.0
@@ -377,17 +375,17 @@ pub(super) fn boot_secs(conn: &Connection, group: &str) -> Result<HashMap<PoolKe
     let rows = stmt
         .query_map([group], |r| {
             Ok((
-                PoolKey::new(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?),
+                PoolKey::new(&r.get::<String>(0)?, &r.get::<String>(1)?),
                 r.get(2)?,
             ))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
 /// Pools whose launch failed (no capacity...) since `since_ms`.
-fn failed_pools(conn: &Connection, group: &str, since_ms: i64) -> Result<Vec<PoolKey>> {
-    let mut stmt = conn.prepare_cached(
+fn failed_pools(conn: &dyn Conn, group: &str, since_ms: i64) -> Result<Vec<PoolKey>> {
+    let stmt = conn.prepare_cached(
         "SELECT DISTINCT json_extract(body, '$.action.pool.instance_type'),
                 json_extract(body, '$.action.pool.availability_zone')
          FROM commands WHERE group_name = ?1 AND kind = 'launch' AND state = 'failed'
@@ -395,11 +393,8 @@ fn failed_pools(conn: &Connection, group: &str, since_ms: i64) -> Result<Vec<Poo
     )?;
     let rows = stmt
         .query_map(params![group, since_ms], |r| {
-            Ok(PoolKey::new(
-                &r.get::<_, String>(0)?,
-                &r.get::<_, String>(1)?,
-            ))
+            Ok(PoolKey::new(&r.get::<String>(0)?, &r.get::<String>(1)?))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }

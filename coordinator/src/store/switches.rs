@@ -3,11 +3,11 @@
 
 use super::{Read, Result, StoreError, Txn};
 use crate::store::audit::Entity;
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::engine::from_row;
+use crate::store::engine::{Conn, ConnExt, OptionalExtension, params};
 use serde_json::json;
 use spot_common::wire::SwitchView;
 use spot_common::{Pool, SwitchState};
-use spot_runtime::from_row;
 
 impl Txn<'_> {
     /// Operator asks to move the PRIMARY to `pool`.
@@ -96,16 +96,16 @@ impl Txn<'_> {
     }
 }
 
-pub fn list(conn: &Connection, group: &str) -> Result<Vec<SwitchView>> {
+pub fn list(conn: &dyn Conn, group: &str) -> Result<Vec<SwitchView>> {
     let ids: Vec<i64> = conn
         .prepare("SELECT id FROM switches WHERE group_name = ?1 ORDER BY id")?
         .query_map([group], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     ids.into_iter().map(|id| get(conn, id)).collect()
 }
 
 /// The group's switch in progress, with its launch's request id.
-pub fn active(conn: &Connection, group: &str) -> Result<Option<(SwitchView, Option<String>)>> {
+pub fn active(conn: &dyn Conn, group: &str) -> Result<Option<(SwitchView, Option<String>)>> {
     let row: Option<(i64, Option<String>)> = conn
         .query_row(
             "SELECT id, launch_request_id FROM switches WHERE group_name = ?1 AND state = ?2
@@ -117,8 +117,8 @@ pub fn active(conn: &Connection, group: &str) -> Result<Option<(SwitchView, Opti
     row.map(|(id, rid)| Ok((get(conn, id)?, rid))).transpose()
 }
 
-fn get(conn: &Connection, id: i64) -> Result<SwitchView> {
-    Ok(conn.query_row(
+fn get(conn: &dyn Conn, id: i64) -> Result<SwitchView> {
+    conn.query_row(
         "SELECT id, group_name, target_pool, state, from_instance, to_instance, started_at_ms,
                 demote_started_ms, promote_done_ms, downtime_ms, failure FROM switches WHERE id = ?1",
         [id],
@@ -128,5 +128,5 @@ fn get(conn: &Connection, id: i64) -> Result<SwitchView> {
                 started_at_ms, demote_started_ms, promote_done_ms, downtime_ms, failure
             }})
         },
-    )?)
+    )
 }

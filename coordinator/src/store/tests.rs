@@ -8,9 +8,8 @@ use spot_common::{
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let mut conn = open(&dir.path().join("t.db"), false).unwrap();
-    migrations::migrate(&mut conn).unwrap();
-    (dir, Store { conn })
+    let engine = engine::sqlite::Sqlite::open(&dir.path().join("t.db"), false).unwrap();
+    (dir, Store::new(engine))
 }
 
 fn reg(instance: &str) -> RegisterRequest {
@@ -152,7 +151,7 @@ fn table_counts(s: &Store) -> Vec<i64> {
     ]
     .iter()
     .map(|t| {
-        s.conn
+        s.conn()
             .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
             .unwrap()
     })
@@ -168,8 +167,11 @@ fn schema_is_at_latest_and_sound() {
 
 #[test]
 fn migrating_twice_changes_nothing() {
-    let (_d, mut s) = store();
-    assert_eq!(migrations::migrate(&mut s.conn).unwrap(), SCHEMA_VERSION);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(engine::sqlite::Sqlite::open(&path, false).unwrap());
+    let mut again = engine::sqlite::Sqlite::open(&path, false).unwrap();
+    assert_eq!(again.migrate().unwrap(), SCHEMA_VERSION);
 }
 
 #[test]
@@ -853,13 +855,13 @@ fn database_refuses_a_second_primary_even_behind_the_model() {
     let (_d, mut s) = store();
     live_group(&mut s);
     let err = s
-        .conn
+        .conn()
         .execute(
             "UPDATE instances SET role = 'primary' WHERE instance_id = 'i-r1'",
             [],
         )
         .unwrap_err();
-    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    assert!(format!("{err:?}").contains("UNIQUE"), "{err:?}");
 }
 
 #[test]
@@ -1167,7 +1169,7 @@ fn switch_is_recorded_with_its_downtime() {
         matches!(outside, Err(StoreError::Invalid(_))),
         "not a pool of g"
     );
-    s.conn
+    s.conn()
         .execute(
             "UPDATE groups SET config = json_set(config, '$.pools', json(?1))",
             [serde_json::to_string(&[&pool]).unwrap()],
@@ -1440,7 +1442,7 @@ fn a_termination_that_ended_without_effect_is_tried_again() {
     })
     .unwrap();
     assert_eq!(
-        commands::state(&s.conn, "terminate-i-r2").unwrap(),
+        commands::state(s.conn(), "terminate-i-r2").unwrap(),
         Some(CommandState::Expired)
     );
     // Not retried until EC2 is seen still running it.
@@ -1479,7 +1481,7 @@ fn a_launch_taken_by_an_agent_that_goes_offline_no_longer_counts_as_in_flight() 
     .unwrap();
     assert_eq!(snapshot(&s, &["a-r1"], 14).launches_in_flight, 0);
     assert_eq!(
-        commands::state(&s.conn, "l-1").unwrap(),
+        commands::state(s.conn(), "l-1").unwrap(),
         Some(CommandState::Expired)
     );
 }
@@ -1508,7 +1510,7 @@ fn fleet_health_counts_what_the_alerts_watch() {
         }]
     );
     for (hour, micros) in [(3_600_000, 40_000), (7_200_000, 30_000)] {
-        s.conn
+        s.conn()
             .execute(
                 "INSERT INTO price_hourly VALUES ('m5.large', 'us-east-1a', 'Linux/UNIX', ?1, ?2, 0, 0)",
                 [hour, micros],
@@ -1552,7 +1554,7 @@ fn fleet_health_counts_what_the_alerts_watch() {
 
 /// Every table's count of rows, by name.
 fn count(s: &Store, table: &str) -> i64 {
-    s.conn
+    s.conn()
         .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
         .unwrap()
 }
@@ -1635,17 +1637,17 @@ fn retention_prunes_old_rows_and_keeps_what_fencing_and_retries_read() {
     // ...and what fencing and retries read stays.
     assert_eq!(s.instance("i-r1").unwrap().role, Role::Terminated);
     assert_eq!(
-        commands::state(&s.conn, "terminate-i-r1").unwrap(),
+        commands::state(s.conn(), "terminate-i-r1").unwrap(),
         Some(CommandState::Queued),
         "an unfinished command stays"
     );
     assert_eq!(
-        commands::state(&s.conn, &ids::promote("i-p", 1)).unwrap(),
+        commands::state(s.conn(), &ids::promote("i-p", 1)).unwrap(),
         Some(CommandState::Done),
         "commands about a running instance stay"
     );
     let evidence: i64 = s
-        .conn
+        .conn()
         .query_row(
             "SELECT COUNT(*) FROM events WHERE kind = 'self_demoted'",
             [],

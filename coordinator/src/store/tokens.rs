@@ -5,11 +5,11 @@
 
 use super::audit::Entity;
 use super::{Result, StoreError, Txn};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::engine::col;
+use crate::store::engine::{Conn, ConnExt, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::json;
 use spot_common::TokenRole;
-use spot_runtime::sql::col;
 
 /// One named token, as `token list` shows it (never the token itself).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -78,8 +78,8 @@ impl Txn<'_> {
     }
 }
 
-pub fn list(conn: &Connection) -> Result<Vec<TokenView>> {
-    let mut stmt = conn.prepare_cached(
+pub fn list(conn: &dyn Conn) -> Result<Vec<TokenView>> {
+    let stmt = conn.prepare_cached(
         "SELECT name, role, created_at_ms, revoked_at_ms FROM tokens ORDER BY name",
     )?;
     let rows = stmt
@@ -91,17 +91,16 @@ pub fn list(conn: &Connection) -> Result<Vec<TokenView>> {
                 revoked_at_ms: r.get(3)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
 /// The name and role of the active token with this hash.
-pub fn find(conn: &Connection, hash: &str) -> Result<Option<(String, TokenRole)>> {
-    Ok(conn
-        .query_row(
-            "SELECT name, role FROM tokens WHERE token_hash = ?1 AND revoked_at_ms IS NULL",
-            [hash],
-            |r| Ok((r.get(0)?, col::text(r, 1)?)),
-        )
-        .optional()?)
+pub fn find(conn: &dyn Conn, hash: &str) -> Result<Option<(String, TokenRole)>> {
+    conn.query_row(
+        "SELECT name, role FROM tokens WHERE token_hash = ?1 AND revoked_at_ms IS NULL",
+        [hash],
+        |r| Ok((r.get(0)?, col::text(r, 1)?)),
+    )
+    .optional()
 }

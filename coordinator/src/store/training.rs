@@ -7,7 +7,7 @@
 //! and reaches back as far as the audit log is kept.
 
 use super::{Result, pricing, rows};
-use rusqlite::{Connection, params};
+use crate::store::engine::{Conn, ConnExt, params};
 use serde::Serialize;
 use spot_common::PoolKey;
 use spot_common::pricing::to_dollars;
@@ -77,8 +77,8 @@ struct Span {
 }
 
 /// PRIMARY spans of every instance of `group`, from the audit log.
-fn primary_spans(conn: &Connection, group: &str, now_ms: i64) -> Result<Vec<Span>> {
-    let mut stmt = conn.prepare(
+fn primary_spans(conn: &dyn Conn, group: &str, now_ms: i64) -> Result<Vec<Span>> {
+    let stmt = conn.prepare(
         "SELECT substr(a.entity, 10), a.at_ms, json_extract(a.post_state, '$.role')
          FROM audit a JOIN instances i ON i.instance_id = substr(a.entity, 10)
          WHERE a.entity LIKE 'instance:%' AND i.group_name = ?1
@@ -87,7 +87,7 @@ fn primary_spans(conn: &Connection, group: &str, now_ms: i64) -> Result<Vec<Span
     )?;
     let changes: Vec<(String, i64, String)> = stmt
         .query_map([group], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     let mut open: HashMap<String, i64> = HashMap::new();
     let mut spans = Vec::new();
     for (instance, at, role) in changes {
@@ -115,7 +115,7 @@ fn primary_spans(conn: &Connection, group: &str, now_ms: i64) -> Result<Vec<Span
 }
 
 /// Every group-hour from `since_ms` to `now_ms`.
-pub fn rows(conn: &Connection, since_ms: i64, now_ms: i64) -> Result<Vec<TrainingRow>> {
+pub fn rows(conn: &dyn Conn, since_ms: i64, now_ms: i64) -> Result<Vec<TrainingRow>> {
     let first = spot_common::pricing::hour_floor(since_ms);
     let mut out = Vec::new();
     let mut risk_cache: HashMap<(PoolKey, i64), f64> = HashMap::new();
@@ -145,12 +145,12 @@ pub fn rows(conn: &Connection, since_ms: i64, now_ms: i64) -> Result<Vec<Trainin
                 s.instance.clone(),
                 PoolKey::new(&i.instance_type, &i.availability_zone),
             );
-            let mut stmt = conn.prepare_cached(
+            let stmt = conn.prepare_cached(
                 "SELECT seen_at_ms FROM notices WHERE instance_id = ?1 AND kind = 'interruption'",
             )?;
             let seen: Vec<i64> = stmt
                 .query_map([&s.instance], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<Result<_>>()?;
             notices.insert(s.instance.clone(), seen);
         }
         let primary_at = |t: i64| {

@@ -7,7 +7,7 @@
 
 use super::audit::Entity;
 use super::{Result, Txn};
-use rusqlite::params;
+use crate::store::engine::{ConnExt, params};
 use serde_json::json;
 use spot_common::wire::{FenceTarget, TransitionView};
 
@@ -54,7 +54,7 @@ impl Txn<'_> {
         since_ms: i64,
         candidate: &str,
     ) -> Result<Vec<String>> {
-        let mut stmt = self.tx.prepare_cached(
+        let stmt = self.tx.prepare_cached(
             "SELECT i.instance_id FROM instances i
              WHERE i.group_name = ?1 AND i.instance_id != ?3
                AND (i.created_at_ms < ?2 OR i.stranger = 1)
@@ -67,7 +67,7 @@ impl Txn<'_> {
         )?;
         let ids = stmt
             .query_map(params![group, since_ms, candidate], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         Ok(ids)
     }
 

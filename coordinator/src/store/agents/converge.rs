@@ -8,7 +8,7 @@
 
 use super::super::{Read, Result, Txn, to_i64};
 use crate::store::audit::Entity;
-use rusqlite::params;
+use crate::store::engine::{ConnExt, params};
 use serde_json::json;
 use spot_common::{Role, RoleEvent};
 

@@ -4,13 +4,13 @@
 use super::rows::{self, AGENT_COLS};
 use super::{Read, Result, StoreError, Txn, parse_enum, to_i64, to_u64};
 use crate::store::audit::Entity;
+use crate::store::engine::from_row;
+use crate::store::engine::{Conn, ConnExt, params};
 pub use converge::Reported;
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use spot_common::wire::{AgentView, PricingHint, RegisterRequest, RegisterResponse};
 use spot_common::{AgentStatus, Command, CommandKind, GroupConfig, Role, RoleEvent};
-use spot_runtime::from_row;
 
 /// Agent data batched from heartbeats.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ impl Txn<'_> {
                  AND status IN ('online', 'offline')",
             )?
             .query_map(params![req.instance_id, agent_id], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<Result<_>>()?;
         for old in &previous {
             self.tx.execute(
                 "UPDATE agents SET status = 'replaced', replaced_by = ?1 WHERE agent_id = ?2",
@@ -146,7 +146,7 @@ impl Txn<'_> {
 
     /// Persist a batch of heartbeats.
     pub fn flush_heartbeats(&mut self, batch: &[HeartbeatRecord]) -> Result<()> {
-        let mut stmt = self.tx.prepare_cached(
+        let stmt = self.tx.prepare_cached(
             "UPDATE agents SET last_heartbeat_ms = ?1, reported_role = ?2, highest_epoch = ?3,
                  healthy = ?4, backlog = ?5 WHERE agent_id = ?6",
         )?;
@@ -245,8 +245,8 @@ impl Txn<'_> {
 
 /// Agents whose tokens are still valid, for the auth cache: live ones,
 /// and deleted ones until they have fetched and finished their cleanup.
-pub fn active(conn: &Connection) -> Result<Vec<AgentAuth>> {
-    let mut stmt = conn.prepare(
+pub fn active(conn: &dyn Conn) -> Result<Vec<AgentAuth>> {
+    let stmt = conn.prepare(
         "SELECT agent_id, token_hash, status, instance_id FROM agents WHERE status IN ('online', 'offline')
          OR (status = 'deleted' AND EXISTS (SELECT 1 FROM commands c
              WHERE c.agent_id = agents.agent_id AND c.kind = 'cleanup'
@@ -258,18 +258,18 @@ pub fn active(conn: &Connection) -> Result<Vec<AgentAuth>> {
                 agent_id, token_hash, status: text, instance_id
             }})
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
-pub fn list(conn: &Connection, group: Option<&str>) -> Result<Vec<AgentView>> {
-    let mut stmt = conn.prepare(&format!(
+pub fn list(conn: &dyn Conn, group: Option<&str>) -> Result<Vec<AgentView>> {
+    let stmt = conn.prepare(&format!(
         "SELECT {AGENT_COLS} FROM agents WHERE ?1 IS NULL OR group_name = ?1
          ORDER BY registered_at_ms, agent_id"
     ))?;
     let rows = stmt
         .query_map([group], rows::agent_row)?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<Result<_>>()?;
     Ok(rows)
 }
 
@@ -301,7 +301,7 @@ impl RoleOf {
     }
 }
 
-pub fn role_of(conn: &Connection, agent_id: &str) -> Result<RoleOf> {
+pub fn role_of(conn: &dyn Conn, agent_id: &str) -> Result<RoleOf> {
     let (instance_id, group, role, role_epoch, epoch, config, transition): (
         String,
         String,

@@ -10,29 +10,18 @@
 //!
 //! What differs, and lives here only:
 //!
-//! * the schema version: SQLite's `PRAGMA user_version` ([`schema_version`],
-//!   [`set_schema_version`]); a second engine keeps it in a one-row table;
+//! * the schema version: SQLite's `PRAGMA user_version` (`sqlite.rs`); a
+//!   second engine keeps it in a one-row table behind
+//!   `Conn::schema_version`;
 //! * placeholders: the statements use `?N`; PostgreSQL wants `$N`
 //!   ([`numbered_placeholders`] rewrites them);
 //! * JSON fields: the statements read stored JSON with
 //!   `json_extract(column, '$.path')`, SQLite's built-in; a PostgreSQL
 //!   engine defines a function of that name in its first migration
 //!   ([`POSTGRES_JSON_EXTRACT`]: the same JSONPath, a scalar back);
-//! * DDL: the migration ladder (`migrations.rs`) uses `STRICT` tables and
+//! * DDL: SQLite's migration ladder (`sqlite/migrations.rs`) uses `STRICT` tables and
 //!   `INTEGER PRIMARY KEY` row ids, which a second engine writes as
 //!   `BIGINT GENERATED ALWAYS AS IDENTITY` in its own ladder.
-
-use rusqlite::Connection;
-
-/// The schema version the database is at.
-pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
-}
-
-/// Record the schema version, inside the migration's transaction.
-pub fn set_schema_version(conn: &Connection, version: i64) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "user_version", version)
-}
 
 /// `?1`, `?2`, ... as PostgreSQL's `$1`, `$2`, ...; a `?` inside a quoted
 /// literal is left alone.
@@ -78,13 +67,5 @@ mod tests {
             ),
             "SELECT json_extract(body, '$.a?1') FROM t WHERE a = $1 AND b IN ($2, $10)"
         );
-    }
-
-    #[test]
-    fn the_schema_version_round_trips() {
-        let c = Connection::open_in_memory().unwrap();
-        assert_eq!(schema_version(&c).unwrap(), 0);
-        set_schema_version(&c, 7).unwrap();
-        assert_eq!(schema_version(&c).unwrap(), 7);
     }
 }

@@ -1,4 +1,5 @@
-//! Schema migrations: a version ladder (`dialect::schema_version`). Each step runs in one
+//! SQLite's schema migrations: a version ladder (`PRAGMA user_version`).
+//! Each step runs in one
 //! transaction at start-up, so a crash mid-migration leaves the previous
 //! version intact.
 
@@ -310,7 +311,7 @@ pub const LATEST: i64 = STEPS.len() as i64;
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version = super::dialect::schema_version(&tx)?;
+        let version = super::schema_version(&tx)?;
         if version >= LATEST {
             return Ok(version);
         }
@@ -319,7 +320,7 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
             return Ok(version);
         };
         tx.execute_batch(sql)?;
-        super::dialect::set_schema_version(&tx, version + 1)?;
+        super::set_schema_version(&tx, version + 1)?;
         tx.commit()?;
         tracing::info!(
             from = version,
