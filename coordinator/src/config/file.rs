@@ -69,92 +69,43 @@ impl Config {
             None => FileConfig::default(),
         };
         let d = Config::default();
+        // A flag (or its environment variable) over the file over the default.
+        macro_rules! layered {
+            ($field:ident) => {
+                args.$field.clone().or(file.$field).unwrap_or(d.$field)
+            };
+        }
         let c = Config {
-            listen: args.listen.or(file.listen).unwrap_or(d.listen),
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or(d.data_dir),
+            listen: layered!(listen),
+            data_dir: layered!(data_dir),
             enrollment_token: args.enrollment_token.clone().or(file.enrollment_token),
             admin_token: args.admin_token.clone().or(file.admin_token),
-            heartbeat_interval: args
-                .heartbeat_interval
-                .or(file.heartbeat_interval)
-                .unwrap_or(d.heartbeat_interval),
-            missed_heartbeats: args
-                .missed_heartbeats
-                .or(file.missed_heartbeats)
-                .unwrap_or(d.missed_heartbeats),
-            lease: args.lease.or(file.lease).unwrap_or(d.lease),
-            redeliver_after: args
-                .redeliver_after
-                .or(file.redeliver_after)
-                .unwrap_or(d.redeliver_after),
-            rebalance_window: args
-                .rebalance_window
-                .or(file.rebalance_window)
-                .unwrap_or(d.rebalance_window),
-            maintenance_lead: args
-                .maintenance_lead
-                .or(file.maintenance_lead)
-                .unwrap_or(d.maintenance_lead),
-            decision_interval: args
-                .decision_interval
-                .or(file.decision_interval)
-                .unwrap_or(d.decision_interval),
+            heartbeat_interval: layered!(heartbeat_interval),
+            missed_heartbeats: layered!(missed_heartbeats),
+            lease: layered!(lease),
+            redeliver_after: layered!(redeliver_after),
+            rebalance_window: layered!(rebalance_window),
+            maintenance_lead: layered!(maintenance_lead),
+            decision_interval: layered!(decision_interval),
             decision_model_url: args.decision_model_url.clone().or(file.decision_model_url),
-            decision_model_timeout: args
-                .decision_model_timeout
-                .or(file.decision_model_timeout)
-                .unwrap_or(d.decision_model_timeout),
-            decision_ab_split: args
-                .decision_ab_split
-                .or(file.decision_ab_split)
-                .unwrap_or(d.decision_ab_split),
+            decision_model_timeout: layered!(decision_model_timeout),
+            decision_ab_split: layered!(decision_ab_split),
             decisions: file.decisions,
-            promotion_timeout: args
-                .promotion_timeout
-                .or(file.promotion_timeout)
-                .unwrap_or(d.promotion_timeout),
-            consolidate_interval: args
-                .consolidate_interval
-                .or(file.consolidate_interval)
-                .unwrap_or(d.consolidate_interval),
-            price_max_gap: args
-                .price_max_gap
-                .or(file.price_max_gap)
-                .unwrap_or(d.price_max_gap),
-            staging_retention: args
-                .staging_retention
-                .or(file.staging_retention)
-                .unwrap_or(d.staging_retention),
-            price_retention: args
-                .price_retention
-                .or(file.price_retention)
-                .unwrap_or(d.price_retention),
-            demote_timeout: args
-                .demote_timeout
-                .or(file.demote_timeout)
-                .unwrap_or(d.demote_timeout),
-            fence_timeout: args
-                .fence_timeout
-                .or(file.fence_timeout)
-                .unwrap_or(d.fence_timeout),
-            ec2_executor: args
-                .ec2_executor
-                .or(file.ec2_executor)
-                .unwrap_or(d.ec2_executor),
+            promotion_timeout: layered!(promotion_timeout),
+            consolidate_interval: layered!(consolidate_interval),
+            price_max_gap: layered!(price_max_gap),
+            staging_retention: layered!(staging_retention),
+            price_retention: layered!(price_retention),
+            demote_timeout: layered!(demote_timeout),
+            fence_timeout: layered!(fence_timeout),
+            ec2_executor: layered!(ec2_executor),
             ec2_region: args
                 .ec2_region
                 .clone()
                 .or(file.ec2_region)
                 .or_else(|| std::env::var("AWS_REGION").ok())
                 .unwrap_or(d.ec2_region),
-            shutdown_timeout: args
-                .shutdown_timeout
-                .or(file.shutdown_timeout)
-                .unwrap_or(d.shutdown_timeout),
+            shutdown_timeout: layered!(shutdown_timeout),
             #[cfg(feature = "failpoints")]
             unsafe_silence_is_death: args.unsafe_silence_is_death,
             #[cfg(not(feature = "failpoints"))]

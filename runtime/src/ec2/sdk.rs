@@ -18,6 +18,17 @@ pub struct Ec2 {
     deadline: Duration,
 }
 
+/// One EC2 call under the retry policy, its error classified:
+/// `ec2_call!(self, "TerminateInstances", |c| c.terminate_instances().instance_ids(id))`.
+macro_rules! ec2_call {
+    ($self:ident, $op:literal, |$c:ident| $build:expr) => {
+        $self.retry($op, || async {
+            let $c = &$self.client;
+            $build.send().await.map_err(|e| to_error($op, e))
+        })
+    };
+}
+
 impl Ec2 {
     /// Production client: credentials from the default chain (the
     /// instance profile), endpoint from `AWS_ENDPOINT_URL` when set.
@@ -192,16 +203,11 @@ impl Ec2Api for Ec2 {
 
     #[tracing::instrument(skip(self), err)]
     async fn terminate(&self, instance_id: &str) -> Result<(), Ec2Error> {
-        self.retry("TerminateInstances", || async {
-            self.client
-                .terminate_instances()
-                .instance_ids(instance_id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| to_error("TerminateInstances", e))
-        })
+        ec2_call!(self, "TerminateInstances", |c| c
+            .terminate_instances()
+            .instance_ids(instance_id))
         .await
+        .map(|_| ())
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -303,19 +309,12 @@ impl Ec2Api for Ec2 {
             });
         }
         if let Some(assoc) = &assoc {
-            let r = self
-                .retry("DisassociateAddress", || async {
-                    self.client
-                        .disassociate_address()
-                        .association_id(assoc)
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| to_error("DisassociateAddress", e))
-                })
-                .await;
+            let r = ec2_call!(self, "DisassociateAddress", |c| c
+                .disassociate_address()
+                .association_id(assoc))
+            .await;
             match r {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e) if e.class == ErrorClass::NotFound => {
                     return Err(lost(format!(
                         "association {assoc} vanished before we could release it"
@@ -324,31 +323,25 @@ impl Ec2Api for Ec2 {
                 Err(e) => return Err(e),
             }
         }
-        let new_assoc = self
-            .retry("AssociateAddress", || async {
-                self.client
-                    .associate_address()
-                    .allocation_id(allocation_id)
-                    .instance_id(instance_id)
-                    .allow_reassociation(false)
-                    .send()
-                    .await
-                    .map_err(|e| to_error("AssociateAddress", e))
-            })
-            .await
-            .map_err(|e| {
-                if e.code == "Resource.AlreadyAssociated" {
-                    lost(format!(
-                        "{allocation_id} was taken by someone else: {}",
-                        e.message
-                    ))
-                } else {
-                    e
-                }
-            })?
-            .association_id()
-            .map(str::to_owned)
-            .unwrap_or_default();
+        let new_assoc = ec2_call!(self, "AssociateAddress", |c| c
+            .associate_address()
+            .allocation_id(allocation_id)
+            .instance_id(instance_id)
+            .allow_reassociation(false))
+        .await
+        .map_err(|e| {
+            if e.code == "Resource.AlreadyAssociated" {
+                lost(format!(
+                    "{allocation_id} was taken by someone else: {}",
+                    e.message
+                ))
+            } else {
+                e
+            }
+        })?
+        .association_id()
+        .map(str::to_owned)
+        .unwrap_or_default();
         let (_, now_owner) = self.address(allocation_id).await?;
         if now_owner.as_deref() != Some(instance_id) {
             return Err(lost(format!(
@@ -394,17 +387,11 @@ impl Ec2Api for Ec2 {
     /// EC2 stopped it), so a clean detach is what it allows.
     #[tracing::instrument(skip(self), err)]
     async fn detach_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        let r = self
-            .retry("DetachNetworkInterface", || async {
-                self.client
-                    .detach_network_interface()
-                    .attachment_id(attachment_id)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| to_error("DetachNetworkInterface", e))
-            })
-            .await;
+        let r = ec2_call!(self, "DetachNetworkInterface", |c| c
+            .detach_network_interface()
+            .attachment_id(attachment_id))
+        .await
+        .map(|_| ());
         match r {
             // Already detached (a retry, or EC2 freed it on termination).
             Err(e) if e.class == ErrorClass::NotFound => Ok(()),
@@ -415,19 +402,13 @@ impl Ec2Api for Ec2 {
     /// Attach a secondary ENI as device 1.
     #[tracing::instrument(skip(self), err)]
     async fn attach_interface(&self, eni: &str, instance_id: &str) -> Result<String, Ec2Error> {
-        self.retry("AttachNetworkInterface", || async {
-            let out = self
-                .client
-                .attach_network_interface()
-                .network_interface_id(eni)
-                .instance_id(instance_id)
-                .device_index(1)
-                .send()
-                .await
-                .map_err(|e| to_error("AttachNetworkInterface", e))?;
-            Ok(out.attachment_id().unwrap_or_default().to_owned())
-        })
-        .await
+        let out = ec2_call!(self, "AttachNetworkInterface", |c| c
+            .attach_network_interface()
+            .network_interface_id(eni)
+            .instance_id(instance_id)
+            .device_index(1))
+        .await?;
+        Ok(out.attachment_id().unwrap_or_default().to_owned())
     }
 
     /// DescribeSpotPriceHistory for the given pools since `start_ms`, all
@@ -501,12 +482,14 @@ mod policy {
     fn the_shipped_iam_policy_allows_every_call_the_client_makes() {
         let source = include_str!("sdk.rs");
         let policy = include_str!("../../../packaging/iam-policy.json");
-        let mut calls: Vec<&str> = source
-            .match_indices(".retry(\"")
+        let mut calls: Vec<&str> = [".retry(\"", "ec2_call!(self, \""]
+            .iter()
+            .flat_map(|pattern| source.match_indices(pattern))
             .map(|(i, m)| {
                 let rest = &source[i + m.len()..];
                 &rest[..rest.find('"').unwrap_or(0)]
             })
+            .filter(|call| !call.is_empty() && !call.starts_with('$'))
             .collect();
         calls.sort_unstable();
         calls.dedup();

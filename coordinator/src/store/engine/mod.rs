@@ -5,7 +5,7 @@
 //! here: a [`Conn`] executes a statement or walks its rows, a [`Tx`] is a
 //! `Conn` that commits once (and rolls back when dropped), an [`Engine`]
 //! hands out its connection and opens transactions. Values cross it as
-//! [`Value`] (bound parameters) and [`ValueRef`] (columns read), so no
+//! [`Value`] both ways (parameters bound, columns read), so no
 //! driver type leaks into the subject modules. On top of those few
 //! object-safe calls, [`ConnExt`] gives every connection the conveniences
 //! the statements use (`query_row`, `prepare(..).query_map`, `params!`),
@@ -22,7 +22,7 @@ mod value;
 
 use super::{Result, StoreError};
 
-pub use value::{FromValue, ToValue, Value, ValueRef};
+pub use value::{FromValue, ToValue, Value};
 
 /// What went wrong between the store and its engine.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub enum Error {
 
 /// The columns of one row, as an engine serves them.
 pub trait Columns {
-    fn column(&self, idx: usize) -> Result<ValueRef<'_>>;
+    fn column(&self, idx: usize) -> Result<Value<'_>>;
 }
 
 /// One row of a result, in the engine-neutral form the mappers read.
@@ -288,57 +288,43 @@ impl<T> OptionalExtension<T> for Result<T> {
 /// unknown word is an error naming the column, never a silent default.
 pub fn parse_text<T: std::str::FromStr>(idx: usize, s: String) -> Result<T>
 where
-    T::Err: std::error::Error + Send + Sync + 'static,
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    s.parse::<T>().map_err(|e| {
-        Error::Parse {
-            idx,
-            source: Box::new(e),
-        }
-        .into()
-    })
+    value::Text::parse(&s, idx).map(|t| t.0)
 }
 
-/// The column readers [`from_row!`] names.
+/// The column readers [`from_row!`] names: `text` a closed vocabulary,
+/// `json` a JSON document, `u64` a count or epoch, `opt_` forms for
+/// NULLable columns; unmarked fields are read as they are.
 pub mod col {
-    use super::{Error, FromValue, Result, Row};
+    use super::value::{Json, Text};
+    use super::{FromValue, Result, Row};
+    use serde::de::DeserializeOwned;
     use std::str::FromStr;
 
-    fn bad(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> super::StoreError {
-        Error::Parse {
-            idx,
-            source: Box::new(e),
-        }
-        .into()
-    }
+    type ParseError = dyn std::error::Error + Send + Sync + 'static;
 
     pub fn plain<T: FromValue>(r: &Row<'_>, idx: usize) -> Result<T> {
         r.get(idx)
     }
 
-    pub fn text<T: FromStr>(r: &Row<'_>, idx: usize) -> Result<T>
-    where
-        T::Err: std::error::Error + Send + Sync + 'static,
-    {
-        super::parse_text(idx, r.get(idx)?)
+    pub fn text<T: FromStr<Err: Into<Box<ParseError>>>>(r: &Row<'_>, idx: usize) -> Result<T> {
+        Ok(r.get::<Text<T>>(idx)?.0)
     }
 
-    pub fn opt_text<T: FromStr>(r: &Row<'_>, idx: usize) -> Result<Option<T>>
-    where
-        T::Err: std::error::Error + Send + Sync + 'static,
-    {
-        let v: Option<String> = r.get(idx)?;
-        v.map(|s| super::parse_text(idx, s)).transpose()
+    pub fn opt_text<T: FromStr<Err: Into<Box<ParseError>>>>(
+        r: &Row<'_>,
+        idx: usize,
+    ) -> Result<Option<T>> {
+        Ok(r.get::<Option<Text<T>>>(idx)?.map(|t| t.0))
     }
 
-    pub fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, idx: usize) -> Result<T> {
-        serde_json::from_str(&r.get::<String>(idx)?).map_err(|e| bad(idx, e))
+    pub fn json<T: DeserializeOwned>(r: &Row<'_>, idx: usize) -> Result<T> {
+        Ok(r.get::<Json<T>>(idx)?.0)
     }
 
-    pub fn opt_json<T: serde::de::DeserializeOwned>(r: &Row<'_>, idx: usize) -> Result<Option<T>> {
-        let v: Option<String> = r.get(idx)?;
-        v.map(|s| serde_json::from_str(&s).map_err(|e| bad(idx, e)))
-            .transpose()
+    pub fn opt_json<T: DeserializeOwned>(r: &Row<'_>, idx: usize) -> Result<Option<T>> {
+        Ok(r.get::<Option<Json<T>>>(idx)?.map(|j| j.0))
     }
 
     /// An INTEGER holding an epoch or a count (never negative).

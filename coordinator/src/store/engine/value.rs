@@ -1,12 +1,13 @@
-//! Values across the seam: what the statements bind ([`ToValue`] into
-//! [`Value`]) and what they read ([`ValueRef`] into [`FromValue`]), so no
+//! Values across the seam: what the statements bind ([`ToValue`] into a
+//! [`Value`]) and what they read (a [`Value`] into [`FromValue`]), so no
 //! driver's types reach the subject modules.
 
 use super::Error;
 use crate::store::Result;
 
-/// A bound parameter.
-#[derive(Debug, Clone, PartialEq)]
+/// A value crossing the seam: a bound parameter, or a column as read
+/// (borrowed from the engine's row).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value<'a> {
     Null,
     Integer(i64),
@@ -15,24 +16,14 @@ pub enum Value<'a> {
     Blob(&'a [u8]),
 }
 
-/// A column as read, borrowed from the engine's row.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ValueRef<'a> {
-    Null,
-    Integer(i64),
-    Real(f64),
-    Text(&'a str),
-    Blob(&'a [u8]),
-}
-
-impl ValueRef<'_> {
+impl Value<'_> {
     fn kind(&self) -> &'static str {
         match self {
-            ValueRef::Null => "NULL",
-            ValueRef::Integer(_) => "INTEGER",
-            ValueRef::Real(_) => "REAL",
-            ValueRef::Text(_) => "TEXT",
-            ValueRef::Blob(_) => "BLOB",
+            Value::Null => "NULL",
+            Value::Integer(_) => "INTEGER",
+            Value::Real(_) => "REAL",
+            Value::Text(_) => "TEXT",
+            Value::Blob(_) => "BLOB",
         }
     }
 }
@@ -105,10 +96,10 @@ integer_to_value!(i64, i32, u32, u64, usize);
 
 /// A column the statements read into a Rust value.
 pub trait FromValue: Sized {
-    fn from_value(v: ValueRef<'_>, idx: usize) -> Result<Self>;
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self>;
 }
 
-fn mismatch<T>(v: ValueRef<'_>, idx: usize, expected: &'static str) -> Result<T> {
+fn mismatch<T>(v: Value<'_>, idx: usize, expected: &'static str) -> Result<T> {
     Err(Error::Type {
         idx,
         expected,
@@ -118,18 +109,18 @@ fn mismatch<T>(v: ValueRef<'_>, idx: usize, expected: &'static str) -> Result<T>
 }
 
 impl<T: FromValue> FromValue for Option<T> {
-    fn from_value(v: ValueRef<'_>, idx: usize) -> Result<Self> {
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
         match v {
-            ValueRef::Null => Ok(None),
+            Value::Null => Ok(None),
             v => T::from_value(v, idx).map(Some),
         }
     }
 }
 
 impl FromValue for i64 {
-    fn from_value(v: ValueRef<'_>, idx: usize) -> Result<Self> {
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
         match v {
-            ValueRef::Integer(i) => Ok(i),
+            Value::Integer(i) => Ok(i),
             v => mismatch(v, idx, "INTEGER"),
         }
     }
@@ -138,7 +129,7 @@ impl FromValue for i64 {
 macro_rules! integer_from_value {
     ($($t:ty),*) => {$(
         impl FromValue for $t {
-            fn from_value(v: ValueRef<'_>, idx: usize) -> Result<Self> {
+            fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
                 let i = i64::from_value(v, idx)?;
                 <$t>::try_from(i).map_err(|e| Error::Parse { idx, source: Box::new(e) }.into())
             }
@@ -148,36 +139,85 @@ macro_rules! integer_from_value {
 integer_from_value!(i32, u32, u64, usize);
 
 impl FromValue for bool {
-    fn from_value(v: ValueRef<'_>, idx: usize) -> Result<Self> {
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
         Ok(i64::from_value(v, idx)? != 0)
     }
 }
 
 impl FromValue for f64 {
-    fn from_value(v: ValueRef<'_>, idx: usize) -> Result<Self> {
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
         match v {
-            ValueRef::Real(f) => Ok(f),
+            Value::Real(f) => Ok(f),
             #[allow(clippy::cast_precision_loss)]
-            ValueRef::Integer(i) => Ok(i as f64),
+            Value::Integer(i) => Ok(i as f64),
             v => mismatch(v, idx, "REAL"),
         }
     }
 }
 
 impl FromValue for String {
-    fn from_value(v: ValueRef<'_>, idx: usize) -> Result<Self> {
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
         match v {
-            ValueRef::Text(s) => Ok(s.to_owned()),
+            Value::Text(s) => Ok(s.to_owned()),
             v => mismatch(v, idx, "TEXT"),
         }
     }
 }
 
 impl FromValue for Vec<u8> {
-    fn from_value(v: ValueRef<'_>, idx: usize) -> Result<Self> {
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
         match v {
-            ValueRef::Blob(b) => Ok(b.to_vec()),
+            Value::Blob(b) => Ok(b.to_vec()),
             v => mismatch(v, idx, "BLOB"),
+        }
+    }
+}
+
+/// A TEXT column holding a closed vocabulary (a `string_enum!`): an
+/// unknown word is an error naming the column, never a silent default.
+pub struct Text<T>(pub T);
+
+impl<T: std::str::FromStr> Text<T>
+where
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub fn parse(s: &str, idx: usize) -> Result<Text<T>> {
+        s.parse().map(Text).map_err(|e: T::Err| {
+            Error::Parse {
+                idx,
+                source: e.into(),
+            }
+            .into()
+        })
+    }
+}
+
+impl<T: std::str::FromStr> FromValue for Text<T>
+where
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
+        match v {
+            Value::Text(s) => Text::parse(s, idx),
+            v => mismatch(v, idx, "TEXT"),
+        }
+    }
+}
+
+/// A TEXT column holding a JSON document.
+pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromValue for Json<T> {
+    fn from_value(v: Value<'_>, idx: usize) -> Result<Self> {
+        match v {
+            Value::Text(s) => serde_json::from_str(s).map(Json).map_err(|e| {
+                Error::Parse {
+                    idx,
+                    source: Box::new(e),
+                }
+                .into()
+            }),
+            v => mismatch(v, idx, "TEXT"),
         }
     }
 }

@@ -7,7 +7,7 @@ mod migrations;
 
 pub use migrations::LATEST;
 
-use super::{Columns, Conn, EachRow, Engine, Error, ToValue, Tx, Value, ValueRef};
+use super::{Columns, Conn, EachRow, Engine, Error, ToValue, Tx, Value};
 use crate::store::Result;
 use rusqlite::types::{ToSqlOutput, ValueRef as SqlRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -124,18 +124,16 @@ fn bind<'a>(args: &'a [&'a dyn ToValue]) -> Result<Vec<Value<'a>>> {
 }
 
 impl Columns for rusqlite::Row<'_> {
-    fn column(&self, idx: usize) -> Result<ValueRef<'_>> {
+    fn column(&self, idx: usize) -> Result<Value<'_>> {
         Ok(match self.get_ref(idx)? {
-            SqlRef::Null => ValueRef::Null,
-            SqlRef::Integer(i) => ValueRef::Integer(i),
-            SqlRef::Real(f) => ValueRef::Real(f),
-            SqlRef::Text(t) => {
-                ValueRef::Text(std::str::from_utf8(t).map_err(|e| Error::Parse {
-                    idx,
-                    source: Box::new(e),
-                })?)
-            }
-            SqlRef::Blob(b) => ValueRef::Blob(b),
+            SqlRef::Null => Value::Null,
+            SqlRef::Integer(i) => Value::Integer(i),
+            SqlRef::Real(f) => Value::Real(f),
+            SqlRef::Text(t) => Value::Text(std::str::from_utf8(t).map_err(|e| Error::Parse {
+                idx,
+                source: Box::new(e),
+            })?),
+            SqlRef::Blob(b) => Value::Blob(b),
         })
     }
 }
