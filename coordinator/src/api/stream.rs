@@ -11,14 +11,13 @@
 //! most `state::STREAMS_PER_TOKEN` open streams (429 `too_many_streams` past it).
 
 use super::{ApiError, ApiQuery, Caller};
-use crate::state::{AppState, StreamCounts};
+use crate::state::{AppState, FeedEntry, StreamCounts};
 use crate::store::Read;
 use crate::tasks::events;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
-use spot_common::wire::AuditEntry;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,14 +34,6 @@ pub struct StreamQuery {
 
 type Tx = mpsc::Sender<Result<Event, Infallible>>;
 
-fn event(r: &AuditEntry) -> Event {
-    Event::default()
-        .id(r.id.to_string())
-        .event(r.action.clone())
-        .json_data(r)
-        .unwrap_or_else(|_| Event::default().comment("unencodable entry"))
-}
-
 /// Send what the store holds after `after`; the last id sent, or `None`
 /// when the client went away.
 async fn catch_up(state: &AppState, tx: &Tx, mut after: i64) -> Option<i64> {
@@ -58,7 +49,7 @@ async fn catch_up(state: &AppState, tx: &Tx, mut after: i64) -> Option<i64> {
         let full = rows.len() >= events::PAGE as usize;
         for r in rows {
             after = r.id;
-            tx.send(Ok(event(&r))).await.ok()?;
+            tx.send(Ok(FeedEntry::new(&r).event)).await.ok()?;
         }
         if !full {
             return Some(after);
@@ -102,7 +93,7 @@ pub async fn stream(
             match next {
                 Ok(r) if r.id > after => {
                     after = r.id;
-                    if tx.send(Ok(event(&r))).await.is_err() {
+                    if tx.send(Ok(r.event.clone())).await.is_err() {
                         return;
                     }
                 }

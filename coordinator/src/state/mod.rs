@@ -10,7 +10,7 @@ mod sessions;
 mod streams;
 
 pub use sessions::{SESSION_MS, Session, Sessions, TooManySessions};
-pub use streams::{FEED_BUFFER, Feed, STREAMS_PER_TOKEN, Slot, StreamCounts};
+pub use streams::{FEED_BUFFER, Feed, FeedEntry, STREAMS_PER_TOKEN, Slot, StreamCounts};
 
 use crate::clock::MonoClock;
 use crate::config::Config;

@@ -10,7 +10,27 @@ use std::sync::{Arc, Mutex};
 pub const STREAMS_PER_TOKEN: usize = 32;
 
 /// New audit entries, broadcast by `tasks::events` to every open stream.
-pub type Feed = tokio::sync::broadcast::Sender<Arc<AuditEntry>>;
+pub type Feed = tokio::sync::broadcast::Sender<Arc<FeedEntry>>;
+
+/// One audit entry as a Server-Sent Event, encoded once for every stream
+/// that follows the feed (500 open dashboards cost one JSON encoding per
+/// entry, not 500).
+#[derive(Debug, Clone)]
+pub struct FeedEntry {
+    pub id: i64,
+    pub event: axum::response::sse::Event,
+}
+
+impl FeedEntry {
+    pub fn new(r: &AuditEntry) -> FeedEntry {
+        let event = axum::response::sse::Event::default()
+            .id(r.id.to_string())
+            .event(r.action.clone())
+            .json_data(r)
+            .unwrap_or_else(|_| axum::response::sse::Event::default().comment("unencodable entry"));
+        FeedEntry { id: r.id, event }
+    }
+}
 
 /// Open streams per token.
 #[derive(Default)]

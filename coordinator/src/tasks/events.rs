@@ -5,7 +5,7 @@
 //! behind the broadcast's buffer), then follows the feed.
 
 use super::Schedule;
-use crate::state::AppState;
+use crate::state::{AppState, FeedEntry};
 use crate::store::{AuditQuery, Read};
 use spot_common::wire::AuditEntry;
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
             for r in rows {
                 after = r.id;
                 // No subscriber is fine: nobody is watching.
-                let _ = state.events.send(Arc::new(r));
+                let _ = state.events.send(Arc::new(FeedEntry::new(&r)));
             }
             if !full {
                 break;
