@@ -423,8 +423,10 @@ pub trait Read {
     fn transition_status(&self, group: &str) -> Result<Option<TransitionStatus>> {
         promotion::status(self.conn(), group)
     }
+    /// One group as the planner sees it, read on one snapshot of the store
+    /// (never a switch's new instance without the instance).
     fn group_snapshot(&self, group: &str, input: &SnapshotInput) -> Result<GroupSnap> {
-        snapshot::group(self.conn(), group, input)
+        self.conn().consistent(|c| snapshot::group(c, group, input))
     }
     /// What the alerts watch across the fleet.
     fn fleet_health(&self, now_ms: i64) -> Result<FleetHealth> {

@@ -83,6 +83,10 @@ pub trait Conn {
     /// Bytes the database holds (free space excluded): what retention
     /// keeps flat.
     fn used_bytes(&self) -> Result<i64>;
+    /// Run `f`'s reads on one snapshot of the database: a read made of
+    /// several statements never sees half of a commit that lands between
+    /// them. Inside a transaction, that transaction is the snapshot.
+    fn consistent_read(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<()>;
 }
 
 impl<C: Conn + ?Sized> Conn for Box<C> {
@@ -100,6 +104,9 @@ impl<C: Conn + ?Sized> Conn for Box<C> {
     }
     fn used_bytes(&self) -> Result<i64> {
         (**self).used_bytes()
+    }
+    fn consistent_read(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        (**self).consistent_read(f)
     }
 }
 
@@ -193,6 +200,20 @@ pub trait ConnExt: Conn {
 
     fn prepare_cached(&self, sql: &str) -> Result<Statement<'_>> {
         self.prepare(sql)
+    }
+
+    /// `f`'s reads, all on one snapshot (see [`Conn::consistent_read`]).
+    fn consistent<T>(&self, f: impl FnOnce(&dyn Conn) -> Result<T>) -> Result<T> {
+        let conn = self.as_dyn();
+        let mut f = Some(f);
+        let mut out = None;
+        conn.consistent_read(&mut || {
+            if let Some(f) = f.take() {
+                out = Some(f(conn)?);
+            }
+            Ok(())
+        })?;
+        out.ok_or_else(|| Error::NoRows.into())
     }
 
     fn as_dyn(&self) -> &dyn Conn;
@@ -425,6 +446,39 @@ mod tests {
             .collect();
         assert_eq!(rows.len(), 2);
         assert!(rows[1].is_err());
+    }
+
+    #[test]
+    fn a_consistent_read_does_not_see_a_commit_between_its_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut writer = sqlite::Sqlite::open(&path, false).unwrap();
+        writer
+            .conn()
+            .execute("CREATE TABLE t (a INTEGER)", [])
+            .unwrap();
+        let reader = sqlite::Sqlite::open(&path, true).unwrap();
+        let count = |c: &dyn Conn| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<i64>(0));
+        let (before, after) = reader
+            .conn()
+            .consistent(|c| {
+                let before = count(c)?;
+                let tx = writer.begin()?;
+                tx.execute("INSERT INTO t VALUES (1)", [])?;
+                tx.commit()?;
+                Ok((before, count(c)?))
+            })
+            .unwrap();
+        assert_eq!((before, after), (0, 0), "one snapshot for the whole read");
+        assert_eq!(
+            count(reader.conn()).unwrap(),
+            1,
+            "the next read sees the commit"
+        );
+        // Inside a write transaction the transaction is the snapshot.
+        let tx = writer.begin().unwrap();
+        tx.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        assert_eq!(tx.consistent(count).unwrap(), 2);
     }
 
     #[test]

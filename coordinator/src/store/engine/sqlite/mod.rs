@@ -105,6 +105,9 @@ impl Conn for SqliteTx<'_> {
     fn used_bytes(&self) -> Result<i64> {
         (*self.0).used_bytes()
     }
+    fn consistent_read(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        (*self.0).consistent_read(f)
+    }
 }
 
 impl rusqlite::ToSql for Value<'_> {
@@ -163,6 +166,19 @@ impl Conn for Connection {
 
     fn integrity_check(&self) -> Result<String> {
         Ok(self.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    fn consistent_read(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        if !self.is_autocommit() {
+            return f();
+        }
+        // A deferred transaction on a WAL database: its first read fixes
+        // the snapshot every later read of it sees.
+        self.execute_batch("BEGIN DEFERRED")?;
+        let out = f();
+        let end = self.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        out?;
+        Ok(end?)
     }
 
     fn used_bytes(&self) -> Result<i64> {
