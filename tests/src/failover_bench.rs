@@ -150,9 +150,14 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
                 let done = eventually("switch done", Duration::from_secs(90), || async {
                     let list = f.get(&format!("/v1/groups/{name}/switches")).await.ok()?;
                     let s = list.as_array()?.iter().find(|s| s["id"] == id)?.clone();
-                    (s["state"] == "done").then_some(s)
+                    (s["state"] == "done" || s["state"] == "failed").then_some(s)
                 })
                 .await?;
+                anyhow::ensure!(
+                    done["state"] == "done",
+                    "switch {id} of {name} failed: {}",
+                    done["failure"]
+                );
                 out.push(done["downtime_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0);
             }
             Ok::<_, anyhow::Error>(out)

@@ -398,7 +398,10 @@ impl Store {
 }
 
 /// Read operations, on the reader connection (`Store`) or inside a write
-/// transaction (`Txn`, which then sees its own changes).
+/// transaction (`Txn`, which then sees its own changes). A read made of
+/// several statements that must agree with each other (the planner's
+/// snapshot, a transition's status, the fleet's health, a model's input)
+/// runs on one snapshot (`ConnExt::consistent`).
 pub trait Read {
     fn conn(&self) -> &dyn Conn;
 
@@ -421,7 +424,7 @@ pub trait Read {
     }
     /// The group's transition and what it waits for; `None` without one.
     fn transition_status(&self, group: &str) -> Result<Option<TransitionStatus>> {
-        promotion::status(self.conn(), group)
+        self.conn().consistent(|c| promotion::status(c, group))
     }
     /// One group as the planner sees it, read on one snapshot of the store
     /// (never a switch's new instance without the instance).
@@ -430,7 +433,8 @@ pub trait Read {
     }
     /// What the alerts watch across the fleet.
     fn fleet_health(&self, now_ms: i64) -> Result<FleetHealth> {
-        snapshot::fleet_health(self.conn(), now_ms)
+        self.conn()
+            .consistent(|c| snapshot::fleet_health(c, now_ms))
     }
     /// Each group's PRIMARY and its pool's newest hourly price.
     fn primary_prices(&self) -> Result<Vec<PrimaryPrice>> {
@@ -485,7 +489,8 @@ pub trait Read {
         now_ms: i64,
         on_demand: &std::collections::BTreeMap<String, f64>,
     ) -> Result<spot_common::decision::DecisionInput> {
-        decisions::input(self.conn(), group, now_ms, on_demand)
+        self.conn()
+            .consistent(|c| decisions::input(c, group, now_ms, on_demand))
     }
     /// `group`'s price and interruption history, hour by hour, for a
     /// backtest.
