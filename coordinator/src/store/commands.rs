@@ -133,8 +133,9 @@ impl Txn<'_> {
                     spot_common::ids::parse(request_id)
             {
                 self.tx.execute(
-                    "UPDATE instances SET ec2_state = 'terminated' WHERE instance_id = ?1",
-                    [&instance],
+                    "UPDATE instances SET ec2_state = 'terminated', ec2_state_at_ms = ?2
+                     WHERE instance_id = ?1",
+                    params![instance, self.now_ms()],
                 )?;
             }
         }

@@ -6,8 +6,11 @@
 //!   later, finished `done`: the `demote` hook succeeded);
 //! * its agent reported a self-demotion with a successful hook since the
 //!   transition started;
-//! * EC2 reports it `terminated` (a `fence` command finished, or an
-//!   agent's DescribeInstances saw it);
+//! * a `fence` command about it finished `done`, reported by the agent it
+//!   was given to (or the coordinator's executor): EC2 terminated it. An
+//!   agent's DescribeInstances report that it is terminated is no
+//!   evidence (any enrolled instance could send one): it only makes the
+//!   planner look, through a fence command;
 //! * an operator declared it dead during this transition, as one of its
 //!   fence targets, and its agent has not been heard since.
 //!
@@ -24,8 +27,7 @@ use spot_common::{Command, CommandKind, CommandState, ids};
 /// Whether `target` is shown not to serve (see the module docs).
 pub fn fenced(conn: &dyn Conn, target: &FenceTarget, since_ms: i64) -> Result<bool> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM instances WHERE instance_id = ?1 AND ec2_state = 'terminated')
-             OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = ?1
+        "SELECT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = ?1
                           AND i.declared_dead_at_ms >= ?3
                           AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.instance_id = ?1
                                             AND a.last_heartbeat_ms > i.declared_dead_at_ms))

@@ -193,13 +193,13 @@ impl Txn<'_> {
         self.queue(via, &cmd, Some(instance_id))
     }
 
-    /// What an agent of the group saw in EC2.
-    /// Record what EC2 says of a known instance; `false`: the store does
-    /// not know it.
+    /// Record what an agent of the group saw EC2 say of a known instance,
+    /// and when; `false`: the store does not know it.
     pub fn set_ec2_state(&mut self, group: &str, instance_id: &str, state: &str) -> Result<bool> {
         Ok(self.tx.execute(
-            "UPDATE instances SET ec2_state = ?1 WHERE instance_id = ?2 AND group_name = ?3",
-            params![state, instance_id, group],
+            "UPDATE instances SET ec2_state = ?1, ec2_state_at_ms = ?4
+             WHERE instance_id = ?2 AND group_name = ?3",
+            params![state, instance_id, group, self.now_ms()],
         )? == 1)
     }
 

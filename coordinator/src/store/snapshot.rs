@@ -90,7 +90,8 @@ fn instances(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Vec<
                         AND c.created_at_ms > ?2),
                 i.role = 'launching' AND i.created_at_ms < ?3,
                 i.role_epoch,
-                COALESCE(a.registered_at_ms > i.updated_at_ms, 0)
+                COALESCE(a.registered_at_ms > i.updated_at_ms, 0),
+                COALESCE(i.ec2_state_at_ms, 0)
          FROM instances i LEFT JOIN agents a ON a.agent_id = i.agent_id
          -- A stranger (from a launch this store never saw) is only a fence
          -- target until it registers: the planner neither waits for it
@@ -113,6 +114,14 @@ fn instances(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Vec<
                     .unwrap_or_default();
                 let role_epoch = to_u64(r.get(9)?);
                 let registered_after_role: bool = r.get(10)?;
+                // An agent's report that EC2 shows an instance gone, which
+                // its own agent contradicts by being heard since: a lie or
+                // a stale view (any enrolled instance can send one), not
+                // grounds to replace or write it off.
+                let ec2_seen_at_ms: i64 = r.get(11)?;
+                let heard_since = live
+                    .silent_ms
+                    .is_some_and(|s| input.now_ms - s >= ec2_seen_at_ms);
                 Ok(InstanceSnap {
                     instance_id: r.get(0)?,
                     role: parse_enum(1, r.get(1)?)?,
@@ -128,7 +137,7 @@ fn instances(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Vec<
                     }),
                     agent_id: agent,
                     healthy: r.get(5)?,
-                    ec2_gone: r.get(6)?,
+                    ec2_gone: r.get::<bool>(6)? && !heard_since,
                     promote_failed_recently: r.get(7)?,
                     launch_overdue: r.get(8)?,
                 })

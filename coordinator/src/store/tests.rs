@@ -88,6 +88,30 @@ fn report(s: &mut Store, agent: &str, request_id: &str, outcome: CommandOutcome,
     tx(s, 5, |t| t.apply_events(agent, &[ev])).unwrap();
 }
 
+/// EC2 fences `instance`: a fence command (through the coordinator's
+/// executor) finished `done`, the only EC2 report that counts as a fence.
+fn fence_done(s: &mut Store, instance: &str, now: i64) {
+    let g = s.group("g").unwrap();
+    let target = g
+        .transition
+        .as_ref()
+        .and_then(|t| t.fence.iter().find(|f| f.instance_id == instance))
+        .map_or(g.epoch, |f| f.epoch);
+    let attempt = u32::try_from(now % 1000).unwrap() + 1;
+    let rid = tx(s, now, |t| {
+        t.queue_fence("g", g.epoch, instance, target, attempt, None, 60_000)
+    })
+    .unwrap();
+    let body = EventBody::CommandResult {
+        request_id: rid,
+        outcome: CommandOutcome::Done,
+        detail: None,
+        instance_id: None,
+        error_code: None,
+    };
+    tx(s, now, |t| t.command_result(None, &body)).unwrap();
+}
+
 /// The agent of `instance` reports its promote command `done`.
 fn confirm(s: &mut Store, agent: &str, instance: &str, epoch: u64, seq: i64) {
     report(
@@ -225,8 +249,21 @@ fn replacement_fences_the_old_primary_before_promoting() {
             .targets[0]
             .fenced
     );
-    // EC2 says it is terminated: fenced. T2: old -> ZOMBIE, promote(2).
+    // An agent's DescribeInstances report that it is terminated is no
+    // fence (any enrolled instance could send one; the target's own agent
+    // has been heard since)...
     tx(&mut s, 12, |t| t.set_ec2_state("g", "i-p", "terminated")).unwrap();
+    assert!(
+        !snapshot(&s, &["a-p", "a-r1"], 12)
+            .transition
+            .unwrap()
+            .targets[0]
+            .fenced
+    );
+    let err = tx(&mut s, 12, |t| t.grant("g", 2)).unwrap_err();
+    assert!(matches!(err, StoreError::NotFenced(_)), "{err:?}");
+    // ...a fence command that EC2 carried out is. T2: old -> ZOMBIE, promote(2).
+    fence_done(&mut s, "i-p", 12);
     assert!(
         snapshot(&s, &["a-p", "a-r1"], 12)
             .transition
@@ -280,10 +317,7 @@ fn every_grant_gets_its_promote_budget_however_late_it_lands() {
     let (_d, mut s) = store();
     live_group(&mut s);
     tx(&mut s, 10_000, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
-    tx(&mut s, 90_000, |t| {
-        t.set_ec2_state("g", "i-p", "terminated")
-    })
-    .unwrap();
+    fence_done(&mut s, "i-p", 90_000);
     tx(&mut s, 90_000, |t| t.grant("g", 2)).unwrap();
     assert_eq!(promote_deadline(&mut s, "a-r1", 90_001), 90_000 + 25_000);
 
@@ -299,10 +333,7 @@ fn every_grant_gets_its_promote_budget_however_late_it_lands() {
         })
     })
     .unwrap();
-    tx(&mut s, 40_000, |t| {
-        t.set_ec2_state("g", "i-p", "terminated")
-    })
-    .unwrap();
+    fence_done(&mut s, "i-p", 40_000);
     tx(&mut s, 40_000, |t| t.grant("g", 2)).unwrap();
     assert_eq!(promote_deadline(&mut s, "a-r1", 40_001), 40_000 + 25_000);
 
@@ -330,10 +361,7 @@ fn every_grant_gets_its_promote_budget_however_late_it_lands() {
         })
     })
     .unwrap();
-    tx(&mut s, 12_000, |t| {
-        t.set_ec2_state("g", "i-p", "terminated")
-    })
-    .unwrap();
+    fence_done(&mut s, "i-p", 12_000);
     tx(&mut s, 12_000, |t| t.grant("g", 2)).unwrap();
     assert_eq!(promote_deadline(&mut s, "a-r1", 12_001), 30_000);
 }
@@ -582,7 +610,7 @@ fn a_waiting_transition_says_why_and_may_be_aborted_before_any_grant() {
     let (_d, mut s) = store();
     live_group(&mut s);
     tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
-    tx(&mut s, 11, |t| t.set_ec2_state("g", "i-p", "terminated")).unwrap();
+    fence_done(&mut s, "i-p", 11);
     tx(&mut s, 11, |t| t.grant("g", 2)).unwrap();
     let st = s.transition_status("g").unwrap().unwrap();
     assert!(!st.abortable);
@@ -763,7 +791,7 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     );
     let refused = tx(&mut s, 130, |t| t.grant("g", e)).unwrap_err();
     assert!(matches!(refused, StoreError::NotFenced(_)), "{refused:?}");
-    tx(&mut s, 140, |t| t.set_ec2_state("g", "i-r2", "terminated")).unwrap();
+    fence_done(&mut s, "i-r2", 140);
     // Fenced, but EC2's view of the group since the start is not in: an
     // instance the copy never heard of may still serve.
     assert!(tx(&mut s, 141, |t| t.grant("g", e)).is_err());
@@ -777,10 +805,7 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     tx(&mut s, 143, |t| t.grant("g", e)).unwrap();
     let t = s.group("g").unwrap().transition.unwrap();
     assert_eq!((t.phase, t.fence.len()), (Phase::Demoting, 3), "{t:?}");
-    tx(&mut s, 144, |t| {
-        t.set_ec2_state("g", "i-stranger", "terminated")
-    })
-    .unwrap();
+    fence_done(&mut s, "i-stranger", 144);
     tx(&mut s, 145, |t| t.grant("g", e)).unwrap();
     assert_eq!(
         s.group("g").unwrap().transition.unwrap().phase,
@@ -1793,4 +1818,37 @@ fn an_instance_whose_launch_result_was_lost_is_adopted_and_then_failed() {
         "{:?}",
         t.fence
     );
+}
+
+#[test]
+fn an_ec2_report_its_own_agent_contradicts_writes_nothing_off() {
+    // Any enrolled agent can say a group's instance is terminated. While
+    // that instance's agent is heard after the report, the planner sees
+    // it as there (no replacement, no write-off); once its agent has been
+    // silent since the report, gone.
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    tx(&mut s, 1_000, |t| {
+        t.set_ec2_state("g", "i-r1", "terminated")
+    })
+    .unwrap();
+    let gone = |s: &Store, silent_ms: i64| {
+        let mut input = SnapshotInput {
+            now_ms: 3_000,
+            launch_timeout_ms: 300_000,
+            ..SnapshotInput::default()
+        };
+        input.agents.insert(
+            "a-r1".into(),
+            AgentLive {
+                online: true,
+                silent_ms: Some(silent_ms),
+                reported: None,
+            },
+        );
+        let snap = s.group_snapshot("g", &input).unwrap();
+        snap.instance("i-r1").unwrap().ec2_gone
+    };
+    assert!(!gone(&s, 500), "heard 1.5 s after the report");
+    assert!(gone(&s, 2_500), "silent since before the report");
 }

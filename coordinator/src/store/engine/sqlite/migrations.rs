@@ -303,6 +303,13 @@ const STEPS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN stranger INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE groups ADD COLUMN ec2_seen_at_ms INTEGER;
     "#,
+    // 10 -> 11: when an agent last reported an instance's EC2 state (a
+    // report its own agent contradicts by speaking later is no evidence);
+    // enrollment tokens scoped to one group.
+    r#"
+    ALTER TABLE instances ADD COLUMN ec2_state_at_ms INTEGER;
+    ALTER TABLE tokens ADD COLUMN enroll_group TEXT;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
