@@ -283,6 +283,8 @@ pub mod fake {
         /// The clock a poll answers with (`sent_at_ms`); None, as a
         /// coordinator of the previous release.
         pub clock_ms: Mutex<Option<i64>>,
+        /// Grants every poll answers with, by request id.
+        pub grants: Mutex<std::collections::BTreeMap<String, String>>,
         pub events: Mutex<Vec<Event>>,
         pub registrations: Mutex<u32>,
     }
@@ -314,6 +316,7 @@ pub mod fake {
                 heartbeats: Mutex::default(),
                 commands: Mutex::default(),
                 clock_ms: Mutex::default(),
+                grants: Mutex::default(),
                 events: Mutex::default(),
                 registrations: Mutex::default(),
             }
@@ -383,6 +386,7 @@ pub mod fake {
             Ok(PollResponse {
                 commands: cmds,
                 sent_at_ms: *lock(&self.clock_ms),
+                grants: lock(&self.grants).clone(),
             })
         }
 

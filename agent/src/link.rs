@@ -14,7 +14,7 @@ use crate::client::LinkError;
 use crate::journal::{Accept, Creds, JournalError};
 use crate::lease::{self, Verdict};
 use spot_common::retry::{COORDINATOR_LINK, COORDINATOR_RECONNECT};
-use spot_common::wire::{HeartbeatRequest, RegisterRequest};
+use spot_common::wire::{HeartbeatRequest, PollResponse, RegisterRequest};
 use spot_common::{Command, Role};
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,9 +160,15 @@ pub async fn beat(
     failing: &mut bool,
 ) -> Result<(), Stop> {
     let (healthy, detail) = agent.config.health.check(&agent.http).await;
-    let (highest_epoch, backlog) = agent
+    // The grant of the command that raised the highest epoch: a store that
+    // is behind (restored from an older copy) converges only to epochs it
+    // can recognise as its own.
+    let (highest_epoch, backlog, grant) = agent
         .journal
-        .call(|j| Ok((j.highest_epoch()?, j.backlog()?)))
+        .call(|j| {
+            let highest = j.highest_epoch()?;
+            Ok((highest, j.backlog()?, j.grant(highest)?))
+        })
         .await?;
     let sent = agent.role();
     let req = HeartbeatRequest {
@@ -173,6 +179,7 @@ pub async fn beat(
         healthy,
         health_detail: detail,
         backlog,
+        grant,
     };
     // The lease runs from when the renewal was sent, not from when the
     // answer came: the coordinator's clock for it starts later.
@@ -246,10 +253,7 @@ async fn poll_loop(agent: &Agent, creds: &Creds, lanes: &Lanes) -> Result<(), St
         {
             Ok(answer) => {
                 delays = spot_runtime::retry::delays(COORDINATOR_RECONNECT);
-                // Deadlines become budgets measured from now on our clock.
-                for cmd in answer.into_local(agent.now_ms()) {
-                    offer(agent, cmd, lanes).await?;
-                }
+                deliver(agent, answer, lanes).await?;
             }
             Err(e) if e.identity_lost() => return Err(e.into()),
             Err(e) => {
@@ -259,6 +263,24 @@ async fn poll_loop(agent: &Agent, creds: &Creds, lanes: &Lanes) -> Result<(), St
             }
         }
     }
+}
+
+/// Offer each command of a poll's answer, keeping the grant of a role
+/// change first (the next heartbeat shows it).
+async fn deliver(agent: &Agent, mut answer: PollResponse, lanes: &Lanes) -> Result<(), Stop> {
+    let grants = std::mem::take(&mut answer.grants);
+    // Deadlines become budgets measured from now on our clock.
+    for cmd in answer.into_local(agent.now_ms()) {
+        if let Some(grant) = grants.get(&cmd.request_id) {
+            let (epoch, grant, now) = (cmd.epoch, grant.clone(), agent.now_ms());
+            agent
+                .journal
+                .call(move |j| j.keep_grant(epoch, &grant, now))
+                .await?;
+        }
+        offer(agent, cmd, lanes).await?;
+    }
+    Ok(())
 }
 
 /// Journal a command before anything else (raising the highest epoch for
@@ -363,6 +385,45 @@ mod tests {
         let hb = t.coordinator.heartbeats.lock().unwrap();
         let last = hb.last().unwrap();
         assert_eq!((last.role, last.role_epoch), (Some(Role::Primary), 3));
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_shows_the_grant_of_the_highest_epoch() {
+        let t = agent(RoleState::default());
+        let (l, mut urgent, _) = lanes();
+        let cmd = |rid: &str, action, epoch| Command {
+            request_id: rid.into(),
+            group: "g".into(),
+            action,
+            priority: 100,
+            epoch,
+            deadline_ms: 2_000_000,
+        };
+        let promote = spot_common::CommandKind::Promote {
+            promotion: Default::default(),
+            address_from: Vec::new(),
+        };
+        // Nothing seen yet: no grant.
+        beat(&t.agent, &creds(), &l, &mut false).await.unwrap();
+        let mut answer = PollResponse::new(vec![cmd("p4", promote, 4)], 1_000_000);
+        answer.grants.insert("p4".into(), "g1.k.1.ab".into());
+        deliver(&t.agent, answer, &l).await.unwrap();
+        assert!(matches!(urgent.try_recv(), Ok(Job::Command(_))));
+        beat(&t.agent, &creds(), &l, &mut false).await.unwrap();
+        // A higher epoch that came without one (a coordinator of the
+        // previous release): none, not the older grant.
+        let answer = PollResponse::new(
+            vec![cmd("d5", spot_common::CommandKind::Demote, 5)],
+            1_000_000,
+        );
+        deliver(&t.agent, answer, &l).await.unwrap();
+        beat(&t.agent, &creds(), &l, &mut false).await.unwrap();
+        let hb = t.coordinator.heartbeats.lock().unwrap();
+        let shown: Vec<(u64, Option<&str>)> = hb
+            .iter()
+            .map(|h| (h.highest_epoch, h.grant.as_deref()))
+            .collect();
+        assert_eq!(shown, [(0, None), (4, Some("g1.k.1.ab")), (5, None)]);
     }
 
     #[tokio::test(start_paused = true)]

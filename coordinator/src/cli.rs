@@ -43,6 +43,11 @@ pub enum Command {
     /// at once.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The key that signs every promote's grant (`<data_dir>/grant.keys`,
+    /// never in the store): a PRIMARY a restored store does not know is
+    /// adopted only with a grant made under one of these keys.
+    #[command(subcommand)]
+    GrantKey(GrantKeyCmd),
     /// Replay the stored prices and interruption history of every group
     /// (or one) through the built-in model, against always staying and
     /// always moving to the cheapest pool: what the optimizer would have
@@ -185,6 +190,43 @@ pub enum TokenCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub enum GrantKeyCmd {
+    /// Put a new signing key first and keep the previous ones (grants made
+    /// under them still verify; the oldest beyond three is dropped). The
+    /// running coordinator signs with the new key from its next start.
+    Rotate {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// The ids of the keys held, the signing one first.
+    List {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+fn grant_key(cmd: GrantKeyCmd) -> anyhow::Result<()> {
+    use crate::grants::GrantKeys;
+    match cmd {
+        GrantKeyCmd::Rotate { serve } => {
+            let config = Config::load(&serve)?;
+            let id = GrantKeys::rotate(&config.data_dir)?;
+            eprintln!(
+                "new grant key {id} signs from the coordinator's next start; the previous keys still verify"
+            );
+            println!("{id}");
+        }
+        GrantKeyCmd::List { serve } => {
+            let config = Config::load(&serve)?;
+            for id in GrantKeys::load_or_create(&config.data_dir)?.ids() {
+                println!("{id}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn token(cmd: TokenCmd) -> anyhow::Result<()> {
     use crate::store::Read;
     match cmd {
@@ -223,6 +265,7 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Token(cmd) => token(cmd),
+        Command::GrantKey(cmd) => grant_key(cmd),
         Command::Backtest {
             since,
             group,

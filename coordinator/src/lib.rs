@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod export;
+pub mod grants;
 pub mod live;
 pub mod metrics;
 pub mod state;

@@ -40,6 +40,9 @@ struct AgentLive {
     /// The kind of disagreement between its report and the store, last
     /// seen (so each is counted and audited once).
     disagreement: Option<&'static str>,
+    /// The epoch of a PRIMARY claim refused for want of a valid grant:
+    /// refused (and audited) once, not at every heartbeat.
+    refused_claim: Option<u64>,
     /// Wakes the agent's long-poll when a command is queued.
     notify: Arc<Notify>,
     /// Past LAUNCHING: no need to ask the store on each healthy heartbeat.
@@ -107,6 +110,7 @@ impl Live {
             report: None,
             backlog: 0,
             disagreement: None,
+            refused_claim: None,
             notify: Arc::new(Notify::new()),
             settled: false,
         });
@@ -185,6 +189,16 @@ impl Live {
         let changed = a.disagreement != kind;
         a.disagreement = kind;
         changed && kind.is_some()
+    }
+
+    /// Remember that the agent's PRIMARY claim at `epoch` was refused;
+    /// true when it was not refused at that epoch already.
+    pub fn refuse_claim(&self, agent_id: &str, epoch: u64) -> bool {
+        let mut g = self.write();
+        let Some(a) = g.agents.get_mut(agent_id) else {
+            return false;
+        };
+        a.refused_claim.replace(epoch) != Some(epoch)
     }
 
     pub fn mark_settled(&self, agent_id: &str) {

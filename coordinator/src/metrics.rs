@@ -45,6 +45,7 @@ pub struct Metrics {
     pub promotions: Family<OutcomeLabel, Counter>,
     pub consolidations: Counter,
     pub convergences: Counter,
+    pub claims_refused: Counter,
     pub disagreements: Family<KindLabel, Counter>,
     pub shed: Family<KindLabel, Counter>,
     pub fences: Family<OutcomeLabel, Counter>,
@@ -170,6 +171,12 @@ impl Metrics {
                 r,
                 "epoch_convergences",
                 "Times the store was behind an agent's epoch (restored or stale store) and converged",
+                Counter::default(),
+            ),
+            claims_refused: metric(
+                r,
+                "primary_claims_refused",
+                "PRIMARY claims refused because the agent showed no valid grant (forged or foreign epoch)",
                 Counter::default(),
             ),
             disagreements: metric(

@@ -777,3 +777,149 @@ async fn bulk_terminate_refuses_what_it_cannot_do_and_changes_nothing() {
     assert_eq!(v["instances"][0]["action"], "skip", "{v}");
     assert_eq!(snapshot(&api, &c).await, before, "nothing changed");
 }
+
+async fn claim(api: &Api, a: &Agent, instance: &str, epoch: u64, grant: Option<&str>) -> Value {
+    let mut body = json!({"instance_id": instance, "role": "primary", "role_epoch": epoch,
+                          "highest_epoch": epoch, "healthy": true, "backlog": 0});
+    if let Some(g) = grant {
+        body["grant"] = json!(g);
+    }
+    let (st, v) = api
+        .post(&format!("/v1/agents/{}/heartbeat", a.id), &a.token, &body)
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v
+}
+
+async fn primary_of(api: &Api, c: &Coordinator) -> Value {
+    let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
+    g["primary"].clone()
+}
+
+/// A forger holding the enrollment token (every instance's user data has
+/// it) registers as an instance of the group and claims PRIMARY at an
+/// epoch above the store's: without, with another instance's, or with a
+/// made-up grant. Each is refused with its code and audited; the real
+/// PRIMARY keeps its lease. A store restored from a copy older than the
+/// real PRIMARY's promotion still adopts it by its grant.
+#[tokio::test]
+async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Coordinator::start(dir.path(), &[]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    let real = register(&api, &c, "i-1", "db").await;
+    let forger = register(&api, &c, "i-2", "db").await;
+    heartbeat(&api, &real, "i-1").await;
+    heartbeat(&api, &forger, "i-2").await;
+    let backup = dir.path().join("before-promotion.db");
+    c.back_up_store(&backup).unwrap();
+
+    let (st, v) = api
+        .post(
+            "/v1/groups/db/promote",
+            &c.admin_token,
+            &json!({"instance_id": "i-1", "expected_epoch": 0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, polled) = api
+        .get(
+            &format!("/v1/agents/{}/commands?wait_ms=5000", real.id),
+            &real.token,
+        )
+        .await
+        .unwrap();
+    let rid = polled["commands"][0]["request_id"].as_str().unwrap();
+    let grant = polled["grants"][rid]
+        .as_str()
+        .expect("a promote comes with its grant");
+    assert!(grant.starts_with("g1."), "{grant}");
+    let done = json!({"events": [{"event_id": format!("{}:1", real.id), "seq": 1, "at_ms": 1,
+        "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]});
+    api.post(
+        &format!("/v1/agents/{}/events", real.id),
+        &real.token,
+        &done,
+    )
+    .await
+    .unwrap();
+    spot_tests::harness::eventually("the promotion commits", Duration::from_secs(10), || async {
+        (primary_of(&api, &c).await == "i-1").then_some(())
+    })
+    .await
+    .unwrap();
+
+    let made_up = format!("g1.deadbeef.1.{}", "00".repeat(32));
+    for (epoch, shown, code) in [
+        (2u64, None, "grant_missing"),
+        (3, Some(grant), "grant_bad_mac"),
+        (4, Some(made_up.as_str()), "grant_unknown_key"),
+        (5, Some("not-a-grant"), "grant_malformed"),
+    ] {
+        let v = claim(&api, &forger, "i-2", epoch, shown).await;
+        assert_eq!(
+            (v["role"].as_str(), v["lease_ms"].as_u64()),
+            (Some("replica"), Some(0)),
+            "{code}: {v}"
+        );
+        assert_eq!(primary_of(&api, &c).await, "i-1", "{code}");
+        let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
+        assert_eq!(g["epoch"], 1, "{code}: a forged epoch moves nothing");
+        let (_, trail) = api
+            .get("/v1/audit?entity=instance:i-2", &c.admin_token)
+            .await
+            .unwrap();
+        assert!(
+            trail
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "claim_refused"
+                    && e["post_state"]["code"] == code
+                    && e["post_state"]["claimed_epoch"] == epoch),
+            "{code} audited: {trail}"
+        );
+    }
+    // The real PRIMARY is untouched: leased at its epoch.
+    let v = claim(&api, &real, "i-1", 1, Some(grant)).await;
+    assert!(v["lease_ms"].as_u64().unwrap() > 0, "{v}");
+    let (_, m) = api.call(Method::GET, "/metrics", None, None).await.unwrap();
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains("spot_coordinator_primary_claims_refused_total 4"),
+        "{m}"
+    );
+
+    // The store is restored from the copy taken before the promotion: the
+    // forger speaks first, showing the real PRIMARY's grant for its own
+    // epoch, and is refused (a grant names its instance); the real
+    // PRIMARY's grant (the key lives in the data directory, not in the
+    // store) is adopted.
+    c.restore_store(&backup).unwrap();
+    c.start_again().unwrap();
+    let api = c.api();
+    claim(&api, &forger, "i-2", 1, Some(grant)).await;
+    assert_eq!(primary_of(&api, &c).await, Value::Null);
+    let (_, trail) = api
+        .get("/v1/audit?entity=instance:i-2", &c.admin_token)
+        .await
+        .unwrap();
+    assert!(
+        trail
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "claim_refused"
+                && e["post_state"]["code"] == "grant_bad_mac"
+                && e["post_state"]["claimed_epoch"] == 1),
+        "a stolen grant is refused: {trail}"
+    );
+    let v = claim(&api, &real, "i-1", 1, Some(grant)).await;
+    assert_eq!(primary_of(&api, &c).await, "i-1", "{v}");
+    let v = claim(&api, &real, "i-1", 1, Some(grant)).await;
+    assert!(v["lease_ms"].as_u64().unwrap() > 0, "{v}");
+}

@@ -284,6 +284,37 @@ impl Journal {
         Ok(rows)
     }
 
+    /// Keep the grant that came with the role change at `epoch` (the last
+    /// few only: a heartbeat shows the one of the highest epoch).
+    pub fn keep_grant(&mut self, epoch: u64, grant: &str, now_ms: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO grants (epoch, value, received_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (epoch) DO UPDATE SET value = excluded.value,
+                 received_at_ms = excluded.received_at_ms",
+            params![to_i64(epoch), grant, now_ms],
+        )?;
+        tx.execute(
+            "DELETE FROM grants WHERE epoch NOT IN
+                 (SELECT epoch FROM grants ORDER BY epoch DESC LIMIT 8)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The grant of the role change at `epoch`, if one came with it.
+    pub fn grant(&self, epoch: u64) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM grants WHERE epoch = ?1",
+                [to_i64(epoch)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     pub fn highest_epoch(&self) -> Result<u64> {
         let v: Option<i64> = self
             .conn

@@ -116,6 +116,14 @@ const STEPS: &[&str] = &[
         WHERE role IN ('primary', 'zombie');
     DROP TABLE identity;
 "#,
+    // 2 -> 3: the grants of promotes, shown in a PRIMARY's heartbeats.
+    r#"
+    CREATE TABLE grants (
+        epoch          INTEGER PRIMARY KEY,
+        value          TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL
+    ) STRICT;
+"#,
 ];
 
 pub struct Journal {

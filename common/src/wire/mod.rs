@@ -7,6 +7,7 @@
 use crate::command::{Command, CommandState, Event, NoticeKind};
 use crate::types::{AgentStatus, GroupConfig, Phase, Pool, PoolKey, Role, SwitchState};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 mod pricing;
 
@@ -66,6 +67,13 @@ pub struct HeartbeatRequest {
     pub health_detail: Option<String>,
     /// Events journaled but not yet acknowledged.
     pub backlog: u64,
+    /// For a PRIMARY: the grant the coordinator signed with the promote
+    /// that made it one ([`PollResponse::grants`]). A store that does not
+    /// know this PRIMARY (restored from an older copy) adopts it only when
+    /// the grant verifies. Coordinators before 0.3 refuse the field:
+    /// upgrade the coordinator before the agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +110,11 @@ pub struct PollResponse {
     /// deadlines are taken as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at_ms: Option<i64>,
+    /// The grant of each `promote` among the commands, by request id: a
+    /// MAC over (group, epoch, instance, issue time) under the
+    /// coordinator's key, shown back in the new PRIMARY's heartbeats.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grants: BTreeMap<String, String>,
 }
 
 impl PollResponse {
@@ -109,6 +122,7 @@ impl PollResponse {
         PollResponse {
             commands,
             sent_at_ms: Some(sent_at_ms),
+            grants: BTreeMap::new(),
         }
     }
 

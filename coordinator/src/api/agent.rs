@@ -2,6 +2,7 @@
 //! and `Enrolled` extractors) before it reads the body.
 
 use super::{AgentCaller, ApiError, ApiJson, ApiQuery, Enrolled};
+use crate::grants::Grant;
 use crate::state::AppState;
 use crate::store::{Ctx, HeartbeatRecord, Read, Reported, RoleOf};
 use axum::Json;
@@ -13,7 +14,8 @@ use spot_common::wire::{
     MAX_POLL_WAIT_MS, MAX_PRICE_POINTS, PollResponse, PricingRequest, PricingResponse,
     RegisterRequest, RegisterResponse,
 };
-use spot_common::{Actor, AgentStatus, EventBody, NoticeKind, Role};
+use spot_common::{Actor, AgentStatus, Command, EventBody, NoticeKind, Role};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,17 +116,37 @@ pub async fn heartbeat(
     let mut r = state.db.read(move |s| s.agent_role(&id)).await?;
     // A PRIMARY claim at the group's epoch that the store does not answer
     // as PRIMARY: after a restore, another agent's report may have raised
-    // the epoch first; the claim still wins (converge decides).
+    // the epoch first; the claim still wins (converge decides), if it
+    // shows the grant this coordinator signed for it.
     let unknown_claim = req.role == Some(Role::Primary)
         && req.role_epoch == req.highest_epoch
         && req.role_epoch >= r.epoch
         && r.answer().0 != Role::Primary;
-    if req.highest_epoch > r.epoch || unknown_claim {
+    // The grant of the command that raised the agent's highest epoch: a
+    // store behind the agent converges only to an epoch it signed.
+    let proof = state
+        .grant_keys
+        .verify(
+            req.grant.as_deref(),
+            &r.group,
+            req.highest_epoch,
+            &r.instance_id,
+        )
+        .map(|_| ());
+    let behind = req.highest_epoch > r.epoch;
+    // A report refused once is not audited again at every heartbeat.
+    let refusal = (behind || unknown_claim) && proof.is_err();
+    let first_refusal = refusal && state.live.refuse_claim(&agent_id, req.highest_epoch);
+    if first_refusal {
+        state.metrics.claims_refused.inc();
+    }
+    if (behind || unknown_claim) && (!refusal || first_refusal) {
         // The store is behind an agent: restored from an older copy.
         let reported = Reported {
             role: req.role,
             role_epoch: req.role_epoch,
             highest_epoch: req.highest_epoch,
+            proof,
         };
         let instance = r.instance_id.clone();
         let ctx = Ctx::new(now, Actor::Agent(agent_id.clone()));
@@ -279,7 +301,9 @@ pub async fn poll_commands(
                 .await?
                 .value;
             if !commands.is_empty() {
-                return Ok(Json(PollResponse::new(commands, crate::state::now_ms())));
+                let mut answer = PollResponse::new(commands, crate::state::now_ms());
+                answer.grants = sign_grants(&state, &agent_id, &answer.commands, now);
+                return Ok(Json(answer));
             }
         }
         if state.live.status(&agent_id).is_none() {
@@ -295,6 +319,33 @@ pub async fn poll_commands(
             }
         }
     }
+}
+
+/// The grant of each role change among `commands`: what the agent shows
+/// in its heartbeats for the highest epoch it holds, so that a store that
+/// is behind it recognises the epoch as its own.
+fn sign_grants(
+    state: &AppState,
+    agent_id: &str,
+    commands: &[Command],
+    now_ms: i64,
+) -> BTreeMap<String, String> {
+    let Some(instance) = state.live.instance_of(agent_id) else {
+        return BTreeMap::new();
+    };
+    commands
+        .iter()
+        .filter(|c| c.action.is_role_change())
+        .map(|c| {
+            let grant = state.grant_keys.sign(&Grant {
+                group: &c.group,
+                epoch: c.epoch,
+                instance: &instance,
+                issued_ms: now_ms,
+            });
+            (c.request_id.clone(), grant)
+        })
+        .collect()
 }
 
 pub async fn events(

@@ -54,6 +54,8 @@ pub struct AppState {
     pub streams: StreamCounts,
     /// Shedding of agent requests under overload.
     pub admission: admission::Admission,
+    /// Signs the grant of every promote, verifies a PRIMARY's claim.
+    pub grant_keys: crate::grants::GrantKeys,
 }
 
 /// Unix milliseconds: what is wall time by nature (stored timestamps,
@@ -142,6 +144,8 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         config.enrollment_token.as_deref(),
     )?;
     let admin = resolve_token(&config.data_dir, "admin", config.admin_token.as_deref())?;
+    let grant_keys = crate::grants::GrantKeys::load_or_create(&config.data_dir)
+        .context("loading the grant keys")?;
     let db_path = config.data_dir.join("coordinator.db");
     let db = Db::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
     // Not serving yet: reading on this thread blocks nobody.
@@ -163,6 +167,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         events: Feed::new(FEED_BUFFER),
         streams: StreamCounts::default(),
         admission: admission::Admission::default(),
+        grant_keys,
         config,
         db,
     }))

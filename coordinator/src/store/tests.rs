@@ -650,6 +650,7 @@ fn a_store_behind_an_agent_converges_to_it() {
                 role: Some(Role::Primary),
                 role_epoch: 5,
                 highest_epoch: 5,
+                proof: Ok(()),
             },
         )
     })
@@ -668,6 +669,7 @@ fn a_store_behind_an_agent_converges_to_it() {
                 role: Some(Role::Replica),
                 role_epoch: 0,
                 highest_epoch: 5,
+                proof: Ok(()),
             },
         )
     })
@@ -684,11 +686,13 @@ fn a_restored_store_adopts_the_real_primary_whichever_agent_speaks_first() {
         role: Some(Role::Replica),
         role_epoch: 5,
         highest_epoch: 5,
+        proof: Ok(()),
     };
     let primary = Reported {
         role: Some(Role::Primary),
         role_epoch: 5,
         highest_epoch: 5,
+        proof: Ok(()),
     };
     for order in [["i-p", "i-r1"], ["i-r1", "i-p"]] {
         let (_d, mut s) = store();
@@ -718,6 +722,68 @@ fn a_restored_store_adopts_the_real_primary_whichever_agent_speaks_first() {
             assert!(!tx(&mut s, 20, |t| t.converge_epoch("i-r2", r)).unwrap());
         }
         assert_eq!(table_counts(&s), before);
+    }
+}
+
+#[test]
+fn a_primary_claim_without_a_valid_grant_is_refused_and_audited() {
+    use crate::grants::GrantError;
+    // A forger (or a misconfigured instance) claims PRIMARY above the
+    // store's: without the coordinator's grant the store's PRIMARY stays.
+    for err in [
+        GrantError::Missing,
+        GrantError::BadMac,
+        GrantError::UnknownKey,
+    ] {
+        let (_d, mut s) = store();
+        live_group(&mut s);
+        let forged = Reported {
+            role: Some(Role::Primary),
+            role_epoch: 2,
+            highest_epoch: 2,
+            proof: Err(err),
+        };
+        tx(&mut s, 10, |t| t.converge_epoch("i-r1", forged)).unwrap();
+        let g = s.group("g").unwrap();
+        assert_eq!(g.primary.as_deref(), Some("i-p"), "{err:?}");
+        assert_eq!(s.instance("i-p").unwrap().role, Role::Primary);
+        assert_eq!(s.instance("i-r1").unwrap().role, Role::Replica);
+        let refused = s
+            .audit_log(&AuditQuery {
+                entity: Some("instance:i-r1".into()),
+                ..AuditQuery::default()
+            })
+            .unwrap()
+            .into_iter()
+            .find(|a| a.action == "claim_refused")
+            .expect("the refusal is audited");
+        assert_eq!(refused.post_state["code"], err.code());
+        // Nor can a forged epoch alone move the store (it would abandon a
+        // transition, and outbid the real PRIMARY's claim after a restore).
+        let epoch = s.group("g").unwrap().epoch;
+        let before = table_counts(&s);
+        let raised = Reported {
+            role: Some(Role::Replica),
+            role_epoch: 0,
+            highest_epoch: 1_000,
+            proof: Err(err),
+        };
+        assert!(!tx(&mut s, 10, |t| t.converge_epoch("i-r2", raised)).unwrap());
+        assert_eq!(s.group("g").unwrap().epoch, epoch);
+        assert_eq!(
+            table_counts(&s)[5],
+            before[5] + 1,
+            "only the refusal is written"
+        );
+        // The same claim with a grant that verifies is adopted.
+        let proven = Reported {
+            proof: Ok(()),
+            role_epoch: 3,
+            highest_epoch: 3,
+            ..forged
+        };
+        tx(&mut s, 11, |t| t.converge_epoch("i-r1", proven)).unwrap();
+        assert_eq!(s.group("g").unwrap().primary.as_deref(), Some("i-r1"));
     }
 }
 
@@ -1391,6 +1457,7 @@ fn zombies_expire_after_their_retention_and_bulk_terminate_takes_only_zombies_an
         role: Some(Role::Primary),
         role_epoch: 5,
         highest_epoch: 5,
+        proof: Ok(()),
     };
     tx(&mut s, 10, |t| t.converge_epoch("i-r1", reported)).unwrap();
     assert_eq!(s.instance("i-p").unwrap().role, Role::Zombie);

@@ -5,8 +5,15 @@
 //! is abandoned (it belongs to the stale world; its commands are refused
 //! as stale by agents anyway), and an agent that reports PRIMARY at the
 //! reported epoch becomes the store's PRIMARY. Audited as `converged`.
+//!
+//! Only with proof: the agent shows the grant this coordinator signed with
+//! the command that gave it its highest epoch (`crate::grants`). A report
+//! without one changes nothing and is audited as `claim_refused`: an
+//! instance can neither forge an epoch nor claim a PRIMARY it was not
+//! granted.
 
 use super::super::{Read, Result, Txn, to_i64};
+use crate::grants::GrantError;
 use crate::store::audit::Entity;
 use crate::store::engine::{ConnExt, params};
 use serde_json::json;
@@ -18,6 +25,16 @@ pub struct Reported {
     pub role: Option<Role>,
     pub role_epoch: u64,
     pub highest_epoch: u64,
+    /// Whether the grant the agent showed verifies for its group, its
+    /// highest epoch and its instance.
+    pub proof: std::result::Result<(), GrantError>,
+}
+
+impl Reported {
+    /// Claims PRIMARY at the highest epoch it has seen.
+    fn claims_primary(&self) -> bool {
+        self.role == Some(Role::Primary) && self.role_epoch == self.highest_epoch
+    }
 }
 
 impl Txn<'_> {
@@ -36,13 +53,31 @@ impl Txn<'_> {
         // epoch, with no transition of the store's own under way: the store
         // lost it (a restored copy that another agent's report already
         // raised to this epoch). It wins whichever heartbeat came first.
-        let claims_primary = reported.role == Some(Role::Primary)
-            && reported.role_epoch == reported.highest_epoch
-            && g.primary.as_deref() != Some(instance)
+        let claim = reported.claims_primary()
             && reported.role_epoch >= g.epoch
-            && reported.role_epoch > primary_epoch
-            && g.transition.is_none();
-        if reported.highest_epoch <= g.epoch && !claims_primary {
+            && reported.role_epoch > primary_epoch;
+        let stranger = g.primary.as_deref() != Some(instance);
+        let behind = reported.highest_epoch > g.epoch;
+        // An epoch the store has not seen, or a PRIMARY it does not know:
+        // only with the grant this coordinator signed for it (a forged
+        // epoch would abandon transitions, block the real PRIMARY's claim
+        // or make a stranger PRIMARY).
+        if (behind || (claim && stranger))
+            && let Err(e) = reported.proof
+        {
+            self.audit(
+                Entity::Instance(instance),
+                "claim_refused",
+                &json!({"epoch": g.epoch, "primary": g.primary}),
+                &json!({"code": e.code(), "reason": e.to_string(),
+                       "role": reported.role, "claimed_epoch": reported.highest_epoch}),
+            )?;
+            tracing::warn!(group = %g.name, instance, epoch = reported.highest_epoch, code = e.code(),
+                "an epoch or PRIMARY claim without a valid grant: refused");
+            return Ok(false);
+        }
+        let claims_primary = claim && stranger && g.transition.is_none();
+        if !behind && !claims_primary {
             return Ok(false);
         }
         let before = json!({"epoch": g.epoch, "primary": g.primary, "transition": g.transition});
@@ -56,11 +91,7 @@ impl Txn<'_> {
         }
         self.write_transition(&g.name, None, reported.highest_epoch.max(g.epoch))?;
         let mut adopted = false;
-        if reported.role == Some(Role::Primary)
-            && reported.role_epoch == reported.highest_epoch
-            && reported.role_epoch >= g.epoch
-            && reported.role_epoch > primary_epoch
-        {
+        if claim {
             if let Some(other) = g.primary.as_deref().filter(|p| *p != instance) {
                 self.role_event(other, RoleEvent::Demote)?;
             }
