@@ -164,24 +164,35 @@ pub enum ExportFormat {
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
-    /// Create a token for a person or a system; the audit log records its
-    /// name on every change made with it.
+    /// Create a token for a person or a system (`--role`); the audit log
+    /// records its name on every change made with it. Or, with `--enroll
+    /// --group NAME`, an enrollment token for one group's user data: an
+    /// agent registering with it can join that group only.
     Create {
         /// 1-64 characters of [A-Za-z0-9._-], e.g. ops-oncall.
         #[arg(long)]
         name: String,
         /// admin (everything) or viewer (read only).
-        #[arg(long)]
-        role: spot_common::TokenRole,
+        #[arg(long, required_unless_present = "enroll", conflicts_with = "enroll")]
+        role: Option<spot_common::TokenRole>,
+        /// An enrollment token scoped to `--group`, not an operator token.
+        #[arg(long, requires = "group")]
+        enroll: bool,
+        /// The one group an `--enroll` token registers agents in.
+        #[arg(long, requires = "enroll")]
+        group: Option<String>,
         #[command(flatten)]
         serve: ServeArgs,
     },
     /// The named tokens, their roles, and which are revoked.
     List {
+        /// The group-scoped enrollment tokens instead.
+        #[arg(long)]
+        enroll: bool,
         #[command(flatten)]
         serve: ServeArgs,
     },
-    /// Revoke a token: it stops working at once.
+    /// Revoke a token of either kind: it stops working at once.
     Revoke {
         #[arg(long)]
         name: String,
@@ -230,23 +241,43 @@ fn grant_key(cmd: GrantKeyCmd) -> anyhow::Result<()> {
 fn token(cmd: TokenCmd) -> anyhow::Result<()> {
     use crate::store::Read;
     match cmd {
-        TokenCmd::Create { name, role, serve } => {
+        TokenCmd::Create {
+            name,
+            role,
+            enroll: _,
+            group,
+            serve,
+        } => {
             let (db, _) = offline(&serve)?;
             let token = crate::state::random_token();
             let hash = spot_common::token_hash(&token);
-            db.write_now(|s| {
-                s.transact(
-                    Ctx::new(crate::state::now_ms(), spot_common::Actor::Operator),
-                    |tx| tx.create_token(&name, role, &hash),
-                )
-            })?;
-            eprintln!("created {role} token {name:?}; it is shown once, keep it now:");
+            let ctx = Ctx::new(crate::state::now_ms(), spot_common::Actor::Operator);
+            // clap guarantees one of the two: a role, or --enroll --group.
+            match (role, group) {
+                (Some(role), _) => {
+                    db.write_now(|s| s.transact(ctx, |tx| tx.create_token(&name, role, &hash)))?;
+                    eprintln!("created {role} token {name:?}; it is shown once, keep it now:");
+                }
+                (None, Some(group)) => {
+                    db.write_now(|s| {
+                        s.transact(ctx, |tx| tx.create_enroll_token(&name, &group, &hash))
+                    })?;
+                    eprintln!(
+                        "created enrollment token {name:?} for group {group:?}; it is shown once, keep it now:"
+                    );
+                }
+                (None, None) => anyhow::bail!("give --role, or --enroll --group NAME"),
+            }
             println!("{token}");
         }
-        TokenCmd::List { serve } => {
+        TokenCmd::List { enroll, serve } => {
             let (db, _) = offline(&serve)?;
-            let tokens = db.read_now(|s| s.tokens())?;
-            println!("{}", serde_json::to_string_pretty(&tokens)?);
+            let out = if enroll {
+                serde_json::to_string_pretty(&db.read_now(|s| s.enroll_tokens())?)?
+            } else {
+                serde_json::to_string_pretty(&db.read_now(|s| s.tokens())?)?
+            };
+            println!("{out}");
         }
         TokenCmd::Revoke { name, serve } => {
             let (db, _) = offline(&serve)?;
@@ -256,7 +287,7 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     |tx| tx.revoke_token(&name),
                 )
             })?;
-            eprintln!("revoked token {:?}", t.value.name);
+            eprintln!("revoked token {:?}", t.value["name"]);
         }
     }
     Ok(())

@@ -87,3 +87,125 @@ async fn viewers_only_read_and_changes_are_audited_under_the_tokens_name() {
     assert_eq!(v[1]["role"], "viewer");
     assert!(!list.contains(&viewer) && !list.contains(&oncall), "{list}");
 }
+
+/// A group's enrollment token: it registers agents in that group only
+/// (refused with a stable code and audited for any other), it is no
+/// operator token, and with `--fleet-enrollment false` the fleet-wide
+/// token no longer registers anyone.
+#[tokio::test]
+async fn a_group_enrollment_token_joins_its_group_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &["--fleet-enrollment", "false"]).unwrap();
+    let api = c.api();
+    for g in ["web", "db"] {
+        let (st, v) = api
+            .post(
+                "/v1/groups",
+                &c.admin_token,
+                &json!({"name": g, "config": {"paused": true}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 201, "{v}");
+    }
+    let o = token_cmd(
+        &c,
+        &[
+            "create",
+            "--name",
+            "web-enroll",
+            "--enroll",
+            "--group",
+            "web",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let web = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let reg = |instance: &str, group: &str| {
+        json!({"instance_id": instance, "instance_type": "m5.large",
+               "availability_zone": "us-east-1a", "region": "us-east-1",
+               "lifecycle": "spot", "group": group})
+    };
+
+    let (st, v) = api
+        .post(
+            "/v1/agents/register",
+            &c.enrollment_token,
+            &reg("i-1", "web"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st.as_u16(), &v["code"]),
+        (401, &json!("fleet_enrollment_disabled")),
+        "{v}"
+    );
+    let (st, v) = api
+        .post("/v1/agents/register", &web, &reg("i-1", "db"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st.as_u16(), &v["code"]),
+        (403, &json!("enrollment_group_mismatch")),
+        "{v}"
+    );
+    let (_, agents) = api.get("/v1/agents", &c.admin_token).await.unwrap();
+    assert_eq!(agents, json!([]), "nothing was registered");
+    let (_, trail) = api
+        .get("/v1/audit?entity=token:web-enroll", &c.admin_token)
+        .await
+        .unwrap();
+    assert!(
+        trail
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "enrollment_refused"
+                && e["post_state"]["asked_group"] == "db"
+                && e["post_state"]["instance_id"] == "i-1"),
+        "{trail}"
+    );
+    let (st, v) = api
+        .post("/v1/agents/register", &web, &reg("i-1", "web"))
+        .await
+        .unwrap();
+    assert_eq!(st, 201, "{v}");
+    // No operator token: the operator API refuses it.
+    let (st, _) = api.get("/v1/groups", &web).await.unwrap();
+    assert_eq!(st, 401);
+
+    // Listed without the token; a group that does not exist, or a role
+    // with --enroll, is refused.
+    let o = token_cmd(&c, &["list", "--enroll"]);
+    let list = String::from_utf8(o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        (&v[0]["name"], &v[0]["group"]),
+        (&json!("web-enroll"), &json!("web")),
+        "{list}"
+    );
+    assert!(!list.contains(&web));
+    let o = token_cmd(
+        &c,
+        &["create", "--name", "x", "--enroll", "--group", "nope"],
+    );
+    assert!(!o.status.success(), "a group that does not exist");
+    let o = token_cmd(
+        &c,
+        &[
+            "create", "--name", "y", "--role", "admin", "--enroll", "--group", "web",
+        ],
+    );
+    assert!(!o.status.success(), "a role and --enroll");
+    let o = token_cmd(&c, &["create", "--name", "web-enroll", "--role", "viewer"]);
+    assert!(!o.status.success(), "names are unique across both kinds");
+
+    // Revoked: it registers nobody from now on.
+    let o = token_cmd(&c, &["revoke", "--name", "web-enroll"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (st, _) = api
+        .post("/v1/agents/register", &web, &reg("i-2", "web"))
+        .await
+        .unwrap();
+    assert_eq!(st, 401);
+}

@@ -30,9 +30,30 @@ fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
 
 pub async fn register(
     State(state): State<Arc<AppState>>,
-    _: Enrolled,
+    enrolled: Enrolled,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    // A group's enrollment token joins that group only.
+    if let Some((token, group)) = enrolled.scope
+        && group != req.group
+    {
+        let (instance, asked) = (req.instance_id.clone(), req.group.clone());
+        let msg = format!(
+            "enrollment token {token:?} registers agents in group {group:?} only, not {asked:?}"
+        );
+        let ctx = Ctx::new(crate::state::now_ms(), Actor::Operator);
+        state
+            .db
+            .transact(ctx, move |tx| {
+                tx.enrollment_refused(&token, &group, &asked, &instance)
+            })
+            .await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "enrollment_group_mismatch",
+            msg,
+        ));
+    }
     for (name, v) in [
         ("instance_id", &req.instance_id),
         ("instance_type", &req.instance_type),

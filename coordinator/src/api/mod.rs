@@ -97,8 +97,14 @@ impl FromRequestParts<Arc<AppState>> for AgentCaller {
     }
 }
 
-/// A caller holding the fleet enrollment token.
-pub struct Enrolled;
+/// A caller holding an enrollment token: the fleet's (`scope` none,
+/// unless `fleet_enrollment = false`), or a group's (`spot-coordinator
+/// token create --enroll --group NAME`), which registers in that group
+/// only.
+pub struct Enrolled {
+    /// (token name, group) of a group's token.
+    pub scope: Option<(String, String)>,
+}
 
 impl FromRequestParts<Arc<AppState>> for Enrolled {
     type Rejection = ApiError;
@@ -106,10 +112,28 @@ impl FromRequestParts<Arc<AppState>> for Enrolled {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        if token_matches(bearer(&parts.headers), &state.enrollment_token_hash) {
-            Ok(Enrolled)
-        } else {
-            Err(ApiError::unauthorized())
+        let Some(presented) = bearer(&parts.headers) else {
+            return Err(ApiError::unauthorized());
+        };
+        if token_matches(Some(presented), &state.enrollment_token_hash) {
+            if !state.config.fleet_enrollment {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "fleet_enrollment_disabled",
+                    "the fleet-wide enrollment token is disabled (fleet_enrollment = false): \
+                     register with the group's enrollment token",
+                ));
+            }
+            return Ok(Enrolled { scope: None });
+        }
+        let hash = spot_common::token_hash(presented);
+        match state
+            .db
+            .read(move |s| crate::store::Read::enroll_token(s, &hash))
+            .await?
+        {
+            Some(scope) => Ok(Enrolled { scope: Some(scope) }),
+            None => Err(ApiError::unauthorized()),
         }
     }
 }

@@ -12,6 +12,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     enrollment_token: Option<String>,
+    fleet_enrollment: Option<bool>,
     admin_token: Option<String>,
     #[serde(default, with = "humantime_serde")]
     heartbeat_interval: Option<Duration>,
@@ -79,6 +80,7 @@ impl Config {
             listen: layered!(listen),
             data_dir: layered!(data_dir),
             enrollment_token: args.enrollment_token.clone().or(file.enrollment_token),
+            fleet_enrollment: layered!(fleet_enrollment),
             admin_token: args.admin_token.clone().or(file.admin_token),
             heartbeat_interval: layered!(heartbeat_interval),
             missed_heartbeats: layered!(missed_heartbeats),

@@ -29,6 +29,12 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub enrollment_token: Option<String>,
+    /// Whether the fleet enrollment token registers agents at all: false
+    /// leaves only the group-scoped tokens (`token create --enroll --group
+    /// NAME`), so one instance's user data cannot join another group
+    /// [default: true].
+    #[arg(long, env = "SPOT_COORDINATOR_FLEET_ENROLLMENT")]
+    pub fleet_enrollment: Option<bool>,
     /// Operator API token. Generated, printed once and kept in
     /// <data-dir>/admin.token when absent.
     #[arg(long, env = "SPOT_COORDINATOR_ADMIN_TOKEN", hide_env_values = true)]

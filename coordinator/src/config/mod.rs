@@ -36,6 +36,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub enrollment_token: Option<String>,
+    /// The fleet enrollment token registers agents (else only group
+    /// tokens do).
+    pub fleet_enrollment: bool,
     pub admin_token: Option<String>,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: u32,
@@ -75,6 +78,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
             enrollment_token: None,
+            // True: a fleet that upgrades keeps enrolling; operators who
+            // hand each group its own token turn it off.
+            fleet_enrollment: true,
             admin_token: None,
             // 5 s: an emergency still reaches the agent at once through the
             // long-poll; heartbeats only carry liveness and the lease.

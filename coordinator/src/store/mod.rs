@@ -521,6 +521,14 @@ pub trait Read {
     fn named_token(&self, hash: &str) -> Result<Option<(String, spot_common::TokenRole)>> {
         tokens::find(self.conn(), hash)
     }
+    /// Enrollment tokens scoped to one group (never the tokens themselves).
+    fn enroll_tokens(&self) -> Result<Vec<tokens::EnrollTokenView>> {
+        tokens::enroll_list(self.conn())
+    }
+    /// The name and group of the active enrollment token with this hash.
+    fn enroll_token(&self, hash: &str) -> Result<Option<(String, String)>> {
+        tokens::find_enroll(self.conn(), hash)
+    }
     /// The id of the latest audit entry (0 for none).
     fn last_audit_id(&self) -> Result<i64> {
         self.conn()

@@ -305,10 +305,17 @@ const STEPS: &[&str] = &[
     "#,
     // 10 -> 11: when an agent last reported an instance's EC2 state (a
     // report its own agent contradicts by speaking later is no evidence);
-    // enrollment tokens scoped to one group.
+    // enrollment tokens scoped to one group (a table of their own: no
+    // query of the operator tokens can ever find one).
     r#"
     ALTER TABLE instances ADD COLUMN ec2_state_at_ms INTEGER;
-    ALTER TABLE tokens ADD COLUMN enroll_group TEXT;
+    CREATE TABLE enroll_tokens (
+        name          TEXT PRIMARY KEY,
+        group_name    TEXT NOT NULL,
+        token_hash    TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    ) STRICT;
     "#,
 ];
 
