@@ -55,6 +55,8 @@ struct AgentLive {
 struct Inner {
     agents: HashMap<String, AgentLive>,
     by_token: HashMap<String, String>,
+    /// Instance -> its latest agent.
+    by_instance: HashMap<String, String>,
 }
 
 #[derive(Default)]
@@ -100,6 +102,8 @@ impl Live {
     ) {
         let mut g = self.write();
         g.by_token.insert(token_hash.clone(), agent_id.to_owned());
+        g.by_instance
+            .insert(instance_id.to_owned(), agent_id.to_owned());
         g.agents.entry(agent_id.to_owned()).or_insert(AgentLive {
             token_hash,
             instance_id: instance_id.to_owned(),
@@ -126,6 +130,9 @@ impl Live {
         let mut g = self.write();
         if let Some(a) = g.agents.remove(agent_id) {
             g.by_token.remove(&a.token_hash);
+            if g.by_instance.get(&a.instance_id).map(String::as_str) == Some(agent_id) {
+                g.by_instance.remove(&a.instance_id);
+            }
             // Release a long-poll that is waiting for this agent.
             a.notify.notify_one();
         }
@@ -157,6 +164,18 @@ impl Live {
             .agents
             .get(agent_id)
             .map(|a| a.instance_id.clone())
+    }
+
+    /// The agent of `instance` that is live: ONLINE, or heard within
+    /// `lease` (a second registration of its instance is refused, so a
+    /// holder of an enrollment token cannot take a serving agent's place).
+    pub fn live_agent_of(&self, instance: &str, now: Instant, lease: Duration) -> Option<String> {
+        let g = self.read();
+        let id = g.by_instance.get(instance)?;
+        let a = g.agents.get(id)?;
+        let live =
+            a.status == AgentStatus::Online || now.saturating_duration_since(a.last_seen) <= lease;
+        (live && a.status != AgentStatus::Deleted).then(|| id.clone())
     }
 
     /// Record a heartbeat. Returns whether the agent still needs its
@@ -352,6 +371,31 @@ mod tests {
             healthy: true,
             backlog: 0,
         }
+    }
+
+    #[test]
+    fn an_instance_has_a_live_agent_until_it_is_offline_past_its_lease() {
+        let live = Live::default();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(15);
+        live.insert("a", token_hash("tok-a"), "i-a", t0);
+        assert_eq!(live.live_agent_of("i-a", t0, lease).as_deref(), Some("a"));
+        assert_eq!(live.live_agent_of("i-b", t0, lease), None);
+        // OFFLINE, but heard within the lease: still live.
+        let t1 = t0 + Duration::from_secs(20);
+        live.sweep(t1, Duration::from_secs(15));
+        assert_eq!(live.status("a"), Some(AgentStatus::Offline));
+        assert_eq!(
+            live.live_agent_of("i-a", t0 + Duration::from_secs(10), lease)
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(live.live_agent_of("i-a", t1, lease), None);
+        // A heartbeat brings it back; a removed (reset) agent is nobody.
+        live.heartbeat(rec("a"), 0, t1);
+        assert_eq!(live.live_agent_of("i-a", t1, lease).as_deref(), Some("a"));
+        live.remove("a");
+        assert_eq!(live.live_agent_of("i-a", t1, lease), None);
     }
 
     #[test]

@@ -642,6 +642,46 @@ async fn reinstall_gets_new_id_old_token_dies_history_linked() {
     let api = c.api();
     create_group(&api, &c, "db").await;
     let old = register(&api, &c, "i-1", "db").await;
+    // While the old agent is live, whoever holds the enrollment token
+    // cannot take its place: refused and audited, the old token works on.
+    let (st, v) = api
+        .post(
+            "/v1/agents/register",
+            &c.enrollment_token,
+            &reg_body("i-1", "db"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("instance_registered")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains(&old.id), "{v}");
+    let (st, _) = heartbeat(&api, &old, "i-1").await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, trail) = api
+        .get("/v1/audit?entity=instance:i-1", &c.admin_token)
+        .await
+        .unwrap();
+    assert!(
+        trail
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "registration_refused"),
+        "{trail}"
+    );
+    // The operator says it is gone (the instance was reinstalled).
+    let (st, v) = api
+        .post(
+            &format!("/v1/agents/{}/reset", old.id),
+            &c.admin_token,
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
     let new = register(&api, &c, "i-1", "db").await;
     assert_ne!(old.id, new.id);
     let (st, _) = heartbeat(&api, &old, "i-1").await;
@@ -654,6 +694,21 @@ async fn reinstall_gets_new_id_old_token_dies_history_linked() {
         .unwrap();
     assert_eq!(v["status"], "replaced");
     assert_eq!(v["replaced_by"], json!(new.id));
+    let (_, trail) = api
+        .get(
+            &format!("/v1/audit?entity=agent:{}", old.id),
+            &c.admin_token,
+        )
+        .await
+        .unwrap();
+    assert!(
+        trail
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "reset" && e["actor"] == "operator"),
+        "{trail}"
+    );
 }
 
 #[tokio::test]

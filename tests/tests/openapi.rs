@@ -444,6 +444,23 @@ async fn documented_api_matches_the_server() {
         &mut problems,
     );
 
+    // An agent reset (i-5 registers, the operator resets it).
+    let mut reg5 = reg.clone();
+    reg5["instance_id"] = json!("i-5");
+    let (_, r5) = api
+        .post("/v1/agents/register", &c.enrollment_token, &reg5)
+        .await
+        .unwrap();
+    let agent5 = r5["agent_id"].as_str().unwrap();
+    let call = (
+        "post",
+        "/v1/agents/{agent_id}/reset",
+        format!("/v1/agents/{agent5}/reset"),
+        adm.clone(),
+        Some(json!({})),
+    );
+    exercise(&api, &spec, &call, &mut problems, &mut documented).await;
+
     // Pricing: a report, a consolidation, the series, the runs.
     let batch = json!({"points": [{"instance_type": "m5.large", "availability_zone": "us-east-1a",
         "product_description": "Linux/UNIX", "timestamp": "2026-11-20T10:00:00Z", "price": "0.031400"}]});

@@ -98,6 +98,30 @@ async fn spotctl_shows_the_fleet_acts_on_it_and_fails_with_codes_scripts_can_use
         text(&o)
     );
 
+    // A second registration of i-1 is refused while its agent is live;
+    // after `agent reset` it gets in.
+    let (st, v) = api
+        .post("/v1/agents/register", &c.enrollment_token, &reg)
+        .await
+        .unwrap();
+    assert_eq!(
+        (st.as_u16(), &v["code"]),
+        (409, &json!("instance_registered")),
+        "{v}"
+    );
+    let (_, agents) = api.get("/v1/agents", &adm).await.unwrap();
+    let agent = agents[0]["agent_id"].as_str().unwrap().to_owned();
+    let o = spotctl(&c, &adm, &["agent", "reset", &agent]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (st, v) = api
+        .post("/v1/agents/register", &c.enrollment_token, &reg)
+        .await
+        .unwrap();
+    assert_eq!(st, 201, "{v}");
+    let o = spotctl(&c, &adm, &["agent", "reset", &agent]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("agent_not_live"), "{}", text(&o));
+
     // Refused by the coordinator: 1, with its code.
     let o = spotctl(&c, &adm, &["switch-cancel", "db"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));

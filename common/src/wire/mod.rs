@@ -308,6 +308,14 @@ pub struct DeleteAgentRequest {
     pub request_id: Option<String>,
 }
 
+/// `POST /v1/agents/{agent_id}/reset`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetAgentRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupView {
     pub name: String,

@@ -41,7 +41,7 @@ pub async fn register(
         let msg = format!(
             "enrollment token {token:?} registers agents in group {group:?} only, not {asked:?}"
         );
-        let ctx = Ctx::new(crate::state::now_ms(), Actor::Operator);
+        let ctx = Ctx::system(crate::state::now_ms());
         state
             .db
             .transact(ctx, move |tx| {
@@ -73,14 +73,43 @@ pub async fn register(
         crate::state::millis(state.config.heartbeat_interval),
         crate::state::millis(state.config.lease),
     );
+    // One live agent per instance: a second registration while the first
+    // is ONLINE or within its lease is refused (a retry of the same
+    // registration, by its request_id, still gets its first answer).
+    let holder = state
+        .live
+        .live_agent_of(&req.instance_id, state.clock.now(), state.config.lease);
     let ctx = Ctx::new(crate::state::now_ms(), Actor::Agent(agent_id.clone()))
         .request(req.request_id.clone());
+    let refused = holder.clone().map(|h| (req.instance_id.clone(), h));
     let done = state
         .db
         .idempotent("register", ctx, move |tx| {
+            if let Some(holder) = holder {
+                return Err(crate::store::StoreError::Refused {
+                    code: "instance_registered",
+                    message: format!(
+                        "instance {} has a live agent ({holder}): it may register again once that \
+                         agent is OFFLINE past its lease, or after `spotctl agent reset {holder}`",
+                        req.instance_id
+                    ),
+                });
+            }
             tx.register_agent(&req, &agent_id, &token, hb, lease)
         })
-        .await?;
+        .await;
+    let done = match (done, refused) {
+        (Err(e @ crate::store::StoreError::Refused { .. }), Some((instance, holder))) => {
+            // Audited in a transaction of its own: the refused one rolled back.
+            let ctx = Ctx::system(crate::state::now_ms());
+            state
+                .db
+                .transact(ctx, move |tx| tx.registration_refused(&instance, &holder))
+                .await?;
+            return Err(e.into());
+        }
+        (done, _) => done?,
+    };
     let reg = state.woke(done);
     for old in &reg.replaced {
         state.live.remove(old);

@@ -217,6 +217,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/agents/{agent_id}",
             get(operator::get_agent).delete(operator::delete_agent),
         )
+        .route("/v1/agents/{agent_id}/reset", post(operator::reset_agent))
         .route("/v1/commands", get(operator::list_commands))
         .route("/v1/prices", get(prices::prices))
         .route("/v1/groups/{name}/prices", get(prices::group_prices))

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use spot_common::wire::{
     AgentView, AuditEntry, BulkTerminateRequest, BulkTerminateResponse, CancelSwitchRequest,
     CommandView, CreateGroupRequest, DecisionView, DeleteAgentRequest, GroupView, InstanceView,
-    LaunchRequest, ModelStats, NoticeView, PromoteRequest, QueuedCommand, SwitchRequest,
-    SwitchView, UpdateGroupRequest,
+    LaunchRequest, ModelStats, NoticeView, PromoteRequest, QueuedCommand, ResetAgentRequest,
+    SwitchRequest, SwitchView, UpdateGroupRequest,
 };
 use std::sync::Arc;
 
@@ -368,6 +368,27 @@ pub async fn delete_agent(
     // its result; heartbeats answer `deleted`.
     state.live.mark_deleted(&id);
     tracing::info!(agent_id = %id, "agent deleted by operator");
+    Ok(Json(view))
+}
+
+/// The agent is gone (reinstalled, its journal lost): its token stops
+/// working and its instance may register again at once, not only once it
+/// has been OFFLINE past its lease. Audited.
+pub async fn reset_agent(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ResetAgentRequest>,
+) -> Result<Json<AgentView>, ApiError> {
+    let agent = id.clone();
+    let ctx = operator(&caller, req.request_id.clone(), &id);
+    let done = state
+        .db
+        .idempotent("reset_agent", ctx, move |tx| tx.reset_agent(&agent))
+        .await?;
+    let view = state.woke(done);
+    state.live.remove(&id);
+    tracing::warn!(agent_id = %id, instance = %view.instance_id, "agent reset by an operator: its instance may register afresh");
     Ok(Json(view))
 }
 

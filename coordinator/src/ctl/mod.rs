@@ -50,6 +50,14 @@ pub enum Output {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum AgentCmd {
+    /// The agent is gone (its instance reinstalled, its journal lost): its
+    /// token stops working and its instance may register again at once,
+    /// instead of once the agent has been OFFLINE past its lease. Audited.
+    Reset { agent_id: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// One screen: every group with its PRIMARY, REPLICAs, epoch and
     /// replacement in flight; offline and backlogged agents; zombies.
@@ -63,6 +71,9 @@ pub enum Cmd {
     },
     /// Agents: status, last heartbeat, backlog.
     Agents,
+    /// One agent.
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// Commands and their state.
     Commands,
     /// Interruption and rebalance notices.

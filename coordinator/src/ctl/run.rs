@@ -2,7 +2,7 @@
 //! the answer.
 
 use super::client::{CtlError, client};
-use super::{Cli, Client, Cmd, OnOff, Output, render};
+use super::{AgentCmd, Cli, Client, Cmd, OnOff, Output, render};
 use serde_json::{Value, json};
 
 /// Run one command; its output.
@@ -35,6 +35,11 @@ pub async fn run(cli: &Cli) -> Result<String, CtlError> {
             render::instances,
         ),
         Cmd::Agents => out(c.get("/v1/agents").await?, render::agents),
+        Cmd::Agent(AgentCmd::Reset { agent_id }) => out(
+            c.post(&format!("/v1/agents/{agent_id}/reset"), &json!({}))
+                .await?,
+            render::done,
+        ),
         Cmd::Commands => out(c.get("/v1/commands").await?, render::commands),
         Cmd::Notices { group } => out(
             c.get(&query("/v1/notices?", "group", group)).await?,

@@ -75,7 +75,8 @@ impl Txn<'_> {
             .tx
             .prepare(
                 "SELECT agent_id FROM agents WHERE instance_id = ?1 AND agent_id != ?2
-                 AND status IN ('online', 'offline')",
+                 AND (status IN ('online', 'offline')
+                      OR (status = 'replaced' AND replaced_by IS NULL))",
             )?
             .query_map(params![req.instance_id, agent_id], |r| r.get(0))?
             .collect::<Result<_>>()?;
@@ -239,6 +240,38 @@ impl Txn<'_> {
         self.queue(Some(agent_id), &cmd, None)?;
         let after = self.agent(agent_id)?;
         self.audit(Entity::Agent(agent_id), "delete", &before, &after)?;
+        Ok(after)
+    }
+}
+
+impl Txn<'_> {
+    /// Audit a registration refused because the instance has a live agent.
+    pub fn registration_refused(&mut self, instance: &str, holder: &str) -> Result<()> {
+        self.audit(
+            Entity::Instance(instance),
+            "registration_refused",
+            &json!({"agent_id": holder}),
+            &json!({"code": "instance_registered"}),
+        )
+    }
+
+    /// An operator says the agent is gone (its instance reinstalled, its
+    /// journal lost): its token stops working and its instance may
+    /// register afresh at once. Audited as `reset`.
+    pub fn reset_agent(&mut self, agent_id: &str) -> Result<AgentView> {
+        let before = self.agent(agent_id)?;
+        if !matches!(before.status, AgentStatus::Online | AgentStatus::Offline) {
+            return Err(StoreError::Refused {
+                code: "agent_not_live",
+                message: format!("agent {agent_id} is {}: nothing to reset", before.status),
+            });
+        }
+        self.tx.execute(
+            "UPDATE agents SET status = 'replaced' WHERE agent_id = ?1",
+            [agent_id],
+        )?;
+        let after = self.agent(agent_id)?;
+        self.audit(Entity::Agent(agent_id), "reset", &before, &after)?;
         Ok(after)
     }
 }
