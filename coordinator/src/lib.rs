@@ -56,10 +56,13 @@ pub async fn run(
     match tls {
         Some(tls) => supervisor.spawn("https server", tls::serve(listener, app, tls, stop)),
         None => supervisor.spawn("http server", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .context("serving HTTP")
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .context("serving HTTP")
         }),
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

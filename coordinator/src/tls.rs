@@ -149,6 +149,7 @@ pub async fn serve(
             let cert = ClientCert(stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(cert);
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                 let app = app.clone();
                 async move {
                     tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await

@@ -90,7 +90,16 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let interval = humantime::format_duration(args.interval).to_string();
-    let coord = Coordinator::start(dir.path(), &["--heartbeat-interval", &interval])?;
+    // Every simulated agent registers from 127.0.0.1: no per-source limit.
+    let coord = Coordinator::start(
+        dir.path(),
+        &[
+            "--heartbeat-interval",
+            &interval,
+            "--registrations-per-source",
+            "0",
+        ],
+    )?;
     // One HTTP/1.1 connection pool shared by all simulated agents, as
     // through a NAT gateway; reqwest keeps connections alive.
     let api = Api {

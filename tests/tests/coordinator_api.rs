@@ -978,3 +978,77 @@ async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
     let v = claim(&api, &real, "i-1", 1, Some(grant)).await;
     assert!(v["lease_ms"].as_u64().unwrap() > 0, "{v}");
 }
+
+/// One address cannot mint identities or guess tokens without limit:
+/// registrations (and enrollment token guesses) and dashboard logins per
+/// source are rate limited with 429 `rate_limited` and a Retry-After.
+#[tokio::test]
+async fn registrations_and_logins_per_source_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(dir.path(), &["--registrations-per-source", "1"]).unwrap();
+    let api = c.api();
+    create_group(&api, &c, "db").await;
+    // A burst of ten, then one a second: the eleventh at once is refused.
+    for i in 0..10 {
+        register(&api, &c, &format!("i-{i}"), "db").await;
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/agents/register", c.base))
+        .bearer_auth("a-guessed-enrollment-token")
+        .json(&reg_body("i-10", "db"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], "rate_limited", "{v}");
+    let (_, agents) = api.get("/v1/agents", &c.admin_token).await.unwrap();
+    assert_eq!(agents.as_array().unwrap().len(), 10);
+    // A second later there is room for one more.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    register(&api, &c, "i-10", "db").await;
+
+    // Ten wrong logins are told 401, the next one 429, and so is the
+    // right token until the bucket refills.
+    for _ in 0..10 {
+        let (st, v) = api
+            .call(
+                Method::POST,
+                "/ui/login",
+                None,
+                Some(&json!({"token": "wrong"})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    }
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/ui/login",
+            None,
+            Some(&json!({"token": c.admin_token})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+        "{v}"
+    );
+    // The agent API of registered agents is untouched.
+    let a = register_later(&api, &c).await;
+    let (st, _) = heartbeat(&api, &a, "i-11").await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+async fn register_later(api: &Api, c: &Coordinator) -> Agent {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    register(api, c, "i-11", "db").await
+}

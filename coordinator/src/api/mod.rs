@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// `Json` whose rejection is an `ApiError`.
@@ -106,12 +106,57 @@ pub struct Enrolled {
     pub scope: Option<(String, String)>,
 }
 
+/// The TCP peer's address, when the server recorded it.
+pub fn source(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// 429 `rate_limited` with a `Retry-After` (whole seconds, at least 1).
+pub fn rate_limited(what: &str, wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many {what} from this address; retry in {secs} s"),
+    )
+    .into_response();
+    if let Ok(v) = secs.to_string().parse() {
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, v);
+    }
+    resp
+}
+
 impl FromRequestParts<Arc<AppState>> for Enrolled {
-    type Rejection = ApiError;
+    type Rejection = Response;
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        // Registrations and token guesses alike count against the source.
+        if let Some(ip) = source(&parts.extensions)
+            && let Err(wait) = state.register_limit.take(ip, Instant::now())
+        {
+            state
+                .metrics
+                .shed
+                .get_or_create(&crate::metrics::KindLabel {
+                    kind: "register_rate",
+                })
+                .inc();
+            tracing::warn!(source = %ip, "registrations from this address rate limited");
+            return Err(rate_limited("registrations", wait));
+        }
+        Self::check(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+impl Enrolled {
+    async fn check(parts: &Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let Some(presented) = bearer(&parts.headers) else {
             return Err(ApiError::unauthorized());
         };

@@ -179,8 +179,16 @@ fn cookie(state: &AppState, value: &str, max_age_s: i64) -> HeaderValue {
 
 async fn login(
     State(state): State<Arc<AppState>>,
+    extensions: axum::http::Extensions,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    // A token guesser gets ten tries, then one every few seconds.
+    if let Some(ip) = super::source(&extensions)
+        && let Err(wait) = state.login_limit.take(ip, std::time::Instant::now())
+    {
+        tracing::warn!(source = %ip, "dashboard logins from this address rate limited");
+        return Ok(super::rate_limited("login attempts", wait));
+    }
     let hash = spot_common::token_hash(req.token.trim());
     let Some(caller) = super::caller_for_hash(&state, hash.clone()).await? else {
         tracing::warn!("dashboard login refused: unknown or revoked token");

@@ -13,6 +13,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     enrollment_token: Option<String>,
     fleet_enrollment: Option<bool>,
+    registrations_per_source: Option<u32>,
     admin_token: Option<String>,
     #[serde(default, with = "humantime_serde")]
     heartbeat_interval: Option<Duration>,
@@ -81,6 +82,7 @@ impl Config {
             data_dir: layered!(data_dir),
             enrollment_token: args.enrollment_token.clone().or(file.enrollment_token),
             fleet_enrollment: layered!(fleet_enrollment),
+            registrations_per_source: layered!(registrations_per_source),
             admin_token: args.admin_token.clone().or(file.admin_token),
             heartbeat_interval: layered!(heartbeat_interval),
             missed_heartbeats: layered!(missed_heartbeats),

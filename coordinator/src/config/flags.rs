@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// [default: true].
     #[arg(long, env = "SPOT_COORDINATOR_FLEET_ENROLLMENT")]
     pub fleet_enrollment: Option<bool>,
+    /// Registrations per second one source address may make (bursts of
+    /// ten times that); 0 is no limit. A fleet registers from as many
+    /// addresses as instances [default: 20].
+    #[arg(long, env = "SPOT_COORDINATOR_REGISTRATIONS_PER_SOURCE")]
+    pub registrations_per_source: Option<u32>,
     /// Operator API token. Generated, printed once and kept in
     /// <data-dir>/admin.token when absent.
     #[arg(long, env = "SPOT_COORDINATOR_ADMIN_TOKEN", hide_env_values = true)]

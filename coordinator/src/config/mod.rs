@@ -39,6 +39,8 @@ pub struct Config {
     /// The fleet enrollment token registers agents (else only group
     /// tokens do).
     pub fleet_enrollment: bool,
+    /// Registrations per second per source address (0: no limit).
+    pub registrations_per_source: u32,
     pub admin_token: Option<String>,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: u32,
@@ -81,6 +83,9 @@ impl Default for Config {
             // True: a fleet that upgrades keeps enrolling; operators who
             // hand each group its own token turn it off.
             fleet_enrollment: true,
+            // 20/s, bursts of 200: far above one instance's retries, far
+            // below a forger minting identities from one address.
+            registrations_per_source: 20,
             admin_token: None,
             // 5 s: an emergency still reaches the agent at once through the
             // long-poll; heartbeats only carry liveness and the lease.

@@ -6,6 +6,7 @@
 //! `metrics` and `clock`; nothing here knows a handler or a task.
 
 pub mod admission;
+pub mod limits;
 mod sessions;
 mod streams;
 
@@ -56,6 +57,10 @@ pub struct AppState {
     pub admission: admission::Admission,
     /// Signs the grant of every promote, verifies a PRIMARY's claim.
     pub grant_keys: crate::grants::GrantKeys,
+    /// Dashboard login attempts per source address.
+    pub login_limit: limits::PerSource,
+    /// Agent registrations (and enrollment token guesses) per source.
+    pub register_limit: limits::PerSource,
 }
 
 /// Unix milliseconds: what is wall time by nature (stored timestamps,
@@ -168,6 +173,12 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         streams: StreamCounts::default(),
         admission: admission::Admission::default(),
         grant_keys,
+        // Ten guesses, then one every 6 s: a person mistyping never notices.
+        login_limit: limits::PerSource::new(1.0 / 6.0, 10),
+        register_limit: limits::PerSource::new(
+            f64::from(config.registrations_per_source),
+            config.registrations_per_source.saturating_mul(10),
+        ),
         config,
         db,
     }))
