@@ -4,7 +4,7 @@
 //! certificates for agents (mTLS): with `client_ca`, every connection may
 //! present one, and the agent API requires it.
 
-use crate::config::TlsConfig;
+use crate::config::{ClientIdentity, TlsConfig};
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use rustls::pki_types::pem::PemObject;
@@ -14,10 +14,53 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Whether the connection a request came on presented a client
-/// certificate that the configured CA verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientCert(pub bool);
+/// The client certificate (verified by the configured CA) the connection a
+/// request came on presented: the names it may be bound by (`[tls]
+/// client_identity`): DNS names of its subject alternative names, and its
+/// subject's common name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    pub san: Vec<String>,
+    pub cn: Option<String>,
+}
+
+impl ClientCert {
+    /// The names of `der`; a certificate that does not parse names nothing
+    /// (rustls verified it, so that does not happen).
+    pub fn of(der: &CertificateDer<'_>) -> ClientCert {
+        let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+            return ClientCert::default();
+        };
+        ClientCert {
+            san: cert.valid_dns_names().map(str::to_owned).collect(),
+            cn: common_name(cert.subject()),
+        }
+    }
+
+    /// Whether the certificate speaks for `instance` under `identity`.
+    pub fn speaks_for(&self, identity: ClientIdentity, instance: &str) -> bool {
+        match identity {
+            ClientIdentity::None => true,
+            ClientIdentity::San => self.san.iter().any(|n| n == instance),
+            ClientIdentity::Cn => self.cn.as_deref() == Some(instance),
+        }
+    }
+}
+
+/// The common name (OID 2.5.4.3) of a DER subject (a SEQUENCE of SETs of
+/// type-and-value pairs, outer tag stripped): the first one that is a
+/// UTF8String, PrintableString or IA5String with a short length.
+fn common_name(subject: &[u8]) -> Option<String> {
+    const CN: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let at = subject.windows(CN.len()).position(|w| w == CN)? + CN.len();
+    let (&tag, rest) = subject.get(at..)?.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    if !matches!(tag, 0x0c | 0x13 | 0x16) || len >= 0x80 {
+        return None;
+    }
+    let value = rest.get(..usize::from(len))?;
+    String::from_utf8(value.to_vec()).ok()
+}
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,9 +189,11 @@ pub async fn serve(
                     return;
                 }
             };
-            let cert = ClientCert(stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
+            let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(ClientCert::of);
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(cert);
+                if let Some(c) = &cert {
+                    req.extensions_mut().insert(c.clone());
+                }
                 req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                 let app = app.clone();
                 async move {
@@ -196,5 +241,30 @@ pub async fn reload_on_sighup(tls: Option<Arc<Reloadable>>, stop: CancellationTo
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_speaks_for_the_instance_its_chosen_name_holds() {
+        // SET { SEQUENCE { OID 2.5.4.3, UTF8String "i-1" } }
+        let subject = [
+            0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x03, b'i', b'-', b'1',
+        ];
+        assert_eq!(common_name(&subject).as_deref(), Some("i-1"));
+        assert_eq!(common_name(&subject[..12]), None, "truncated");
+        assert_eq!(common_name(&[0x31, 0x00]), None);
+        let c = ClientCert {
+            san: vec!["i-2".into()],
+            cn: Some("i-1".into()),
+        };
+        assert!(c.speaks_for(ClientIdentity::Cn, "i-1"));
+        assert!(!c.speaks_for(ClientIdentity::Cn, "i-2"));
+        assert!(c.speaks_for(ClientIdentity::San, "i-2"));
+        assert!(!c.speaks_for(ClientIdentity::San, "i-1"));
+        assert!(c.speaks_for(ClientIdentity::None, "i-9"));
     }
 }

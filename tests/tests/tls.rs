@@ -290,3 +290,107 @@ async fn https_with_a_private_ca_client_certificates_and_reload() {
         "{log}"
     );
 }
+
+/// With `--tls-client-identity san`, an agent's client certificate speaks
+/// for the instance its subject alternative name holds, and no other: an
+/// instance's key cannot register, heartbeat or poll for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_speaks_for_its_own_instance_only() {
+    let pki = Pki::new();
+    for i in ["i-1", "i-2"] {
+        issue(
+            pki.dir.path(),
+            i,
+            i,
+            &format!(
+                "subjectAltName=DNS:{i}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
+            ),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = spot_tests::harness::Coordinator::start(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &pki.s("server.pem"),
+            "--tls-key",
+            &pki.s("server.key"),
+            "--tls-client-ca",
+            &pki.s("ca.pem"),
+            "--tls-client-identity",
+            "san",
+        ],
+    )
+    .unwrap();
+    let https = c.base.replace("http://", "https://");
+    let as_instance = |name: &str| {
+        let tls = spot_runtime::tls::ClientTls {
+            ca_bundle: Some(pki.path("ca.pem")),
+            cert: Some(pki.path(&format!("{name}.pem"))),
+            key: Some(pki.path(&format!("{name}.key"))),
+        };
+        Api {
+            base: https.clone(),
+            client: tls
+                .apply(reqwest::Client::builder().timeout(Duration::from_secs(30)))
+                .unwrap()
+                .build()
+                .unwrap(),
+        }
+    };
+    let (one, two, fleet) = (as_instance("i-1"), as_instance("i-2"), as_instance("agent"));
+    let (st, v) = one
+        .post(
+            "/v1/groups",
+            &c.admin_token,
+            &json!({"name": "db", "config": {"paused": true}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 201, "{v}");
+    let reg = |i: &str| {
+        json!({"instance_id": i, "instance_type": "m5.large", "availability_zone": "us-east-1a",
+               "region": "us-east-1", "lifecycle": "spot", "group": "db"})
+    };
+    // i-2's key, and the fleet's shared one, cannot register i-1.
+    for api in [&two, &fleet] {
+        let (st, v) = api
+            .post("/v1/agents/register", &c.enrollment_token, &reg("i-1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (st.as_u16(), v["code"].as_str()),
+            (403, Some("client_certificate_mismatch")),
+            "{v}"
+        );
+    }
+    let (st, a) = one
+        .post("/v1/agents/register", &c.enrollment_token, &reg("i-1"))
+        .await
+        .unwrap();
+    assert_eq!(st, 201, "{a}");
+    let (id, token) = (
+        a["agent_id"].as_str().unwrap(),
+        a["token"].as_str().unwrap(),
+    );
+    let hb = json!({"instance_id": "i-1", "highest_epoch": 0, "healthy": true, "backlog": 0});
+    let path = format!("/v1/agents/{id}/heartbeat");
+    let (st, v) = one.post(&path, token, &hb).await.unwrap();
+    assert_eq!(st, 200, "{v}");
+    // i-1's agent token with i-2's key: refused, on every agent route.
+    let (st, v) = two.post(&path, token, &hb).await.unwrap();
+    assert_eq!(
+        (st.as_u16(), v["code"].as_str()),
+        (403, Some("client_certificate_mismatch")),
+        "{v}"
+    );
+    let (st, v) = two
+        .get(&format!("/v1/agents/{id}/commands?wait_ms=0"), token)
+        .await
+        .unwrap();
+    assert_eq!(
+        (st.as_u16(), v["code"].as_str()),
+        (403, Some("client_certificate_mismatch")),
+        "{v}"
+    );
+}

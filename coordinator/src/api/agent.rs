@@ -31,8 +31,10 @@ fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
 pub async fn register(
     State(state): State<Arc<AppState>>,
     enrolled: Enrolled,
+    extensions: axum::http::Extensions,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    super::check_client_identity(&state, &extensions, &req.instance_id)?;
     // A group's enrollment token joins that group only.
     if let Some((token, group)) = enrolled.scope
         && group != req.group

@@ -40,6 +40,16 @@ impl ApiError {
         )
     }
 
+    pub fn client_certificate_mismatch(instance: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "client_certificate_mismatch",
+            format!(
+                "the client certificate does not name instance {instance} (tls client_identity)"
+            ),
+        )
+    }
+
     pub fn unauthorized() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -356,28 +356,53 @@ async fn authenticate(
 }
 
 /// With `[tls] client_ca`, agents must present a client certificate that
-/// CA signed (on top of their tokens).
+/// CA signed (on top of their tokens); with `client_identity` `san` or
+/// `cn`, one that names the instance the agent of the path speaks for
+/// (registration checks the instance of its body).
 async fn require_client_cert(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let required = state
-        .config
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.client_ca.is_some());
-    let presented =
-        req.extensions().get::<crate::tls::ClientCert>() == Some(&crate::tls::ClientCert(true));
-    if required && !presented {
+    let Some(tls) = state.config.tls.as_ref().filter(|t| t.client_ca.is_some()) else {
+        return next.run(req).await;
+    };
+    let Some(cert) = req.extensions().get::<crate::tls::ClientCert>() else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "client_certificate_required",
             "the agent API requires a client certificate signed by the coordinator's client CA (mTLS)",
         )
         .into_response();
+    };
+    // `/v1/agents/{agent_id}/...`
+    let agent = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/agents/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| *id != "register");
+    if let Some(instance) = agent.and_then(|id| state.live.instance_of(id))
+        && !cert.speaks_for(tls.client_identity, &instance)
+    {
+        return ApiError::client_certificate_mismatch(&instance).into_response();
     }
     next.run(req).await
+}
+
+/// Whether the request's client certificate may register `instance`.
+pub fn check_client_identity(
+    state: &AppState,
+    extensions: &axum::http::Extensions,
+    instance: &str,
+) -> Result<(), ApiError> {
+    let Some(tls) = state.config.tls.as_ref().filter(|t| t.client_ca.is_some()) else {
+        return Ok(());
+    };
+    match extensions.get::<crate::tls::ClientCert>() {
+        Some(c) if c.speaks_for(tls.client_identity, instance) => Ok(()),
+        _ => Err(ApiError::client_certificate_mismatch(instance)),
+    }
 }
 
 /// Operator requests: authenticated, and a viewer token may only read.

@@ -123,9 +123,18 @@ impl Config {
                     client_ca: args
                         .tls_client_ca
                         .clone()
-                        .or(file.tls.and_then(|t| t.client_ca)),
+                        .or(file.tls.as_ref().and_then(|t| t.client_ca.clone())),
+                    client_identity: args
+                        .tls_client_identity
+                        .or(file.tls.map(|t| t.client_identity))
+                        .unwrap_or_default(),
                 }),
-                _ => file.tls,
+                _ => file.tls.map(|mut t| {
+                    if let Some(i) = args.tls_client_identity {
+                        t.client_identity = i;
+                    }
+                    t
+                }),
             },
         };
         c.validate()?;

@@ -136,6 +136,12 @@ pub struct ServeArgs {
     /// the agent's token); operators and the dashboard need none.
     #[arg(long, env = "SPOT_COORDINATOR_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Which name of an agent's client certificate must be its instance
+    /// id: none (any certificate the CA signed), san (a DNS name of the
+    /// subject alternative names) or cn (the subject's common name)
+    /// [default: none].
+    #[arg(long, env = "SPOT_COORDINATOR_TLS_CLIENT_IDENTITY", value_enum)]
+    pub tls_client_identity: Option<super::ClientIdentity>,
     /// TEST BUILDS ONLY: take an instance silent past its lease for dead
     /// (no fence). It breaks the fencing rule on purpose, so a test can
     /// show the checker catching two serving PRIMARIES.

@@ -28,6 +28,26 @@ pub struct TlsConfig {
     /// CA bundle for agents' client certificates (mTLS on the agent API).
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// Where a client certificate names the instance it speaks for.
+    #[serde(default)]
+    pub client_identity: ClientIdentity,
+}
+
+/// Which name of an agent's client certificate must be its instance id:
+/// with `san` or `cn`, a certificate speaks for that instance only (its
+/// registration, heartbeats, polls, events), so one instance's key cannot
+/// act for another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdentity {
+    /// Any certificate the CA signed will do (one certificate for the
+    /// whole fleet); the default, so an upgrade keeps working.
+    #[default]
+    None,
+    /// A DNS name of the subject alternative names is the instance id.
+    San,
+    /// The subject's common name is the instance id.
+    Cn,
 }
 
 /// The resolved configuration.
