@@ -23,7 +23,8 @@ enum Command {
     /// maintenance, auto-switch, shadow-decisions, external-model, model-fallback, ab-models,
     /// manual-replica, zombie-cleanup, terminated, coordinator-crash, partition,
     /// slow-promote, frozen-agent, frozen-coordinator, coordinator-restart,
-    /// restored-store, restored-store-partitioned, lost-primary, journal-failure, shared-identity; or
+    /// restored-store, restored-store-partitioned, lost-primary, journal-failure, shared-identity,
+    /// forger; or
     /// all.
     Scenario {
         name: String,

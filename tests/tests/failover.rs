@@ -126,6 +126,7 @@ scenario!(
     "journal-failure"
 );
 scenario!(a_cloned_disk_registers_a_new_identity, "shared-identity");
+scenario!(a_forger_with_the_enrollment_token_moves_nothing, "forger");
 
 /// The checker can fail: with the fence switched off (a test-build-only
 /// coordinator flag), a partitioned PRIMARY and its replacement serve at

@@ -114,10 +114,12 @@ fn instances(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Vec<
                     .unwrap_or_default();
                 let role_epoch = to_u64(r.get(9)?);
                 let registered_after_role: bool = r.get(10)?;
-                // An agent's report that EC2 shows an instance gone, which
-                // its own agent contradicts by being heard since: a lie or
-                // a stale view (any enrolled instance can send one), not
-                // grounds to replace or write it off.
+                // An agent's report that EC2 shows an instance gone counts
+                // only once that instance's own agent is OFFLINE and has
+                // not been heard since: a report its agent contradicts, by
+                // being ONLINE or speaking later, is a lie or a stale view
+                // (any enrolled instance can send one), not grounds to
+                // replace a serving PRIMARY or write an instance off.
                 let ec2_seen_at_ms: i64 = r.get(11)?;
                 let heard_since = live
                     .silent_ms
@@ -137,7 +139,7 @@ fn instances(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Vec<
                     }),
                     agent_id: agent,
                     healthy: r.get(5)?,
-                    ec2_gone: r.get::<bool>(6)? && !heard_since,
+                    ec2_gone: r.get::<bool>(6)? && !heard_since && !live.online,
                     promote_failed_recently: r.get(7)?,
                     launch_overdue: r.get(8)?,
                 })

@@ -1890,16 +1890,16 @@ fn an_instance_whose_launch_result_was_lost_is_adopted_and_then_failed() {
 #[test]
 fn an_ec2_report_its_own_agent_contradicts_writes_nothing_off() {
     // Any enrolled agent can say a group's instance is terminated. While
-    // that instance's agent is heard after the report, the planner sees
-    // it as there (no replacement, no write-off); once its agent has been
-    // silent since the report, gone.
+    // that instance's agent is ONLINE, or heard after the report, the
+    // planner sees it as there (no replacement, no write-off); once its
+    // agent is OFFLINE and silent since the report, gone.
     let (_d, mut s) = store();
     live_group(&mut s);
     tx(&mut s, 1_000, |t| {
         t.set_ec2_state("g", "i-r1", "terminated")
     })
     .unwrap();
-    let gone = |s: &Store, silent_ms: i64| {
+    let gone = |s: &Store, online: bool, silent_ms: i64| {
         let mut input = SnapshotInput {
             now_ms: 3_000,
             launch_timeout_ms: 300_000,
@@ -1908,7 +1908,7 @@ fn an_ec2_report_its_own_agent_contradicts_writes_nothing_off() {
         input.agents.insert(
             "a-r1".into(),
             AgentLive {
-                online: true,
+                online,
                 silent_ms: Some(silent_ms),
                 reported: None,
             },
@@ -1916,6 +1916,13 @@ fn an_ec2_report_its_own_agent_contradicts_writes_nothing_off() {
         let snap = s.group_snapshot("g", &input).unwrap();
         snap.instance("i-r1").unwrap().ec2_gone
     };
-    assert!(!gone(&s, 500), "heard 1.5 s after the report");
-    assert!(gone(&s, 2_500), "silent since before the report");
+    assert!(!gone(&s, false, 500), "heard 1.5 s after the report");
+    assert!(
+        !gone(&s, true, 2_500),
+        "ONLINE: its last heartbeat is only a few seconds old"
+    );
+    assert!(
+        gone(&s, false, 2_500),
+        "OFFLINE and silent since before the report"
+    );
 }

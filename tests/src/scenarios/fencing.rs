@@ -392,3 +392,102 @@ pub async fn shared_identity() -> Result<Timings> {
     ensure!(f.primary("db").await?.as_deref() == Some(first.as_str()));
     Ok(vec![("clone_to_registered_s", took)])
 }
+
+/// A forger holding the fleet's enrollment token (every instance's user
+/// data has it) attacks a group with a real serving PRIMARY through raw
+/// HTTP: it registers as the PRIMARY's instance, then as an instance of
+/// its own from which it reports the PRIMARY terminated and claims PRIMARY
+/// above the store's epoch, without a grant and with a made-up one. Each
+/// is refused (with its code, audited) or counts for nothing: the PRIMARY
+/// serves throughout and the ledger shows no overlap.
+pub async fn forger() -> Result<Timings> {
+    let f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let checker = InvariantChecker::start(&f);
+    let t = Instant::now();
+    let enroll = f.coord.enrollment_token.clone();
+    let reg = |i: &str| {
+        json!({"instance_id": i, "instance_type": "m5.large", "availability_zone": "us-east-1b",
+               "region": "us-east-1", "lifecycle": "spot", "group": "db"})
+    };
+    // 1. Take the serving PRIMARY's place (and so kill its agent's token).
+    let (st, v) = f
+        .api
+        .post("/v1/agents/register", &enroll, &reg(&first))
+        .await?;
+    ensure!(
+        st == 409 && v["code"] == "instance_registered",
+        "registering as the PRIMARY: {st} {v}"
+    );
+    // 2. A foothold: an instance of its own.
+    let (st, v) = f
+        .api
+        .post("/v1/agents/register", &enroll, &reg("i-forged"))
+        .await?;
+    ensure!(st == 201, "{st} {v}");
+    let (id, token) = (
+        v["agent_id"].as_str().context("agent_id")?.to_owned(),
+        v["token"].as_str().context("token")?.to_owned(),
+    );
+    let beat = |body: serde_json::Value| {
+        let (api, path, token) = (
+            f.api.clone(),
+            format!("/v1/agents/{id}/heartbeat"),
+            token.clone(),
+        );
+        async move { api.post(&path, &token, &body).await }
+    };
+    let (st, v) =
+        beat(json!({"instance_id": "i-forged", "highest_epoch": 0, "healthy": true, "backlog": 0}))
+            .await?;
+    ensure!(st == 200, "{st} {v}");
+    // 3. Report the PRIMARY terminated, as its own DescribeInstances.
+    let (st, v) = f
+        .api
+        .post(
+            &format!("/v1/agents/{id}/events"),
+            &token,
+            &json!({"events": [{"event_id": format!("{id}:1"), "seq": 1, "at_ms": 1,
+                "body": {"type": "ec2_states", "instances": [
+                    {"instance_id": first, "state": "terminated"}]}}]}),
+        )
+        .await?;
+    ensure!(st == 200, "{st} {v}");
+    // 4. Claim PRIMARY above the store's epoch: no grant, a made-up one.
+    let epoch = f.get("/v1/groups/db").await?["epoch"]
+        .as_u64()
+        .context("epoch")?;
+    let made_up = format!("g1.00000000.1.{}", "00".repeat(32));
+    for (e, grant) in [(epoch + 1, None), (epoch + 2, Some(made_up.as_str()))] {
+        let mut body = json!({"instance_id": "i-forged", "role": "primary", "role_epoch": e,
+                              "highest_epoch": e, "healthy": true, "backlog": 0});
+        if let Some(g) = grant {
+            body["grant"] = json!(g);
+        }
+        let (st, v) = beat(body).await?;
+        ensure!(
+            st == 200 && v["lease_ms"] == 0 && v["role"] != "primary",
+            "a forged claim at {e} was answered {st} {v}"
+        );
+    }
+    let took = t.elapsed().as_secs_f64();
+    // The planner has looked (several reconcile rounds): nothing moved.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let g = f.get("/v1/groups/db").await?;
+    ensure!(
+        g["primary"] == first.as_str() && g["epoch"] == epoch && g["transition"].is_null(),
+        "the group did not move: {g}"
+    );
+    ensure!(
+        f.ledger()?.serving_now("db").map(|i| i.instance.as_str()) == Some(first.as_str()),
+        "the real PRIMARY kept serving"
+    );
+    ensure!(
+        f.audited(&format!("instance:{first}"), "registration_refused")
+            .await?
+            && f.audited("instance:i-forged", "claim_refused").await?,
+        "each refusal is audited"
+    );
+    checker.check().await?;
+    Ok(vec![("attacks_s", took)])
+}

@@ -67,6 +67,7 @@ scenarios! {
     "lost-primary" => fencing::lost_primary,
     "journal-failure" => fencing::journal_failure,
     "shared-identity" => fencing::shared_identity,
+    "forger" => fencing::forger,
 }
 
 pub fn names() -> Vec<&'static str> {
