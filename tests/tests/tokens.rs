@@ -209,3 +209,37 @@ async fn a_group_enrollment_token_joins_its_group_only() {
         .unwrap();
     assert_eq!(st, 401);
 }
+
+/// `spot-coordinator grant-key`: the key is made on first use, a rotation
+/// puts a new one first and keeps the old one (grants made under it still
+/// verify), and the file is private.
+#[test]
+fn grant_keys_rotate_with_overlap_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(bin_path("spot-coordinator").unwrap())
+            .arg("grant-key")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let first = run(&["list"]);
+    assert_eq!(first.lines().count(), 1, "{first}");
+    let new = run(&["rotate"]);
+    let ids: Vec<String> = run(&["list"]).lines().map(str::to_owned).collect();
+    assert_eq!(
+        ids,
+        [new.trim(), first.trim()],
+        "the new key signs, the old one stays"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("grant.keys"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
