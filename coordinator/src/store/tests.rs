@@ -775,6 +775,18 @@ fn a_primary_claim_without_a_valid_grant_is_refused_and_audited() {
             before[5] + 1,
             "only the refusal is written"
         );
+        // Nor is the forged epoch kept as the agent's: the group's next
+        // epochs stay within reach.
+        let rec = HeartbeatRecord {
+            agent_id: "a-r2".into(),
+            at_ms: 10,
+            reported_role: Some(Role::Replica),
+            highest_epoch: 1_000_000_000_000_000,
+            healthy: true,
+            backlog: 0,
+        };
+        tx(&mut s, 10, |t| t.flush_heartbeats(&[rec])).unwrap();
+        assert_eq!(s.agent("a-r2").unwrap().highest_epoch, epoch);
         // The same claim with a grant that verifies is adopted.
         let proven = Reported {
             proof: Ok(()),

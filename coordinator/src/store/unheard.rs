@@ -33,8 +33,10 @@ pub(super) enum Ready {
 
 impl Txn<'_> {
     /// The epoch of a new grant: above the group's and above anything any
-    /// of its agents reported holding (a store restored from an older copy
-    /// must not hand out an epoch an instance already holds).
+    /// of its agents is recorded holding (a store restored from an older
+    /// copy must not hand out an epoch an instance already holds; an epoch
+    /// an agent proves with its grant converges the group's first, and one
+    /// it cannot prove is not recorded above the group's).
     pub(super) fn next_epoch(&self, group: &str, epoch: u64) -> Result<u64> {
         let reported: i64 = self.tx.query_row(
             "SELECT COALESCE(MAX(highest_epoch), 0) FROM agents WHERE group_name = ?1",

@@ -145,10 +145,15 @@ impl Txn<'_> {
         })
     }
 
-    /// Persist a batch of heartbeats.
+    /// Persist a batch of heartbeats. The highest epoch kept is at most the
+    /// group's: an epoch above it counts only once the agent has shown the
+    /// grant for it (`converge_epoch` raises the group's epoch), so a
+    /// forged report cannot push the group's next epochs out of reach.
     pub fn flush_heartbeats(&mut self, batch: &[HeartbeatRecord]) -> Result<()> {
         let stmt = self.tx.prepare_cached(
-            "UPDATE agents SET last_heartbeat_ms = ?1, reported_role = ?2, highest_epoch = ?3,
+            "UPDATE agents SET last_heartbeat_ms = ?1, reported_role = ?2,
+                 highest_epoch = MIN(?3, COALESCE(
+                     (SELECT g.epoch FROM groups g WHERE g.name = agents.group_name), ?3)),
                  healthy = ?4, backlog = ?5 WHERE agent_id = ?6",
         )?;
         for h in batch {
