@@ -340,6 +340,17 @@ mod tests {
         )
     }
 
+    fn cmd(rid: &str, action: spot_common::CommandKind, epoch: u64) -> Command {
+        Command {
+            request_id: rid.into(),
+            group: "g".into(),
+            action,
+            priority: 100,
+            epoch,
+            deadline_ms: 2_000_000,
+        }
+    }
+
     fn creds() -> Creds {
         Creds {
             agent_id: "agt-1".into(),
@@ -391,14 +402,6 @@ mod tests {
     async fn a_heartbeat_shows_the_grant_of_the_highest_epoch() {
         let t = agent(RoleState::default());
         let (l, mut urgent, _) = lanes();
-        let cmd = |rid: &str, action, epoch| Command {
-            request_id: rid.into(),
-            group: "g".into(),
-            action,
-            priority: 100,
-            epoch,
-            deadline_ms: 2_000_000,
-        };
         let promote = spot_common::CommandKind::Promote {
             promotion: Default::default(),
             address_from: Vec::new(),
@@ -450,14 +453,6 @@ mod tests {
     async fn a_role_change_raises_the_epoch_and_goes_to_the_urgent_lane() {
         let t = agent(RoleState::default());
         let (l, mut urgent, mut routine) = lanes();
-        let cmd = |rid: &str, action, epoch| Command {
-            request_id: rid.into(),
-            group: "g".into(),
-            action,
-            priority: 100,
-            epoch,
-            deadline_ms: 2_000_000,
-        };
         offer(&t.agent, cmd("d5", spot_common::CommandKind::Demote, 5), &l)
             .await
             .unwrap();

@@ -175,19 +175,24 @@ pub async fn heartbeat(
         && req.role_epoch >= r.epoch
         && r.answer().0 != Role::Primary;
     // The grant of the command that raised the agent's highest epoch: a
-    // store behind the agent converges only to an epoch it signed.
-    let proof = state
-        .grant_keys
-        .verify(
-            req.grant.as_deref(),
-            &r.group,
-            req.highest_epoch,
-            &r.instance_id,
-        )
-        .map(|_| ());
+    // store behind the agent converges only to an epoch it signed (checked
+    // only then: not on every heartbeat).
     let behind = req.highest_epoch > r.epoch;
+    let proof = if behind || unknown_claim {
+        state
+            .grant_keys
+            .verify(
+                req.grant.as_deref(),
+                &r.group,
+                req.highest_epoch,
+                &r.instance_id,
+            )
+            .map(|_| ())
+    } else {
+        Ok(())
+    };
     // A report refused once is not audited again at every heartbeat.
-    let refusal = (behind || unknown_claim) && proof.is_err();
+    let refusal = proof.is_err();
     let first_refusal = refusal && state.live.refuse_claim(&agent_id, req.highest_epoch);
     if first_refusal {
         state.metrics.claims_refused.inc();

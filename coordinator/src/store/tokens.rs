@@ -115,40 +115,28 @@ impl Txn<'_> {
 
     /// Revoke a token of either kind: it stops working at once.
     pub fn revoke_token(&mut self, name: &str) -> Result<serde_json::Value> {
-        let n = self.tx.execute(
-            "UPDATE enroll_tokens SET revoked_at_ms = ?2 WHERE name = ?1 AND revoked_at_ms IS NULL",
-            params![name, self.now_ms()],
-        )?;
-        if n > 0 {
-            let view = enroll_list(&self.tx)?
-                .into_iter()
-                .find(|t| t.name == name)
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "token",
-                    id: name.to_owned(),
-                })?;
-            self.audit(Entity::Token(name), "token_revoke", &json!(null), &view)?;
-            return Ok(json!(view));
+        let mut revoked = false;
+        for table in ["tokens", "enroll_tokens"] {
+            revoked |= self.tx.execute(
+                &format!(
+                    "UPDATE {table} SET revoked_at_ms = ?2 WHERE name = ?1 AND revoked_at_ms IS NULL"
+                ),
+                params![name, self.now_ms()],
+            )? > 0;
         }
-        let n = self.tx.execute(
-            "UPDATE tokens SET revoked_at_ms = ?2 WHERE name = ?1 AND revoked_at_ms IS NULL",
-            params![name, self.now_ms()],
-        )?;
-        if n == 0 {
+        let operator = list(&self.tx)?.into_iter().find(|t| t.name == name);
+        let view = match operator {
+            Some(t) => json!(t),
+            None => json!(enroll_list(&self.tx)?.into_iter().find(|t| t.name == name)),
+        };
+        if !revoked || view.is_null() {
             return Err(StoreError::NotFound {
                 what: "active token",
                 id: name.to_owned(),
             });
         }
-        let view = list(&self.tx)?
-            .into_iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| StoreError::NotFound {
-                what: "token",
-                id: name.to_owned(),
-            })?;
         self.audit(Entity::Token(name), "token_revoke", &json!(null), &view)?;
-        Ok(json!(view))
+        Ok(view)
     }
 }
 
