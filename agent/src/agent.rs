@@ -210,6 +210,7 @@ pub mod testing {
             region: "us-east-1".into(),
             lifecycle: "spot".into(),
             group_tag: None,
+            proof: None,
         }
     }
 

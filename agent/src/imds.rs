@@ -17,12 +17,15 @@ use aws_config::imds::client::Client;
 use aws_config::imds::client::error::ImdsError;
 use spot_common::NoticeKind;
 use spot_common::notice;
+use spot_common::wire::IdentityProof;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub const INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
 pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 pub const SCHEDULED: &str = "/latest/meta-data/events/maintenance/scheduled";
+pub const IDENTITY_DOCUMENT: &str = "/latest/dynamic/instance-identity/document";
+pub const IDENTITY_RSA2048: &str = "/latest/dynamic/instance-identity/rsa2048";
 
 /// A raw body longer than this is cut before it is journaled.
 const MAX_RAW: usize = 4096;
@@ -58,6 +61,10 @@ pub struct Identity {
     pub lifecycle: String,
     /// From the `spot:group` instance tag, when tags are in metadata.
     pub group_tag: Option<String>,
+    /// The signed instance identity document, which the coordinator checks
+    /// at registration. `None` where IMDS has none (a metadata mock); a
+    /// coordinator in `identity = "verify"` then refuses us, saying so.
+    pub proof: Option<IdentityProof>,
 }
 
 impl Imds {
@@ -150,9 +157,26 @@ impl Imds {
                 .await?
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty()),
+            proof: self.proof().await?,
             availability_zone,
             region,
         })
+    }
+
+    /// The identity document and its RSA-2048 signature, verbatim (the
+    /// signature is over the document's exact bytes).
+    async fn proof(&self) -> Result<Option<IdentityProof>, MetadataError> {
+        let Some(document) = self.get(IDENTITY_DOCUMENT).await? else {
+            tracing::warn!("IMDS has no instance identity document; registering without one");
+            return Ok(None);
+        };
+        let Some(rsa2048) = self.get(IDENTITY_RSA2048).await? else {
+            tracing::warn!(
+                "IMDS has an identity document but no rsa2048 signature; registering without one"
+            );
+            return Ok(None);
+        };
+        Ok(Some(IdentityProof { document, rsa2048 }))
     }
 }
 

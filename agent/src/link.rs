@@ -98,6 +98,7 @@ async fn ensure_registered(agent: &Agent) -> Result<Option<Creds>, JournalError>
         group: agent.group.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         request_id: Some(rid),
+        identity: agent.identity.proof.clone(),
     };
     let mut delays = spot_runtime::retry::full_jitter(COORDINATOR_LINK);
     loop {

@@ -10,6 +10,7 @@ mod macros;
 
 pub mod command;
 pub mod decision;
+pub mod identity;
 pub mod ids;
 pub mod notice;
 pub mod planner;

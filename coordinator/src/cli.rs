@@ -305,11 +305,26 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         } => backtest(&serve, since, group, json),
         Command::Validate(args) => {
             let c = Config::load(&args)?;
+            let identity = crate::identity::IdentityCheck::load(&c)?;
             println!(
                 "configuration ok: listen {}, data dir {}",
                 c.listen,
                 c.data_dir.display()
             );
+            match identity.mode() {
+                crate::config::IdentityMode::Verify => println!(
+                    "identity: verify ({} signing certificate(s) in {})",
+                    identity.signers(),
+                    c.identity_ca
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new("?"))
+                        .display()
+                ),
+                crate::config::IdentityMode::Trust => println!(
+                    "warning: identity = \"trust\": registrations are not verified; any holder \
+                     of an enrollment token may register as any instance"
+                ),
+            }
             Ok(())
         }
         Command::Serve(args) => serve(args),

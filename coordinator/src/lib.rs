@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod export;
 pub mod grants;
+pub mod identity;
 pub mod live;
 pub mod metrics;
 pub mod state;

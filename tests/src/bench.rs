@@ -2,6 +2,7 @@
 //! coordinator; prints throughput, latency percentiles and missed beats.
 
 use crate::harness::{Api, Coordinator};
+use crate::imds_sim::InstanceMeta;
 use anyhow::{Context, Result, bail};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -90,7 +91,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let interval = humantime::format_duration(args.interval).to_string();
-    // Every simulated agent registers from 127.0.0.1: no per-source limit.
+    // Every simulated agent registers from 127.0.0.1: no per-source limit;
+    // each with a signed identity document, checked as in production.
+    let identity_ca = crate::identity_sign::write_ca(dir.path())?;
     let coord = Coordinator::start(
         dir.path(),
         &[
@@ -98,6 +101,10 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             &interval,
             "--registrations-per-source",
             "0",
+            "--identity",
+            "verify",
+            "--identity-ca",
+            &identity_ca.display().to_string(),
         ],
     )?;
     // One HTTP/1.1 connection pool shared by all simulated agents, as
@@ -115,11 +122,23 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     if st != StatusCode::CREATED {
         bail!("creating group: {st} {v}");
     }
+    // Signed before the clock starts: signing is IMDS's work, not ours.
+    let n = args.agents;
+    let proofs = tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|i| {
+                let meta =
+                    InstanceMeta::spot(&format!("i-{i:06}"), "m5.large", "us-east-1a", "bench");
+                crate::identity_sign::proof(&meta)
+            })
+            .collect::<Result<Vec<_>>>()
+    })
+    .await??;
     let reg_start = Instant::now();
     let mut creds = Vec::with_capacity(args.agents);
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::new();
-    for i in 0..args.agents {
+    for (i, proof) in proofs.into_iter().enumerate() {
         let (api, tok, sem) = (
             api.clone(),
             coord.enrollment_token.clone(),
@@ -129,7 +148,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             let _permit = sem.acquire().await?;
             let body = json!({"instance_id": format!("i-{i:06}"), "instance_type": "m5.large",
                 "availability_zone": "us-east-1a", "region": "us-east-1",
-                "lifecycle": "spot", "group": "bench"});
+                "lifecycle": "spot", "group": "bench", "identity": proof});
             let (st, v) = api.post("/v1/agents/register", &tok, &body).await?;
             if st != StatusCode::CREATED {
                 bail!("register: {st} {v}");

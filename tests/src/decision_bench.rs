@@ -61,6 +61,7 @@ pub async fn run(args: DecisionBench) -> Result<()> {
                 group: format!("g{g}"),
                 agent_version: "bench".into(),
                 request_id: None,
+                identity: None,
             };
             tx.register_agent(&req, &format!("a-{g}"), &format!("t-{g}"), 5000, 15000)?;
             tx.agent_healthy(&format!("a-{g}"))?;

@@ -30,6 +30,11 @@ pub struct InstanceMeta {
     pub region: String,
     pub lifecycle: String,
     pub tags: HashMap<String, String>,
+    /// The account of the signed identity document.
+    pub account_id: String,
+    /// Serve a signed identity document (a metadata mock that cannot sign
+    /// answers 404 there).
+    pub signed: bool,
 }
 
 impl InstanceMeta {
@@ -45,6 +50,8 @@ impl InstanceMeta {
             tags: [("spot:group".to_owned(), group.to_owned())]
                 .into_iter()
                 .collect(),
+            account_id: crate::identity_sign::ACCOUNT_ID.into(),
+            signed: true,
         }
     }
 }
@@ -135,6 +142,10 @@ impl ImdsSim {
         let app = Router::new()
             .route("/latest/api/token", put(token))
             .route("/latest/meta-data/{*path}", get(meta_get))
+            .route(
+                "/latest/dynamic/instance-identity/{kind}",
+                get(identity_get),
+            )
             .route("/_sim/notice", post(ctl_notice))
             .route("/_sim/fault", post(ctl_fault))
             .route("/_sim/expire-tokens", post(ctl_expire))
@@ -239,18 +250,8 @@ async fn meta_get(
 ) -> Response {
     delay(&sim).await;
     let mut g = sim.lock();
-    g.stats.gets += 1;
-    let valid = headers
-        .get("x-aws-ec2-metadata-token")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| g.tokens.get(t))
-        .is_some_and(|exp| *exp > Instant::now());
-    if !valid {
-        g.stats.unauthorized += 1;
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    if g.fault == Fault::Error500 {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    if let Some(refused) = admit(&mut g, &headers) {
+        return refused;
     }
     let m = &g.meta;
     let body = match path.as_str() {
@@ -274,6 +275,51 @@ async fn meta_get(
     match body {
         Some(b) => b.into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Count a GET and check its token and the 500 fault: `Some` is the
+/// refusal to answer.
+fn admit(g: &mut Inner, headers: &HeaderMap) -> Option<Response> {
+    g.stats.gets += 1;
+    let valid = headers
+        .get("x-aws-ec2-metadata-token")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| g.tokens.get(t))
+        .is_some_and(|exp| *exp > Instant::now());
+    if !valid {
+        g.stats.unauthorized += 1;
+        return Some(StatusCode::UNAUTHORIZED.into_response());
+    }
+    (g.fault == Fault::Error500).then(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The signed instance identity document and its `rsa2048` signature
+/// (signed fresh each time, as the document is small).
+async fn identity_get(
+    State(sim): State<ImdsSim>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    delay(&sim).await;
+    let meta = {
+        let mut g = sim.lock();
+        if let Some(refused) = admit(&mut g, &headers) {
+            return refused;
+        }
+        g.meta.clone()
+    };
+    if !meta.signed {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let body = match kind.as_str() {
+        "document" => crate::identity_sign::document(&meta),
+        "rsa2048" => crate::identity_sign::proof(&meta).map(|p| p.rsa2048),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    match body {
+        Ok(b) => b.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
     }
 }
 

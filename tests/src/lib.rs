@@ -10,6 +10,7 @@ pub mod ec2_sim;
 pub mod failover_bench;
 pub mod fleet;
 pub mod harness;
+pub mod identity_sign;
 pub mod imds_sim;
 pub mod ledger;
 pub mod model_server;

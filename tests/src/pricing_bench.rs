@@ -41,6 +41,7 @@ pub async fn run(args: ConsolidateBench) -> Result<()> {
                 group: "bench".into(),
                 agent_version: "bench".into(),
                 request_id: None,
+                identity: None,
             };
             tx.register_agent(&req, &format!("a-{a}"), &format!("t-{a}"), 5000, 15000)?;
         }

@@ -64,6 +64,7 @@ fn register(tx: &mut Txn<'_>, slot: &Slot) -> spot_coordinator::store::Result<()
         group: slot.group.clone(),
         agent_version: "bench".into(),
         request_id: None,
+        identity: None,
     };
     tx.register_agent(
         &req,

@@ -38,6 +38,21 @@ pub struct RegisterRequest {
     pub agent_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The signed instance identity document, as IMDS serves it. A
+    /// coordinator with `identity = "verify"` requires it and takes the
+    /// instance's id, type, zone and region from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityProof>,
+}
+
+/// `/latest/dynamic/instance-identity/document` and `.../rsa2048`, verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProof {
+    /// The JSON document.
+    pub document: String,
+    /// Base64 PKCS#7 SignedData over the document (RSA-2048, SHA-256).
+    pub rsa2048: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -56,6 +56,10 @@ pub async fn register(
             msg,
         ));
     }
+    // The claimed id is audited if the identity check refuses it: bounded first.
+    check_field("instance_id", &req.instance_id)?;
+    let req = verified_identity(&state, req).await?;
+    // What the signed document placed is checked like the rest.
     for (name, v) in [
         ("instance_id", &req.instance_id),
         ("instance_type", &req.instance_type),
@@ -125,6 +129,55 @@ pub async fn register(
     );
     tracing::info!(agent_id = %resp.agent_id, "agent registered");
     Ok((StatusCode::CREATED, Json(resp)))
+}
+
+/// The registration as its signed identity document says (`identity =
+/// "verify"`): the instance id must be the document's, and the type, zone
+/// and region are taken from it. A refusal is audited and answered 403
+/// with its code (`identity_required`, `identity_invalid`,
+/// `identity_mismatch`, `account_not_allowed`).
+async fn verified_identity(
+    state: &AppState,
+    mut req: RegisterRequest,
+) -> Result<RegisterRequest, ApiError> {
+    let refused = match state.identity.check(req.identity.as_ref()) {
+        Ok(None) => return Ok(req),
+        Ok(Some(doc)) if doc.instance_id == req.instance_id => {
+            if (&req.instance_type, &req.availability_zone, &req.region)
+                != (&doc.instance_type, &doc.availability_zone, &doc.region)
+            {
+                tracing::warn!(instance = %doc.instance_id, claimed_type = %req.instance_type,
+                    claimed_zone = %req.availability_zone,
+                    "a registration's placement differs from its signed identity document: the document wins");
+            }
+            req.instance_type = doc.instance_type;
+            req.availability_zone = doc.availability_zone;
+            req.region = doc.region;
+            return Ok(req);
+        }
+        Ok(Some(doc)) => crate::identity::Refusal {
+            code: "identity_mismatch",
+            message: format!(
+                "the signed identity document is instance {}'s, not {}'s",
+                doc.instance_id, req.instance_id
+            ),
+        },
+        Err(r) => r,
+    };
+    tracing::warn!(instance = %req.instance_id, code = refused.code, reason = %refused.message,
+        "registration refused: identity");
+    let (claimed, code, reason) = (req.instance_id, refused.code, refused.message.clone());
+    state
+        .db
+        .transact(Ctx::system(crate::state::now_ms()), move |tx| {
+            tx.identity_refused(&claimed, code, &reason)
+        })
+        .await?;
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        refused.code,
+        refused.message,
+    ))
 }
 
 pub async fn heartbeat(

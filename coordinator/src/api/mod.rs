@@ -522,6 +522,8 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::
         "status": "ok",
         "schema_version": version,
         "uptime_s": state.started.elapsed().as_secs(),
+        // "trust" means registrations are not verified: worth a look.
+        "identity": state.identity.mode().as_str(),
     })))
 }
 

@@ -1,6 +1,6 @@
 //! The TOML file and the merge: defaults < file < environment < flags.
 
-use super::{Config, ConfigError, ServeArgs, TlsConfig};
+use super::{Config, ConfigError, IdentityMode, ServeArgs, TlsConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +14,9 @@ struct FileConfig {
     enrollment_token: Option<String>,
     fleet_enrollment: Option<bool>,
     registrations_per_source: Option<u32>,
+    identity: Option<IdentityMode>,
+    identity_ca: Option<PathBuf>,
+    allowed_accounts: Option<Vec<String>>,
     admin_token: Option<String>,
     #[serde(default, with = "humantime_serde")]
     heartbeat_interval: Option<Duration>,
@@ -83,6 +86,9 @@ impl Config {
             enrollment_token: args.enrollment_token.clone().or(file.enrollment_token),
             fleet_enrollment: layered!(fleet_enrollment),
             registrations_per_source: layered!(registrations_per_source),
+            identity: layered!(identity),
+            identity_ca: args.identity_ca.clone().or(file.identity_ca),
+            allowed_accounts: layered!(allowed_accounts),
             admin_token: args.admin_token.clone().or(file.admin_token),
             heartbeat_interval: layered!(heartbeat_interval),
             missed_heartbeats: layered!(missed_heartbeats),

@@ -40,6 +40,22 @@ pub struct ServeArgs {
     /// addresses as instances [default: 20].
     #[arg(long, env = "SPOT_COORDINATOR_REGISTRATIONS_PER_SOURCE")]
     pub registrations_per_source: Option<u32>,
+    /// How a registration proves which instance it speaks for: verify (the
+    /// signed instance identity document, checked against --identity-ca;
+    /// instance id, type, zone, region and account are taken from it) or
+    /// trust (the request's own word: for simulators and metadata mocks
+    /// that cannot sign) [default: verify].
+    #[arg(long, env = "SPOT_COORDINATOR_IDENTITY", value_enum)]
+    pub identity: Option<super::IdentityMode>,
+    /// PEM bundle of the certificates that sign instance identity
+    /// documents: AWS's RSA-2048 certificates of the regions the fleet
+    /// runs in (see docs/OPERATIONS.md), or a test signer's.
+    #[arg(long, env = "SPOT_COORDINATOR_IDENTITY_CA")]
+    pub identity_ca: Option<PathBuf>,
+    /// AWS accounts whose instances may register, comma-separated; empty
+    /// allows any account a verified document names.
+    #[arg(long, env = "SPOT_COORDINATOR_ALLOWED_ACCOUNTS", value_delimiter = ',')]
+    pub allowed_accounts: Option<Vec<String>>,
     /// Operator API token. Generated, printed once and kept in
     /// <data-dir>/admin.token when absent.
     #[arg(long, env = "SPOT_COORDINATOR_ADMIN_TOKEN", hide_env_values = true)]

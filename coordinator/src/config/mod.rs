@@ -50,6 +50,28 @@ pub enum ClientIdentity {
     Cn,
 }
 
+/// How a registration proves the instance it speaks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMode {
+    /// The signed instance identity document, checked against
+    /// `identity_ca`: an agent registers only as the instance it runs on.
+    #[default]
+    Verify,
+    /// The request's word: any holder of an enrollment token may register
+    /// as any instance. For simulators and metadata mocks that cannot sign.
+    Trust,
+}
+
+impl IdentityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityMode::Verify => "verify",
+            IdentityMode::Trust => "trust",
+        }
+    }
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,6 +83,12 @@ pub struct Config {
     pub fleet_enrollment: bool,
     /// Registrations per second per source address (0: no limit).
     pub registrations_per_source: u32,
+    /// `identity`: verify the signed identity document, or trust the body.
+    pub identity: IdentityMode,
+    /// `identity_ca`: the certificates identity documents are signed by.
+    pub identity_ca: Option<PathBuf>,
+    /// `allowed_accounts`: empty allows any.
+    pub allowed_accounts: Vec<String>,
     pub admin_token: Option<String>,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: u32,
@@ -106,6 +134,11 @@ impl Default for Config {
             // 20/s, bursts of 200: far above one instance's retries, far
             // below a forger minting identities from one address.
             registrations_per_source: 20,
+            // Verify: the trust issue's whole point is that an enrollment
+            // token alone no longer lets a process speak for any instance.
+            identity: IdentityMode::Verify,
+            identity_ca: None,
+            allowed_accounts: Vec::new(),
             admin_token: None,
             // 5 s: an emergency still reaches the agent at once through the
             // long-poll; heartbeats only carry liveness and the lease.

@@ -57,6 +57,8 @@ pub struct AppState {
     pub admission: admission::Admission,
     /// Signs the grant of every promote, verifies a PRIMARY's claim.
     pub grant_keys: crate::grants::GrantKeys,
+    /// Registration's proof of identity (`identity`, `identity_ca`).
+    pub identity: crate::identity::IdentityCheck,
     /// Dashboard login attempts per source address.
     pub login_limit: limits::PerSource,
     /// Agent registrations (and enrollment token guesses) per source.
@@ -151,6 +153,13 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
     let admin = resolve_token(&config.data_dir, "admin", config.admin_token.as_deref())?;
     let grant_keys = crate::grants::GrantKeys::load_or_create(&config.data_dir)
         .context("loading the grant keys")?;
+    let identity = crate::identity::IdentityCheck::load(&config)?;
+    if identity.mode() == crate::config::IdentityMode::Trust {
+        tracing::warn!(
+            "identity = \"trust\": registrations are not verified, so any holder of an \
+             enrollment token may register as any instance (for simulators and metadata mocks)"
+        );
+    }
     let db_path = config.data_dir.join("coordinator.db");
     let db = Db::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
     // Not serving yet: reading on this thread blocks nobody.
@@ -173,6 +182,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
         streams: StreamCounts::default(),
         admission: admission::Admission::default(),
         grant_keys,
+        identity,
         // Ten guesses, then one every 6 s: a person mistyping never notices.
         login_limit: limits::PerSource::new(1.0 / 6.0, 10),
         register_limit: limits::PerSource::new(

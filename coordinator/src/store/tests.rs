@@ -22,6 +22,7 @@ fn reg(instance: &str) -> RegisterRequest {
         group: "g".into(),
         agent_version: "test".into(),
         request_id: None,
+        identity: None,
     }
 }
 

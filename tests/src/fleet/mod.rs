@@ -252,6 +252,10 @@ impl Fleet {
         if opts.coordinator_executor {
             args.push("--ec2-executor");
         }
+        // Every simulated IMDS signs its identity document with the test
+        // key, so a fleet runs the identity check as production does.
+        let identity_ca = crate::identity_sign::write_ca(&root)?.display().to_string();
+        args.extend(["--identity", "verify", "--identity-ca", &identity_ca]);
         let mut env = ec2_env(&ec2.endpoint());
         let offset_file = root.join(COORDINATOR_CLOCK_OFFSET);
         env.push((

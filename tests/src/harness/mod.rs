@@ -204,6 +204,15 @@ impl Coordinator {
             .arg(&self.admin_token)
             .arg("--enrollment-token")
             .arg(&self.enrollment_token)
+            // Raw-API tests register with made-up instances that no IMDS
+            // signed; a test of the identity check (and every fleet, whose
+            // IMDS simulators sign) passes `--identity verify`.
+            .args(
+                (!self.extra.iter().any(|a| a.starts_with("--identity")))
+                    .then_some(["--identity", "trust"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::fleet::{Fleet, FleetOptions};
 use crate::harness::eventually;
+use crate::imds_sim::InstanceMeta;
 use crate::ledger::{Ledger, monotonic_ns};
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
@@ -395,34 +396,50 @@ pub async fn shared_identity() -> Result<Timings> {
 
 /// A forger holding the fleet's enrollment token (every instance's user
 /// data has it) attacks a group with a real serving PRIMARY through raw
-/// HTTP: it registers as the PRIMARY's instance, then as an instance of
-/// its own from which it reports the PRIMARY terminated and claims PRIMARY
-/// above the store's epoch, without a grant and with a made-up one. Each
-/// is refused (with its code, audited) or counts for nothing: the PRIMARY
-/// serves throughout and the ledger shows no overlap.
+/// HTTP: it registers as the PRIMARY's instance (with no identity
+/// document, with its own instance's document, and by replaying the
+/// PRIMARY's genuine one), then as an instance of its own from which it
+/// reports the PRIMARY terminated and claims PRIMARY above the store's
+/// epoch, without a grant and with a made-up one. Each is refused (with
+/// its code, audited) or counts for nothing: the PRIMARY serves
+/// throughout and the ledger shows no overlap.
 pub async fn forger() -> Result<Timings> {
     let f = Fleet::start(FleetOptions::default()).await?;
     let first = group(&f, json!({}), Some("i-db-r")).await?;
     let checker = InvariantChecker::start(&f);
     let t = Instant::now();
     let enroll = f.coord.enrollment_token.clone();
-    let reg = |i: &str| {
-        json!({"instance_id": i, "instance_type": "m5.large", "availability_zone": "us-east-1b",
-               "region": "us-east-1", "lifecycle": "spot", "group": "db"})
+    let signed = |i: &str| {
+        crate::identity_sign::proof(&InstanceMeta::spot(i, "m5.large", "us-east-1b", "db"))
     };
-    // 1. Take the serving PRIMARY's place (and so kill its agent's token).
-    let (st, v) = f
-        .api
-        .post("/v1/agents/register", &enroll, &reg(&first))
-        .await?;
-    ensure!(
-        st == 409 && v["code"] == "instance_registered",
-        "registering as the PRIMARY: {st} {v}"
-    );
+    let reg = |i: &str, proof: Option<spot_common::wire::IdentityProof>| {
+        json!({"instance_id": i, "instance_type": "m5.large", "availability_zone": "us-east-1b",
+               "region": "us-east-1", "lifecycle": "spot", "group": "db", "identity": proof})
+    };
+    // 1. Take the serving PRIMARY's place (and so kill its agent's token):
+    // without a document, with the forger's own, replaying the PRIMARY's.
+    for (proof, want_status, want_code) in [
+        (None, 403, "identity_required"),
+        (Some(signed("i-forged")?), 403, "identity_mismatch"),
+        (Some(signed(&first)?), 409, "instance_registered"),
+    ] {
+        let (st, v) = f
+            .api
+            .post("/v1/agents/register", &enroll, &reg(&first, proof))
+            .await?;
+        ensure!(
+            st == want_status && v["code"] == want_code,
+            "registering as the PRIMARY (want {want_code}): {st} {v}"
+        );
+    }
     // 2. A foothold: an instance of its own.
     let (st, v) = f
         .api
-        .post("/v1/agents/register", &enroll, &reg("i-forged"))
+        .post(
+            "/v1/agents/register",
+            &enroll,
+            &reg("i-forged", Some(signed("i-forged")?)),
+        )
         .await?;
     ensure!(st == 201, "{st} {v}");
     let (id, token) = (
@@ -485,6 +502,8 @@ pub async fn forger() -> Result<Timings> {
     ensure!(
         f.audited(&format!("instance:{first}"), "registration_refused")
             .await?
+            && f.audited(&format!("instance:{first}"), "identity_refused")
+                .await?
             && f.audited("instance:i-forged", "claim_refused").await?,
         "each refusal is audited"
     );

@@ -260,6 +260,18 @@ impl Txn<'_> {
         )
     }
 
+    /// A registration whose identity proof was missing, did not verify,
+    /// named another instance or an account not allowed. Audited as
+    /// `identity_refused` under the instance the request claimed.
+    pub fn identity_refused(&mut self, claimed: &str, code: &str, reason: &str) -> Result<()> {
+        self.audit(
+            Entity::Instance(claimed),
+            "identity_refused",
+            &json!(null),
+            &json!({"code": code, "reason": reason}),
+        )
+    }
+
     /// An operator says the agent is gone (its instance reinstalled, its
     /// journal lost): its token stops working and its instance may
     /// register afresh at once. Audited as `reset`.
