@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod ec2;
+#[cfg(feature = "test-util")]
+pub mod pgtest;
 pub mod retry;
 pub mod sql;
 pub mod supervise;

@@ -130,6 +130,11 @@ impl From<StoreError> for ApiError {
                     .to_owned(),
                 ),
             },
+            // The request reached a coordinator whose term ended under it:
+            // nothing was written; the leader (or the next one) answers.
+            S::NotLeader(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", e.to_string())
+            }
             S::RequestIdReuse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "request_id_reused", e.to_string())
             }

@@ -102,7 +102,7 @@ impl Txn<'_> {
         };
         let n = self.tx.execute(
             "UPDATE commands SET state = ?1, finished_at_ms = ?2, result = ?3
-             WHERE request_id = ?4 AND agent_id IS ?5 AND state IN ('queued', 'delivered')",
+             WHERE request_id = ?4 AND agent_id IS NOT DISTINCT FROM ?5 AND state IN ('queued', 'delivered')",
             params![
                 outcome.as_str(),
                 self.now_ms(),
@@ -176,13 +176,13 @@ impl Txn<'_> {
         let now_ms = self.now_ms();
         self.tx.execute(
             "UPDATE commands SET state = 'expired', finished_at_ms = ?2
-             WHERE agent_id IS ?1 AND state = 'queued' AND deadline_ms < ?2",
+             WHERE agent_id IS NOT DISTINCT FROM ?1 AND state = 'queued' AND deadline_ms < ?2",
             params![agent, now_ms],
         )?;
         let rows: Vec<(String, String)> = self
             .tx
             .prepare(
-                "SELECT request_id, body FROM commands WHERE agent_id IS ?1 AND
+                "SELECT request_id, body FROM commands WHERE agent_id IS NOT DISTINCT FROM ?1 AND
                     (state = 'queued' OR (state = 'delivered' AND delivered_at_ms <= ?2))
                  ORDER BY priority DESC, created_at_ms, request_id LIMIT ?3",
             )?

@@ -26,10 +26,11 @@ const EVIDENCE_MS: i64 = 30 * DAY;
 fn evidence(conn: &dyn Conn, pool: &PoolKey, now_ms: i64) -> Result<(f64, i64, i64, Option<i64>)> {
     let since = now_ms - EVIDENCE_MS;
     let hours: f64 = conn.query_row(
-        "SELECT COALESCE(SUM(
-             MAX(0, CASE WHEN role = 'terminated' THEN MIN(updated_at_ms, ?3) ELSE ?3 END
-                    - MAX(created_at_ms, ?4))), 0) / 3600000.0
-         FROM instances WHERE instance_type = ?1 AND availability_zone = ?2",
+        "SELECT COALESCE(SUM(CASE WHEN span > 0 THEN span ELSE 0 END), 0) / 3600000.0
+         FROM (SELECT CASE WHEN role = 'terminated' AND updated_at_ms < ?3 THEN updated_at_ms
+                           ELSE ?3 END
+                      - CASE WHEN created_at_ms > ?4 THEN created_at_ms ELSE ?4 END AS span
+               FROM instances WHERE instance_type = ?1 AND availability_zone = ?2) s",
         params![pool.instance_type, pool.availability_zone, now_ms, since],
         |r| r.get(0),
     )?;

@@ -35,7 +35,7 @@ pub fn fenced(conn: &dyn Conn, target: &FenceTarget, since_ms: i64) -> Result<bo
                           AND state = 'done' AND epoch >= ?2)
              OR EXISTS (SELECT 1 FROM events e JOIN agents a ON a.agent_id = e.agent_id
                           WHERE a.instance_id = ?1 AND e.kind = 'self_demoted'
-                            AND json_extract(e.body, '$.hook_ok') = 1 AND e.received_at_ms >= ?3)",
+                            AND CAST(json_extract(e.body, '$.hook_ok') AS BIGINT) = 1 AND e.received_at_ms >= ?3)",
         params![target.instance_id, super::to_i64(target.epoch), since_ms],
         |r| r.get(0),
     )

@@ -43,6 +43,7 @@ pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
 pub use commands::Via;
 pub use decisions::Logged as LoggedDecision;
+pub use engine::StoreUrl;
 pub use engine::sqlite::LATEST as SCHEMA_VERSION;
 pub use instances::BulkSelection;
 pub use pricing::{ConsolidationConfig, SeriesKey};
@@ -88,6 +89,10 @@ pub enum StoreError {
     IdempotencyKeyReused(String),
     #[error("{0}")]
     NotFenced(String),
+    /// A write on a coordinator that does not lead (PostgreSQL store):
+    /// it never began, or its term ended before it could commit.
+    #[error("{0}")]
+    NotLeader(String),
     #[error("{0}")]
     Invalid(String),
     /// The request is well formed but the state refuses it now (409).
@@ -115,6 +120,11 @@ pub const READERS: usize = 4;
 pub struct Db {
     write: Arc<Mutex<Store>>,
     read: Arc<Readers>,
+    /// On PostgreSQL with several coordinators: the term every write
+    /// transaction is checked against.
+    fence: Option<Arc<engine::postgres::Fence>>,
+    /// Where it is, for another connection (the leader's lease).
+    url: Arc<engine::StoreUrl>,
 }
 
 /// The reader pool: a read takes the first idle connection, or waits for
@@ -147,21 +157,76 @@ fn lock(m: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
 impl Db {
     /// Open (creating and migrating) the SQLite store at `path`.
     pub fn open(path: &Path) -> Result<Db> {
-        let writer = engine::sqlite::Sqlite::open(path, false)?;
-        let conns = (0..READERS)
-            .map(|_| {
-                Ok(Mutex::new(Store::new(engine::sqlite::Sqlite::open(
-                    path, true,
-                )?)))
-            })
-            .collect::<Result<_>>()?;
+        Self::open_url(&engine::StoreUrl::Sqlite(path.to_owned()), false)
+    }
+
+    /// Open (creating and migrating) the store at `url`. `fenced`
+    /// (PostgreSQL only): every write transaction checks this process's
+    /// leader term ([`Db::fence`]); until one is set, writes are refused.
+    pub fn open_url(url: &engine::StoreUrl, fenced: bool) -> Result<Db> {
+        let (writer, conns, fence): (Store, Vec<Mutex<Store>>, _) = match url {
+            engine::StoreUrl::Sqlite(path) => {
+                let writer = Store::new(engine::sqlite::Sqlite::open(path, false)?);
+                let conns = (0..READERS)
+                    .map(|_| {
+                        Ok(Mutex::new(Store::new(engine::sqlite::Sqlite::open(
+                            path, true,
+                        )?)))
+                    })
+                    .collect::<Result<_>>()?;
+                (writer, conns, None)
+            }
+            engine::StoreUrl::Postgres(u) => {
+                use engine::postgres::{Fence, Postgres, Target};
+                let target = Arc::new(Target::parse(u)?);
+                let fence = fenced.then(|| Arc::new(Fence::default()));
+                let writer = Store::new(Postgres::open(Arc::clone(&target), fence.clone(), true)?);
+                let conns = (0..READERS)
+                    .map(|_| {
+                        Ok(Mutex::new(Store::new(Postgres::open(
+                            Arc::clone(&target),
+                            None,
+                            false,
+                        )?)))
+                    })
+                    .collect::<Result<_>>()?;
+                (writer, conns, fence)
+            }
+        };
         Ok(Db {
-            write: Arc::new(Mutex::new(Store::new(writer))),
+            write: Arc::new(Mutex::new(writer)),
             read: Arc::new(Readers {
                 conns,
                 next: std::sync::atomic::AtomicUsize::new(0),
             }),
+            fence,
+            url: Arc::new(url.clone()),
         })
+    }
+
+    /// The leader term writes are checked against (PostgreSQL, `fenced`).
+    pub fn fence(&self) -> Option<&Arc<engine::postgres::Fence>> {
+        self.fence.as_ref()
+    }
+
+    pub fn url(&self) -> &engine::StoreUrl {
+        &self.url
+    }
+
+    /// A connection of its own, outside the pools and unfenced (the
+    /// leader's lease: it must never queue behind the store's work).
+    pub fn side_connection(&self) -> Result<Store> {
+        match &*self.url {
+            engine::StoreUrl::Sqlite(path) => {
+                Ok(Store::new(engine::sqlite::Sqlite::open(path, false)?))
+            }
+            engine::StoreUrl::Postgres(u) => {
+                let target = Arc::new(engine::postgres::Target::parse(u)?);
+                Ok(Store::new(engine::postgres::Postgres::open(
+                    target, None, false,
+                )?))
+            }
+        }
     }
 
     async fn run<R, F>(store: &Arc<Mutex<Store>>, f: F) -> Result<R>
@@ -573,5 +638,33 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The store's tests, once on each engine.
 #[cfg(test)]
-mod tests;
+mod tests {
+    mod sqlite {
+        fn store() -> (tempfile::TempDir, crate::store::Store) {
+            let dir = tempfile::tempdir().unwrap();
+            let engine =
+                crate::store::engine::sqlite::Sqlite::open(&dir.path().join("t.db"), false)
+                    .unwrap();
+            (dir, crate::store::Store::new(engine))
+        }
+        include!("tests.rs");
+    }
+
+    mod postgres {
+        /// A new database on the test process's PostgreSQL server.
+        fn store() -> ((), crate::store::Store) {
+            use crate::store::engine::postgres::{Postgres, Target};
+            let url = spot_runtime::pgtest::shared()
+                .and_then(|s| s.fresh_database())
+                .unwrap();
+            let target = std::sync::Arc::new(Target::parse(&url).unwrap());
+            (
+                (),
+                crate::store::Store::new(Postgres::open(target, None, true).unwrap()),
+            )
+        }
+        include!("tests.rs");
+    }
+}

@@ -109,7 +109,7 @@ impl Txn<'_> {
         let duplicates = rows.len() - accepted;
         tx.execute(
             "INSERT INTO counters (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+             ON CONFLICT (key) DO UPDATE SET value = counters.value + excluded.value",
             params![DUPLICATES, i64::try_from(duplicates).unwrap_or(0)],
         )?;
         Ok((accepted, duplicates))

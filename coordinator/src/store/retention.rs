@@ -160,16 +160,16 @@ impl Store {
     pub fn prune(&mut self, table: Table, before_ms: i64, batch: usize) -> Result<usize> {
         let sql = match table {
             Table::Idempotency => {
-                "DELETE FROM idempotency WHERE rowid IN (
-                   SELECT rowid FROM idempotency WHERE created_at_ms < ?1 LIMIT ?2)"
+                "DELETE FROM idempotency WHERE request_id IN (
+                   SELECT request_id FROM idempotency WHERE created_at_ms < ?1 LIMIT ?2)"
                     .to_owned()
             }
             Table::Notices => "DELETE FROM notices WHERE id IN (
                    SELECT id FROM notices WHERE seen_at_ms < ?1 LIMIT ?2)"
                 .to_owned(),
             Table::Events => format!(
-                "DELETE FROM events WHERE rowid IN (
-                   SELECT e.rowid FROM events e WHERE e.received_at_ms < ?1
+                "DELETE FROM events WHERE event_id IN (
+                   SELECT e.event_id FROM events e WHERE e.received_at_ms < ?1
                      AND NOT EXISTS (SELECT 1 FROM notices n WHERE n.event_id = e.event_id)
                      AND NOT (e.kind = 'self_demoted' AND EXISTS (
                          SELECT 1 FROM agents a JOIN instances i ON i.instance_id = a.instance_id
@@ -185,8 +185,8 @@ impl Store {
                    LIMIT ?2)"
             ),
             Table::Commands => format!(
-                "DELETE FROM commands WHERE rowid IN (
-                   SELECT c.rowid FROM commands c
+                "DELETE FROM commands WHERE request_id IN (
+                   SELECT c.request_id FROM commands c
                    WHERE c.finished_at_ms < ?1 AND c.state NOT IN ('queued', 'delivered')
                      AND NOT EXISTS (SELECT 1 FROM instances i
                                      WHERE i.instance_id = c.subject AND NOT ({SETTLED}))

@@ -56,7 +56,7 @@ pub fn group(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Grou
         launches_in_flight: launches_in_flight(conn, group, now_ms - launch_timeout_ms)?,
         last_proactive_launch_ms: conn.query_row(
             "SELECT MAX(created_at_ms) FROM commands WHERE group_name = ?1 AND kind = 'launch'
-               AND json_extract(body, '$.action.emergency') = 0",
+               AND CAST(json_extract(body, '$.action.emergency') AS BIGINT) = 0",
             [group],
             |r| r.get(0),
         )?,
@@ -83,14 +83,14 @@ fn instances(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Vec<
     let stmt = conn.prepare_cached(
         "SELECT i.instance_id, i.role, i.instance_type, i.availability_zone, i.agent_id,
                 COALESCE(a.healthy, 0),
-                COALESCE(i.ec2_state IN ('shutting-down', 'terminated'), 0),
+                CASE WHEN i.ec2_state IN ('shutting-down', 'terminated') THEN 1 ELSE 0 END,
                 EXISTS (SELECT 1 FROM commands c WHERE c.subject = i.instance_id
                         AND c.kind = 'promote'
                         AND c.state IN ('failed', 'cancelled', 'expired', 'stale')
                         AND c.created_at_ms > ?2),
                 i.role = 'launching' AND i.created_at_ms < ?3,
                 i.role_epoch,
-                COALESCE(a.registered_at_ms > i.updated_at_ms, 0),
+                CASE WHEN a.registered_at_ms > i.updated_at_ms THEN 1 ELSE 0 END,
                 COALESCE(i.ec2_state_at_ms, 0)
          FROM instances i LEFT JOIN agents a ON a.agent_id = i.agent_id
          -- A stranger (from a launch this store never saw) is only a fence
@@ -161,7 +161,7 @@ fn expired(
     let stmt = conn.prepare_cached(
         "SELECT instance_id FROM instances
          WHERE group_name = ?1
-           AND COALESCE(ec2_state NOT IN ('shutting-down', 'terminated'), 1)
+           AND (ec2_state IS NULL OR ec2_state NOT IN ('shutting-down', 'terminated'))
            AND ((role = 'zombie' AND updated_at_ms <= ?2) OR (role = 'failed' AND updated_at_ms <= ?3))
          ORDER BY updated_at_ms, instance_id",
     )?;
@@ -245,7 +245,7 @@ pub fn fleet_health(conn: &dyn Conn, now_ms: i64) -> Result<FleetHealth> {
         zombies_past_retention: count(
             "SELECT COUNT(*) FROM instances i JOIN groups g ON g.name = i.group_name
              WHERE i.role = 'zombie' AND i.updated_at_ms <=
-                   ?1 - 1000 * COALESCE(json_extract(g.config, '$.zombie_retention_s'), 2592000)",
+                   ?1 - 1000 * COALESCE(CAST(json_extract(g.config, '$.zombie_retention_s') AS BIGINT), 2592000)",
         )?,
         primary_prices: primary_prices(conn)?,
     })

@@ -152,8 +152,8 @@ impl Txn<'_> {
     pub fn flush_heartbeats(&mut self, batch: &[HeartbeatRecord]) -> Result<()> {
         let stmt = self.tx.prepare_cached(
             "UPDATE agents SET last_heartbeat_ms = ?1, reported_role = ?2,
-                 highest_epoch = MIN(?3, COALESCE(
-                     (SELECT g.epoch FROM groups g WHERE g.name = agents.group_name), ?3)),
+                 highest_epoch = (SELECT CASE WHEN ?3 < e THEN ?3 ELSE e END FROM (SELECT COALESCE(
+                     (SELECT g.epoch FROM groups g WHERE g.name = agents.group_name), ?3) AS e) cap),
                  healthy = ?4, backlog = ?5 WHERE agent_id = ?6",
         )?;
         for h in batch {

@@ -17,12 +17,62 @@
 //! and PostgreSQL speak; what still differs lives in [`dialect`].
 
 pub mod dialect;
+pub mod postgres;
 pub mod sqlite;
 mod value;
 
 use super::{Result, StoreError};
+use std::path::PathBuf;
 
 pub use value::{FromValue, ToValue, Value};
+
+/// Where the store lives (`store_url`): `sqlite:PATH`, the embedded
+/// default, or `postgres://user@host/db?sslmode=verify-full&sslrootcert=PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(
+                    "sqlite: needs a path, e.g. sqlite:/var/lib/spot-coordinator/coordinator.db"
+                        .into(),
+                );
+            }
+            return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(s.to_owned()));
+        }
+        Err(format!(
+            "store URL {:?} is neither sqlite:PATH nor postgres://...",
+            postgres::redact(s)
+        ))
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    /// The URL with any password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            StoreUrl::Postgres(u) => f.write_str(&postgres::redact(u)),
+        }
+    }
+}
+
+impl StoreUrl {
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, StoreUrl::Postgres(_))
+    }
+}
 
 /// What went wrong between the store and its engine.
 #[derive(Debug, thiserror::Error)]
