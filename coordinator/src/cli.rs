@@ -38,6 +38,14 @@ pub enum Command {
     Validate(ServeArgs),
     /// Consolidate staged spot prices now (safe while `serve` runs).
     Consolidate(ServeArgs),
+    /// Bring the store (--store-url) to this version's schema and exit.
+    /// `serve` migrates at start too; this does it ahead, once, for a
+    /// rolling upgrade of several coordinators (older coordinators keep
+    /// working on a schema a newer one extended).
+    Migrate(ServeArgs),
+    /// Move the store between engines.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Named operator tokens: create (printed once), list, revoke. Safe
     /// while `serve` runs: a new token works at once, a revoked one stops
     /// at once.
@@ -202,6 +210,49 @@ pub enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Copy every row of one store into another, empty one, ids kept, in
+    /// one transaction on the target (a failed copy leaves it empty), each
+    /// table's row count checked. Stop the coordinators first. E.g.
+    /// `store copy --from sqlite:/var/lib/spot-coordinator/coordinator.db
+    /// --to 'postgres://spot@db/spot?sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem'`.
+    Copy {
+        /// The store to read.
+        #[arg(long)]
+        from: crate::store::StoreUrl,
+        /// The empty store to fill (migrated to the latest schema first).
+        #[arg(long)]
+        to: crate::store::StoreUrl,
+        /// The per-table counts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn store_cmd(cmd: StoreCmd) -> anyhow::Result<()> {
+    match cmd {
+        StoreCmd::Copy { from, to, json } => {
+            if from == to {
+                anyhow::bail!("--from and --to are the same store");
+            }
+            let src = Db::open_url(&from, false).with_context(|| format!("opening {from}"))?;
+            let dst = Db::open_url(&to, false).with_context(|| format!("opening {to}"))?;
+            let report = src.read_now(|s| dst.write_now(|d| d.copy_from(s)))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for c in &report {
+                    println!("{:<20} {:>10} rows", c.table, c.rows);
+                }
+                let total: u64 = report.iter().map(|c| c.rows).sum();
+                println!("copied {total} rows from {from} to {to}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand)]
 pub enum GrantKeyCmd {
     /// Put a new signing key first and keep the previous ones (grants made
     /// under them still verify; the oldest beyond three is dropped). The
@@ -296,6 +347,14 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Token(cmd) => token(cmd),
+        Command::Store(cmd) => store_cmd(cmd),
+        Command::Migrate(args) => {
+            use crate::store::Read;
+            let (db, config) = offline(&args)?;
+            let version = db.read_now(|s| s.schema_version())?;
+            println!("{} is at schema version {version}", config.store_url);
+            Ok(())
+        }
         Command::GrantKey(cmd) => grant_key(cmd),
         Command::Backtest {
             since,
@@ -307,10 +366,18 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let c = Config::load(&args)?;
             let identity = crate::identity::IdentityCheck::load(&c)?;
             println!(
-                "configuration ok: listen {}, data dir {}",
+                "configuration ok: listen {}, data dir {}, store {}",
                 c.listen,
-                c.data_dir.display()
+                c.data_dir.display(),
+                c.store_url
             );
+            if c.store_url.is_postgres() {
+                println!(
+                    "leader lease {} (this coordinator stops acting {} after its last renewal);                      every coordinator of the store needs the same admin and enrollment tokens and grant.keys",
+                    humantime::format_duration(c.leader_lease),
+                    humantime::format_duration(c.leader_acting_for())
+                );
+            }
             match identity.mode() {
                 crate::config::IdentityMode::Verify => println!(
                     "identity: verify ({} signing certificate(s) in {})",
@@ -388,8 +455,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 /// Open the store of a (possibly running) coordinator for a one-off job.
 fn offline(args: &ServeArgs) -> anyhow::Result<(Db, Config)> {
     let config = Config::load(args)?;
-    let path = config.data_dir.join("coordinator.db");
-    let db = Db::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let db = Db::open_url(&config.store_url, false)
+        .with_context(|| format!("opening the store {}", config.store_url))?;
     Ok((db, config))
 }
 
@@ -400,7 +467,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        let state = crate::state::prepare(config)?;
-        crate::run(state, listener, spot_runtime::supervise::shutdown_signal()).await
+        crate::run(config, listener, spot_runtime::supervise::shutdown_signal()).await
     })
 }

@@ -68,6 +68,13 @@ pub struct Metrics {
     pub savings_ratio: Family<GroupLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub fleet_savings_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub agents_online_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while this coordinator leads (always on SQLite).
+    pub leader: Gauge,
+    pub leader_changes: Counter,
+    /// Write transactions refused by the leader fence (PostgreSQL).
+    pub writes_refused: Counter,
+    pub follower_redirects: Counter,
+    pub follower_proxied: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,6 +164,36 @@ impl Metrics {
         // below it.
         let http_buckets = || Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         Metrics {
+            leader: metric(
+                r,
+                "leader",
+                "1 while this coordinator leads (the store's writer), else 0",
+                Gauge::default(),
+            ),
+            leader_changes: metric(
+                r,
+                "leader_terms",
+                "Leader terms this coordinator began",
+                Counter::default(),
+            ),
+            writes_refused: metric(
+                r,
+                "writes_refused_not_leader",
+                "Write transactions refused because this coordinator's leader term was over",
+                Counter::default(),
+            ),
+            follower_redirects: metric(
+                r,
+                "follower_redirects",
+                "Agent requests a follower sent to the leader (307)",
+                Counter::default(),
+            ),
+            follower_proxied: metric(
+                r,
+                "follower_proxied",
+                "Operator requests a follower proxied to the leader",
+                Counter::default(),
+            ),
             agents: metric(r, "agents", "Agents by status", Family::default()),
             heartbeats: metric(r, "heartbeats", "Heartbeats received", Counter::default()),
             http_duration: metric(

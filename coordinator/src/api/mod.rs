@@ -8,6 +8,7 @@
 
 mod agent;
 mod error;
+pub mod follower;
 mod operator;
 mod prices;
 mod stream;
@@ -471,6 +472,20 @@ where
 /// `overloaded` with a `Retry-After` the agent honours.
 async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     use crate::state::admission::Class;
+    // A leader whose lease may have run out answers no agent: a heartbeat
+    // answer or a command from a deposed leader would speak for a term
+    // that is over. The agent tries its next coordinator.
+    if !state.view.acting() {
+        let mut resp = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_leader",
+            "this coordinator's leader term is ending; try another coordinator",
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return resp;
+    }
     let path = req
         .extensions()
         .get::<MatchedPath>()
@@ -518,8 +533,14 @@ async fn not_found() -> ApiError {
 async fn healthz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     use crate::store::Read;
     let version = state.db.read(|s| s.schema_version()).await?;
+    let leader = state.view.leader();
     Ok(Json(serde_json::json!({
         "status": "ok",
+        "leader": state.view.acting(),
+        "leader_url": leader.url,
+        "leader_epoch": leader.epoch,
+        "advertise_url": state.view.advertise_url,
+        "store": state.view.store,
         "schema_version": version,
         "uptime_s": state.started.elapsed().as_secs(),
         // "trust" means registrations are not verified: worth a look.
@@ -553,7 +574,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .metrics
         .stalled_seconds
         .set(state.clock.stalled().as_secs_f64());
-    match state.metrics.encode() {
+    encode_metrics(&state.metrics)
+}
+
+/// `/metrics`' answer: the registry in OpenMetrics text.
+pub(crate) fn encode_metrics(metrics: &crate::metrics::Metrics) -> Response {
+    match metrics.encode() {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

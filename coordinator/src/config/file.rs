@@ -11,6 +11,11 @@ use std::time::Duration;
 struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    store_url: Option<String>,
+    advertise_url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    leader_lease: Option<Duration>,
+    peer_ca_bundle: Option<PathBuf>,
     enrollment_token: Option<String>,
     fleet_enrollment: Option<bool>,
     registrations_per_source: Option<u32>,
@@ -80,9 +85,21 @@ impl Config {
                 args.$field.clone().or(file.$field).unwrap_or(d.$field)
             };
         }
+        let data_dir = layered!(data_dir);
+        let store_url = match (&args.store_url, &file.store_url) {
+            (Some(u), _) => u.clone(),
+            (None, Some(u)) => u
+                .parse()
+                .map_err(|e: String| ConfigError::Invalid(format!("store_url: {e}")))?,
+            (None, None) => crate::store::StoreUrl::Sqlite(data_dir.join("coordinator.db")),
+        };
         let c = Config {
             listen: layered!(listen),
-            data_dir: layered!(data_dir),
+            store_url,
+            advertise_url: args.advertise_url.clone().or(file.advertise_url),
+            leader_lease: layered!(leader_lease),
+            peer_ca_bundle: args.peer_ca_bundle.clone().or(file.peer_ca_bundle),
+            data_dir,
             enrollment_token: args.enrollment_token.clone().or(file.enrollment_token),
             fleet_enrollment: layered!(fleet_enrollment),
             registrations_per_source: layered!(registrations_per_source),

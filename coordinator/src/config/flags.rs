@@ -21,6 +21,26 @@ pub struct ServeArgs {
     /// Directory for the database, tokens and listen.addr [default: ./data].
     #[arg(long, env = "SPOT_COORDINATOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where the store is: sqlite:PATH (embedded, one coordinator) or
+    /// postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (two
+    /// or three coordinators share it; one leads)
+    /// [default: sqlite:<data-dir>/coordinator.db].
+    #[arg(long, env = "SPOT_COORDINATOR_STORE_URL", hide_env_values = true)]
+    pub store_url: Option<crate::store::StoreUrl>,
+    /// The URL other coordinators, agents and operators reach this one at
+    /// (followers send agents to the leader's, and proxy operators to it)
+    /// [default: http(s)://<listen>].
+    #[arg(long, env = "SPOT_COORDINATOR_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// On PostgreSQL: the leader's lease, renewed on the database's clock
+    /// every quarter of it; a follower takes over once it ran out
+    /// [default: 10s].
+    #[arg(long, env = "SPOT_COORDINATOR_LEADER_LEASE", value_parser = humantime::parse_duration)]
+    pub leader_lease: Option<Duration>,
+    /// PEM bundle trusted when a follower proxies to the leader over HTTPS
+    /// (besides the system's roots) [default: none].
+    #[arg(long, env = "SPOT_COORDINATOR_PEER_CA_BUNDLE")]
+    pub peer_ca_bundle: Option<PathBuf>,
     /// Fleet enrollment token agents register with. Generated, printed once
     /// and kept in <data-dir>/enrollment.token when absent.
     #[arg(

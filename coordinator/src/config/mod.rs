@@ -77,6 +77,15 @@ impl IdentityMode {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// `store_url`: SQLite (default, in the data dir) or PostgreSQL.
+    pub store_url: crate::store::StoreUrl,
+    /// `advertise_url`: how others reach this coordinator (`None`: from
+    /// `listen`, see [`Config::advertised`]).
+    pub advertise_url: Option<String>,
+    /// `leader_lease`: the leader's lease on PostgreSQL.
+    pub leader_lease: Duration,
+    /// `peer_ca_bundle`: trust for a follower's proxy to the leader.
+    pub peer_ca_bundle: Option<PathBuf>,
     pub enrollment_token: Option<String>,
     /// The fleet enrollment token registers agents (else only group
     /// tokens do).
@@ -127,6 +136,14 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
+            store_url: crate::store::StoreUrl::Sqlite(PathBuf::from("data/coordinator.db")),
+            advertise_url: None,
+            // 10 s: a kill -9 costs lease + one look (0.5 s) before the new
+            // leader writes, well inside a 2-minute notice even with the
+            // settle that follows; a renewal every 2.5 s has three more
+            // chances before the lease runs out on a slow database.
+            leader_lease: Duration::from_secs(10),
+            peer_ca_bundle: None,
             enrollment_token: None,
             // True: a fleet that upgrades keeps enrolling; operators who
             // hand each group its own token turn it off.
@@ -223,6 +240,27 @@ impl Config {
             .promotion_timeout
             .saturating_sub(Duration::from_secs(5));
         i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The URL this coordinator is reached at: `advertise_url`, else
+    /// http(s)://<listen> (with the bound port once known).
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        match &self.advertise_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{bound}")
+            }
+        }
+    }
+
+    /// When a leader stops acting without a renewal: the lease minus a
+    /// margin for clocks that run at slightly different rates and for
+    /// scheduling (a fifth of the lease, at least 1 s), measured on its
+    /// own monotonic clock from when it *sent* the renewal.
+    pub fn leader_acting_for(&self) -> Duration {
+        let margin = (self.leader_lease / 5).max(Duration::from_secs(1));
+        self.leader_lease.saturating_sub(margin)
     }
 
     /// Silence after which an agent is OFFLINE.

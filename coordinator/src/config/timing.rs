@@ -50,6 +50,18 @@ impl Config {
                 )));
             }
         }
+        if self.store_url.is_postgres() && self.leader_lease < Duration::from_secs(3) {
+            return bad(
+                "leader_lease must be at least 3s (renewals every quarter of it must fit round trips to PostgreSQL)",
+            );
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "advertise_url {url:?} must be an http:// or https:// URL"
+            )));
+        }
         if self.price_retention < Duration::from_secs(92 * 86_400) {
             return bad("price_retention must be at least 92d (3 months of training data)");
         }

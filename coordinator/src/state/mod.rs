@@ -6,6 +6,7 @@
 //! `metrics` and `clock`; nothing here knows a handler or a task.
 
 pub mod admission;
+pub mod cluster;
 pub mod limits;
 mod sessions;
 mod streams;
@@ -30,7 +31,10 @@ pub struct AppState {
     pub config: Config,
     pub db: Db,
     pub live: Live,
-    pub metrics: Metrics,
+    /// The process's metrics: they outlive a leader term.
+    pub metrics: Arc<Metrics>,
+    /// Who leads (always this coordinator on SQLite).
+    pub view: Arc<cluster::View>,
     /// Monotonic time with the coordinator's own stalls taken out.
     pub clock: MonoClock,
     pub enrollment_token_hash: String,
@@ -39,7 +43,8 @@ pub struct AppState {
     /// Unix ms of the start: an agent not heard since may hold an epoch a
     /// restored store never saw (`ReplaceRequest::heard_since_ms`).
     pub started_at_ms: i64,
-    /// Cancelled on shutdown: every task stops, long-polls answer at once.
+    /// Cancelled on shutdown, or when this coordinator's leader term ends:
+    /// every task stops, long-polls answer at once.
     pub shutdown: CancellationToken,
     /// Something happened that may need a failover decision.
     pub reconcile: Notify,
@@ -58,7 +63,7 @@ pub struct AppState {
     /// Signs the grant of every promote, verifies a PRIMARY's claim.
     pub grant_keys: crate::grants::GrantKeys,
     /// Registration's proof of identity (`identity`, `identity_ca`).
-    pub identity: crate::identity::IdentityCheck,
+    pub identity: Arc<crate::identity::IdentityCheck>,
     /// Dashboard login attempts per source address.
     pub login_limit: limits::PerSource,
     /// Agent registrations (and enrollment token guesses) per source.
@@ -140,9 +145,26 @@ pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// What every leader term of this process shares, opened once at start:
+/// the configuration, the store, the tokens and keys, the metrics and the
+/// view of who leads.
+pub struct Shared {
+    pub config: Config,
+    pub db: Db,
+    pub metrics: Arc<Metrics>,
+    pub view: Arc<cluster::View>,
+    enrollment_token_hash: String,
+    admin_token_hash: String,
+    grant_keys: crate::grants::GrantKeys,
+    identity: Arc<crate::identity::IdentityCheck>,
+}
+
 /// Open the data dir and the store; everything `serve` needs before it
-/// accepts connections.
-pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
+/// accepts connections. `bound` is the address the listener got (for the
+/// advertised URL when none is configured). On PostgreSQL the store's
+/// writes are fenced from the start: nothing is written before this
+/// coordinator leads.
+pub fn open(config: Config, bound: std::net::SocketAddr) -> anyhow::Result<Shared> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let enrollment = resolve_token(
@@ -160,36 +182,64 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<AppState>> {
              enrollment token may register as any instance (for simulators and metadata mocks)"
         );
     }
-    let db_path = config.data_dir.join("coordinator.db");
-    let db = Db::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
-    // Not serving yet: reading on this thread blocks nobody.
-    let agents = db.read_now(|s| s.active_agents())?;
-    let clock = MonoClock::new();
-    Ok(Arc::new(AppState {
-        live: Live::from_store(agents, clock.now()),
-        clock,
-        metrics: Metrics::new(),
+    let shared_store = config.store_url.is_postgres();
+    let db = Db::open_url(&config.store_url, shared_store)
+        .with_context(|| format!("opening the store {}", config.store_url))?;
+    let advertised = config.advertised(bound);
+    let view = if shared_store {
+        cluster::View::new(advertised, "postgres")
+    } else {
+        cluster::View::solo(advertised)
+    };
+    Ok(Shared {
+        db,
+        metrics: Arc::new(Metrics::new()),
+        view: Arc::new(view),
         enrollment_token_hash: spot_common::token_hash(&enrollment),
         admin_token_hash: spot_common::token_hash(&admin),
-        started: Instant::now(),
-        started_at_ms: now_ms(),
-        shutdown: CancellationToken::new(),
-        reconcile: Notify::new(),
-        executor_wake: Notify::new(),
-        decide: Notify::new(),
-        sessions: Sessions::default(),
-        events: Feed::new(FEED_BUFFER),
-        streams: StreamCounts::default(),
-        admission: admission::Admission::default(),
         grant_keys,
-        identity,
-        // Ten guesses, then one every 6 s: a person mistyping never notices.
-        login_limit: limits::PerSource::new(1.0 / 6.0, 10),
-        register_limit: limits::PerSource::new(
-            f64::from(config.registrations_per_source),
-            config.registrations_per_source.saturating_mul(10),
-        ),
+        identity: Arc::new(identity),
         config,
-        db,
-    }))
+    })
+}
+
+impl Shared {
+    /// The state of one leader term: the live view of agents read afresh
+    /// from the store, new timers, new wake-ups; `shutdown` ends it. A
+    /// new term starts as a restarted coordinator does (settling first),
+    /// so whatever the last leader left half done is finished or rolled
+    /// over from the store.
+    pub fn term(&self, shutdown: CancellationToken) -> anyhow::Result<Arc<AppState>> {
+        let config = self.config.clone();
+        let agents = self.db.read_now(|s| s.active_agents())?;
+        let clock = MonoClock::new();
+        Ok(Arc::new(AppState {
+            live: Live::from_store(agents, clock.now()),
+            clock,
+            metrics: Arc::clone(&self.metrics),
+            view: Arc::clone(&self.view),
+            enrollment_token_hash: self.enrollment_token_hash.clone(),
+            admin_token_hash: self.admin_token_hash.clone(),
+            started: Instant::now(),
+            started_at_ms: now_ms(),
+            shutdown,
+            reconcile: Notify::new(),
+            executor_wake: Notify::new(),
+            decide: Notify::new(),
+            sessions: Sessions::default(),
+            events: Feed::new(FEED_BUFFER),
+            streams: StreamCounts::default(),
+            admission: admission::Admission::default(),
+            grant_keys: self.grant_keys.clone(),
+            identity: Arc::clone(&self.identity),
+            // Ten guesses, then one every 6 s: a person mistyping never notices.
+            login_limit: limits::PerSource::new(1.0 / 6.0, 10),
+            register_limit: limits::PerSource::new(
+                f64::from(config.registrations_per_source),
+                config.registrations_per_source.saturating_mul(10),
+            ),
+            db: self.db.clone(),
+            config,
+        }))
+    }
 }

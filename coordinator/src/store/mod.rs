@@ -23,6 +23,7 @@
 mod agents;
 mod audit;
 mod commands;
+mod copy;
 mod decisions;
 pub mod engine;
 mod events;
@@ -42,6 +43,7 @@ mod unheard;
 pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
 pub use commands::Via;
+pub use copy::{Copied, TABLES};
 pub use decisions::Logged as LoggedDecision;
 pub use engine::StoreUrl;
 pub use engine::sqlite::LATEST as SCHEMA_VERSION;

@@ -71,6 +71,17 @@ pub async fn run_with(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Res
                 (Arc::clone(&state), Arc::clone(&ec2), Arc::clone(&running));
             tasks.spawn(async move {
                 let rid = cmd.request_id.clone();
+                // A leader whose lease may have run out calls nothing: the
+                // command stays delivered and the next leader hands it out
+                // again (launches carry their ClientToken, so a retry never
+                // doubles one).
+                if !state.view.acting() {
+                    running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&rid);
+                    return;
+                }
                 let result = execute(&state, ec2.as_ref(), &cmd).await;
                 record(&state, result).await;
                 running

@@ -1,5 +1,5 @@
 //! Background monitor: marks silent agents OFFLINE (missed heartbeats),
-//! persists heartbeats in batches, and feeds the systemd watchdog.
+//! persists heartbeats in batches, and shows the watchdog it runs.
 //!
 //! It is the only writer of ONLINE/OFFLINE to the store. A store failure is
 //! logged and retried on the next tick: memory keeps the truth meanwhile.
@@ -15,13 +15,11 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     // within 20 % of an interval of the third missed heartbeat.
     let period = (state.config.heartbeat_interval / 5).min(Duration::from_secs(1));
     let mut schedule = Schedule::every(period, &state);
-    let watchdog = sd_notify::watchdog_enabled();
     while schedule.next().await {
         sweep(&state).await;
         flush(&state).await;
-        if watchdog.is_some() {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-        }
+        // The systemd watchdog is fed while this loop runs (`node.rs`).
+        state.view.progress();
     }
     // The last heartbeats are persisted before the coordinator stops.
     flush(&state).await;

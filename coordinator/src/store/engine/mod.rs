@@ -28,7 +28,7 @@ pub use value::{FromValue, ToValue, Value};
 
 /// Where the store lives (`store_url`): `sqlite:PATH`, the embedded
 /// default, or `postgres://user@host/db?sslmode=verify-full&sslrootcert=PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     Sqlite(PathBuf),
     Postgres(String),
@@ -65,6 +65,13 @@ impl std::fmt::Display for StoreUrl {
             StoreUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
             StoreUrl::Postgres(u) => f.write_str(&postgres::redact(u)),
         }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    /// As `Display`: a password never reaches a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
     }
 }
 
@@ -108,6 +115,11 @@ pub struct Row<'a>(&'a dyn Columns);
 impl<'a> Row<'a> {
     pub fn new(columns: &'a dyn Columns) -> Row<'a> {
         Row(columns)
+    }
+
+    /// Column `idx` (0-based) as the engine served it.
+    pub fn value(&self, idx: usize) -> Result<Value<'_>> {
+        self.0.column(idx)
     }
 
     /// Column `idx` (0-based) as a `T`.
@@ -173,6 +185,19 @@ pub trait Engine: Send {
     /// Open a write transaction that holds the write lock from its start,
     /// so its reads see what it will write over.
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>>;
+
+    /// The store's tables (the engine's own bookkeeping left out), for
+    /// `store copy`.
+    fn tables(&self) -> Result<Vec<String>>;
+    /// The columns of `table`, in order.
+    fn columns(&self, table: &str) -> Result<Vec<String>>;
+    /// The statement that, inside a transaction, checks foreign keys at
+    /// commit only (a copy inserts rows table by table, not in reference
+    /// order).
+    fn defer_constraints_sql(&self) -> &'static str;
+    /// After rows were copied in with their ids: new ids continue after
+    /// the largest.
+    fn after_copy(&self) -> Result<()>;
 }
 
 /// The parameters of a statement: `[]`, an array of one type, or

@@ -26,6 +26,7 @@
 use super::super::{Conn, ConnExt};
 use crate::store::{Result, StoreError};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The term a coordinator's writes are made under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +41,15 @@ pub struct Term {
 #[derive(Debug, Default)]
 pub struct Fence {
     term: Mutex<Option<Term>>,
+    /// Write transactions refused so far.
+    refused: AtomicU64,
 }
 
 impl Fence {
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     pub fn set(&self, term: Option<Term>) {
         *self.term.lock().unwrap_or_else(|p| p.into_inner()) = term;
     }
@@ -56,6 +63,7 @@ impl Fence {
 /// refuse unless this coordinator's term still holds it.
 pub fn check(tx: &dyn Conn, fence: &Fence) -> Result<()> {
     let Some(term) = fence.get() else {
+        fence.refused.fetch_add(1, Ordering::Relaxed);
         return Err(StoreError::NotLeader(
             "this coordinator is not the leader".into(),
         ));
@@ -69,6 +77,11 @@ pub fn check(tx: &dyn Conn, fence: &Fence) -> Result<()> {
     if held {
         Ok(())
     } else {
+        fence.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            epoch = term.epoch,
+            "write refused: this coordinator's leader term is over"
+        );
         Err(StoreError::NotLeader(format!(
             "leader term {} is over: this coordinator's lease ran out or another took over",
             term.epoch

@@ -155,12 +155,12 @@ impl Postgres {
         self.with_client(|c| Ok(c.batch_execute(sql)?))
     }
 
-    /// The columns of `table`, in order (for `store copy`).
-    pub fn columns(&self, table: &str) -> Result<Vec<String>> {
+    fn column_names(&self, table: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         self.query_values(
             "SELECT column_name FROM information_schema.columns
-             WHERE table_schema = current_schema() AND table_name = ?1 ORDER BY ordinal_position",
+             WHERE table_schema = current_schema() AND CAST(table_name AS TEXT) = ?1
+             ORDER BY ordinal_position",
             &[&table],
             &mut |r| {
                 out.push(r.get(0)?);
@@ -172,7 +172,7 @@ impl Postgres {
 
     /// After rows were copied in with their ids: each identity column's
     /// sequence continues after the largest id.
-    pub fn reset_identities(&self) -> Result<()> {
+    fn reset_identities(&self) -> Result<()> {
         let mut tables: Vec<(String, String)> = Vec::new();
         self.query_values(
             "SELECT table_name, column_name FROM information_schema.columns
@@ -271,6 +271,34 @@ impl Conn for Postgres {
 impl Engine for Postgres {
     fn conn(&self) -> &dyn Conn {
         self
+    }
+
+    fn tables(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.query_values(
+            "SELECT table_name FROM information_schema.tables
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'
+               AND table_name NOT IN ('schema_version', 'coordinator_leader')
+             ORDER BY table_name",
+            &[],
+            &mut |r| {
+                out.push(r.get(0)?);
+                Ok(true)
+            },
+        )?;
+        Ok(out)
+    }
+
+    fn columns(&self, table: &str) -> Result<Vec<String>> {
+        self.column_names(table)
+    }
+
+    fn defer_constraints_sql(&self) -> &'static str {
+        "SET CONSTRAINTS ALL DEFERRED"
+    }
+
+    fn after_copy(&self) -> Result<()> {
+        self.reset_identities()
     }
 
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {

@@ -79,6 +79,31 @@ impl Engine for Sqlite {
             TransactionBehavior::Immediate,
         )?)))
     }
+
+    fn tables(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?;
+        let names = stmt.query_map([], |r| r.get(0))?;
+        Ok(names.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn columns(&self, table: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?;
+        let names = stmt.query_map([table], |r| r.get(0))?;
+        Ok(names.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn defer_constraints_sql(&self) -> &'static str {
+        "PRAGMA defer_foreign_keys = ON"
+    }
+
+    fn after_copy(&self) -> Result<()> {
+        // INTEGER PRIMARY KEY ids continue after the largest by themselves.
+        Ok(())
+    }
 }
 
 struct SqliteTx<'a>(rusqlite::Transaction<'a>);
