@@ -18,6 +18,8 @@ use spot_common::wire::{
     ErrorBody, EventsRequest, EventsResponse, HeartbeatRequest, HeartbeatResponse, PollResponse,
     RegisterRequest, RegisterResponse,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,30 +97,155 @@ pub trait CoordinatorApi: Send + Sync {
     ) -> Result<spot_common::wire::PricingResponse, LinkError>;
 }
 
-/// The HTTP client.
+/// The HTTP client, to one coordinator or several sharing a store.
+///
+/// With several URLs the agent talks to one at a time: the leader, once a
+/// follower's `307` named it, else the URL in turn. A coordinator that
+/// does not answer, or answers `503 not_leader`/`no_leader`, makes the
+/// call move on to the next URL at once (each URL once per call); only
+/// when none answers does the caller's retry policy apply.
 #[derive(Clone)]
 pub struct Link {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
+    /// The URL in use (index into `bases`).
+    current: Arc<AtomicUsize>,
+    /// The leader a follower's redirect named, until it stops answering.
+    leader: Arc<Mutex<Option<String>>>,
 }
 
 /// Calls other than the long-poll must answer within this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Redirects followed in one call (a follower names the leader: one).
+const MAX_REDIRECTS: usize = 2;
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split('/').next()?;
+    Some(format!("{scheme}://{host}"))
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// An overloaded coordinator: retry it later, as it asked.
+    Overloaded(LinkError),
+    Answer(reqwest::Response),
+    /// Go to the next coordinator; what to report if none answers.
+    Next(LinkError),
+    /// Follow to this URL.
+    Redirect(String),
+}
 
 impl Link {
-    pub fn new(base: &str, tls: &spot_runtime::tls::ClientTls) -> Result<Link, LinkError> {
+    pub fn new(bases: &[String], tls: &spot_runtime::tls::ClientTls) -> Result<Link, LinkError> {
         let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            // Redirects are ours to follow: reqwest would drop the token
+            // on the way to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("spot-agent/", env!("CARGO_PKG_VERSION")));
         let http = tls
             .apply(builder)
             .map_err(|e| LinkError::Tls(format!("{e:#}")))?
             .build()
             .map_err(LinkError::Transport)?;
+        let bases: Vec<String> = bases
+            .iter()
+            .map(|b| b.trim_end_matches('/').to_owned())
+            .collect();
+        if bases.is_empty() {
+            return Err(LinkError::Tls("no coordinator URL".into()));
+        }
         Ok(Link {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            bases,
+            current: Arc::default(),
+            leader: Arc::default(),
         })
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_leader(&self, url: Option<String>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = url;
+    }
+
+    /// The coordinator to try first.
+    fn base(&self) -> String {
+        self.leader().unwrap_or_else(|| {
+            self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()].clone()
+        })
+    }
+
+    /// Give up on `failed` (the leader's URL, or the current one) and move
+    /// on to the next URL of the list.
+    fn move_on(&self, failed: &str) {
+        if self.leader().as_deref() == Some(failed) {
+            self.set_leader(None);
+            return;
+        }
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn attempt<B: Serialize>(
+        &self,
+        method: &reqwest::Method,
+        url: &str,
+        token: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Attempt {
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .bearer_auth(token)
+            .timeout(timeout);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Attempt::Next(LinkError::Transport(e)),
+        };
+        let status = resp.status();
+        if (status == StatusCode::TEMPORARY_REDIRECT || status == StatusCode::PERMANENT_REDIRECT)
+            && let Some(to) = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+        {
+            return Attempt::Redirect(to.to_owned());
+        }
+        }
+        // A coordinator that does not lead: the next one may. (An
+        // overloaded leader's 503 is an answer: its Retry-After holds.)
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let retry_after = retry_after(&resp);
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => return Attempt::Next(LinkError::Transport(e)),
+            };
+            let code = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.code)
+                .unwrap_or_default();
+            if code == "not_leader" || code == "no_leader" {
+                return Attempt::Next(LinkError::Server {
+                    status: 503,
+                    retry_after,
+                });
+            }
+            return Attempt::Overloaded(LinkError::Server {
+                status: 503,
+                retry_after,
+            });
+        }
+        Attempt::Answer(resp)
     }
 
     async fn send<B: Serialize, R: DeserializeOwned>(
@@ -129,15 +256,40 @@ impl Link {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<R, LinkError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(LinkError::Transport)?;
+        let mut url = format!("{}{path}", self.base());
+        let mut redirects = 0;
+        let mut tries = 0;
+        let resp = loop {
+            match self.attempt(&method, &url, token, body, timeout).await {
+                Attempt::Answer(r) => break r,
+                Attempt::Overloaded(e) => return Err(e),
+                Attempt::Redirect(to) if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    if let Some(o) = origin(&to) {
+                        tracing::info!(leader = %o, "a follower named the leader; talking to it");
+                        self.set_leader(Some(o));
+                    }
+                    url = to;
+                }
+                Attempt::Redirect(to) => {
+                    return Err(LinkError::Rejected {
+                        status: 307,
+                        code: "redirect_loop".into(),
+                        message: format!("redirected again, to {to}"),
+                    });
+                }
+                Attempt::Next(e) => {
+                    let failed = origin(&url).unwrap_or_default();
+                    self.move_on(&failed);
+                    tries += 1;
+                    if tries > self.bases.len() {
+                        return Err(e);
+                    }
+                    url = format!("{}{path}", self.base());
+                    tracing::debug!(next = %url, error = %e, "coordinator did not answer; trying the next");
+                }
+            }
+        };
         let status = resp.status();
         if status.is_success() {
             return resp.json().await.map_err(LinkError::Transport);
@@ -146,12 +298,7 @@ impl Link {
             return Err(LinkError::Unauthorized);
         }
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = retry_after(&resp);
             return Err(LinkError::Server {
                 status: status.as_u16(),
                 retry_after,
@@ -171,6 +318,15 @@ impl Link {
             message: err.message,
         })
     }
+}
+
+/// The coordinator's `Retry-After`, in whole seconds.
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 #[async_trait]
@@ -259,6 +415,118 @@ impl CoordinatorApi for Link {
             CALL_TIMEOUT,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod several {
+    //! Several coordinators: the link skips one that does not answer,
+    //! follows a follower's redirect to the leader with its token, sticks
+    //! to the leader, and moves on when the leader steps down.
+
+    use super::*;
+    use axum::http::{HeaderMap, StatusCode as S};
+    use axum::response::IntoResponse;
+    use std::sync::atomic::AtomicU32;
+
+    /// A coordinator that answers heartbeats: as leader (checking the
+    /// token), or by redirecting to `leader`, or with 503 not_leader.
+    #[derive(Clone, Default)]
+    struct Fake {
+        hits: Arc<AtomicU32>,
+        leader: Arc<Mutex<Option<String>>>,
+        stepped_down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    async fn serve(f: Fake) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, h: HeaderMap| {
+            let f = f.clone();
+            async move {
+                f.hits.fetch_add(1, Ordering::SeqCst);
+                if f.stepped_down.load(Ordering::SeqCst) {
+                    return (
+                        S::SERVICE_UNAVAILABLE,
+                        r#"{"code":"not_leader","message":""}"#,
+                    )
+                        .into_response();
+                }
+                let to = f.leader.lock().unwrap().clone();
+                match to {
+                    Some(leader) => (
+                        S::TEMPORARY_REDIRECT,
+                        [("location", format!("{leader}{uri}"))],
+                    )
+                        .into_response(),
+                    None if h.get("authorization").and_then(|v| v.to_str().ok())
+                        == Some("Bearer tok") =>
+                    {
+                        axum::Json(fake::answer(spot_common::Role::Replica, 0, 0)).into_response()
+                    }
+                    None => S::UNAUTHORIZED.into_response(),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        url
+    }
+
+    fn beat() -> HeartbeatRequest {
+        HeartbeatRequest {
+            instance_id: "i-1".into(),
+            role: None,
+            role_epoch: 0,
+            highest_epoch: 0,
+            healthy: true,
+            health_detail: None,
+            backlog: 0,
+            grant: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_link_finds_the_leader_through_a_dead_coordinator_and_a_follower() {
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (follower, leader) = (Fake::default(), Fake::default());
+        let leader_url = serve(leader.clone()).await;
+        *follower.leader.lock().unwrap() = Some(leader_url.clone());
+        let follower_url = serve(follower.clone()).await;
+        let link = Link::new(
+            &[dead, follower_url, leader_url],
+            &spot_runtime::tls::ClientTls::default(),
+        )
+        .unwrap();
+        link.heartbeat("a-1", "tok", &beat()).await.unwrap();
+        link.heartbeat("a-1", "tok", &beat()).await.unwrap();
+        assert_eq!(
+            follower.hits.load(Ordering::SeqCst),
+            1,
+            "redirected once, then straight to the leader"
+        );
+        assert_eq!(
+            leader.hits.load(Ordering::SeqCst),
+            2,
+            "the token went along"
+        );
+
+        // The leader steps down and the follower takes over: the link
+        // moves on by itself, within the same call.
+        leader.stepped_down.store(true, Ordering::SeqCst);
+        *follower.leader.lock().unwrap() = None;
+        link.heartbeat("a-1", "tok", &beat()).await.unwrap();
+        assert_eq!(follower.hits.load(Ordering::SeqCst), 2);
+
+        // Nobody leads: the error says so, and the caller's retry applies.
+        follower.stepped_down.store(true, Ordering::SeqCst);
+        let err = link.heartbeat("a-1", "tok", &beat()).await.unwrap_err();
+        assert!(
+            matches!(err, LinkError::Server { status: 503, .. }),
+            "{err:?}"
+        );
     }
 }
 

@@ -17,7 +17,10 @@ pub struct RunArgs {
     /// TOML config file [default: /etc/spot-agent/agent.toml when it exists].
     #[arg(long, env = "SPOT_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Coordinator base URL, e.g. http://coordinator.internal:8080 (required).
+    /// Coordinator base URL, e.g. http://coordinator.internal:8080, or
+    /// several, comma-separated (coordinators sharing one PostgreSQL): the
+    /// agent moves on to the next when one stops answering, and follows a
+    /// follower's redirect to the leader (required).
     #[arg(long, env = "SPOT_AGENT_COORDINATOR_URL")]
     pub coordinator_url: Option<String>,
     /// Fleet enrollment token (required until the agent has registered).
@@ -84,7 +87,7 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    coordinator_url: Option<String>,
+    coordinator_url: Option<Urls>,
     enrollment_token: Option<String>,
     state_dir: Option<PathBuf>,
     group: Option<String>,
@@ -111,8 +114,26 @@ struct FileConfig {
     client_key: Option<PathBuf>,
 }
 
+/// `coordinator_url` in the file: one URL, or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Urls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Urls {
+    fn joined(self) -> String {
+        match self {
+            Urls::One(u) => u,
+            Urls::Many(v) => v.join(","),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// One URL or several, comma-separated (`coordinator_urls`).
     pub coordinator_url: String,
     pub enrollment_token: Option<String>,
     pub state_dir: PathBuf,
@@ -192,7 +213,7 @@ impl Config {
         let c = Config {
             coordinator_url: a
                 .coordinator_url
-                .or(file.coordinator_url)
+                .or(file.coordinator_url.map(Urls::joined))
                 .ok_or_else(|| ConfigError::Invalid("coordinator_url is required".into()))?,
             enrollment_token: a.enrollment_token.or(file.enrollment_token),
             state_dir: a
@@ -250,18 +271,30 @@ impl Config {
         Ok(c)
     }
 
+    /// The coordinator URLs, in the order they are tried.
+    pub fn coordinator_urls(&self) -> Vec<String> {
+        self.coordinator_url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("client_cert and client_key go together".into());
         }
-        if !(self.coordinator_url.starts_with("http://")
-            || self.coordinator_url.starts_with("https://"))
-        {
-            return bad(format!(
-                "coordinator_url {:?} must start with http:// or https://",
-                self.coordinator_url
-            ));
+        let urls = self.coordinator_urls();
+        if urls.is_empty() {
+            return bad("coordinator_url is empty".into());
+        }
+        for u in urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return bad(format!(
+                    "coordinator_url {u:?} must start with http:// or https://"
+                ));
+            }
         }
         if self.imds_poll_interval < Duration::from_millis(100) {
             return bad("imds_poll_interval must be at least 100ms".into());

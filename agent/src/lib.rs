@@ -186,7 +186,7 @@ pub async fn run(
 
     let edges = Edges {
         ec2: Arc::new(spot_runtime::ec2::Ec2::new(&identity.region).await),
-        coordinator: Arc::new(client::Link::new(&config.coordinator_url, &config.tls)?),
+        coordinator: Arc::new(client::Link::new(&config.coordinator_urls(), &config.tls)?),
         clock,
     };
     let drain = config.shutdown_timeout;

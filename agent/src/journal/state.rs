@@ -42,10 +42,21 @@ pub struct Creds {
 }
 
 impl LocalState {
-    /// The credentials, when registered with `coordinator_url`.
+    /// The credentials, when registered with the coordinators of
+    /// `coordinator_url` (a comma-separated list): the list they were
+    /// registered with shares a URL with it, so adding or removing a
+    /// coordinator of the same store keeps the identity.
     pub fn creds_for(&self, coordinator_url: &str) -> Option<Creds> {
+        let urls = |s: &str| -> Vec<String> {
+            s.split(',')
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .filter(|u| !u.is_empty())
+                .collect()
+        };
+        let wanted = urls(coordinator_url);
+        let same_fleet = |u: &str| urls(u).iter().any(|x| wanted.contains(x));
         match (&self.agent_id, &self.token, &self.coordinator_url) {
-            (Some(a), Some(t), Some(u)) if u == coordinator_url => Some(Creds {
+            (Some(a), Some(t), Some(u)) if same_fleet(u) => Some(Creds {
                 agent_id: a.clone(),
                 token: t.clone(),
             }),

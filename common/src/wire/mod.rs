@@ -553,6 +553,10 @@ pub struct AuditEntry {
     pub action: String,
     pub pre_state: serde_json::Value,
     pub post_state: serde_json::Value,
+    /// The leader term the entry was written in (0 with one coordinator on
+    /// SQLite): never lower than an earlier entry's.
+    #[serde(default)]
+    pub leader_epoch: i64,
 }
 
 #[cfg(test)]

@@ -53,8 +53,9 @@ impl Txn<'_> {
         post: &impl Serialize,
     ) -> Result<()> {
         self.tx.execute(
-            "INSERT INTO audit (at_ms, actor, request_id, entity, action, pre_state, post_state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO audit (at_ms, actor, request_id, entity, action, pre_state, post_state,
+                                leader_epoch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 self.ctx.now_ms,
                 self.ctx.actor.to_string(),
@@ -62,7 +63,8 @@ impl Txn<'_> {
                 entity.to_string(),
                 action,
                 serde_json::to_string(pre)?,
-                serde_json::to_string(post)?
+                serde_json::to_string(post)?,
+                self.leader_epoch
             ],
         )?;
         Ok(())
@@ -73,7 +75,8 @@ pub fn log(conn: &dyn Conn, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
     let limit = q.limit.unwrap_or(100).min(1000);
     let order = if q.newest_first { "DESC" } else { "ASC" };
     let stmt = conn.prepare_cached(&format!(
-        "SELECT id, at_ms, actor, request_id, entity, action, pre_state, post_state FROM audit
+        "SELECT id, at_ms, actor, request_id, entity, action, pre_state, post_state, leader_epoch
+         FROM audit
          WHERE (?1 IS NULL OR entity = ?1) AND (?4 IS NULL OR action = ?4) AND id > ?2
          ORDER BY id {order} LIMIT ?3"
     ))?;
@@ -81,7 +84,8 @@ pub fn log(conn: &dyn Conn, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
         params![q.entity, q.after_id.unwrap_or(0), limit, q.action],
         |r| {
             Ok(from_row! { r => AuditEntry {
-                id, at_ms, actor, request_id, entity, action, pre_state: json, post_state: json
+                id, at_ms, actor, request_id, entity, action, pre_state: json, post_state: json,
+                leader_epoch
             }})
         },
     )?

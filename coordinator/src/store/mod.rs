@@ -351,6 +351,8 @@ pub struct Store {
 pub struct Txn<'a> {
     tx: Box<dyn Tx + 'a>,
     pub ctx: Ctx,
+    /// The leader term this transaction writes in (0 on SQLite).
+    leader_epoch: i64,
     /// Agents with newly queued commands.
     wake: HashSet<String>,
 }
@@ -383,8 +385,10 @@ impl Store {
     /// Open a write transaction (it holds the write lock from the start,
     /// so its reads see what it will write over).
     pub fn begin(&mut self, ctx: Ctx) -> Result<Txn<'_>> {
+        let leader_epoch = self.engine.term_epoch();
         Ok(Txn {
             tx: self.engine.begin()?,
+            leader_epoch,
             ctx,
             wake: HashSet::new(),
         })

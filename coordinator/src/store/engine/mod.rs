@@ -186,6 +186,11 @@ pub trait Engine: Send {
     /// so its reads see what it will write over.
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>>;
 
+    /// The leader term this engine's writes are fenced by (0: none).
+    fn term_epoch(&self) -> i64 {
+        0
+    }
+
     /// The store's tables (the engine's own bookkeeping left out), for
     /// `store copy`.
     fn tables(&self) -> Result<Vec<String>>;

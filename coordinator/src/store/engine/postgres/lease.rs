@@ -160,3 +160,166 @@ pub fn release(c: &dyn Conn, term: &Term) -> Result<bool> {
         crate::store::engine::params![term.epoch, term.holder],
     )? == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fence against a real PostgreSQL: a deposed leader's writes are
+    //! refused; a takeover waits for the one transaction the old leader
+    //! had in flight; a transaction frozen mid-way is ended by the server.
+
+    use super::super::{Postgres, Target};
+    use super::*;
+    use crate::store::{Ctx, Read, Store};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn cfg() -> spot_common::GroupConfig {
+        serde_json::from_value(serde_json::json!({"pools": [
+            {"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}))
+        .unwrap()
+    }
+
+    struct Coordinator {
+        store: Store,
+        fence: Arc<Fence>,
+        lease: Store,
+        holder: String,
+    }
+
+    fn coordinators(n: usize) -> Vec<Coordinator> {
+        let url = spot_runtime::pgtest::shared()
+            .and_then(|s| s.fresh_database())
+            .unwrap();
+        let target = Arc::new(Target::parse(&url).unwrap());
+        (0..n)
+            .map(|i| {
+                let fence = Arc::new(Fence::default());
+                Coordinator {
+                    store: Store::new(
+                        Postgres::open(Arc::clone(&target), Some(Arc::clone(&fence)), true)
+                            .unwrap(),
+                    ),
+                    fence,
+                    lease: Store::new(Postgres::open(Arc::clone(&target), None, false).unwrap()),
+                    holder: format!("c{i}"),
+                }
+            })
+            .collect()
+    }
+
+    impl Coordinator {
+        fn acquire(&self, lease_ms: i64) -> Option<Term> {
+            let t = acquire(self.lease.conn(), &self.holder, "http://x", lease_ms).unwrap();
+            self.fence.set(t.clone());
+            t
+        }
+
+        fn write(&mut self, group: &str) -> crate::store::Result<()> {
+            self.store
+                .transact(Ctx::system(1), |tx| tx.create_group(group, &cfg()))
+                .map(|_| ())
+        }
+    }
+
+    fn not_leader(r: crate::store::Result<()>) -> bool {
+        matches!(r, Err(StoreError::NotLeader(_)))
+    }
+
+    #[test]
+    fn a_deposed_leader_cannot_write_and_terms_never_go_backwards() {
+        let mut c = coordinators(2);
+        assert!(not_leader(c[0].write("before")), "no term, no write");
+        let a = c[0].acquire(300).unwrap();
+        assert!(c[1].acquire(300).is_none(), "one leader at a time");
+        c[0].write("a1").unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            not_leader(c[0].write("a2")),
+            "a lease that ran out writes nothing"
+        );
+        let b = c[1].acquire(10_000).unwrap();
+        assert_eq!(b.epoch, a.epoch + 1);
+        c[1].write("b1").unwrap();
+        assert!(
+            !renew(c[0].lease.conn(), &a, 10_000).unwrap(),
+            "a deposed leader cannot renew"
+        );
+        assert!(
+            not_leader(c[0].write("a3")),
+            "a deposed leader writes nothing"
+        );
+        assert_eq!(c[0].fence.refused(), 3);
+        let names = c[1].store.group_names().unwrap();
+        assert_eq!(names, vec!["a1".to_owned(), "b1".to_owned()]);
+        let epochs: Vec<i64> = c[1]
+            .store
+            .audit_log(&crate::store::AuditQuery::default())
+            .unwrap()
+            .iter()
+            .map(|e| e.leader_epoch)
+            .collect();
+        assert_eq!(epochs, vec![a.epoch, b.epoch]);
+        assert_eq!(
+            read(c[1].lease.conn()).unwrap().holder.as_deref(),
+            Some("c1")
+        );
+    }
+
+    #[test]
+    fn a_takeover_waits_for_the_old_leaders_transaction_in_flight() {
+        let mut c = coordinators(2);
+        let b = c.pop().unwrap();
+        let mut a = c.pop().unwrap();
+        let term_a = a.acquire(300).unwrap();
+        let mut tx = a.store.begin(Ctx::system(1)).unwrap();
+        // The lease runs out while the old leader's write is in flight.
+        std::thread::sleep(Duration::from_millis(400));
+        let taker = std::thread::spawn(move || {
+            let t = b.acquire(10_000).unwrap();
+            (b, t, Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !taker.is_finished(),
+            "the takeover waits for the write in flight"
+        );
+        tx.create_group("inflight", &cfg()).unwrap();
+        let committed = Instant::now();
+        tx.commit().unwrap();
+        let (mut b, term_b, took) = taker.join().unwrap();
+        assert!(
+            took >= committed,
+            "the new term began after the old leader's last commit"
+        );
+        assert_eq!(term_b.epoch, term_a.epoch + 1);
+        assert!(not_leader(a.write("after")));
+        b.write("b").unwrap();
+    }
+
+    #[test]
+    fn a_transaction_frozen_mid_way_is_ended_by_the_server() {
+        let mut c = coordinators(2);
+        let mut b = c.pop().unwrap();
+        let mut a = c.pop().unwrap();
+        a.acquire(1_000).unwrap();
+        let mut tx = a.store.begin(Ctx::system(1)).unwrap();
+        tx.create_group("frozen", &cfg()).unwrap();
+        // Frozen past idle_in_transaction_session_timeout (5 s): the
+        // server ends the transaction and its lock, so the next leader
+        // does not wait for a process that may never run again.
+        std::thread::sleep(Duration::from_millis(5_500));
+        let started = Instant::now();
+        assert!(b.acquire(10_000).is_some());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the takeover did not wait"
+        );
+        assert!(
+            tx.commit().is_err(),
+            "the thawed leader's commit is refused"
+        );
+        assert!(b.store.group_names().unwrap().is_empty());
+        assert!(not_leader(a.write("thawed")));
+        b.write("b").unwrap();
+    }
+}

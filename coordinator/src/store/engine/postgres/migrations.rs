@@ -270,14 +270,30 @@ INSERT INTO coordinator_leader (id, epoch, expires_at) VALUES (1, 0, now());
 fn steps() -> Vec<(i64, i64, String)> {
     // Text as SQLite compares it: byte by byte.
     let v11 = V11.replace(" TEXT", " TEXT COLLATE \"C\"");
-    vec![(
-        0,
-        11,
-        format!("{v11}\n{}", super::super::dialect::POSTGRES_JSON_EXTRACT),
-    )]
+    vec![
+        (
+            0,
+            11,
+            format!("{v11}\n{}", super::super::dialect::POSTGRES_JSON_EXTRACT),
+        ),
+        // As SQLite's 11 -> 12: the leader term of each audit entry.
+        (
+            11,
+            12,
+            "ALTER TABLE audit ADD COLUMN leader_epoch BIGINT NOT NULL DEFAULT 0;".into(),
+        ),
+    ]
 }
 
-pub const LATEST: i64 = 11;
+pub const LATEST: i64 = 12;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn both_engines_are_at_the_same_schema_version() {
+        assert_eq!(super::LATEST, crate::store::engine::sqlite::LATEST);
+    }
+}
 
 /// The schema version the database is at (0: empty).
 pub fn version(c: &mut Client) -> Result<i64> {

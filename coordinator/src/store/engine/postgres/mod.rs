@@ -273,6 +273,13 @@ impl Engine for Postgres {
         self
     }
 
+    fn term_epoch(&self) -> i64 {
+        self.fence
+            .as_ref()
+            .and_then(|f| f.get())
+            .map_or(0, |t| t.epoch)
+    }
+
     fn tables(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         self.query_values(

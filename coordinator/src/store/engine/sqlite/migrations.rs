@@ -317,6 +317,12 @@ const STEPS: &[&str] = &[
         revoked_at_ms INTEGER
     ) STRICT;
     "#,
+    // 11 -> 12: each audit entry names the leader term it was written in
+    // (0 on SQLite, where one coordinator always leads): on PostgreSQL the
+    // entries' terms never go backwards, which the nemesis checks.
+    r#"
+    ALTER TABLE audit ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
