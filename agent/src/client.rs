@@ -222,7 +222,6 @@ impl Link {
         {
             return Attempt::Redirect(to.to_owned());
         }
-        }
         // A coordinator that does not lead: the next one may. (An
         // overloaded leader's 503 is an answer: its Retry-After holds.)
         if status == StatusCode::SERVICE_UNAVAILABLE {
