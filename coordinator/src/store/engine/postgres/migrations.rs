@@ -287,13 +287,6 @@ fn steps() -> Vec<(i64, i64, String)> {
 
 pub const LATEST: i64 = 12;
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn both_engines_are_at_the_same_schema_version() {
-        assert_eq!(super::LATEST, crate::store::engine::sqlite::LATEST);
-    }
-}
 
 /// The schema version the database is at (0: empty).
 pub fn version(c: &mut Client) -> Result<i64> {
@@ -341,5 +334,13 @@ pub fn migrate(c: &mut Client) -> Result<i64> {
             to,
             "migrated coordinator schema (PostgreSQL)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn both_engines_are_at_the_same_schema_version() {
+        assert_eq!(super::LATEST, crate::store::engine::sqlite::LATEST);
     }
 }
