@@ -193,6 +193,48 @@ impl Link {
         self.current.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A follower named the leader at `to`: reach it through a configured
+    /// URL when one leads (the configured route may be the one that works
+    /// from here: a NAT, a proxy, a name only agents use), else at `to`.
+    async fn route_to_leader(&self, to: &str, path: &str) -> String {
+        let leader = origin(to).unwrap_or_default();
+        let mut configured = self.bases.iter().position(|b| *b == leader);
+        if configured.is_none() {
+            for (i, b) in self.bases.iter().enumerate() {
+                let healthz = self
+                    .http
+                    .get(format!("{b}/healthz"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                let leads = match healthz {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .is_ok_and(|v| v["leader"] == true),
+                    Err(_) => false,
+                };
+                if leads {
+                    configured = Some(i);
+                    break;
+                }
+            }
+        }
+        match configured {
+            Some(i) => {
+                self.current.store(i, Ordering::Relaxed);
+                self.set_leader(None);
+                tracing::info!(leader = %self.bases[i], "a follower named the leader; talking to it");
+                format!("{}{path}", self.bases[i])
+            }
+            None => {
+                tracing::info!(%leader, "a follower named the leader; talking to it at its own URL");
+                self.set_leader(Some(leader));
+                to.to_owned()
+            }
+        }
+    }
+
     async fn attempt<B: Serialize>(
         &self,
         method: &reqwest::Method,
@@ -264,17 +306,15 @@ impl Link {
                 Attempt::Overloaded(e) => return Err(e),
                 Attempt::Redirect(to) if redirects < MAX_REDIRECTS => {
                     redirects += 1;
-                    if let Some(o) = origin(&to) {
-                        tracing::info!(leader = %o, "a follower named the leader; talking to it");
-                        self.set_leader(Some(o));
-                    }
-                    url = to;
+                    url = self.route_to_leader(&to, path).await;
                 }
                 Attempt::Redirect(to) => {
-                    return Err(LinkError::Rejected {
-                        status: 307,
-                        code: "redirect_loop".into(),
-                        message: format!("redirected again, to {to}"),
+                    // Followers naming a leader that does not answer: an
+                    // election is under way. Come back in a second.
+                    tracing::debug!(%to, "redirected again: no leader answers yet");
+                    return Err(LinkError::Server {
+                        status: 503,
+                        retry_after: Some(Duration::from_secs(1)),
                     });
                 }
                 Attempt::Next(e) => {

@@ -115,6 +115,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             .pool_max_idle_per_host(2048)
             .timeout(Duration::from_secs(30))
             .build()?,
+        others: Vec::new(),
     };
     let (st, v) = api
         .post("/v1/groups", &coord.admin_token, &json!({"name": "bench"}))

@@ -31,6 +31,14 @@ enum Command {
         /// One JSON object per scenario instead of text.
         #[arg(long)]
         json: bool,
+        /// The coordinators' store: sqlite (one coordinator) or postgres
+        /// (a PostgreSQL server of the fleet's own; needs the server
+        /// programs, see README).
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+        store: String,
+        /// Coordinators sharing the store (postgres only).
+        #[arg(long, default_value_t = 1)]
+        coordinators: usize,
     },
     /// Faults at random (agents, coordinator, network, EC2, hooks, health
     /// checks, clocks) on a simulated fleet, judged by what the workloads
@@ -105,7 +113,18 @@ fn main() -> ExitCode {
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
             Command::Model(args) => spot_tests::model_server::run(args).await,
             Command::Nemesis(args) => spot_tests::nemesis::main(args).await,
-            Command::Scenario { name, json } => scenarios(&name, json).await,
+            Command::Scenario {
+                name,
+                json,
+                store,
+                coordinators,
+            } => {
+                let store = spot_tests::fleet::StoreChoice {
+                    postgres: store == "postgres",
+                    coordinators,
+                };
+                scenarios(&name, json, store).await
+            }
         }
     });
     match result {
@@ -118,13 +137,28 @@ fn main() -> ExitCode {
 }
 
 /// Run the named scenario (or all), print verdicts; fail if any failed.
-async fn scenarios(name: &str, json: bool) -> anyhow::Result<()> {
-    use spot_tests::scenarios::{names, run};
-    let names: Vec<&str> = if name == "all" { names() } else { vec![name] };
+async fn scenarios(
+    name: &str,
+    json: bool,
+    store: spot_tests::fleet::StoreChoice,
+) -> anyhow::Result<()> {
+    use spot_tests::scenarios::{SQLITE_ONLY, names, run_on};
+    anyhow::ensure!(
+        store.postgres || store.coordinators <= 1,
+        "several coordinators share a PostgreSQL store: add --store postgres"
+    );
+    let names: Vec<&str> = if name == "all" {
+        names()
+            .into_iter()
+            .filter(|n| !(store.postgres && SQLITE_ONLY.contains(n)))
+            .collect()
+    } else {
+        vec![name]
+    };
     let mut failed = 0;
     for n in names {
         let t = std::time::Instant::now();
-        let result = run(n).await;
+        let result = run_on(n, store).await;
         let secs = t.elapsed().as_secs_f64();
         match &result {
             Ok(timings) if json => println!(

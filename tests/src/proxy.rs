@@ -134,3 +134,36 @@ impl Proxy {
         );
     }
 }
+
+/// An agent's links to each coordinator of its fleet: a fault cuts, slows
+/// or heals them all, as one network path would be.
+pub struct Links(pub Vec<Proxy>);
+
+impl Links {
+    /// The URLs the agent is given, comma-separated, in `scheme`.
+    pub fn urls(&self, scheme: &str) -> String {
+        self.0
+            .iter()
+            .map(|p| format!("{scheme}://{}", p.addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn cut(&self) {
+        self.0.iter().for_each(Proxy::cut);
+    }
+
+    pub fn cut_answers(&self) {
+        self.0.iter().for_each(Proxy::cut_answers);
+    }
+
+    pub fn heal(&self) {
+        self.0.iter().for_each(Proxy::heal);
+    }
+
+    pub fn set_latency(&self, d: Duration) {
+        for p in &self.0 {
+            p.set_latency(d);
+        }
+    }
+}

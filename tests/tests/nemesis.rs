@@ -24,6 +24,35 @@ async fn short_seeded_runs_pass() {
     }
 }
 
+/// Three coordinators on PostgreSQL under the leader faults (killed,
+/// frozen past the lease, cut from the database fully or half-open, a
+/// follower cut, the database restarted) with interruptions among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_seeded_run_with_three_coordinators_on_postgres_passes() {
+    let mut args = NemesisArgs::new(201, Duration::from_secs(40));
+    args.store = "postgres".into();
+    args.coordinators = 3;
+    args.faults = [
+        "leader-kill",
+        "leader-freeze",
+        "store-restart",
+        "leader-cut-store",
+        "follower-cut",
+        "interruption",
+    ]
+    .map(String::from)
+    .to_vec();
+    let report = run(args).await.unwrap();
+    eprintln!("{}", report.summary());
+    assert_eq!(report.verdict, "pass", "{}", report.summary());
+    assert_eq!(report.deposed_leader_writes, 0);
+    assert!(
+        report.faults.keys().any(|k| k.starts_with("leader")),
+        "a leader fault was drawn: {:?}",
+        report.faults
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_fencing_a_cut_primary_is_caught_serving_beside_its_replacement() {
     // The first seed whose first fault cuts the PRIMARY's link well past
@@ -31,6 +60,7 @@ async fn without_fencing_a_cut_primary_is_caught_serving_beside_its_replacement(
     let timing = Timing {
         lease: Duration::from_secs(3),
         promotion_timeout: Duration::from_secs(15),
+        leader_lease: Duration::from_secs(3),
     };
     let seed = (0..1000)
         .find(|s| {

@@ -167,6 +167,7 @@ async fn https_with_a_private_ca_client_certificates_and_reload() {
     f.api = Api {
         base: https.clone(),
         client: trusting(&pki, false),
+        others: Vec::new(),
     };
     let adm = f.coord.admin_token.clone();
 
@@ -204,6 +205,7 @@ async fn https_with_a_private_ca_client_certificates_and_reload() {
     let with_cert = Api {
         base: https.clone(),
         client: trusting(&pki, true),
+        others: Vec::new(),
     };
     let (st, v) = with_cert
         .post("/v1/agents/register", &f.coord.enrollment_token, &reg)
@@ -336,6 +338,7 @@ async fn a_client_certificate_speaks_for_its_own_instance_only() {
                 .unwrap()
                 .build()
                 .unwrap(),
+            others: Vec::new(),
         }
     };
     let (one, two, fleet) = (as_instance("i-1"), as_instance("i-2"), as_instance("agent"));

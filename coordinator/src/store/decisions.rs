@@ -339,8 +339,8 @@ pub fn compare(conn: &dyn Conn, since_ms: i64) -> Result<Vec<ModelStats>> {
          SELECT d.assigned,
                 COUNT(DISTINCT d.group_name),
                 COUNT(*),
-                SUM(d.outcome LIKE 'switch to%'),
-                SUM(d.fallback IS NOT NULL),
+                SUM(CASE WHEN d.outcome LIKE 'switch to%' THEN 1 ELSE 0 END),
+                SUM(CASE WHEN d.fallback IS NOT NULL THEN 1 ELSE 0 END),
                 AVG(d.primary_price),
                 (SELECT COUNT(*) FROM notices n JOIN current c ON c.group_name = n.group_name
                   WHERE c.assigned = d.assigned AND n.kind = 'interruption' AND n.seen_at_ms >= ?1),

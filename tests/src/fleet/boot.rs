@@ -9,7 +9,8 @@ pub(super) struct Booter {
     pub(super) nodes: Nodes,
     pub(super) root: PathBuf,
     pub(super) opts: FleetOptions,
-    pub(super) coordinator: String,
+    /// Every coordinator's URL.
+    pub(super) coordinators: Vec<String>,
     pub(super) enrollment: String,
     pub(super) ec2: Ec2Sim,
     pub(super) ledger: PathBuf,
@@ -77,15 +78,17 @@ impl Booter {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let imds = ImdsSim::start(InstanceMeta::spot(instance_id, itype, az, group)).await?;
-        // The proxy passes bytes: TLS to the coordinator goes through it.
-        let (scheme, host_port) = self
-            .coordinator
-            .split_once("://")
-            .unwrap_or(("http", &self.coordinator));
-        let target: std::net::SocketAddr = host_port.parse()?;
-        let link = Proxy::start(target).await?;
+        // The proxies pass bytes: TLS to the coordinator goes through them.
+        let mut scheme = "http";
+        let mut proxies = Vec::new();
+        for c in &self.coordinators {
+            let (s, host_port) = c.split_once("://").unwrap_or(("http", c));
+            scheme = s;
+            proxies.push(Proxy::start(host_port.parse()?).await?);
+        }
+        let link = Links(proxies);
         let ec2_link = Proxy::start(self.ec2.addr).await?;
-        let coordinator_url = link.url().replacen("http://", &format!("{scheme}://"), 1);
+        let coordinator_url = link.urls(scheme);
         let mut agent = AgentProc::new(
             &dir,
             &coordinator_url,

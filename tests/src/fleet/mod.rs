@@ -12,10 +12,11 @@
 mod boot;
 
 use crate::ec2_sim::Ec2Sim;
+use crate::harness::cluster::PgSide;
 use crate::harness::{AgentProc, Api, Coordinator, bin_path};
 use crate::imds_sim::{ImdsSim, InstanceMeta};
 use crate::ledger::{Ledger, Line, append, monotonic_ns};
-use crate::proxy::Proxy;
+use crate::proxy::{Links, Proxy};
 use anyhow::{Context, Result, bail};
 use boot::Booter;
 pub use boot::HOOK_LOG;
@@ -31,8 +32,8 @@ pub struct Node {
     pub agent: AgentProc,
     pub workload: Option<Child>,
     pub group: String,
-    /// The agent reaches the coordinator through this (cut = partition).
-    pub link: Proxy,
+    /// The agent reaches each coordinator through these (cut = partition).
+    pub link: Links,
     /// The agent reaches EC2 through this.
     pub ec2_link: Proxy,
     pub dir: PathBuf,
@@ -85,6 +86,19 @@ fn flag(path: &Path, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// The store the fleets of a run use: SQLite with one coordinator (the
+/// default), or PostgreSQL with one or several. Set around a scenario
+/// (`scenarios::run_on`) so the same flows run on both engines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreChoice {
+    pub postgres: bool,
+    pub coordinators: usize,
+}
+
+tokio::task_local! {
+    pub static STORE: StoreChoice;
+}
+
 #[derive(Clone)]
 pub struct FleetOptions {
     pub boot_delay: Duration,
@@ -100,6 +114,11 @@ pub struct FleetOptions {
     pub coordinator_executor: bool,
     /// How long EC2 keeps a terminated instance `shutting-down`.
     pub terminate_delay: Duration,
+    /// Coordinators (more than one: they share a PostgreSQL).
+    pub coordinators: usize,
+    /// The store on PostgreSQL (a server of the fleet's own) instead of
+    /// SQLite.
+    pub postgres: bool,
 }
 
 impl Default for FleetOptions {
@@ -126,13 +145,20 @@ impl Default for FleetOptions {
             ],
             coordinator_executor: true,
             terminate_delay: Duration::from_millis(500),
+            coordinators: STORE.try_with(|s| s.coordinators).unwrap_or(1).max(1),
+            postgres: STORE.try_with(|s| s.postgres).unwrap_or(false),
         }
     }
 }
 
 pub struct Fleet {
     pub root: PathBuf,
+    /// The first coordinator (the only one on SQLite).
     pub coord: Coordinator,
+    /// The others, sharing the store on PostgreSQL.
+    pub peers: Vec<Coordinator>,
+    /// The PostgreSQL server and each coordinator's path to it.
+    pub pg: Option<PgSide>,
     pub api: Api,
     pub ec2: Ec2Sim,
     pub nodes: Arc<Mutex<HashMap<String, Node>>>,
@@ -263,12 +289,47 @@ impl Fleet {
             offset_file.display().to_string(),
         ));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let coord = Coordinator::start_with(&root.join("coordinator"), &opts.listen, &args, &env)?;
-        let api = coord.api();
+        let n = opts.coordinators.max(1);
+        anyhow::ensure!(
+            n == 1 || opts.postgres,
+            "several coordinators share a PostgreSQL store: use postgres"
+        );
+        let pg = if opts.postgres {
+            Some(PgSide::start(n).await?)
+        } else {
+            None
+        };
+        let args_of = |i: usize| -> Vec<String> {
+            let mut a: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+            if let Some(pg) = &pg {
+                a.extend(["--store-url".into(), pg.url(i)]);
+            }
+            a
+        };
+        let first = args_of(0);
+        let first: Vec<&str> = first.iter().map(String::as_str).collect();
+        let coord = Coordinator::start_with(&root.join("coordinator"), &opts.listen, &first, &env)?;
+        let mut peers = Vec::new();
+        for i in 1..n {
+            let dir = root.join(format!("coordinator-{i}"));
+            std::fs::create_dir_all(&dir)?;
+            // Every coordinator signs grants with the same key.
+            std::fs::copy(coord.data_dir.join("grant.keys"), dir.join("grant.keys"))?;
+            let a = args_of(i);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            peers.push(Coordinator::start_with(&dir, "127.0.0.1:0", &a, &env)?);
+        }
+        let bases: Vec<String> = std::iter::once(&coord)
+            .chain(&peers)
+            .map(|c| c.base.clone())
+            .collect();
+        let api = crate::harness::Api::several(&bases);
         let fleet = Fleet {
             ledger: root.join("ledger.jsonl"),
             root,
             coord,
+            peers,
+            pg,
             api,
             ec2,
             nodes: Arc::default(),
@@ -326,12 +387,59 @@ impl Fleet {
             nodes: Arc::clone(&self.nodes),
             root: self.root.clone(),
             opts: self.opts.clone(),
-            coordinator: self.coord.base.clone(),
+            coordinators: self.coordinators().map(|c| c.base.clone()).collect(),
             enrollment: self.coord.enrollment_token.clone(),
             ec2: self.ec2.clone(),
             ledger: self.ledger.clone(),
             launched: Arc::clone(&self.launched),
         }
+    }
+
+    /// The flags a one-off `spot-coordinator` command (backtest, export,
+    /// token) needs to reach the fleet's store.
+    pub fn store_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--data-dir".to_owned(),
+            self.coord.data_dir.display().to_string(),
+        ];
+        if let Some(pg) = &self.pg {
+            a.extend(["--store-url".to_owned(), pg.direct_url()]);
+        }
+        a
+    }
+
+    /// Every coordinator, the first first.
+    pub fn coordinators(&self) -> impl Iterator<Item = &Coordinator> {
+        std::iter::once(&self.coord).chain(&self.peers)
+    }
+
+    /// Coordinator `i` (0: the first).
+    pub fn coordinator_mut(&mut self, i: usize) -> Option<&mut Coordinator> {
+        if i == 0 {
+            Some(&mut self.coord)
+        } else {
+            self.peers.get_mut(i - 1)
+        }
+    }
+
+    /// The coordinator whose /healthz says it leads (each asked for at
+    /// most a second: a frozen one answers nothing).
+    pub async fn leader(&self) -> Option<usize> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .ok()?;
+        for (i, c) in self.coordinators().enumerate() {
+            let Ok(resp) = http.get(format!("{}/healthz", c.base)).send().await else {
+                continue;
+            };
+            if let Ok(v) = resp.json::<Value>().await
+                && v["leader"] == true
+            {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Make instances launched from now on boot and promote so.

@@ -7,6 +7,7 @@
 //! built.
 
 mod agent;
+pub mod cluster;
 
 pub use agent::AgentProc;
 use anyhow::{Context, Result, bail};
@@ -332,6 +333,9 @@ impl Drop for Coordinator {
 pub struct Api {
     pub base: String,
     pub client: reqwest::Client,
+    /// Other coordinators of the same store: tried in turn when `base`
+    /// does not answer, or has no leader to send the call to.
+    pub others: Vec<String>,
 }
 
 impl Api {
@@ -342,7 +346,22 @@ impl Api {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap_or_default(),
+            others: Vec::new(),
         }
+    }
+
+    /// Calls go to `bases[0]`, then to the others when it fails (within
+    /// 10 s each: a frozen coordinator must not hold a call for a minute).
+    pub fn several(bases: &[String]) -> Api {
+        let mut api = Api::new(&bases[0]);
+        if bases.len() > 1 {
+            api.client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default();
+        }
+        api.others = bases[1..].to_vec();
+        api
     }
 
     pub async fn call(
@@ -352,7 +371,33 @@ impl Api {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value)> {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        let mut last = None;
+        for base in std::iter::once(&self.base).chain(&self.others) {
+            match self.call_one(base, method.clone(), path, token, body).await {
+                Ok((st, v))
+                    if st == StatusCode::SERVICE_UNAVAILABLE
+                        && (v["code"] == "no_leader" || v["code"] == "not_leader")
+                        && !self.others.is_empty() =>
+                {
+                    last = Some(Ok((st, v)));
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e) if !self.others.is_empty() => last = Some(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        last.unwrap_or_else(|| bail!("no coordinator to call"))
+    }
+
+    async fn call_one(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self.client.request(method, format!("{base}{path}"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }

@@ -7,6 +7,8 @@
 //! * EC2: one instance per launch request id; the hook logs: a command's
 //!   hook completed once per agent process (a resumed command after a crash
 //!   may run its idempotent hook again, in a new process);
+//! * the store's audit log: its entries' leader terms never go back (on
+//!   PostgreSQL: no write of a deposed leader landed after its successor's);
 //! * the end state: no instance running that the store does not hold in a
 //!   live role (a leak), no command left open long past its deadline for
 //!   an agent that is online (stuck); stuck groups were found during the
@@ -68,6 +70,8 @@ pub struct Report {
     pub stuck_groups: usize,
     pub stuck_commands: usize,
     pub leaked_instances: usize,
+    /// Audit entries written in an older leader term than one before them.
+    pub deposed_leader_writes: usize,
     pub unavailability_s: BTreeMap<String, Stats>,
     pub verdict: &'static str,
     pub violations: Vec<Violation>,
@@ -148,6 +152,11 @@ pub(super) async fn judge(
         }
     }
 
+    let deposed = deposed_leader_writes(run).await?;
+    for d in &deposed {
+        violations.push(violation(run, "deposed_leader_write", d.clone(), now));
+    }
+
     let stuck_commands = stuck_commands(run).await?;
     for c in &stuck_commands {
         violations.push(violation(run, "stuck_command", c.clone(), now));
@@ -174,11 +183,39 @@ pub(super) async fn judge(
         stuck_groups,
         stuck_commands: stuck_commands.len(),
         leaked_instances: leaks.len(),
+        deposed_leader_writes: deposed.len(),
         unavailability_s,
         verdict: if clean { "pass" } else { "fail" },
         violations,
         history: run.history.clone(),
     })
+}
+
+/// Audit entries whose leader term is lower than an earlier entry's.
+async fn deposed_leader_writes(run: &Run) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let (mut after, mut last) = (0i64, 0i64);
+    loop {
+        let page = run
+            .f
+            .get(&format!("/v1/audit?after_id={after}&limit=1000"))
+            .await?;
+        let entries = page.as_array().cloned().unwrap_or_default();
+        for e in &entries {
+            let term = e["leader_epoch"].as_i64().unwrap_or(0);
+            if term < last {
+                out.push(format!(
+                    "audit entry {} ({} on {}) written in leader term {term} after one of term {last}",
+                    e["id"], e["action"], e["entity"]
+                ));
+            }
+            last = last.max(term);
+            after = e["id"].as_i64().unwrap_or(after);
+        }
+        if entries.len() < 1000 {
+            return Ok(out);
+        }
+    }
 }
 
 /// More than one EC2 instance for a launch request; a hook completed twice
@@ -320,13 +357,14 @@ impl Report {
             .collect();
         s.push_str(&format!("  faults: {}\n", faults.join(", ")));
         s.push_str(&format!(
-            "  overlaps {}, double executions {}, epoch regressions {}, stuck groups {}, stuck commands {}, leaked instances {}\n",
+            "  overlaps {}, double executions {}, epoch regressions {}, stuck groups {}, stuck commands {}, leaked instances {}, deposed-leader writes {}\n",
             self.overlaps,
             self.double_executions,
             self.epoch_regressions,
             self.stuck_groups,
             self.stuck_commands,
-            self.leaked_instances
+            self.leaked_instances,
+            self.deposed_leader_writes
         ));
         s.push_str("  unavailability (s)                    n    p50    p99    max\n");
         for (k, st) in &self.unavailability_s {

@@ -64,11 +64,45 @@ kinds! {
     LateReplacement = "late-replacement": "interrupt the PRIMARY; replacements boot after the reclaim, their promote hook takes 3 s",
     SlowBoot = "slow-boot": "launched instances boot in 20-40 s while the PRIMARY is interrupted",
     DeclareDead = "declare-dead": "an operator declares a live REPLICA dead during a transition (not forced)",
+    LeaderKill = "leader-kill": "kill -9 the leading coordinator (PostgreSQL), restart it later",
+    LeaderFreeze = "leader-freeze": "SIGSTOP the leading coordinator past its leader lease (PostgreSQL)",
+    StoreRestart = "store-restart": "restart PostgreSQL: every coordinator's connections cut",
+    LeaderCutStore = "leader-cut-store": "cut the leader from PostgreSQL, fully or one way (half-open)",
+    FollowerCut = "follower-cut": "cut a following coordinator from PostgreSQL",
 }
 
 impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.name() == s)
+    }
+
+    /// Faults of several coordinators on PostgreSQL.
+    pub fn postgres_only(self) -> bool {
+        matches!(
+            self,
+            Kind::LeaderKill
+                | Kind::LeaderFreeze
+                | Kind::StoreRestart
+                | Kind::LeaderCutStore
+                | Kind::FollowerCut
+        )
+    }
+
+    /// Faults that restore a copy of the SQLite file.
+    pub fn sqlite_only(self) -> bool {
+        matches!(
+            self,
+            Kind::CoordinatorRestore | Kind::RestoreCut | Kind::RestoreFreeze
+        )
+    }
+
+    /// Whether the kind applies to a fleet on this store.
+    pub fn fits(self, postgres: bool) -> bool {
+        if postgres {
+            !self.sqlite_only()
+        } else {
+            !self.postgres_only()
+        }
     }
 
     /// Faults whose unavailability counts for every group: the fleet-wide
@@ -89,18 +123,19 @@ impl Kind {
     /// Faults of the whole fleet (the coordinator, EC2) rather than of one
     /// instance: every group's unavailability counts for them.
     pub fn fleet_wide(self) -> bool {
-        matches!(
-            self,
-            Kind::CoordinatorFreeze
-                | Kind::CoordinatorKill
-                | Kind::CoordinatorRestore
-                | Kind::CoordinatorClock
-                | Kind::Ec2Throttle
-                | Kind::Ec2ServerError
-                | Kind::Ec2LostAnswer
-                | Kind::Ec2Slow
-                | Kind::SlowBoot
-        )
+        self.postgres_only()
+            || matches!(
+                self,
+                Kind::CoordinatorFreeze
+                    | Kind::CoordinatorKill
+                    | Kind::CoordinatorRestore
+                    | Kind::CoordinatorClock
+                    | Kind::Ec2Throttle
+                    | Kind::Ec2ServerError
+                    | Kind::Ec2LostAnswer
+                    | Kind::Ec2Slow
+                    | Kind::SlowBoot
+            )
     }
 }
 
@@ -118,6 +153,8 @@ pub enum Target {
 pub struct Timing {
     pub lease: Duration,
     pub promotion_timeout: Duration,
+    /// The coordinators' leader lease (PostgreSQL).
+    pub leader_lease: Duration,
 }
 
 /// One fault as drawn.
@@ -234,6 +271,12 @@ impl Schedule {
                 (boot, i64::try_from(boot).unwrap_or(0))
             }
             Kind::DeclareDead => (3000, 0),
+            Kind::LeaderKill => (self.secs(1, 10), 0),
+            Kind::LeaderFreeze => (ms(self.timing.leader_lease) + self.secs(1, 8), 0),
+            Kind::StoreRestart => (1000, 0),
+            // param 1: one way (answers lost: a half-open connection).
+            Kind::LeaderCutStore => (self.secs(2, 15), i64::from(self.rng.random_bool(0.5))),
+            Kind::FollowerCut => (self.secs(2, 15), 0),
         };
         let lifecycle = matches!(
             kind,
@@ -273,6 +316,7 @@ mod tests {
     const TIMING: Timing = Timing {
         lease: Duration::from_secs(3),
         promotion_timeout: Duration::from_secs(15),
+        leader_lease: Duration::from_secs(3),
     };
 
     #[test]

@@ -60,6 +60,16 @@ pub struct NemesisArgs {
     /// One JSON report instead of the human summary.
     #[arg(long)]
     pub json: bool,
+    /// The coordinators' store: sqlite (one coordinator) or postgres (a
+    /// PostgreSQL server of the fleet's own), which adds the leader faults.
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    pub store: String,
+    /// Coordinators sharing the store (postgres only).
+    #[arg(long, default_value_t = 1)]
+    pub coordinators: usize,
+    /// The coordinators' leader lease (postgres).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
     /// Test only: the coordinator treats a silent PRIMARY as dead without
     /// fencing it (needs a `failpoints` build), to show the checker catches
     /// the split brain that follows.
@@ -81,20 +91,37 @@ impl NemesisArgs {
             coordinator_arg: Vec::new(),
             agent_arg: Vec::new(),
             json: false,
+            store: "sqlite".into(),
+            coordinators: 1,
+            leader_lease: Duration::from_secs(3),
             unsafe_no_fencing: false,
         }
     }
 
+    pub fn postgres(&self) -> bool {
+        self.store == "postgres"
+    }
+
+    /// The fault kinds drawn from: those asked for, else every kind that
+    /// fits the store (the leader faults need PostgreSQL; a restore of
+    /// the store file needs SQLite).
     pub fn kinds(&self) -> Result<Vec<Kind>> {
+        let pg = self.postgres();
         if self.faults.is_empty() {
-            return Ok(Kind::ALL.to_vec());
+            return Ok(Kind::ALL.iter().copied().filter(|k| k.fits(pg)).collect());
         }
         self.faults
             .iter()
             .map(|s| {
-                Kind::parse(s.trim()).with_context(|| {
+                let k = Kind::parse(s.trim()).with_context(|| {
                     format!("unknown fault {s:?}; the faults are:\n{}", Kind::describe())
-                })
+                })?;
+                anyhow::ensure!(
+                    k.fits(pg),
+                    "fault {s} needs {} (--store)",
+                    if pg { "sqlite" } else { "postgres" }
+                );
+                Ok(k)
             })
             .collect()
     }
@@ -103,6 +130,7 @@ impl NemesisArgs {
         Timing {
             lease: self.lease,
             promotion_timeout: PROMOTION_TIMEOUT,
+            leader_lease: self.leader_lease,
         }
     }
 }
@@ -143,6 +171,8 @@ struct Run {
     samples: BTreeMap<String, Vec<f64>>,
     /// Groups whose PRIMARY holds a secondary ENI: (group, eni).
     enis: Vec<(String, String)>,
+    /// The coordinator a leader fault hit (its index in the fleet).
+    victim: Option<usize>,
 }
 
 /// Run the nemesis and judge it.
@@ -154,6 +184,16 @@ pub async fn run(args: NemesisArgs) -> Result<check::Report> {
     let mut opts = FleetOptions::default();
     let lease = humantime::format_duration(args.lease).to_string();
     opts.coordinator_args.extend(["--lease".into(), lease]);
+    anyhow::ensure!(
+        args.postgres() || args.coordinators <= 1,
+        "several coordinators share a PostgreSQL store: add --store postgres"
+    );
+    opts.postgres = args.postgres();
+    opts.coordinators = args.coordinators.max(1);
+    if args.postgres() {
+        let l = humantime::format_duration(args.leader_lease).to_string();
+        opts.coordinator_args.extend(["--leader-lease".into(), l]);
+    }
     if args.unsafe_no_fencing {
         opts.coordinator_args
             .push("--unsafe-silence-is-death".into());
@@ -173,6 +213,7 @@ pub async fn run(args: NemesisArgs) -> Result<check::Report> {
         stuck: Vec::new(),
         samples: BTreeMap::new(),
         enis: Vec::new(),
+        victim: None,
     };
     run.setup().await?;
     run.back_up_store()?;
@@ -225,9 +266,24 @@ impl Run {
         Ok(())
     }
 
-    /// A consistent copy of the store as it is now (`VACUUM INTO`).
+    /// A consistent copy of the store as it is now (`VACUUM INTO`; the
+    /// restore faults are SQLite's only).
     fn back_up_store(&self) -> Result<()> {
+        if self.args.postgres() {
+            return Ok(());
+        }
         self.f.coord.back_up_store(&self.backup)
+    }
+
+    /// The leading coordinator, or a follower (`leader` false), for a
+    /// leader fault.
+    async fn pick_coordinator(&self, leader: bool) -> Result<usize> {
+        let l = crate::scenarios::leadership::wait_leader(&self.f, None).await?;
+        if leader {
+            return Ok(l);
+        }
+        let n = self.f.peers.len() + 1;
+        Ok((l + 1) % n)
     }
 
     /// The groups not (yet) served by exactly the PRIMARY the store names.
@@ -461,6 +517,31 @@ impl Run {
             }
             Kind::Rebalance => f.rebalance(id)?,
             Kind::Lost => f.lose(id),
+            Kind::LeaderKill | Kind::LeaderFreeze | Kind::LeaderCutStore | Kind::FollowerCut => {
+                let i = self.pick_coordinator(d.kind != Kind::FollowerCut).await?;
+                self.victim = Some(i);
+                let f = &mut self.f;
+                tracing::info!(
+                    fault = d.kind.name(),
+                    coordinator = i,
+                    "nemesis: on coordinator"
+                );
+                match d.kind {
+                    Kind::LeaderKill => f.coordinator_mut(i).context("coordinator")?.kill9(),
+                    Kind::LeaderFreeze => {
+                        f.coordinator_mut(i).context("coordinator")?.freeze(true)?
+                    }
+                    _ => {
+                        let link = &f.pg.as_ref().context("postgres")?.links[i];
+                        if d.param == 1 {
+                            link.cut_answers();
+                        } else {
+                            link.cut();
+                        }
+                    }
+                }
+            }
+            Kind::StoreRestart => self.f.pg.as_ref().context("postgres")?.restart().await?,
         }
         let _ = group;
         Ok(())
@@ -503,11 +584,24 @@ impl Run {
             Kind::Unhealthy => if_alive(f, &|n| n.unhealthy(false)),
             Kind::AgentClock => if_alive(f, &|n| n.clock_offset(0)),
             Kind::CoordinatorClock => f.coordinator_clock_offset(0)?,
+            Kind::LeaderKill | Kind::LeaderFreeze | Kind::LeaderCutStore | Kind::FollowerCut => {
+                let i = self.victim.take().context("no coordinator was hit")?;
+                match d.kind {
+                    Kind::LeaderKill => {
+                        f.coordinator_mut(i).context("coordinator")?.start_again()?
+                    }
+                    Kind::LeaderFreeze => {
+                        f.coordinator_mut(i).context("coordinator")?.freeze(false)?;
+                    }
+                    _ => f.pg.as_ref().context("postgres")?.links[i].heal(),
+                }
+            }
             Kind::AgentKill
             | Kind::Interruption
             | Kind::Rebalance
             | Kind::Lost
-            | Kind::DeclareDead => {}
+            | Kind::DeclareDead
+            | Kind::StoreRestart => {}
         }
         Ok(())
     }

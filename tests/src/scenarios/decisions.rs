@@ -138,8 +138,8 @@ pub async fn shadow() -> Result<Timings> {
     );
     // What the optimizer would have done over the stored history.
     let out = std::process::Command::new(crate::harness::bin_path("spot-coordinator")?)
-        .args(["backtest", "--since", "2d", "--json", "--data-dir"])
-        .arg(&f.coord.data_dir)
+        .args(["backtest", "--since", "2d", "--json"])
+        .args(f.store_args())
         .output()?;
     ensure!(
         out.status.success(),
@@ -160,8 +160,8 @@ pub async fn shadow() -> Result<Timings> {
     // The training rows carry the decision of the hour.
     let out = std::process::Command::new(crate::harness::bin_path("spot-coordinator")?)
         .args(["export-training", "--since", "2h", "--rows", "group-hours"])
-        .args(["--format", "jsonl", "--out", "-", "--data-dir"])
-        .arg(&f.coord.data_dir)
+        .args(["--format", "jsonl", "--out", "-"])
+        .args(f.store_args())
         .output()?;
     ensure!(
         out.status.success(),

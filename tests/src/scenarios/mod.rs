@@ -12,6 +12,7 @@ mod decisions;
 mod failover;
 mod fencing;
 mod interface;
+pub mod leadership;
 
 use crate::fleet::{Fleet, FleetOptions};
 use crate::harness::eventually;
@@ -68,11 +69,20 @@ scenarios! {
     "journal-failure" => fencing::journal_failure,
     "shared-identity" => fencing::shared_identity,
     "forger" => fencing::forger,
+    "follower-routes" => leadership::follower_routes,
+    "leader-kill" => leadership::leader_kill,
+    "leader-freeze" => leadership::leader_freeze,
+    "leader-change-interruption" => leadership::leader_change_interruption,
+    "store-restart" => leadership::store_restart,
 }
 
 pub fn names() -> Vec<&'static str> {
     SCENARIOS.iter().map(|(n, _)| *n).collect()
 }
+
+/// Scenarios that need the store to be a file (a copy restored in its
+/// place): SQLite only.
+pub const SQLITE_ONLY: &[&str] = &["restored-store", "restored-store-partitioned"];
 
 /// Run one scenario by name.
 pub async fn run(name: &str) -> Result<Timings> {
@@ -80,6 +90,14 @@ pub async fn run(name: &str) -> Result<Timings> {
         Some((_, f)) => f().await,
         None => anyhow::bail!("no scenario {name:?}; known: {}", names().join(", ")),
     }
+}
+
+/// Run one scenario with its fleets on `store`.
+pub async fn run_on(name: &str, store: crate::fleet::StoreChoice) -> Result<Timings> {
+    if store.postgres && SQLITE_ONLY.contains(&name) {
+        anyhow::bail!("scenario {name} restores a copy of the SQLite file: SQLite only");
+    }
+    crate::fleet::STORE.scope(store, run(name)).await
 }
 
 /// Samples every running agent's journal until stopped; at the end, reads

@@ -287,7 +287,6 @@ fn steps() -> Vec<(i64, i64, String)> {
 
 pub const LATEST: i64 = 12;
 
-
 /// The schema version the database is at (0: empty).
 pub fn version(c: &mut Client) -> Result<i64> {
     let exists: bool = c

@@ -152,6 +152,12 @@ impl Postgres {
     }
 
     fn batch(&self, sql: &str) -> Result<()> {
+        self.retried(|c| Ok(c.batch_execute(sql)?))
+    }
+
+    /// The end of a transaction: never tried again on another connection
+    /// (a COMMIT there would answer "done" for work that was lost).
+    fn end(&self, sql: &str) -> Result<()> {
         self.with_client(|c| Ok(c.batch_execute(sql)?))
     }
 
@@ -204,12 +210,43 @@ fn bind<'a>(args: &'a [&'a dyn ToValue]) -> Result<Vec<Param<'a>>> {
     args.iter().map(|a| a.to_value().map(Param)).collect()
 }
 
+impl Postgres {
+    /// `f` once; again on a new connection when the first one turned out
+    /// closed (the server restarted, a failover, a cut) and no transaction
+    /// was open, so a read after a database restart answers instead of
+    /// failing once per pooled connection.
+    fn retried<R>(&self, mut f: impl FnMut(&mut Client) -> Result<R>) -> Result<R> {
+        match self.with_client(&mut f) {
+            Err(e) if !self.in_tx.get() && closed(&e) => {
+                tracing::info!("the connection to PostgreSQL was closed; reconnecting");
+                if let Some(c) = self.client.borrow_mut().take() {
+                    drop(c);
+                }
+                self.with_client(f)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The statement failed because its connection is gone.
+fn closed(e: &StoreError) -> bool {
+    let StoreError::Engine(Error::Driver(d)) = e else {
+        return false;
+    };
+    let pg = d
+        .downcast_ref::<Failed>()
+        .map(|f| &f.source)
+        .or_else(|| d.downcast_ref::<postgres::Error>());
+    pg.is_some_and(|e| e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("57P")))
+}
+
 impl Conn for Postgres {
     fn execute_values(&self, sql: &str, args: &[&dyn ToValue]) -> Result<usize> {
         let params = bind(args)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        self.with_client(|c| {
+        self.retried(|c| {
             let stmt = self.statement(c, sql, &params)?;
             let n = c.execute(&stmt, &refs).map_err(failed(sql))?;
             Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -222,7 +259,7 @@ impl Conn for Postgres {
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         // Collected before they are handed out, so a row's handler may
         // run statements of its own on this connection.
-        let rows = self.with_client(|c| {
+        let rows = self.retried(|c| {
             let stmt = self.statement(c, sql, &params)?;
             c.query(&stmt, &refs).map_err(failed(sql))
         })?;
@@ -261,8 +298,8 @@ impl Conn for Postgres {
         self.batch("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
         self.in_tx.set(true);
         let out = f();
+        let end = self.end(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
         self.in_tx.set(false);
-        let end = self.batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
         out?;
         end
     }
@@ -330,16 +367,18 @@ struct PgTx<'a> {
 impl Tx for PgTx<'_> {
     fn commit(mut self: Box<Self>) -> Result<()> {
         self.done = true;
+        let done = self.pg.end("COMMIT");
         self.pg.in_tx.set(false);
-        self.pg.batch("COMMIT")
+        done
     }
 }
 
 impl Drop for PgTx<'_> {
     fn drop(&mut self) {
         if !self.done {
+            let rolled = self.pg.end("ROLLBACK");
             self.pg.in_tx.set(false);
-            if let Err(e) = self.pg.batch("ROLLBACK") {
+            if let Err(e) = rolled {
                 tracing::debug!(error = %e, "rolling back a dropped transaction");
             }
         }
