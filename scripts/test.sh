@@ -27,6 +27,30 @@ if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then
 fi
 export SPOT_CHROMEDRIVER=/usr/bin/chromedriver SPOT_CHROMIUM=/usr/bin/chromium
 
+# PostgreSQL 15 for the store on its second engine: one server for the
+# store's tests (each takes a database of its own); fleets of several
+# coordinators start servers of their own. It runs as the postgres user
+# (PostgreSQL refuses root), on a loopback port, in a temporary directory.
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/postgres" ]; then
+    echo "==> installing postgresql (server programs)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+fi
+export SPOT_PG_BIN="$PG_BIN"
+PG_DIR="$(mktemp -d /tmp/spot-pg-ci.XXXXXX)"
+chmod 777 "$PG_DIR"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+echo "==> starting PostgreSQL ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$PG_PORT"
+as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -o \
+    "-k $PG_DIR -p $PG_PORT -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+stop_pg() { as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$PG_DIR"; }
+trap stop_pg EXIT
+export SPOT_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+
 echo "==> dashboard: vendored uPlot against the npm registry"
 tests/ui-vendor-check.sh
 

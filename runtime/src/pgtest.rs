@@ -337,7 +337,8 @@ impl Shared {
             Shared::External(url) => {
                 let name = format!("t_{}_{}", std::process::id(), rand::random::<u64>());
                 let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
-                let out = Command::new("psql")
+                let psql = bin_dir().map_or_else(|_| PathBuf::from("psql"), |d| d.join("psql"));
+                let out = Command::new(psql)
                     .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c"])
                     .arg(format!("CREATE DATABASE {name}"))
                     .output()

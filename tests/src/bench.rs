@@ -28,12 +28,17 @@ pub struct HeartbeatBench {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The coordinator's store: sqlite, or postgres (a server of the
+    /// bench's own, on this machine).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    pub store: String,
 }
 
 /// Open `n` event streams against `coord`, each reading its events as they
 /// come; returns the tasks and a count of the events they received.
 async fn open_streams(
     coord: &Coordinator,
+    store: &[String],
     n: usize,
 ) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<AtomicU64>)> {
     let received = Arc::new(AtomicU64::new(0));
@@ -50,6 +55,7 @@ async fn open_streams(
             ])
             .arg("--data-dir")
             .arg(&coord.data_dir)
+            .args(store)
             .output()?;
         if !o.status.success() {
             bail!("token create: {}", String::from_utf8_lossy(&o.stderr));
@@ -94,19 +100,29 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     // Every simulated agent registers from 127.0.0.1: no per-source limit;
     // each with a signed identity document, checked as in production.
     let identity_ca = crate::identity_sign::write_ca(dir.path())?;
-    let coord = Coordinator::start(
-        dir.path(),
-        &[
-            "--heartbeat-interval",
-            &interval,
-            "--registrations-per-source",
-            "0",
-            "--identity",
-            "verify",
-            "--identity-ca",
-            &identity_ca.display().to_string(),
-        ],
-    )?;
+    // On PostgreSQL: a server of its own, reached directly.
+    let pg = if args.store == "postgres" {
+        Some(crate::harness::cluster::PgSide::start(0).await?)
+    } else {
+        None
+    };
+    let store: Vec<String> = pg
+        .as_ref()
+        .map(|p| vec!["--store-url".to_owned(), p.direct_url()])
+        .unwrap_or_default();
+    let ca = identity_ca.display().to_string();
+    let mut flags = vec![
+        "--heartbeat-interval",
+        &interval,
+        "--registrations-per-source",
+        "0",
+        "--identity",
+        "verify",
+        "--identity-ca",
+        &ca,
+    ];
+    flags.extend(store.iter().map(String::as_str));
+    let coord = Coordinator::start(dir.path(), &flags)?;
     // One HTTP/1.1 connection pool shared by all simulated agents, as
     // through a NAT gateway; reqwest keeps connections alive.
     let api = Api {
@@ -165,7 +181,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
         creds.push(t.await??);
     }
     let reg_elapsed = reg_start.elapsed();
-    let (streams, stream_events) = open_streams(&coord, args.streams).await?;
+    let (streams, stream_events) = open_streams(&coord, &store, args.streams).await?;
 
     let errors = Arc::new(AtomicU64::new(0));
     let late = Arc::new(AtomicU64::new(0));
@@ -244,6 +260,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     let ms = |p| percentile(&lat, p) * 1000.0;
     let report = json!({
         "agents": args.agents,
+        "store": args.store,
         "interval_s": args.interval.as_secs_f64(),
         "duration_s": args.duration.as_secs_f64(),
         "registration_s": reg_elapsed.as_secs_f64(),
@@ -264,7 +281,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
         println!("{report}");
     } else {
         println!(
-            "heartbeat bench: {} agents every {:?} for {:?} (registration took {:.1}s)\n  \
+            "heartbeat bench: {} agents every {:?} for {:?} on {} (registration took {:.1}s)\n  \
              {} heartbeats, {:.0}/s; steady-state latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n  \
              first beat per agent (commits LAUNCHING -> REPLICA): p50 {:.2} ms, p99 {:.2} ms\n  \
              errors {}, late beats {}, agents not online at end {}\n  \
@@ -272,6 +289,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             args.agents,
             args.interval,
             args.duration,
+            args.store,
             reg_elapsed.as_secs_f64(),
             lat.len() + firsts.len(),
             rate,

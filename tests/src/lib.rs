@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod harness;
 pub mod identity_sign;
 pub mod imds_sim;
+pub mod leader_bench;
 pub mod ledger;
 pub mod model_server;
 pub mod nemesis;

@@ -72,6 +72,9 @@ enum Bench {
     /// A seeded price-and-interruption history replayed through the
     /// built-in model, always-stay and always-cheapest.
     Backtest(spot_tests::backtest_bench::BacktestBench),
+    /// Three coordinators on PostgreSQL: the leader killed -> a write
+    /// accepted again; an interruption as the leader dies -> new PRIMARY.
+    Leader(spot_tests::leader_bench::LeaderBench),
     /// The dashboard in headless Chromium: first paint with 1,000 groups,
     /// refresh cost, store change -> visible on the page.
     Ui(spot_tests::ui_bench::UiBench),
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
             Command::Bench(Bench::Decisions(args)) => spot_tests::decision_bench::run(args).await,
             Command::Bench(Bench::Backtest(args)) => spot_tests::backtest_bench::run(args).await,
             Command::Bench(Bench::Ui(args)) => spot_tests::ui_bench::run(args).await,
+            Command::Bench(Bench::Leader(args)) => spot_tests::leader_bench::run(args).await,
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
             Command::Model(args) => spot_tests::model_server::run(args).await,
             Command::Nemesis(args) => spot_tests::nemesis::main(args).await,
