@@ -351,6 +351,29 @@ mod tests {
     }
 
     #[test]
+    fn several_coordinators_as_a_list_or_comma_separated() {
+        let c = with_file(
+            "coordinator_url = [\"http://a:8080/\", \"http://b:8080\"]\n",
+            RunArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.coordinator_urls(), ["http://a:8080", "http://b:8080"]);
+        let c = with_file(
+            "coordinator_url = \"http://a\"\n",
+            RunArgs {
+                coordinator_url: Some("http://x, http://y".into()),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.coordinator_urls(), ["http://x", "http://y"]);
+        assert!(matches!(
+            with_file("coordinator_url = [\"http://a\", \"b:1\"]\n", RunArgs::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn typos_and_bad_values_are_errors() {
         assert!(matches!(
             with_file("coordinator_ur = \"http://c\"\n", RunArgs::default()),

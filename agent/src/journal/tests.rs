@@ -168,8 +168,12 @@ fn identity_is_set_atomically_and_survives_reopen() {
     }
     let mut j = Journal::open(&path).unwrap();
     let st = j.state().unwrap();
-    assert_eq!(st.creds_for("http://c"), Some(creds));
+    assert_eq!(st.creds_for("http://c"), Some(creds.clone()));
     assert_eq!(st.creds_for("http://other"), None);
+    // A coordinator added beside the one it registered with keeps the
+    // identity; a list without it does not.
+    assert_eq!(st.creds_for("http://b,http://c/"), Some(creds));
+    assert_eq!(st.creds_for("http://a,http://b"), None);
     assert_eq!(j.integrity_check().unwrap(), "ok");
     j.forget_identity().unwrap();
     assert_eq!(j.state().unwrap().creds_for("http://c"), None);
