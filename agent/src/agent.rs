@@ -170,11 +170,28 @@ impl Agent {
         cancel: impl std::future::Future<Output = String>,
         timeout: std::time::Duration,
     ) -> crate::hooks::HookRun {
+        self.hook_with(name, request_id, epoch, role, "", cancel, timeout)
+            .await
+    }
+
+    /// As `hook`, telling it the data volumes attached (`SPOT_DATA_VOLUMES`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn hook_with(
+        &self,
+        name: &str,
+        request_id: &str,
+        epoch: u64,
+        role: Role,
+        data_volumes: &str,
+        cancel: impl std::future::Future<Output = String>,
+        timeout: std::time::Duration,
+    ) -> crate::hooks::HookRun {
         let env = crate::hooks::HookEnv {
             request_id,
             group: &self.group,
             epoch,
             role: role.as_str(),
+            data_volumes,
         };
         let run = crate::hooks::run_hook(&self.config.hooks_dir, name, &env, timeout, cancel).await;
         if run.ran {

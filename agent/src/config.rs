@@ -368,7 +368,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.coordinator_urls(), ["http://x", "http://y"]);
         assert!(matches!(
-            with_file("coordinator_url = [\"http://a\", \"b:1\"]\n", RunArgs::default()),
+            with_file(
+                "coordinator_url = [\"http://a\", \"b:1\"]\n",
+                RunArgs::default()
+            ),
             Err(ConfigError::Invalid(_))
         ));
     }

@@ -14,7 +14,7 @@
 
 use crate::agent::{Agent, Job};
 use crate::journal::{JournalError, Start};
-use spot_common::{Command, CommandKind, CommandOutcome, EventBody, Role};
+use spot_common::{Command, CommandKind, CommandOutcome, DataVolume, EventBody, Role};
 use spot_runtime::ec2::{self, Ec2Error, ErrorClass, LaunchSpec};
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,7 +200,9 @@ async fn perform(agent: &Agent, cmd: &Command, attempts: i64) -> Outcome {
         CommandKind::Promote {
             promotion,
             address_from,
-        } => promote(agent, cmd, promotion, address_from).await,
+            data_volumes,
+        } => promote(agent, cmd, promotion, address_from, data_volumes).await,
+        CommandKind::Snapshot { volumes, keep } => snapshot(agent, cmd, volumes, *keep).await,
         CommandKind::Demote => {
             let run = agent
                 .hook(
@@ -272,11 +274,45 @@ async fn perform(agent: &Agent, cmd: &Command, attempts: i64) -> Outcome {
     }
 }
 
+/// Snapshot the data volumes (the PRIMARY's periodic job): what was
+/// started goes to the coordinator before the result.
+async fn snapshot(agent: &Agent, cmd: &Command, volumes: &[DataVolume], keep: u32) -> Outcome {
+    let taken = ec2::snapshot(
+        agent.ec2.as_ref(),
+        &agent.group,
+        &cmd.request_id,
+        volumes,
+        &agent.identity.instance_id,
+        keep,
+    )
+    .await;
+    match taken {
+        Ok(snapshots) => {
+            let ids: Vec<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+            let detail = format!("snapshots started: {}", ids.join(", "));
+            let body = EventBody::DataVolumes {
+                request_id: cmd.request_id.clone(),
+                attached: Vec::new(),
+                snapshots,
+            };
+            if let Err(e) = agent.push_event(body).await {
+                return Outcome::failed(format!("journaling the snapshots: {e}"));
+            }
+            Outcome {
+                detail: Some(detail),
+                ..Outcome::done()
+            }
+        }
+        Err(e) => Outcome::ec2(e),
+    }
+}
+
 async fn promote(
     agent: &Agent,
     cmd: &Command,
     promotion: &spot_common::Promotion,
     address_from: &[String],
+    data_volumes: &[DataVolume],
 ) -> Outcome {
     if let Some(stop) = superseded_or_late(agent, cmd) {
         return stop;
@@ -311,15 +347,49 @@ async fn promote(
             return Outcome::ec2(e);
         }
     }
+    // The data volumes, after the fence (the grant) and before the hook,
+    // which mounts them.
+    let mut mounted = String::new();
+    if !data_volumes.is_empty() {
+        if let Some(stop) = superseded_or_late(agent, cmd) {
+            return stop;
+        }
+        let handover = ec2::Handover {
+            group: &agent.group,
+            request_id: &cmd.request_id,
+            me,
+            zone: &agent.identity.availability_zone,
+            fenced: address_from,
+            poll: Duration::from_millis(500),
+        };
+        let attached = match ec2::hand_over(agent.ec2.as_ref(), data_volumes, &handover).await {
+            Ok(a) => a,
+            Err(e) => return Outcome::ec2(e),
+        };
+        mounted = attached
+            .iter()
+            .map(|v| format!("{}={}", v.device, v.volume_id))
+            .collect::<Vec<_>>()
+            .join(",");
+        let body = EventBody::DataVolumes {
+            request_id: cmd.request_id.clone(),
+            attached,
+            snapshots: Vec::new(),
+        };
+        if let Err(e) = agent.push_event(body).await {
+            return Outcome::failed(format!("journaling the data volumes: {e}"));
+        }
+    }
     if let Some(stop) = superseded_or_late(agent, cmd) {
         return stop;
     }
     let run = agent
-        .hook(
+        .hook_with(
             "promote",
             &cmd.request_id,
             cmd.epoch,
             Role::Primary,
+            &mounted,
             until_superseded(agent, cmd),
             agent.config.hook_timeout,
         )
@@ -409,6 +479,7 @@ mod tests {
                     network_interface_id: None,
                 },
                 address_from: from.iter().map(|s| (*s).to_owned()).collect(),
+                data_volumes: Vec::new(),
             },
             priority: 100,
             epoch,
@@ -462,6 +533,65 @@ mod tests {
             (Some(Role::Primary), 4),
             "journaled with the result"
         );
+    }
+
+    #[tokio::test]
+    async fn the_data_volume_is_attached_before_the_hook_mounts_it() {
+        let t = agent(RoleState {
+            role: Some(Role::Replica),
+            epoch: 0,
+        });
+        t.ec2.add_address("eip", None);
+        t.ec2.add_instance("i-old", "running");
+        t.ec2
+            .add_volume("vol-1", "us-east-1a", Some(("i-old", "/dev/sdf")));
+        // The hook sees the volume attached and is told where.
+        hook(
+            &t,
+            "promote",
+            "echo \"$SPOT_DATA_VOLUMES\" > \"$(dirname \"$0\")/seen\"",
+        );
+        let mut cmd = promote_cmd(4, &["i-old"]);
+        if let CommandKind::Promote { data_volumes, .. } = &mut cmd.action {
+            data_volumes.push(DataVolume {
+                volume_id: "vol-1".into(),
+                device: "/dev/sdf".into(),
+            });
+        }
+        accept(&t, &cmd).await;
+        execute(&t.agent, cmd.clone()).await.unwrap();
+        assert_eq!(state(&t, &cmd.request_id).await.as_deref(), Some("done"));
+        assert_eq!(t.ec2.volume_holder("vol-1").as_deref(), Some("i-self"));
+        let calls = t.ec2.calls();
+        let attach = calls.iter().position(|c| c.starts_with("AttachVolume"));
+        assert!(attach.is_some(), "{calls:?}");
+        let pending = t.agent.journal.call(|j| j.pending(10)).await.unwrap();
+        let kinds: Vec<&str> = pending.iter().map(|p| p.body.kind()).collect();
+        assert_eq!(
+            kinds,
+            ["data_volumes", "command_result"],
+            "the volumes before the result"
+        );
+        let seen = std::fs::read_to_string(t.agent.config.hooks_dir.join("seen")).unwrap();
+        assert_eq!(seen.trim(), "/dev/sdf=vol-1");
+
+        // A holder that was not fenced keeps its volume, and no hook runs.
+        let t = agent(RoleState::default());
+        t.ec2.add_address("eip", None);
+        t.ec2
+            .add_volume("vol-1", "us-east-1a", Some(("i-live", "/dev/sdf")));
+        let mut cmd = promote_cmd(4, &["i-old"]);
+        if let CommandKind::Promote { data_volumes, .. } = &mut cmd.action {
+            data_volumes.push(DataVolume {
+                volume_id: "vol-1".into(),
+                device: "/dev/sdf".into(),
+            });
+        }
+        accept(&t, &cmd).await;
+        execute(&t.agent, cmd.clone()).await.unwrap();
+        assert_eq!(state(&t, &cmd.request_id).await.as_deref(), Some("failed"));
+        assert_eq!(t.ec2.volume_holder("vol-1").as_deref(), Some("i-live"));
+        assert_ne!(t.agent.role().role, Some(Role::Primary));
     }
 
     #[tokio::test]

@@ -3,8 +3,10 @@
 //!
 //! A hook is `<hooks_dir>/<name>` (`promote`, `demote`). A missing hook is
 //! not an error (nothing to run); one that is not executable, fails or
-//! times out is. Hooks get `SPOT_REQUEST_ID`, `SPOT_GROUP`, `SPOT_EPOCH`
-//! and `SPOT_ROLE`, run without a shell, and are killed on timeout.
+//! times out is. Hooks get `SPOT_REQUEST_ID`, `SPOT_GROUP`, `SPOT_EPOCH`,
+//! `SPOT_ROLE` and `SPOT_DATA_VOLUMES` (`/dev/sdf=vol-...,...`: the data
+//! volumes attached before a promote hook, to mount), run without a
+//! shell, and are killed on timeout.
 
 use std::future::Future;
 use std::path::Path;
@@ -28,6 +30,9 @@ pub struct HookEnv<'a> {
     pub group: &'a str,
     pub epoch: u64,
     pub role: &'a str,
+    /// `device=volume,...`: the data volumes attached for the promote hook
+    /// (empty when the group has none).
+    pub data_volumes: &'a str,
 }
 
 async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> String {
@@ -155,6 +160,7 @@ pub async fn run_hook(
         ("SPOT_GROUP", env.group.to_owned()),
         ("SPOT_EPOCH", env.epoch.to_string()),
         ("SPOT_ROLE", env.role.to_owned()),
+        ("SPOT_DATA_VOLUMES", env.data_volumes.to_owned()),
     ];
     run_command(&[path.display().to_string()], &vars, timeout, cancel).await
 }
@@ -220,6 +226,7 @@ mod tests {
             group: "db",
             epoch: 7,
             role: "primary",
+            data_volumes: "",
         }
     }
 

@@ -406,6 +406,7 @@ mod tests {
         let promote = spot_common::CommandKind::Promote {
             promotion: Default::default(),
             address_from: Vec::new(),
+            data_volumes: Vec::new(),
         };
         // Nothing seen yet: no grant.
         beat(&t.agent, &creds(), &l, &mut false).await.unwrap();
@@ -478,6 +479,7 @@ mod tests {
         let promote = spot_common::CommandKind::Promote {
             promotion: Default::default(),
             address_from: Vec::new(),
+            data_volumes: Vec::new(),
         };
         let sent = |rid: &str, clock: Option<i64>| {
             *t.coordinator.clock_ms.lock().unwrap() = clock;

@@ -1,7 +1,7 @@
 //! Commands (coordinator -> agent) and events (agent -> coordinator): the
 //! messages of the agent protocol.
 
-use crate::types::{Pool, Promotion};
+use crate::types::{DataVolume, Pool, Promotion};
 pub use crate::vocab::{CommandOutcome, CommandState, NoticeKind};
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,16 @@ pub enum CommandKind {
         /// taken from them (or from nobody), never from anyone else.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         address_from: Vec<String>,
+        /// The group's data volumes as the store knows them: detached from
+        /// an instance of `address_from` (forced only when EC2 shows it
+        /// stopped or terminated), attached here before the hook; in
+        /// another zone, new volumes from the latest snapshots.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        data_volumes: Vec<DataVolume>,
     },
+    /// Snapshot the data volumes attached here (the PRIMARY) and keep the
+    /// newest `keep` per device.
+    Snapshot { volumes: Vec<DataVolume>, keep: u32 },
     /// Stop serving: `demote` hook.
     Demote,
     /// STONITH: terminate `instance_id` through EC2 and wait until EC2
@@ -46,6 +55,7 @@ impl CommandKind {
             CommandKind::Fence { .. } => "fence",
             CommandKind::Terminate { .. } => "terminate",
             CommandKind::Cleanup => "cleanup",
+            CommandKind::Snapshot { .. } => "snapshot",
         }
     }
 
@@ -162,6 +172,33 @@ pub enum EventBody {
     /// Spot prices captured from DescribeSpotPriceHistory; journaled in
     /// the outbox like every event, delivered to the `pricing` endpoint.
     Prices { points: Vec<PricePoint> },
+    /// What a promote or snapshot command did to the data volumes, sent
+    /// before its result: the volumes now attached here (new ones when
+    /// restored in another zone) and the snapshots started.
+    DataVolumes {
+        request_id: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attached: Vec<VolumeAt>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        snapshots: Vec<SnapshotTaken>,
+    },
+}
+
+/// A data volume as attached, and its zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAt {
+    pub volume_id: String,
+    pub device: String,
+    pub availability_zone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotTaken {
+    pub volume_id: String,
+    pub device: String,
+    pub snapshot_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +221,7 @@ impl EventBody {
             EventBody::SelfDemoted { .. } => "self_demoted",
             EventBody::Ec2States { .. } => "ec2_states",
             EventBody::Prices { .. } => "prices",
+            EventBody::DataVolumes { .. } => "data_volumes",
         }
     }
 }

@@ -41,6 +41,12 @@ pub fn cleanup(agent_id: &str) -> String {
     format!("cleanup-{agent_id}")
 }
 
+/// `snapshot-{group}-{at_ms}`: a snapshot of a group's data volumes,
+/// due at `at_ms`.
+pub fn snapshot(group: &str, at_ms: i64) -> String {
+    format!("snapshot-{group}-{at_ms}")
+}
+
 /// `launch-{nonce}`: a launch the coordinator decided; the caller brings a
 /// fresh nonce (common reads no randomness).
 pub fn launch(nonce: &str) -> String {

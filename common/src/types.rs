@@ -84,6 +84,38 @@ pub struct Promotion {
     pub network_interface_id: Option<String>,
 }
 
+/// An EBS data volume that follows the PRIMARY: detached from the old one
+/// once it is fenced, attached to the new one before its `promote` hook
+/// (which mounts it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataVolume {
+    pub volume_id: String,
+    /// Where the instance sees it, e.g. `/dev/sdf`.
+    pub device: String,
+}
+
+/// 15 minutes: the RPO of a replacement in another zone.
+pub const DEFAULT_SNAPSHOT_INTERVAL_S: u64 = 900;
+/// Snapshots kept per data volume.
+pub const DEFAULT_SNAPSHOT_KEEP: u32 = 4;
+
+fn default_snapshot_interval() -> u64 {
+    DEFAULT_SNAPSHOT_INTERVAL_S
+}
+
+fn is_default_snapshot_interval(s: &u64) -> bool {
+    *s == DEFAULT_SNAPSHOT_INTERVAL_S
+}
+
+fn default_snapshot_keep() -> u32 {
+    DEFAULT_SNAPSHOT_KEEP
+}
+
+fn is_default_snapshot_keep(k: &u32) -> bool {
+    *k == DEFAULT_SNAPSHOT_KEEP
+}
+
 /// Per-group configuration, held by the coordinator and edited by operators.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +164,22 @@ pub struct GroupConfig {
         skip_serializing_if = "is_default_product"
     )]
     pub product_description: String,
+    /// EBS data volumes that follow the PRIMARY (all in one zone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_volumes: Vec<DataVolume>,
+    /// Seconds between snapshots of the data volumes: what a replacement
+    /// in another zone may lose (RPO) [default: 900].
+    #[serde(
+        default = "default_snapshot_interval",
+        skip_serializing_if = "is_default_snapshot_interval"
+    )]
+    pub snapshot_interval_s: u64,
+    /// Snapshots kept per data volume, the newest [default: 4].
+    #[serde(
+        default = "default_snapshot_keep",
+        skip_serializing_if = "is_default_snapshot_keep"
+    )]
+    pub snapshot_keep: u32,
 }
 
 pub const DEFAULT_PRODUCT: &str = "Linux/UNIX";
@@ -158,6 +206,9 @@ impl Default for GroupConfig {
             failed_retention_s: 0,
             paused: false,
             product_description: default_product(),
+            data_volumes: Vec::new(),
+            snapshot_interval_s: DEFAULT_SNAPSHOT_INTERVAL_S,
+            snapshot_keep: DEFAULT_SNAPSHOT_KEEP,
         }
     }
 }
@@ -186,6 +237,26 @@ pub enum ConfigRuleError {
          pool of the group must be in that zone (the pools span {0})"
     )]
     InterfaceAcrossZones(String),
+    #[error("data_volumes: {0}")]
+    DataVolume(String),
+}
+
+/// `/dev/sdf` .. `/dev/sdp`, `/dev/xvdf` .. `/dev/xvdz`: the names EC2
+/// attaches data volumes as.
+fn valid_device(d: &str) -> bool {
+    let letter = |s: &str, from: u8, to: u8| {
+        s.len() == 1 && s.as_bytes()[0] >= from && s.as_bytes()[0] <= to
+    };
+    d.strip_prefix("/dev/sd")
+        .is_some_and(|s| letter(s, b'f', b'p'))
+        || d.strip_prefix("/dev/xvd")
+            .is_some_and(|s| letter(s, b'f', b'z'))
+}
+
+fn valid_volume_id(v: &str) -> bool {
+    v.strip_prefix("vol-").is_some_and(|h| {
+        !h.is_empty() && h.len() <= 32 && h.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
 }
 
 impl GroupConfig {
@@ -197,6 +268,45 @@ impl GroupConfig {
         for p in &self.pools {
             if !seen.insert(p.key()) {
                 return Err(ConfigRuleError::DuplicatePool(p.to_string()));
+            }
+        }
+        let mut volumes = std::collections::HashSet::new();
+        let mut devices = std::collections::HashSet::new();
+        if self.data_volumes.len() > 8 {
+            return Err(ConfigRuleError::DataVolume(
+                "at most 8 data volumes per group".into(),
+            ));
+        }
+        for v in &self.data_volumes {
+            if !valid_volume_id(&v.volume_id) {
+                return Err(ConfigRuleError::DataVolume(format!(
+                    "{:?} is not a volume id (vol-...)",
+                    v.volume_id
+                )));
+            }
+            if !valid_device(&v.device) {
+                return Err(ConfigRuleError::DataVolume(format!(
+                    "device {:?} of {} must be /dev/sdf-/dev/sdp or /dev/xvdf-/dev/xvdz",
+                    v.device, v.volume_id
+                )));
+            }
+            if !volumes.insert(&v.volume_id) || !devices.insert(&v.device) {
+                return Err(ConfigRuleError::DataVolume(format!(
+                    "{} or its device {} is listed twice",
+                    v.volume_id, v.device
+                )));
+            }
+        }
+        if !self.data_volumes.is_empty() {
+            if self.snapshot_interval_s < 60 {
+                return Err(ConfigRuleError::DataVolume(
+                    "snapshot_interval_s must be at least 60".into(),
+                ));
+            }
+            if self.snapshot_keep == 0 {
+                return Err(ConfigRuleError::DataVolume(
+                    "snapshot_keep must be at least 1".into(),
+                ));
             }
         }
         if self.promotion.network_interface_id.is_some() {
@@ -212,6 +322,42 @@ impl GroupConfig {
             }
         }
         Ok(())
+    }
+
+    /// Check the data volumes against what EC2 says of them (`zones`: each
+    /// volume's zone, `None` when EC2 does not know it): they exist, share
+    /// one zone, and that zone is among the pools. Their zone.
+    pub fn check_volume_zones(
+        &self,
+        zones: &std::collections::HashMap<String, Option<String>>,
+    ) -> Result<Option<String>, ConfigRuleError> {
+        let mut zone: Option<&str> = None;
+        for v in &self.data_volumes {
+            let Some(Some(z)) = zones.get(&v.volume_id) else {
+                return Err(ConfigRuleError::DataVolume(format!(
+                    "{} does not exist (or this account and region cannot see it)",
+                    v.volume_id
+                )));
+            };
+            match zone {
+                Some(first) if first != z => {
+                    return Err(ConfigRuleError::DataVolume(format!(
+                        "{} is in {z}, the others in {first}: a group's data volumes share one zone",
+                        v.volume_id
+                    )));
+                }
+                _ => zone = Some(z),
+            }
+        }
+        if let Some(z) = zone
+            && !self.pools.iter().any(|p| p.availability_zone == z)
+        {
+            return Err(ConfigRuleError::DataVolume(format!(
+                "the volumes are in {z}, where the group has no pool: add a pool there (the \
+                 PRIMARY serves there without restoring from a snapshot)"
+            )));
+        }
+        Ok(zone.map(str::to_owned))
     }
 
     /// The one zone the PRIMARY may be in, when its address cannot leave
@@ -337,6 +483,58 @@ mod tests {
         ));
         assert!(c.pool(&PoolKey::new("m5.large", "us-east-1a")).is_some());
         assert!(c.pool(&PoolKey::new("m5.large", "us-east-1b")).is_none());
+    }
+
+    fn with_volumes(vols: &[(&str, &str)], pools: &[&str]) -> GroupConfig {
+        GroupConfig {
+            pools: pools.iter().map(|z| Pool::new("m5.large", z)).collect(),
+            data_volumes: vols
+                .iter()
+                .map(|(v, d)| DataVolume {
+                    volume_id: (*v).into(),
+                    device: (*d).into(),
+                })
+                .collect(),
+            ..GroupConfig::default()
+        }
+    }
+
+    #[test]
+    fn data_volumes_are_checked_for_form_and_against_ec2() {
+        assert!(
+            with_volumes(&[("vol-0a1", "/dev/sdf"), ("vol-0b2", "/dev/xvdg")], &["a"])
+                .validate()
+                .is_ok()
+        );
+        for bad in [
+            with_volumes(&[("volume-1", "/dev/sdf")], &["a"]),
+            with_volumes(&[("vol-1", "/dev/sda1")], &["a"]),
+            with_volumes(&[("vol-1", "/dev/sdf"), ("vol-1", "/dev/sdg")], &["a"]),
+            with_volumes(&[("vol-1", "/dev/sdf"), ("vol-2", "/dev/sdf")], &["a"]),
+            GroupConfig {
+                snapshot_interval_s: 10,
+                ..with_volumes(&[("vol-1", "/dev/sdf")], &["a"])
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(ConfigRuleError::DataVolume(_))),
+                "{bad:?}"
+            );
+        }
+        let c = with_volumes(&[("vol-1", "/dev/sdf"), ("vol-2", "/dev/sdg")], &["a", "b"]);
+        let zones = |v: &[(&str, Option<&str>)]| {
+            v.iter()
+                .map(|(k, z)| ((*k).to_owned(), z.map(str::to_owned)))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        assert_eq!(
+            c.check_volume_zones(&zones(&[("vol-1", Some("b")), ("vol-2", Some("b"))])),
+            Ok(Some("b".into()))
+        );
+        let err = |z| c.check_volume_zones(&zones(z)).unwrap_err().to_string();
+        assert!(err(&[("vol-1", None), ("vol-2", Some("b"))]).contains("vol-1 does not exist"));
+        assert!(err(&[("vol-1", Some("a")), ("vol-2", Some("b"))]).contains("share one zone"));
+        assert!(err(&[("vol-1", Some("c")), ("vol-2", Some("c"))]).contains("no pool"));
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn stale_epoch_is_refused_and_reported() {
                 CommandKind::Promote {
                     promotion: Default::default(),
                     address_from: Vec::new(),
+                    data_volumes: Vec::new(),
                 },
                 4,
             ),
@@ -68,6 +69,7 @@ fn expired_command_never_runs() {
     let promote = CommandKind::Promote {
         promotion: Default::default(),
         address_from: Vec::new(),
+        data_volumes: Vec::new(),
     };
     assert_eq!(
         j.accept(&cmd("r1", promote, 1), 5_000).unwrap(),
@@ -189,6 +191,7 @@ fn a_start_rechecks_epoch_and_deadline() {
             CommandKind::Promote {
                 promotion: Default::default(),
                 address_from: Vec::new(),
+                data_volumes: Vec::new(),
             },
             epoch,
         )

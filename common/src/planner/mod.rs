@@ -204,6 +204,13 @@ pub struct GroupSnap {
     /// The PRIMARY's address cannot leave this zone (a secondary ENI):
     /// candidates and launches only here.
     pub pinned_zone: Option<String>,
+    /// The zone the group's data volumes are in (when it has any and the
+    /// store knows): candidates and launches there first.
+    pub volume_zone: Option<String>,
+    /// A snapshot of every data volume exists: a PRIMARY in another zone
+    /// gets volumes restored from them (losing at most the interval).
+    /// Without one, only the volumes' zone can hold the PRIMARY.
+    pub volumes_restorable: bool,
     pub instances: Vec<InstanceSnap>,
     /// Notices of the group's live instances.
     pub notices: Vec<NoticeSnap>,
@@ -238,6 +245,18 @@ impl GroupSnap {
     /// Whether `zone` may hold the PRIMARY (see `pinned_zone`).
     pub fn in_pinned_zone(&self, zone: &str) -> bool {
         self.pinned_zone.as_deref().is_none_or(|z| z == zone)
+    }
+
+    /// How `zone` suits the data volumes: 0 their zone (or no volumes),
+    /// 1 another zone they can be restored into from snapshots, 2 a zone
+    /// the PRIMARY cannot be in (no snapshot yet).
+    pub fn volume_rank(&self, zone: &str) -> u8 {
+        match &self.volume_zone {
+            None => 0,
+            Some(z) if z == zone => 0,
+            Some(_) if self.volumes_restorable => 1,
+            Some(_) => 2,
+        }
     }
 
     pub fn primary(&self) -> Option<&InstanceSnap> {
@@ -420,13 +439,19 @@ pub fn launch_pools(snap: &GroupSnap, avoid: Option<&PoolKey>) -> Vec<Pool> {
         .filter(|(_, p)| avoid.is_none_or(|a| !a.matches(p)))
         .filter(|(_, p)| !snap.failed_pools.iter().any(|k| k.matches(p)))
         .filter(|(_, p)| snap.in_pinned_zone(&p.availability_zone))
+        .filter(|(_, p)| snap.volume_rank(&p.availability_zone) < 2)
         .collect();
     let boot = |p: &Pool| snap.boot_secs.get(&p.key()).copied();
-    pools.sort_by(|(ia, a), (ib, b)| match (boot(a), boot(b)) {
-        (Some(x), Some(y)) => x.total_cmp(&y).then(ia.cmp(ib)),
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => ia.cmp(ib),
+    let zone = |p: &Pool| snap.volume_rank(&p.availability_zone);
+    // The data volumes' zone first (no restore, no data lost), then the
+    // fastest boot.
+    pools.sort_by(|(ia, a), (ib, b)| {
+        zone(a).cmp(&zone(b)).then(match (boot(a), boot(b)) {
+            (Some(x), Some(y)) => x.total_cmp(&y).then(ia.cmp(ib)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => ia.cmp(ib),
+        })
     });
     pools.into_iter().map(|(_, p)| p.clone()).collect()
 }
@@ -473,6 +498,7 @@ pub fn candidates<'a>(
         .filter(|i| i.role == Role::Replica && i.online && i.healthy && !i.ec2_gone)
         .filter(|i| !i.promote_failed_recently)
         .filter(|i| snap.in_pinned_zone(&i.availability_zone))
+        .filter(|i| snap.volume_rank(&i.availability_zone) < 2)
         // A replica with its own interruption notice is no refuge.
         .filter(|i| snap.interruption(&i.instance_id).is_none())
         // A candidate a roll-over gave up on is fenced, not promoted.
@@ -486,8 +512,10 @@ pub fn candidates<'a>(
     // emergency, but the last one chosen.
     c.sort_by(|a, b| {
         let due = |i: &InstanceSnap| snap.maintenance(&i.instance_id).is_some();
-        due(a)
-            .cmp(&due(b))
+        let volumes = |i: &InstanceSnap| snap.volume_rank(&i.availability_zone);
+        volumes(a)
+            .cmp(&volumes(b))
+            .then(due(a).cmp(&due(b)))
             .then(correlation(a, zone, itype).cmp(&correlation(b, zone, itype)))
             .then(a.silent_ms.cmp(&b.silent_ms))
             .then(a.instance_id.cmp(&b.instance_id))

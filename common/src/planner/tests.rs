@@ -429,6 +429,52 @@ fn a_primary_pinned_to_its_enis_zone_is_replaced_only_there() {
 }
 
 #[test]
+fn data_volumes_keep_the_primary_in_their_zone_until_a_snapshot_can_follow() {
+    // The volumes live in a; the least correlated REPLICA is in b.
+    let mut s = snap(vec![
+        inst("p", Role::Primary, "a"),
+        inst("r-b", Role::Replica, "b"),
+        inst("r-a", Role::Replica, "a"),
+    ]);
+    s.volume_zone = Some("a".into());
+    interrupt(&mut s, "p");
+    assert!(
+        matches!(&plan(&s, 2, &CFG)[..], [Step::Replace { candidate, .. }] if candidate == "r-a"),
+        "the volumes' zone first: {:?}",
+        plan(&s, 2, &CFG)
+    );
+    // Without a REPLICA there and without a snapshot, b cannot hold it:
+    // launch in a, the fastest there, though b boots faster.
+    s.instances.retain(|i| i.instance_id != "r-a");
+    s.boot_secs.insert(PoolKey::new("m5.large", "b"), 5.0);
+    s.boot_secs.insert(PoolKey::new("c5.large", "a"), 20.0);
+    s.boot_secs.insert(PoolKey::new("m5.large", "a"), 30.0);
+    match &plan(&s, 2, &CFG)[..] {
+        [
+            Step::Launch {
+                pool,
+                emergency: true,
+                ..
+            },
+        ] => {
+            assert_eq!(
+                pool,
+                &Pool::new("c5.large", "a"),
+                "the fastest pool in the volumes' zone"
+            );
+        }
+        other => panic!("no candidate outside the volumes' zone without a snapshot: {other:?}"),
+    }
+    // With a snapshot, b may take over (restoring from it).
+    s.volumes_restorable = true;
+    assert!(
+        matches!(&plan(&s, 2, &CFG)[..], [Step::Replace { candidate, .. }] if candidate == "r-b"),
+        "{:?}",
+        plan(&s, 2, &CFG)
+    );
+}
+
+#[test]
 fn interruption_without_replica_launches_via_the_primary_outside_its_pool() {
     let mut s = snap(vec![inst("p", Role::Primary, "a")]);
     interrupt(&mut s, "p");

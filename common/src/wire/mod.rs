@@ -346,6 +346,32 @@ pub struct GroupView {
     pub updated_at_ms: i64,
 }
 
+/// A group's data volumes now: where they are, their latest snapshots,
+/// and what a PRIMARY replaced in another zone would lose (RPO).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataVolumesView {
+    /// The volumes' zone, once an agent attached them.
+    pub availability_zone: Option<String>,
+    pub snapshot_interval_s: u64,
+    pub snapshot_keep: u32,
+    /// Seconds since the oldest device's latest snapshot: the data a
+    /// replacement in another zone would lose now (`None`: no snapshot
+    /// yet, so no replacement outside the volumes' zone).
+    pub rpo_s: Option<u64>,
+    pub volumes: Vec<VolumeStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub device: String,
+    pub volume_id: String,
+    pub availability_zone: Option<String>,
+    /// The instance it was last attached to.
+    pub holder: Option<String>,
+    pub last_snapshot_id: Option<String>,
+    pub last_snapshot_at_ms: Option<i64>,
+}
+
 /// A replacement of the PRIMARY in progress (see docs/STATE_MACHINE.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransitionView {

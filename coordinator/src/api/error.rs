@@ -126,6 +126,7 @@ impl From<StoreError> for ApiError {
                         spot_common::ConfigRuleError::InterfaceAcrossZones(_) => {
                             "interface_pools_in_one_zone"
                         }
+                        spot_common::ConfigRuleError::DataVolume(_) => "data_volumes_valid",
                     }
                     .to_owned(),
                 ),

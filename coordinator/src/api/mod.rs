@@ -237,6 +237,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(operator::cancel_switch),
         )
         .route("/v1/groups/{name}/switches", get(operator::list_switches))
+        .route("/v1/groups/{name}/volumes", get(operator::data_volumes))
         .route("/v1/groups/{name}/decisions", get(operator::list_decisions))
         .route("/v1/models/compare", get(operator::compare_models))
         .route(

@@ -54,11 +54,45 @@ pub async fn list_groups(
     Ok(Json(state.db.read(|s| s.groups()).await?))
 }
 
+/// With the coordinator's own EC2 access (the executor), a config's data
+/// volumes are checked against EC2 before it is stored: they exist, share
+/// one zone, and the group has a pool there. Without it, the first
+/// promote checks them (and fails with the reason).
+async fn check_volumes(
+    state: &AppState,
+    config: &spot_common::GroupConfig,
+) -> Result<(), ApiError> {
+    if config.data_volumes.is_empty() || !state.config.ec2_executor {
+        return Ok(());
+    }
+    config
+        .validate()
+        .map_err(|e| ApiError::from(crate::store::StoreError::Rule(e)))?;
+    use spot_runtime::ec2::Ec2Api;
+    let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
+    let mut zones = std::collections::HashMap::new();
+    for v in &config.data_volumes {
+        let found = ec2.volume(&v.volume_id).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "ec2_unavailable",
+                format!("checking the data volumes with EC2: {e}"),
+            )
+        })?;
+        zones.insert(v.volume_id.clone(), found.map(|f| f.availability_zone));
+    }
+    config
+        .check_volume_zones(&zones)
+        .map_err(|e| ApiError::from(crate::store::StoreError::Rule(e)))?;
+    Ok(())
+}
+
 pub async fn create_group(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<GroupView>), ApiError> {
+    check_volumes(&state, &req.config).await?;
     let ctx = operator(&caller, req.request_id.clone(), &req);
     let done = state
         .db
@@ -84,6 +118,7 @@ pub async fn update_group(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateGroupRequest>,
 ) -> Result<Json<GroupView>, ApiError> {
+    check_volumes(&state, &req.config).await?;
     let ctx = operator(&caller, req.request_id.clone(), &(&name, &req));
     let g = operator_change(&state, "update_group", ctx, move |tx| {
         tx.update_group(&name, &req.config, req.version)
@@ -160,6 +195,16 @@ pub async fn cancel_switch(
     .await?;
     tracing::warn!(group = %sw.group, switch = sw.id, "switch cancelled by an operator");
     Ok(Json(sw))
+}
+
+pub async fn data_volumes(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<spot_common::wire::DataVolumesView>, ApiError> {
+    let now = crate::state::now_ms();
+    Ok(Json(
+        state.db.read(move |s| s.data_volumes(&name, now)).await?,
+    ))
 }
 
 pub async fn list_switches(

@@ -33,6 +33,7 @@ pub const TABLES: &[&str] = &[
     "decisions",
     "tokens",
     "enroll_tokens",
+    "group_volumes",
 ];
 
 /// Rows read per statement: a large table is never all in memory.

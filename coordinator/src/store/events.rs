@@ -96,6 +96,18 @@ impl Txn<'_> {
                 }
                 // Price batches are delivered to the pricing endpoint.
                 EventBody::Prices { .. } => {}
+                EventBody::DataVolumes {
+                    attached,
+                    snapshots,
+                    ..
+                } => {
+                    if !attached.is_empty() {
+                        self.volumes_attached(&agent.group, &agent.instance_id, attached)?;
+                    }
+                    if !snapshots.is_empty() {
+                        self.snapshots_taken(&agent.group, snapshots)?;
+                    }
+                }
                 EventBody::Ec2States { instances } => {
                     self.tx.execute(
                         "UPDATE groups SET ec2_seen_at_ms = ?1 WHERE name = ?2",

@@ -39,6 +39,7 @@ mod switches;
 mod tokens;
 mod training;
 mod unheard;
+mod volumes;
 
 pub use agents::{AgentAuth, HeartbeatRecord, Registered, Reported, RoleOf};
 pub use audit::AuditQuery;
@@ -54,6 +55,7 @@ pub use retention::{Retention, Table};
 pub use snapshot::{AgentLive, FleetHealth, PrimaryPrice, SnapshotInput};
 pub use tokens::TokenView;
 pub use training::{COLUMNS as TRAINING_COLUMNS, TrainingRow};
+pub use volumes::VolumeState;
 
 use engine::{Conn, ConnExt, Engine, OptionalExtension, Tx, params};
 use serde::Serialize;
@@ -544,6 +546,12 @@ pub trait Read {
     }
     fn notices(&self, group: Option<&str>) -> Result<Vec<NoticeView>> {
         events::notices(self.conn(), group)
+    }
+    /// The group's data volumes: where, latest snapshots, RPO.
+    fn data_volumes(&self, group: &str, now_ms: i64) -> Result<spot_common::wire::DataVolumesView> {
+        let config = self.group(group)?.config;
+        self.conn()
+            .consistent(|c| volumes::view(c, group, &config, now_ms))
     }
     fn switches(&self, group: &str) -> Result<Vec<SwitchView>> {
         switches::list(self.conn(), group)

@@ -341,6 +341,8 @@ impl Txn<'_> {
         let candidate = t.candidate.clone();
         let now = self.now_ms();
         let deadline = grant_window(&t, now);
+        let config = self.group(group)?.config;
+        let data_volumes = super::volumes::for_promote(&*self.tx, group, &config)?;
         queued.extend(self.queue_role_command(
             &candidate,
             group,
@@ -348,6 +350,7 @@ impl Txn<'_> {
             CommandKind::Promote {
                 promotion: promotion.clone(),
                 address_from: t.fence.iter().map(|f| f.instance_id.clone()).collect(),
+                data_volumes,
             },
             &t,
             deadline,

@@ -48,7 +48,10 @@ pub fn group(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Grou
         Some(t) => Some(transition(conn, t, &instances, input)?),
     };
     let launch_timeout_ms = input.launch_timeout_ms;
+    let (volume_zone, volumes_restorable) = super::volumes::placement(conn, group, &g.config)?;
     Ok(GroupSnap {
+        volume_zone,
+        volumes_restorable,
         instances,
         notices: notices(conn, group, input.now_ms)?,
         transition,

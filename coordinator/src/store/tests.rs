@@ -1945,3 +1945,122 @@ fn an_ec2_report_its_own_agent_contradicts_writes_nothing_off() {
         "OFFLINE and silent since before the report"
     );
 }
+
+/// Set group `g`'s data volume (vol-1 on /dev/sdf) and a snapshot interval.
+fn with_volume(s: &mut Store, now: i64) {
+    let g = s.group("g").unwrap();
+    let mut config = g.config.clone();
+    config.data_volumes = vec![spot_common::DataVolume {
+        volume_id: "vol-1".into(),
+        device: "/dev/sdf".into(),
+    }];
+    config.snapshot_interval_s = 60;
+    op(s, "update_group", None, now, |t| {
+        t.update_group("g", &config, g.version)
+    })
+    .unwrap();
+}
+
+/// `agent` reports what a command did to the data volumes.
+fn volumes_event(
+    s: &mut Store,
+    agent: &str,
+    seq: i64,
+    now: i64,
+    attached: Vec<spot_common::VolumeAt>,
+    snapshots: Vec<spot_common::SnapshotTaken>,
+) {
+    let ev = Event {
+        event_id: format!("{agent}:{seq}"),
+        seq,
+        at_ms: now,
+        body: EventBody::DataVolumes {
+            request_id: "r".into(),
+            attached,
+            snapshots,
+        },
+    };
+    tx(s, now, |t| t.apply_events(agent, &[ev])).unwrap();
+}
+
+#[test]
+fn data_volumes_follow_the_primary_and_are_snapshotted_on_their_schedule() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    with_volume(&mut s, 10);
+    // Not attached to the PRIMARY as far as the store knows: no snapshot.
+    assert_eq!(tx(&mut s, 11, |t| t.queue_snapshot("g")).unwrap(), None);
+    let at = |v: &str, az: &str| spot_common::VolumeAt {
+        volume_id: v.into(),
+        device: "/dev/sdf".into(),
+        availability_zone: az.into(),
+    };
+    volumes_event(&mut s, "a-p", 100, 12, vec![at("vol-1", "us-east-1a")], vec![]);
+    let snap = snapshot(&s, &["a-p", "a-r1", "a-r2"], 13);
+    assert_eq!(snap.volume_zone.as_deref(), Some("us-east-1a"));
+    assert!(!snap.volumes_restorable, "no snapshot yet");
+
+    // Due at once (never snapshotted): one command, to the PRIMARY.
+    let agent = tx(&mut s, 20, |t| t.queue_snapshot("g")).unwrap();
+    assert_eq!(agent.as_deref(), Some("a-p"));
+    assert_eq!(tx(&mut s, 21, |t| t.queue_snapshot("g")).unwrap(), None, "one open at a time");
+    let cmds = take(&mut s, "a-p", 22, 30_000);
+    let snap_cmd = cmds
+        .iter()
+        .find(|c| matches!(c.action, CommandKind::Snapshot { .. }))
+        .unwrap();
+    volumes_event(
+        &mut s,
+        "a-p",
+        101,
+        23,
+        vec![],
+        vec![spot_common::SnapshotTaken {
+            volume_id: "vol-1".into(),
+            device: "/dev/sdf".into(),
+            snapshot_id: "snap-1".into(),
+        }],
+    );
+    report(&mut s, "a-p", &snap_cmd.request_id, CommandOutcome::Done, 102);
+    assert!(snapshot(&s, &["a-p"], 24).volumes_restorable);
+    assert_eq!(tx(&mut s, 30, |t| t.queue_snapshot("g")).unwrap(), None, "not due before the interval");
+    let view = s.data_volumes("g", 23 + 45_000).unwrap();
+    assert_eq!(view.rpo_s, Some(45));
+    assert_eq!(view.volumes[0].last_snapshot_id.as_deref(), Some("snap-1"));
+    assert!(tx(&mut s, 23 + 61_000, |t| t.queue_snapshot("g")).unwrap().is_some(), "due again");
+
+    // A replacement's promote carries the volume; restored in another
+    // zone, the new volume is the device's from then on.
+    let r = tx(&mut s, 70_000, |t| {
+        t.begin_replace(&ReplaceRequest {
+            emergency: true,
+            ..replace("i-r1", 1)
+        })
+    })
+    .unwrap();
+    assert_eq!(r.phase, Phase::Demoting);
+    report(&mut s, "a-p", &ids::demote("i-p", 2), CommandOutcome::Done, 103);
+    tx(&mut s, 70_001, |t| t.grant("g", 2)).unwrap();
+    let promote = take(&mut s, "a-r1", 70_002, 30_000)
+        .into_iter()
+        .find(|c| matches!(c.action, CommandKind::Promote { .. }))
+        .unwrap();
+    let CommandKind::Promote { data_volumes, .. } = &promote.action else {
+        unreachable!()
+    };
+    assert_eq!(data_volumes[0].volume_id, "vol-1");
+    volumes_event(&mut s, "a-r1", 104, 70_003, vec![at("vol-new", "us-east-1b")], vec![]);
+    let view = s.data_volumes("g", 70_004).unwrap();
+    assert_eq!(view.volumes[0].volume_id, "vol-new");
+    assert_eq!(view.availability_zone.as_deref(), Some("us-east-1b"));
+    assert_eq!(
+        view.volumes[0].last_snapshot_id.as_deref(),
+        Some("snap-1"),
+        "the device's latest snapshot is still the one its data came from"
+    );
+    assert!(s
+        .audit_log(&AuditQuery::default())
+        .unwrap()
+        .iter()
+        .any(|e| e.action == "data_volume" && e.post_state["volume_id"] == "vol-new"));
+}

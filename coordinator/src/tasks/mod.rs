@@ -13,6 +13,7 @@ pub mod monitor;
 pub mod pricing;
 pub mod reconcile;
 pub mod retention;
+pub mod snapshots;
 
 use crate::state::AppState;
 use spot_runtime::supervise::Supervisor;
@@ -30,6 +31,7 @@ pub fn spawn_all(tasks: &mut Supervisor, state: &Arc<AppState>) {
     tasks.spawn("retention", retention::run(Arc::clone(state)));
     tasks.spawn("decision engine", decide::run(Arc::clone(state)));
     tasks.spawn("event feed", events::run(Arc::clone(state)));
+    tasks.spawn("snapshots", snapshots::run(Arc::clone(state)));
     if state.config.ec2_executor {
         tasks.spawn("ec2 executor", executor::run(Arc::clone(state)));
     }

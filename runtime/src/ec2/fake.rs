@@ -3,7 +3,10 @@
 //! fake of the trait, not of the wire: protocol fidelity is the EC2
 //! simulator's and moto's job (in `tests/`).
 
-use super::{Attachment, Ec2Api, Ec2Error, ErrorClass, Interface, LaunchSpec, SpotPrice};
+use super::{
+    Attachment, Ec2Api, Ec2Error, ErrorClass, Interface, LaunchSpec, Snapshot, SpotPrice, Volume,
+    VolumeAttachment, VolumeTags,
+};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -22,6 +25,12 @@ struct State {
     tokens: HashMap<String, String>,
     /// instance id -> the request id it was launched for (its tag)
     launched_by: HashMap<String, String>,
+    /// volume id -> (zone, holder and device, the snapshot it came from)
+    volumes: HashMap<String, FakeVolume>,
+    /// snapshot id -> its record
+    snapshots: HashMap<String, FakeSnapshot>,
+    /// CreateVolume client token -> volume id
+    volume_tokens: HashMap<String, String>,
     failures: HashMap<&'static str, VecDeque<Ec2Error>>,
     calls: Vec<String>,
     next: u64,
@@ -29,6 +38,22 @@ struct State {
     /// `shutting-down` for.
     shutdown_polls: u32,
     polls_left: HashMap<String, u32>,
+}
+
+#[derive(Clone)]
+struct FakeVolume {
+    zone: String,
+    holder: Option<(String, String)>,
+    source: Option<String>,
+}
+
+#[derive(Clone)]
+struct FakeSnapshot {
+    volume: String,
+    group: String,
+    device: String,
+    state: String,
+    started_ms: i64,
 }
 
 #[derive(Default)]
@@ -69,6 +94,50 @@ impl FakeEc2 {
 
     pub fn interface_holder(&self, eni: &str) -> Option<String> {
         self.lock().interfaces.get(eni).and_then(|(_, h)| h.clone())
+    }
+
+    /// A volume in `zone`, attached to (instance, device) or free.
+    pub fn add_volume(&self, id: &str, zone: &str, holder: Option<(&str, &str)>) {
+        self.lock().volumes.insert(
+            id.to_owned(),
+            FakeVolume {
+                zone: zone.to_owned(),
+                holder: holder.map(|(i, d)| (i.to_owned(), d.to_owned())),
+                source: None,
+            },
+        );
+    }
+
+    pub fn volume_holder(&self, id: &str) -> Option<String> {
+        self.lock()
+            .volumes
+            .get(id)
+            .and_then(|v| v.holder.as_ref().map(|h| h.0.clone()))
+    }
+
+    /// The snapshot a volume was created from.
+    pub fn volume_source(&self, id: &str) -> Option<String> {
+        self.lock().volumes.get(id).and_then(|v| v.source.clone())
+    }
+
+    /// A completed snapshot of `volume`, tagged for `group` and `device`.
+    pub fn add_snapshot(&self, id: &str, volume: &str, group: &str, device: &str, started_ms: i64) {
+        self.lock().snapshots.insert(
+            id.to_owned(),
+            FakeSnapshot {
+                volume: volume.to_owned(),
+                group: group.to_owned(),
+                device: device.to_owned(),
+                state: "completed".into(),
+                started_ms,
+            },
+        );
+    }
+
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().snapshots.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Detaches are accepted but never finish.
@@ -300,6 +369,146 @@ impl Ec2Api for FakeEc2 {
     ) -> Result<Vec<SpotPrice>, Ec2Error> {
         drop(self.enter("DescribeSpotPriceHistory", instance_types.join(","))?);
         Ok(Vec::new())
+    }
+    async fn volume(&self, volume_id: &str) -> Result<Option<Volume>, Ec2Error> {
+        let g = self.enter("DescribeVolumes", volume_id.to_owned())?;
+        Ok(g.volumes.get(volume_id).map(|v| Volume {
+            volume_id: volume_id.to_owned(),
+            availability_zone: v.zone.clone(),
+            state: if v.holder.is_some() {
+                "in-use"
+            } else {
+                "available"
+            }
+            .into(),
+            attachment: v.holder.as_ref().map(|(i, d)| VolumeAttachment {
+                instance_id: i.clone(),
+                device: d.clone(),
+                state: "attached".into(),
+            }),
+        }))
+    }
+
+    async fn attach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+    ) -> Result<(), Ec2Error> {
+        let mut g = self.enter(
+            "AttachVolume",
+            format!("{volume_id} {instance_id} {device}"),
+        )?;
+        let v = g
+            .volumes
+            .get_mut(volume_id)
+            .ok_or_else(|| not_found("AttachVolume", volume_id))?;
+        if let Some((h, _)) = &v.holder {
+            return Err(Ec2Error {
+                op: "AttachVolume",
+                class: ErrorClass::Client,
+                code: "VolumeInUse".into(),
+                message: format!("{volume_id} is attached to {h}"),
+            });
+        }
+        v.holder = Some((instance_id.to_owned(), device.to_owned()));
+        Ok(())
+    }
+
+    async fn detach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<(), Ec2Error> {
+        let mut g = self.enter(
+            "DetachVolume",
+            format!("{volume_id} {instance_id} force={force}"),
+        )?;
+        if g.stuck_detach {
+            return Ok(());
+        }
+        if let Some(v) = g.volumes.get_mut(volume_id)
+            && v.holder.as_ref().is_some_and(|(h, _)| h == instance_id)
+        {
+            v.holder = None;
+        }
+        Ok(())
+    }
+
+    async fn create_volume(
+        &self,
+        snapshot_id: &str,
+        zone: &str,
+        _tags: &VolumeTags<'_>,
+        client_token: &str,
+    ) -> Result<String, Ec2Error> {
+        let mut g = self.enter(
+            "CreateVolume",
+            format!("{snapshot_id} {zone} {client_token}"),
+        )?;
+        if let Some(id) = g.volume_tokens.get(client_token) {
+            return Ok(id.clone());
+        }
+        if !g.snapshots.contains_key(snapshot_id) {
+            return Err(not_found("CreateVolume", snapshot_id));
+        }
+        g.next += 1;
+        let id = format!("vol-fake{}", g.next);
+        g.volumes.insert(
+            id.clone(),
+            FakeVolume {
+                zone: zone.to_owned(),
+                holder: None,
+                source: Some(snapshot_id.to_owned()),
+            },
+        );
+        g.volume_tokens.insert(client_token.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    async fn create_snapshot(
+        &self,
+        volume_id: &str,
+        tags: &VolumeTags<'_>,
+    ) -> Result<String, Ec2Error> {
+        let mut g = self.enter("CreateSnapshot", volume_id.to_owned())?;
+        g.next += 1;
+        let id = format!("snap-fake{}", g.next);
+        let started_ms = i64::try_from(g.next).unwrap_or(0) * 1_000_000;
+        g.snapshots.insert(
+            id.clone(),
+            FakeSnapshot {
+                volume: volume_id.to_owned(),
+                group: tags.group.to_owned(),
+                device: tags.device.to_owned(),
+                state: "pending".into(),
+                started_ms,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn snapshots(&self, group: &str, device: &str) -> Result<Vec<Snapshot>, Ec2Error> {
+        let g = self.enter("DescribeSnapshots", format!("{group} {device}"))?;
+        Ok(g.snapshots
+            .iter()
+            .filter(|(_, s)| s.group == group && s.device == device)
+            .map(|(id, s)| Snapshot {
+                snapshot_id: id.clone(),
+                volume_id: s.volume.clone(),
+                state: s.state.clone(),
+                started_ms: s.started_ms,
+            })
+            .collect())
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), Ec2Error> {
+        let mut g = self.enter("DeleteSnapshot", snapshot_id.to_owned())?;
+        g.snapshots
+            .remove(snapshot_id)
+            .map(|_| ())
+            .ok_or_else(|| not_found("DeleteSnapshot", snapshot_id))
     }
 }
 

@@ -207,6 +207,41 @@ pub trait Ec2Api: Send + Sync {
         product_description: &str,
         start_ms: i64,
     ) -> Result<Vec<SpotPrice>, Ec2Error>;
+    /// A volume's zone, state and attachment; `None` when EC2 does not
+    /// know it. See [`hand_over`] for the safe handover.
+    async fn volume(&self, volume_id: &str) -> Result<Option<Volume>, Ec2Error>;
+    async fn attach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+    ) -> Result<(), Ec2Error>;
+    /// Detach from `instance_id`; `force` only for a holder EC2 shows
+    /// stopped or terminated.
+    async fn detach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<(), Ec2Error>;
+    /// A new volume in `zone` from `snapshot_id`, tagged; `client_token`
+    /// makes a retry return the first one.
+    async fn create_volume(
+        &self,
+        snapshot_id: &str,
+        zone: &str,
+        tags: &VolumeTags<'_>,
+        client_token: &str,
+    ) -> Result<String, Ec2Error>;
+    async fn create_snapshot(
+        &self,
+        volume_id: &str,
+        tags: &VolumeTags<'_>,
+    ) -> Result<String, Ec2Error>;
+    /// The group's snapshots of `device` (by their `spot:group` and
+    /// `spot:device` tags).
+    async fn snapshots(&self, group: &str, device: &str) -> Result<Vec<Snapshot>, Ec2Error>;
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), Ec2Error>;
 }
 
 /// How long a fence command may wait for `terminated`: until its
@@ -257,8 +292,12 @@ pub async fn fence(
 
 mod interface;
 mod sdk;
+mod volumes;
 pub use interface::{Attachment, DETACH_WAIT, Interface, move_interface};
 pub use sdk::Ec2;
+pub use volumes::{
+    Handover, Snapshot, VOLUME_WAIT, Volume, VolumeAttachment, VolumeTags, hand_over, snapshot,
+};
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,10 @@
 //! policy: `spot_common::retry::EC2_CALL`, inside a 60 s deadline per
 //! action).
 
-use super::{Attachment, Ec2Api, Ec2Error, ErrorClass, Interface, LaunchSpec, SpotPrice, to_error};
+use super::{
+    Attachment, Ec2Api, Ec2Error, ErrorClass, Interface, LaunchSpec, Snapshot, SpotPrice, Volume,
+    VolumeTags, to_error,
+};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
     Filter, InstanceMarketOptionsRequest, InstanceType, LaunchTemplateSpecification, MarketType,
@@ -28,6 +31,9 @@ macro_rules! ec2_call {
         })
     };
 }
+
+#[path = "sdk_volumes.rs"]
+mod volumes;
 
 impl Ec2 {
     /// Production client: credentials from the default chain (the
@@ -411,6 +417,60 @@ impl Ec2Api for Ec2 {
         Ok(out.attachment_id().unwrap_or_default().to_owned())
     }
 
+    async fn volume(&self, volume_id: &str) -> Result<Option<Volume>, Ec2Error> {
+        self.describe_volume(volume_id).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn attach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+    ) -> Result<(), Ec2Error> {
+        self.attach(volume_id, instance_id, device).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn detach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<(), Ec2Error> {
+        self.detach(volume_id, instance_id, force).await
+    }
+
+    #[tracing::instrument(skip(self, tags), err)]
+    async fn create_volume(
+        &self,
+        snapshot_id: &str,
+        zone: &str,
+        tags: &VolumeTags<'_>,
+        client_token: &str,
+    ) -> Result<String, Ec2Error> {
+        self.volume_from_snapshot(snapshot_id, zone, tags, client_token)
+            .await
+    }
+
+    #[tracing::instrument(skip(self, tags), err)]
+    async fn create_snapshot(
+        &self,
+        volume_id: &str,
+        tags: &VolumeTags<'_>,
+    ) -> Result<String, Ec2Error> {
+        self.snapshot_of(volume_id, tags).await
+    }
+
+    async fn snapshots(&self, group: &str, device: &str) -> Result<Vec<Snapshot>, Ec2Error> {
+        self.group_snapshots(group, device).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), Ec2Error> {
+        self.remove_snapshot(snapshot_id).await
+    }
+
     /// DescribeSpotPriceHistory for the given pools since `start_ms`, all
     /// pages.
     #[tracing::instrument(skip(self), err)]
@@ -480,7 +540,7 @@ mod policy {
     /// production with UnauthorizedOperation, never in a test against moto).
     #[test]
     fn the_shipped_iam_policy_allows_every_call_the_client_makes() {
-        let source = include_str!("sdk.rs");
+        let source = concat!(include_str!("sdk.rs"), include_str!("sdk_volumes.rs"));
         let policy = include_str!("../../../packaging/iam-policy.json");
         let mut calls: Vec<&str> = [".retry(\"", "ec2_call!(self, \""]
             .iter()

@@ -282,10 +282,30 @@ fn steps() -> Vec<(i64, i64, String)> {
             12,
             "ALTER TABLE audit ADD COLUMN leader_epoch BIGINT NOT NULL DEFAULT 0;".into(),
         ),
+        // As SQLite's 12 -> 13: the data volumes' whereabouts.
+        (
+            12,
+            13,
+            r#"
+            CREATE TABLE group_volumes (
+                group_name          TEXT COLLATE "C" NOT NULL REFERENCES groups(name) DEFERRABLE,
+                device              TEXT COLLATE "C" NOT NULL,
+                configured_volume   TEXT COLLATE "C" NOT NULL,
+                volume_id           TEXT COLLATE "C" NOT NULL,
+                availability_zone   TEXT COLLATE "C",
+                holder              TEXT COLLATE "C",
+                last_snapshot_id    TEXT COLLATE "C",
+                last_snapshot_at_ms BIGINT,
+                updated_at_ms       BIGINT NOT NULL,
+                PRIMARY KEY (group_name, device)
+            );
+            "#
+            .into(),
+        ),
     ]
 }
 
-pub const LATEST: i64 = 12;
+pub const LATEST: i64 = 13;
 
 /// The schema version the database is at (0: empty).
 pub fn version(c: &mut Client) -> Result<i64> {

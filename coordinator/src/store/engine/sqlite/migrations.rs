@@ -323,6 +323,22 @@ const STEPS: &[&str] = &[
     r#"
     ALTER TABLE audit ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 12 -> 13: where each group's data volumes are now (a volume restored
+    // in another zone is a new one) and their latest snapshot.
+    r#"
+    CREATE TABLE group_volumes (
+        group_name          TEXT NOT NULL REFERENCES groups(name),
+        device              TEXT NOT NULL,
+        configured_volume   TEXT NOT NULL,
+        volume_id           TEXT NOT NULL,
+        availability_zone   TEXT,
+        holder              TEXT,
+        last_snapshot_id    TEXT,
+        last_snapshot_at_ms INTEGER,
+        updated_at_ms       INTEGER NOT NULL,
+        PRIMARY KEY (group_name, device)
+    ) STRICT;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
