@@ -142,6 +142,24 @@ async fn the_checker_catches_two_primaries_when_fencing_is_disabled() {
     );
 }
 
+scenario!(
+    a_data_volume_follows_the_primary_across_interruptions_switches_and_zones,
+    "data-volume"
+);
+
+/// The volume checker can fail too: with the fence switched off, the
+/// volume is moved to the replacement while the cut-off PRIMARY serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_volume_moved_before_the_fence() {
+    let v = spot_tests::scenarios::volumes::volume_without_fencing()
+        .await
+        .unwrap();
+    assert!(
+        v.iter().any(|p| p.contains("before the fence")),
+        "the checker missed it: {v:?}"
+    );
+}
+
 #[tokio::test]
 async fn unknown_scenario_is_an_error() {
     assert!(run("nope").await.is_err());

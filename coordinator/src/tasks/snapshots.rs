@@ -1,4 +1,4 @@
-//! Snapshots of the groups' data volumes: every 15 s, each group with data
+//! Snapshots of the groups' data volumes: every 5 s, each group with data
 //! volumes whose oldest snapshot is `snapshot_interval_s` old gets a
 //! snapshot command for its PRIMARY's agent (which also prunes to
 //! `snapshot_keep`); the store decides in one transaction whether one is
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Often enough for a 60 s interval, the shortest allowed.
-const TICK: Duration = Duration::from_secs(15);
+const TICK: Duration = Duration::from_secs(5);
 
 pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let mut schedule = Schedule::after(TICK, &state);

@@ -7,11 +7,16 @@
 //! terminated: `IdempotentInstanceTerminated`), AssociateAddress honours
 //! `AllowReassociation=false`, an ENI attaches only to an instance of its
 //! zone and only when free (detach first; termination frees it),
-//! DescribeSpotPriceHistory filters and paginates a configured series.
+//! DescribeSpotPriceHistory filters and paginates a configured series;
+//! EBS volumes and snapshots move through their transitional states
+//! (`ebs.rs`).
 //! Errors can be injected per action (throttling, capacity, 5xx).
 
+mod ebs;
 mod eni;
 mod instances;
+
+pub use ebs::{AttachmentSpan, EbsTiming};
 
 use instances::{action_terminate, describe_instances, run_instances, spot_prices};
 
@@ -75,6 +80,9 @@ struct Inner {
     instances: Vec<SimInstance>,
     addresses: HashMap<String, SimAddress>,
     enis: HashMap<String, eni::SimEni>,
+    volumes: HashMap<String, ebs::SimVolume>,
+    snapshots: HashMap<String, ebs::SimSnapshot>,
+    ebs: EbsTiming,
     prices: Vec<SimPrice>,
     /// Access key -> the price history that caller sees (conflicting reports).
     price_views: HashMap<String, Vec<SimPrice>>,
@@ -257,10 +265,16 @@ impl Ec2Sim {
                         a.association_id = None;
                     }
                 }
-                // A secondary ENI (DeleteOnTermination false) is freed.
+                // A secondary ENI (DeleteOnTermination false) is freed,
+                // and so is a data volume.
                 for e in g.enis.values_mut() {
                     if e.holder.as_deref() == Some(id.as_str()) {
                         e.holder = None;
+                    }
+                }
+                for v in g.volumes.values_mut() {
+                    if v.holder() == Some(id.as_str()) {
+                        v.free();
                     }
                 }
             }
@@ -284,13 +298,21 @@ impl Ec2Sim {
     }
 
     pub fn set_state(&self, instance_id: &str, state: &str) {
-        if let Some(i) = self
-            .lock()
+        let mut g = self.lock();
+        if let Some(i) = g
             .instances
             .iter_mut()
             .find(|i| i.instance_id == instance_id)
         {
             i.state = state.to_owned();
+        }
+        if state == "terminated" {
+            // Its data volumes (DeleteOnTermination false) are freed.
+            for v in g.volumes.values_mut() {
+                if v.holder() == Some(instance_id) {
+                    v.free();
+                }
+            }
         }
     }
 
@@ -342,6 +364,76 @@ impl Ec2Sim {
             .get(eni)
             .map(|e| e.history.clone())
             .unwrap_or_default()
+    }
+
+    /// A data volume in `zone`, attached to (instance, device) or free.
+    pub fn add_volume(&self, id: &str, zone: &str, holder: Option<(&str, &str)>) {
+        let mut g = self.lock();
+        let v = ebs::SimVolume::new(zone);
+        if let Some((i, d)) = holder {
+            // As if attached long ago.
+            let mut attach = HashMap::new();
+            attach.insert("VolumeId".to_owned(), id.to_owned());
+            attach.insert("InstanceId".to_owned(), i.to_owned());
+            attach.insert("Device".to_owned(), d.to_owned());
+            g.volumes.insert(id.to_owned(), v);
+            let _ = ebs::answer(&mut g, "AttachVolume", &attach);
+            return;
+        }
+        g.volumes.insert(id.to_owned(), v);
+    }
+
+    /// A group's volumes: `original` and every volume restored for the
+    /// group (tagged `spot:group`).
+    pub fn group_volumes(&self, group: &str, original: &str) -> Vec<String> {
+        let g = self.lock();
+        let mut v: Vec<String> = g
+            .volumes
+            .iter()
+            .filter(|(id, v)| *id == original || v.tagged("spot:group", group))
+            .map(|(id, _)| id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The instance `volume` is attached to (attaching, attached,
+    /// detaching or busy).
+    pub fn volume_holder(&self, volume: &str) -> Option<String> {
+        self.lock()
+            .volumes
+            .get(volume)
+            .and_then(|v| v.holder().map(str::to_owned))
+    }
+
+    /// Every attachment `volume` ever had, in order, with its times.
+    pub fn volume_history(&self, volume: &str) -> Vec<AttachmentSpan> {
+        self.lock()
+            .volumes
+            .get(volume)
+            .map(|v| v.history.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every volume's id and the snapshot it was created from.
+    pub fn volumes(&self) -> Vec<(String, Option<String>)> {
+        let mut v: Vec<(String, Option<String>)> = self
+            .lock()
+            .volumes
+            .iter()
+            .map(|(id, v)| (id.clone(), v.source_snapshot.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// How long EBS transitions take, and whether a detach gets stuck.
+    pub fn set_ebs(&self, timing: EbsTiming) {
+        self.lock().ebs = timing;
+    }
+
+    pub fn ebs(&self) -> EbsTiming {
+        self.lock().ebs
     }
 
     pub fn set_prices(&self, prices: Vec<SimPrice>) {
@@ -527,6 +619,8 @@ fn answer_other(
         "AttachNetworkInterface" | "DetachNetworkInterface" | "DescribeNetworkInterfaces" => {
             eni::answer(g, action, p)
         }
+        "DescribeVolumes" | "AttachVolume" | "DetachVolume" | "CreateVolume" | "CreateSnapshot"
+        | "DescribeSnapshots" | "DeleteSnapshot" => ebs::answer(g, action, p),
         "DescribeSpotPriceHistory" => {
             let view = caller
                 .and_then(|k| g.price_views.get(&k))

@@ -470,9 +470,48 @@ impl Fleet {
         Ok(id)
     }
 
+    /// Create a group whose first instance (in us-east-1a, already
+    /// running) holds the data volume `volume` on /dev/sdf.
+    pub async fn group_with_volume(
+        &self,
+        name: &str,
+        config: Value,
+        volume: &str,
+    ) -> Result<String> {
+        let id = format!("i-{name}-first");
+        self.ec2.add_instance(&id, "m5.large", "us-east-1a", name);
+        self.ec2
+            .add_volume(volume, "us-east-1a", Some((&id, "/dev/sdf")));
+        let mut cfg = config;
+        cfg["data_volumes"] = json!([{"volume_id": volume, "device": "/dev/sdf"}]);
+        if cfg.get("pools").is_none() {
+            cfg["pools"] = default_pools();
+        }
+        let (st, v) = self
+            .api
+            .post(
+                "/v1/groups",
+                &self.coord.admin_token,
+                &json!({"name": name, "config": cfg}),
+            )
+            .await?;
+        if !st.is_success() {
+            bail!("creating group {name}: {st} {v}");
+        }
+        self.boot_existing(&id, "m5.large", "us-east-1a", name)
+            .await?;
+        Ok(id)
+    }
+
     /// An instance that exists outside RunInstances, booted now.
     pub async fn add_instance(&self, id: &str, itype: &str, az: &str, group: &str) -> Result<()> {
         self.ec2.add_instance(id, itype, az, group);
+        self.booter().boot(id, itype, az, group).await
+    }
+
+    /// Boot an instance EC2 already runs (added to the simulator first,
+    /// e.g. to attach a volume to it before its agent starts).
+    pub async fn boot_existing(&self, id: &str, itype: &str, az: &str, group: &str) -> Result<()> {
         self.booter().boot(id, itype, az, group).await
     }
 

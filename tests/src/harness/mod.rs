@@ -62,6 +62,9 @@ pub fn ensure_binaries_with(faults: bool) -> Result<()> {
                 "validate",
                 "--data-dir",
                 "/nonexistent",
+                // Only the flag is probed: no identity CA to read.
+                "--identity",
+                "trust",
                 "--unsafe-silence-is-death",
             ])
             .stdout(Stdio::null())

@@ -7,6 +7,9 @@
 //! * EC2: one instance per launch request id; the hook logs: a command's
 //!   hook completed once per agent process (a resumed command after a crash
 //!   may run its idempotent hook again, in a new process);
+//! * EC2's record of every data volume: never attached to two instances
+//!   at once, never to a new PRIMARY while the old one still served, and
+//!   attached whenever a promote hook started the workload;
 //! * the store's audit log: its entries' leader terms never go back (on
 //!   PostgreSQL: no write of a deposed leader landed after its successor's);
 //! * the end state: no instance running that the store does not hold in a
@@ -72,6 +75,9 @@ pub struct Report {
     pub leaked_instances: usize,
     /// Audit entries written in an older leader term than one before them.
     pub deposed_leader_writes: usize,
+    /// A data volume attached to two instances at once, before the old
+    /// PRIMARY was fenced, or missing when a promote hook ran.
+    pub volume_violations: usize,
     pub unavailability_s: BTreeMap<String, Stats>,
     pub verdict: &'static str,
     pub violations: Vec<Violation>,
@@ -152,6 +158,16 @@ pub(super) async fn judge(
         }
     }
 
+    let mut volume_problems = Vec::new();
+    for (group, vol) in &run.volumes {
+        volume_problems.extend(crate::scenarios::volumes::volume_violations(
+            &run.f, group, vol,
+        )?);
+    }
+    for v in &volume_problems {
+        violations.push(violation(run, "data_volume", v.clone(), now));
+    }
+
     let deposed = deposed_leader_writes(run).await?;
     for d in &deposed {
         violations.push(violation(run, "deposed_leader_write", d.clone(), now));
@@ -184,6 +200,7 @@ pub(super) async fn judge(
         stuck_commands: stuck_commands.len(),
         leaked_instances: leaks.len(),
         deposed_leader_writes: deposed.len(),
+        volume_violations: volume_problems.len(),
         unavailability_s,
         verdict: if clean { "pass" } else { "fail" },
         violations,
@@ -357,14 +374,15 @@ impl Report {
             .collect();
         s.push_str(&format!("  faults: {}\n", faults.join(", ")));
         s.push_str(&format!(
-            "  overlaps {}, double executions {}, epoch regressions {}, stuck groups {}, stuck commands {}, leaked instances {}, deposed-leader writes {}\n",
+            "  overlaps {}, double executions {}, epoch regressions {}, stuck groups {}, stuck commands {}, leaked instances {}, deposed-leader writes {}, data volume violations {}\n",
             self.overlaps,
             self.double_executions,
             self.epoch_regressions,
             self.stuck_groups,
             self.stuck_commands,
             self.leaked_instances,
-            self.deposed_leader_writes
+            self.deposed_leader_writes,
+            self.volume_violations
         ));
         s.push_str("  unavailability (s)                    n    p50    p99    max\n");
         for (k, st) in &self.unavailability_s {

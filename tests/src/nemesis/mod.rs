@@ -171,6 +171,8 @@ struct Run {
     samples: BTreeMap<String, Vec<f64>>,
     /// Groups whose PRIMARY holds a secondary ENI: (group, eni).
     enis: Vec<(String, String)>,
+    /// Groups with a data volume: (group, the configured volume).
+    volumes: Vec<(String, String)>,
     /// The coordinator a leader fault hit (its index in the fleet).
     victim: Option<usize>,
 }
@@ -213,6 +215,7 @@ pub async fn run(args: NemesisArgs) -> Result<check::Report> {
         stuck: Vec::new(),
         samples: BTreeMap::new(),
         enis: Vec::new(),
+        volumes: Vec::new(),
         victim: None,
     };
     run.setup().await?;
@@ -237,7 +240,17 @@ impl Run {
 
     /// The groups, each serving before the first fault.
     async fn setup(&mut self) -> Result<()> {
+        self.f.ec2.set_ebs(crate::scenarios::volumes::TEST_EBS);
         for (i, g) in self.groups.clone().iter().enumerate() {
+            // Every third group from the second is a lone PRIMARY whose
+            // data lives on an EBS volume that must follow it.
+            if i % 3 == 1 {
+                let vol = format!("vol-{g}");
+                let first = self.f.group_with_volume(g, json!({}), &vol).await?;
+                crate::scenarios::wait_serving(&self.f, g, &first).await?;
+                self.volumes.push((g.clone(), vol));
+                continue;
+            }
             // Every third group is warm and its PRIMARY holds a secondary
             // ENI (in us-east-1a, like its pools and its REPLICA).
             let eni = format!("eni-{g}");

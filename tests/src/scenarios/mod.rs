@@ -13,6 +13,7 @@ mod failover;
 mod fencing;
 mod interface;
 pub mod leadership;
+pub mod volumes;
 
 use crate::fleet::{Fleet, FleetOptions};
 use crate::harness::eventually;
@@ -69,6 +70,7 @@ scenarios! {
     "journal-failure" => fencing::journal_failure,
     "shared-identity" => fencing::shared_identity,
     "forger" => fencing::forger,
+    "data-volume" => volumes::data_volume,
     "follower-routes" => leadership::follower_routes,
     "leader-kill" => leadership::leader_kill,
     "leader-freeze" => leadership::leader_freeze,
