@@ -360,6 +360,14 @@ impl GroupConfig {
         Ok(zone.map(str::to_owned))
     }
 
+    /// What moving the data volumes may add to a promote, before its hook:
+    /// a detach and an attach, or a restore and an attach (each bounded
+    /// by the agent at 45 s), per volume. 0 without data volumes.
+    pub fn volume_handover_ms(&self) -> i64 {
+        const PER_VOLUME_MS: i64 = 2 * 45_000;
+        i64::try_from(self.data_volumes.len()).unwrap_or(0) * PER_VOLUME_MS
+    }
+
     /// The one zone the PRIMARY may be in, when its address cannot leave
     /// it (a secondary ENI): the pools' zone.
     pub fn pinned_zone(&self) -> Option<&str> {

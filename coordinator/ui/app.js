@@ -298,11 +298,13 @@ async function renderGroup(name, ix, view) {
   const g = S.groups.find((x) => x.name === name);
   if (!g) { view.innerHTML = `<p class="error">No group ${esc(name)}.</p>`; return; }
   const m = (ix.members.get(name) || []).filter((i) => i.role !== 'terminated');
-  const [prices, switches, decisions, audit] = await Promise.all([
+  const hasVolumes = (g.config.data_volumes || []).length > 0;
+  const [prices, switches, decisions, audit, volumes] = await Promise.all([
     api('GET', `/v1/groups/${encodeURIComponent(name)}/prices`).catch(() => null),
     api('GET', `/v1/groups/${encodeURIComponent(name)}/switches`).catch(() => []),
     api('GET', `/v1/groups/${encodeURIComponent(name)}/decisions?limit=50`).catch(() => []),
     api('GET', `/v1/audit?entity=${encodeURIComponent('group:' + name)}&action=commit&newest_first=true&limit=20`).catch(() => []),
+    hasVolumes ? api('GET', `/v1/groups/${encodeURIComponent(name)}/volumes`).catch(() => null) : null,
   ]);
   if ((location.hash || '') !== `#/group/${encodeURIComponent(name)}` && (location.hash || '') !== `#/group/${name}`) return;
   const t = g.transition;
@@ -322,6 +324,7 @@ async function renderGroup(name, ix, view) {
       <button id="do-replica" ${dis}>Manual replica ${g.config.manual_replica ? 'off' : 'on'}</button>
       <button id="do-pause" ${dis}>${g.config.paused ? 'Resume' : 'Pause'}</button>
     </div>
+    ${volumes ? `<p id="volumes">Data volumes ${volumes.volumes.map((v) => `${esc(v.device)}=${esc(v.volume_id)}`).join(', ')} in ${esc(volumes.availability_zone || 'an unknown zone')}; ${volumes.rpo_s != null ? `RPO ${volumes.rpo_s} s (a replacement in another zone restores the snapshot of ${ago(Math.min(...volumes.volumes.map((v) => v.last_snapshot_at_ms || 0)))}; one every ${volumes.snapshot_interval_s} s)` : 'no snapshot yet: the PRIMARY stays in the volumes\' zone'}</p>` : ''}
     <h2>Members</h2>
     <table id="members"><thead><tr><th>instance</th><th>role</th><th>pool</th><th>agent</th><th>last heartbeat</th><th>EC2</th></tr></thead><tbody>
     ${m.map((i) => { const a = ix.agentOf.get(i.instance_id); return `<tr data-instance="${esc(i.instance_id)}"><td>${esc(i.instance_id)}</td><td class="role-${esc(i.role)}">${esc(i.role)}</td><td>${esc(pool(i.instance_type, i.availability_zone))}</td><td>${agentCell(a)}</td><td>${a ? ago(a.last_heartbeat_ms) : '—'}</td><td>${esc(i.ec2_state || '—')}</td></tr>`; }).join('')}

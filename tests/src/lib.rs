@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod retention_bench;
 pub mod scenarios;
 pub mod ui_bench;
+pub mod volume_bench;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {

@@ -75,6 +75,10 @@ enum Bench {
     /// Three coordinators on PostgreSQL: the leader killed -> a write
     /// accepted again; an interruption as the leader dies -> new PRIMARY.
     Leader(spot_tests::leader_bench::LeaderBench),
+    /// Data volumes with realistic EBS delays: a lone PRIMARY interrupted
+    /// (its replacement serving with the volume before the reclaim), a
+    /// switch's downtime step by step.
+    Volume(spot_tests::volume_bench::VolumeBench),
     /// The dashboard in headless Chromium: first paint with 1,000 groups,
     /// refresh cost, store change -> visible on the page.
     Ui(spot_tests::ui_bench::UiBench),
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Command::Bench(Bench::Backtest(args)) => spot_tests::backtest_bench::run(args).await,
             Command::Bench(Bench::Ui(args)) => spot_tests::ui_bench::run(args).await,
             Command::Bench(Bench::Leader(args)) => spot_tests::leader_bench::run(args).await,
+            Command::Bench(Bench::Volume(args)) => spot_tests::volume_bench::run(args).await,
             Command::Demo(args) => spot_tests::failover_bench::demo(args).await,
             Command::Model(args) => spot_tests::model_server::run(args).await,
             Command::Nemesis(args) => spot_tests::nemesis::main(args).await,

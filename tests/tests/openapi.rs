@@ -129,7 +129,8 @@ async fn documented_api_matches_the_server() {
             &adm,
             &json!({"name": "db", "config": {"paused": true,
             "pools": [{"instance_type": "m5.large", "availability_zone": "us-east-1a"},
-                      {"instance_type": "c5.large", "availability_zone": "us-east-1a"}]}}),
+                      {"instance_type": "c5.large", "availability_zone": "us-east-1a"}],
+            "data_volumes": [{"volume_id": "vol-0db", "device": "/dev/sdf"}]}}),
         )
         .await
         .unwrap();
@@ -257,6 +258,13 @@ async fn documented_api_matches_the_server() {
             "get",
             "/v1/groups/{name}/switches",
             "/v1/groups/db/switches".into(),
+            adm.clone(),
+            None,
+        ),
+        (
+            "get",
+            "/v1/groups/{name}/volumes",
+            "/v1/groups/db/volumes".into(),
             adm.clone(),
             None,
         ),
@@ -581,6 +589,8 @@ fn the_published_decision_schema_matches_the_code() {
             manual_replica: false,
             auto_terminate: false,
             pools: vec![pool.clone()],
+            volume_zone: None,
+            rpo_s: None,
         },
         primary: Some(member.clone()),
         replicas: vec![member.clone()],

@@ -155,6 +155,8 @@ pub fn input_at(h: &History, hour: usize, current: usize, switches_24h: u32) -> 
             manual_replica: false,
             auto_terminate: false,
             pools: h.pools.clone(),
+            volume_zone: None,
+            rpo_s: None,
         },
         primary: Some(Member {
             instance_id: "backtest".into(),

@@ -34,6 +34,10 @@ pub struct Params {
     /// is spiking (spot price spikes come with interruptions): the dwell
     /// is waived to leave it.
     pub spike_factor: f64,
+    /// Dollars per hour of writes lost: a group with data volumes loses up
+    /// to its RPO when a failover must restore them in another zone, so
+    /// each interruption costs that much more.
+    pub data_loss_per_hour: f64,
 }
 
 impl Default for Params {
@@ -45,6 +49,7 @@ impl Default for Params {
             max_switches_per_day: 2,
             cooldown_hours: 6,
             spike_factor: 1.5,
+            data_loss_per_hour: 1.0,
         }
     }
 }
@@ -60,6 +65,9 @@ impl Params {
         }
         if !(1..=168).contains(&self.dwell_hours) {
             return Err("decisions.dwell_hours must be 1-168 (the series is 7 days)".into());
+        }
+        if !(self.data_loss_per_hour.is_finite() && self.data_loss_per_hour >= 0.0) {
+            return Err("decisions.data_loss_per_hour must be a non-negative number".into());
         }
         if !(self.spike_factor.is_finite() && self.spike_factor > 1.0) {
             return Err("decisions.spike_factor must be a number above 1".into());
@@ -80,9 +88,28 @@ fn out(action: Action, confidence: f64, reason: String) -> DecisionOutput {
     }
 }
 
-/// Expected dollars per hour in `p` at `price`.
-fn expected(p: &PoolFeatures, price: f64, prm: &Params) -> f64 {
-    price + p.interruptions_per_instance_hour * prm.failover_cost
+/// Expected dollars per hour in `p` at `price`, one failover costing
+/// `failover` dollars.
+fn expected(p: &PoolFeatures, price: f64, failover: f64) -> f64 {
+    price + p.interruptions_per_instance_hour * failover
+}
+
+#[cfg(test)]
+pub(super) fn failover_cost_of(input: &DecisionInput) -> f64 {
+    failover_cost(input, &Params::default())
+}
+
+/// What one failover of this group costs: the knob, plus the data a
+/// restore in another zone would lose (its RPO, for a group with data
+/// volumes).
+fn failover_cost(input: &DecisionInput, prm: &Params) -> f64 {
+    let lost_hours = input
+        .config
+        .volume_zone
+        .as_ref()
+        .and(input.config.rpo_s)
+        .map_or(0.0, |s| s as f64 / 3600.0);
+    prm.failover_cost + lost_hours * prm.data_loss_per_hour
 }
 
 /// The median of a pool's series.
@@ -108,13 +135,24 @@ pub fn decide(input: &DecisionInput, prm: &Params) -> DecisionOutput {
         return out(Action::NoAction, 1.0, "no PRIMARY: failover decides".into());
     };
     let pool = |k: &PoolKey| input.pools.iter().find(|p| &p.pool == k);
+    let failover = failover_cost(input, prm);
+    // A planned move never leaves the data volumes' zone: it would restore
+    // them from a snapshot and lose what was written since.
+    let in_volume_zone = |p: &PoolFeatures| {
+        input
+            .config
+            .volume_zone
+            .as_ref()
+            .is_none_or(|z| p.pool.availability_zone == *z)
+    };
     let safe = |p: &&PoolFeatures| {
-        p.pool != primary.pool
+        in_volume_zone(p)
+            && p.pool != primary.pool
             && p.failed_launches == 0
             && p.last_interruption_ms
                 .is_none_or(|t| input.now_ms - t >= i64::from(prm.cooldown_hours) * 3_600_000)
     };
-    let cost_now = |p: &PoolFeatures| p.price().map(|x| expected(p, x, prm));
+    let cost_now = |p: &PoolFeatures| p.price().map(|x| expected(p, x, failover));
 
     // The PRIMARY's pool turned risky and nothing stands by: a REPLICA in
     // the cheapest safe pool.
@@ -189,7 +227,7 @@ pub fn decide(input: &DecisionInput, prm: &Params) -> DecisionOutput {
         let h = last - k * 3_600_000;
         let held = match (price_at(here.1, h), price_at(best, h)) {
             (Some(a), Some(b)) => {
-                expected(best, b, prm) < expected(here.1, a, prm) * (1.0 - prm.margin)
+                expected(best, b, failover) < expected(here.1, a, failover) * (1.0 - prm.margin)
             }
             _ => false,
         };

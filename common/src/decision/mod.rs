@@ -40,6 +40,14 @@ pub struct GroupFeatures {
     pub auto_terminate: bool,
     /// The group's candidate pools, in the operator's order.
     pub pools: Vec<PoolKey>,
+    /// The zone of the group's EBS data volumes, when it has any: a move
+    /// elsewhere restores them from a snapshot, losing up to `rpo_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_zone: Option<String>,
+    /// Seconds of writes a failover outside `volume_zone` would lose now
+    /// (since the latest snapshot); absent without volumes or snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_s: Option<u64>,
 }
 
 /// The PRIMARY or a REPLICA.

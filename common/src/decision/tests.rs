@@ -1,4 +1,4 @@
-use super::builtin::{Params, decide};
+use super::builtin::{Params, decide, failover_cost_of};
 use super::*;
 
 const H: i64 = 3_600_000;
@@ -50,6 +50,8 @@ fn input(b_price: f64) -> DecisionInput {
             manual_replica: false,
             auto_terminate: false,
             pools: vec![key("a"), key("b")],
+            volume_zone: None,
+            rpo_s: None,
         },
         primary: Some(member("a")),
         replicas: Vec::new(),
@@ -65,7 +67,31 @@ const P: Params = Params {
     max_switches_per_day: 2,
     cooldown_hours: 6,
     spike_factor: 1.5,
+    data_loss_per_hour: 1.0,
 };
+
+#[test]
+fn a_group_with_data_volumes_never_moves_out_of_their_zone_and_counts_its_rpo() {
+    // b is 20 % cheaper, but the volumes live in a.
+    let mut i = input(0.08);
+    i.config.volume_zone = Some(key("a").availability_zone);
+    i.config.rpo_s = Some(900);
+    assert!(
+        !matches!(decide(&i, &P).action, Action::Switch { .. }),
+        "a switch to b would restore from a snapshot"
+    );
+    let mut free = input(0.08);
+    free.config.volume_zone = Some(key("b").availability_zone);
+    assert!(
+        matches!(decide(&free, &P).action, Action::Switch { .. }),
+        "b holds the volumes"
+    );
+    // The RPO makes every interruption dearer: an hour at $1/h, $1 more.
+    let mut risky = input(0.08);
+    risky.config.volume_zone = Some(key("a").availability_zone);
+    risky.config.rpo_s = Some(3600);
+    assert!((failover_cost_of(&risky) - (P.failover_cost + 1.0)).abs() < 1e-9);
+}
 
 #[test]
 fn switches_only_past_the_margin() {

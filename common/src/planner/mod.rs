@@ -207,6 +207,9 @@ pub struct GroupSnap {
     /// The zone the group's data volumes are in (when it has any and the
     /// store knows): candidates and launches there first.
     pub volume_zone: Option<String>,
+    /// What moving the data volumes adds to a promote (its confirmation
+    /// is awaited that much longer): `GroupConfig::volume_handover_ms`.
+    pub handover_ms: i64,
     /// A snapshot of every data volume exists: a PRIMARY in another zone
     /// gets volumes restored from them (losing at most the interval).
     /// Without one, only the volumes' zone can hold the PRIMARY.

@@ -139,7 +139,7 @@ pub(super) fn plan(snap: &GroupSnap, t: &TransitionSnap, _: i64, cfg: &PlanConfi
                 Some(CommandState::Done) => vec![Step::Commit { expected_epoch: e }].into(),
                 _ if t.candidate_reports_primary => vec![Step::Commit { expected_epoch: e }].into(),
                 Some(_) => roll("the candidate's promotion failed"),
-                None if t.phase_age_ms > cfg.promotion_timeout_ms => {
+                None if t.phase_age_ms > cfg.promotion_timeout_ms + snap.handover_ms => {
                     roll("the candidate did not confirm in time")
                 }
                 None => Decision::default(),

@@ -120,6 +120,26 @@ pub fn status(v: &Value) -> String {
             v.join(", ")
         }
     };
+    for (g, d) in v["volumes"].as_object().into_iter().flatten() {
+        let vols: Vec<String> = d["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| format!("{}={}", s(&x["device"]), s(&x["volume_id"])))
+            .collect();
+        let rpo = match d["rpo_s"].as_u64() {
+            Some(r) => format!(
+                "RPO {r} s (snapshot every {} s)",
+                s(&d["snapshot_interval_s"])
+            ),
+            None => "no snapshot yet: the PRIMARY stays in the volumes' zone".into(),
+        };
+        out.push_str(&format!(
+            "\ndata volumes of {g}: {} in {}; {rpo}",
+            vols.join(", "),
+            d["availability_zone"].as_str().unwrap_or("an unknown zone")
+        ));
+    }
     out.push_str(&format!(
         "\nagents: {} online, {} offline: {}\nbacklogged agents: {}\nzombie or failed instances: {zombies}\n",
         agents.iter().filter(|a| a["status"] == "online").count(),
@@ -373,7 +393,17 @@ mod tests {
             "agents": [{"instance_id": "i-1", "group": "db", "status": "online", "backlog": 500},
                        {"instance_id": "i-4", "group": "db", "status": "offline", "backlog": 0}],
         });
+        let mut v = v;
+        v["volumes"] = json!({"db": {"availability_zone": "us-east-1a", "rpo_s": 120,
+            "snapshot_interval_s": 900,
+            "volumes": [{"device": "/dev/sdf", "volume_id": "vol-1"}]}});
         let s = status(&v);
+        assert!(
+            s.contains(
+                "data volumes of db: /dev/sdf=vol-1 in us-east-1a; RPO 120 s (snapshot every 900 s)"
+            ),
+            "{s}"
+        );
         assert!(s.contains("db     3      i-1      i-2"), "{s}");
         assert!(s.contains("1 offline: i-4 (db)"), "{s}");
         assert!(s.contains("backlogged agents: i-1 (500 events)"), "{s}");

@@ -22,10 +22,26 @@ pub async fn run(cli: &Cli) -> Result<String, CtlError> {
             String::new()
         }
         Cmd::Status => {
+            let groups = c.get("/v1/groups").await?;
+            // Where each group's data volumes are, and what a replacement
+            // in another zone would lose (RPO).
+            let mut volumes = serde_json::Map::new();
+            for g in groups.as_array().into_iter().flatten() {
+                let has = g["config"]["data_volumes"]
+                    .as_array()
+                    .is_some_and(|v| !v.is_empty());
+                if let (true, Some(name)) = (has, g["name"].as_str()) {
+                    volumes.insert(
+                        name.to_owned(),
+                        c.get(&format!("/v1/groups/{name}/volumes")).await?,
+                    );
+                }
+            }
             let v = json!({
-                "groups": c.get("/v1/groups").await?,
+                "groups": groups,
                 "instances": c.get("/v1/instances").await?,
                 "agents": c.get("/v1/agents").await?,
+                "volumes": volumes,
             });
             out(v, render::status)
         }

@@ -148,6 +148,7 @@ pub fn input(
             replicas.push(m);
         }
     }
+    let volumes = super::volumes::view(conn, group, &g.config, now_ms)?;
     let switches: i64 = conn.query_row(
         "SELECT COUNT(*) FROM switches WHERE group_name = ?1 AND started_at_ms >= ?2",
         params![group, now_ms - DAY],
@@ -162,6 +163,8 @@ pub fn input(
             manual_replica: g.config.manual_replica,
             auto_terminate: g.config.auto_terminate,
             pools: g.config.pools.iter().map(|p| p.key()).collect(),
+            volume_zone: volumes.availability_zone.clone(),
+            rpo_s: volumes.rpo_s,
         },
         primary,
         replicas,

@@ -261,7 +261,8 @@ impl Txn<'_> {
             reason: req.reason.clone(),
             switch_id: req.switch_id,
             fence,
-            promote_budget_ms: req.promote_budget_ms,
+            // The agent moves the data volumes inside its promote window.
+            promote_budget_ms: req.promote_budget_ms + g.config.volume_handover_ms(),
             heard_since_ms: req.heard_since_ms,
         };
         self.audit(

@@ -50,6 +50,7 @@ pub fn group(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Grou
     let launch_timeout_ms = input.launch_timeout_ms;
     let (volume_zone, volumes_restorable) = super::volumes::placement(conn, group, &g.config)?;
     Ok(GroupSnap {
+        handover_ms: g.config.volume_handover_ms(),
         volume_zone,
         volumes_restorable,
         instances,

@@ -23,6 +23,20 @@ impl Txn<'_> {
                 "pool {pool} is not one of group {group}'s pools"
             )));
         }
+        // The data volumes stay in their zone: a switch elsewhere would
+        // restore them from a snapshot and lose what was written since.
+        let volumes = super::volumes::current(&*self.tx, group, &g.config)?;
+        if let Some(zone) = volumes.iter().find_map(|v| v.availability_zone.as_deref())
+            && pool.availability_zone != zone
+        {
+            return Err(StoreError::Refused {
+                code: "data_volumes_zone",
+                message: format!(
+                    "group {group}'s data volumes are in {zone}: a switch to {pool} would restore \
+                     them from the latest snapshot and lose what was written since; switch within {zone}"
+                ),
+            });
+        }
         if g.transition.is_some() || active(&self.tx, group)?.is_some() {
             return Err(StoreError::InProgress(format!(
                 "group {group} is already replacing its PRIMARY"

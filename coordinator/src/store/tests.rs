@@ -1955,6 +1955,10 @@ fn with_volume(s: &mut Store, now: i64) {
         device: "/dev/sdf".into(),
     }];
     config.snapshot_interval_s = 60;
+    config.pools = vec![
+        spot_common::Pool::new("m5.large", "us-east-1a"),
+        spot_common::Pool::new("m5.large", "us-east-1b"),
+    ];
     op(s, "update_group", None, now, |t| {
         t.update_group("g", &config, g.version)
     })
@@ -1998,6 +2002,13 @@ fn data_volumes_follow_the_primary_and_are_snapshotted_on_their_schedule() {
     volumes_event(&mut s, "a-p", 100, 12, vec![at("vol-1", "us-east-1a")], vec![]);
     let snap = snapshot(&s, &["a-p", "a-r1", "a-r2"], 13);
     assert_eq!(snap.volume_zone.as_deref(), Some("us-east-1a"));
+    assert_eq!(snap.handover_ms, 90_000, "a promote may take the handover longer");
+    // A planned switch never takes the volumes out of their zone.
+    let b = spot_common::Pool::new("m5.large", "us-east-1b");
+    assert!(matches!(
+        op(&mut s, "switch", None, 14, |t| t.request_switch("g", &b)),
+        Err(StoreError::Refused { code: "data_volumes_zone", .. })
+    ));
     assert!(!snap.volumes_restorable, "no snapshot yet");
 
     // Due at once (never snapshotted): one command, to the PRIMARY.

@@ -179,7 +179,18 @@ pub async fn wait_confirmed(
     want: Option<&str>,
     not: Option<&str>,
 ) -> Result<String> {
-    eventually("a confirmed PRIMARY", WAIT, || async {
+    wait_confirmed_within(f, group, want, not, WAIT).await
+}
+
+/// As `wait_confirmed`, waiting up to `bound`.
+pub async fn wait_confirmed_within(
+    f: &Fleet,
+    group: &str,
+    want: Option<&str>,
+    not: Option<&str>,
+    bound: Duration,
+) -> Result<String> {
+    eventually("a confirmed PRIMARY", bound, || async {
         let p = f.confirmed_primary(group).await.ok().flatten()?;
         (want.is_none_or(|w| w == p) && not.is_none_or(|n| n != p)).then_some(p)
     })
