@@ -191,6 +191,65 @@ async fn agent_ec2_calls_round_trip_through_moto() {
     let att = ec2.attach_interface(&eni_id, &b).await.unwrap();
     assert!(att.starts_with("eni-attach-"), "{att}");
 
+    // Data volumes and their snapshots (moto flips states at once).
+    let vol = sdk
+        .create_volume()
+        .availability_zone("us-east-1b")
+        .size(8)
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_owned();
+    let v = ec2.volume(&vol).await.unwrap().unwrap();
+    assert_eq!(
+        (v.availability_zone.as_str(), v.attachment),
+        ("us-east-1b", None)
+    );
+    ec2.attach_volume(&vol, &b, "/dev/sdf").await.unwrap();
+    let v = ec2.volume(&vol).await.unwrap().unwrap();
+    assert_eq!(
+        v.attachment.as_ref().map(|a| a.instance_id.as_str()),
+        Some(b.as_str())
+    );
+    assert_eq!(
+        v.attachment.as_ref().map(|a| a.device.as_str()),
+        Some("/dev/sdf")
+    );
+    let tags = spot_runtime::ec2::VolumeTags {
+        group: "db",
+        device: "/dev/sdf",
+        request_id: "snapshot-db-1",
+    };
+    let snap = ec2.create_snapshot(&vol, &tags).await.unwrap();
+    let snaps = ec2.snapshots("db", "/dev/sdf").await.unwrap();
+    assert!(
+        snaps
+            .iter()
+            .any(|s| s.snapshot_id == snap && s.volume_id == vol),
+        "{snaps:?}"
+    );
+    assert!(
+        ec2.snapshots("other", "/dev/sdf").await.unwrap().is_empty(),
+        "filtered by tag"
+    );
+    let restored = ec2
+        .create_volume(&snap, "us-east-1a", &tags, "promote-x-sdf")
+        .await
+        .unwrap();
+    assert_eq!(
+        ec2.volume(&restored)
+            .await
+            .unwrap()
+            .unwrap()
+            .availability_zone,
+        "us-east-1a"
+    );
+    ec2.detach_volume(&vol, &b, false).await.unwrap();
+    ec2.delete_snapshot(&snap).await.unwrap();
+    assert_eq!(ec2.volume("vol-00000000000000000").await.unwrap(), None);
+
     // Spot prices parse (moto's values are fixed, its filters ignored).
     let prices = ec2
         .spot_prices(&["m5.large".into()], "Linux/UNIX", 0)
