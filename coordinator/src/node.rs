@@ -259,6 +259,9 @@ async fn leadership(node: Arc<Node>) -> anyhow::Result<()> {
         if node.shutdown.is_cancelled() {
             return Ok(());
         }
+        // The loop runs (the database may not answer: a follower cut from
+        // it stays up and takes over once it can).
+        view.progress();
         let sent = Instant::now();
         let (h, url) = (holder.clone(), view.advertise_url.clone());
         let attempt = conn
@@ -270,19 +273,15 @@ async fn leadership(node: Arc<Node>) -> anyhow::Result<()> {
             })
             .await;
         match attempt {
-            Ok((Some(term), _)) => {
-                view.progress();
-                match lead(&node, &mut conn, term, sent, lease_ms).await? {
-                    Ended::Shutdown => return Ok(()),
-                    Ended::Failed => anyhow::bail!("a task of the leader term failed"),
-                    Ended::Lost(why) => {
-                        tracing::warn!(reason = %why, "no longer the leader; following");
-                        announced = None;
-                    }
+            Ok((Some(term), _)) => match lead(&node, &mut conn, term, sent, lease_ms).await? {
+                Ended::Shutdown => return Ok(()),
+                Ended::Failed => anyhow::bail!("a task of the leader term failed"),
+                Ended::Lost(why) => {
+                    tracing::warn!(reason = %why, "no longer the leader; following");
+                    announced = None;
                 }
-            }
+            },
             Ok((None, row)) => {
-                view.progress();
                 sync_refused(&node);
                 let seen = Leader {
                     leading: false,
@@ -381,6 +380,7 @@ async fn lead(
                 break Ended::Lost("the lease ran out or another coordinator took over".into());
             }
             Err(e) => {
+                view.progress();
                 tracing::warn!(error = %format!("{e:#}"), "renewing the leader lease; retrying until it runs out");
             }
         }

@@ -10,12 +10,16 @@
 //! `terminated` only once it is dead, as a fence must be able to trust.
 
 mod boot;
+mod cluster;
+mod reads;
+
+pub use cluster::{STORE, StoreChoice};
 
 use crate::ec2_sim::Ec2Sim;
 use crate::harness::cluster::PgSide;
 use crate::harness::{AgentProc, Api, Coordinator, bin_path};
 use crate::imds_sim::{ImdsSim, InstanceMeta};
-use crate::ledger::{Ledger, Line, append, monotonic_ns};
+use crate::ledger::{Line, append, monotonic_ns};
 use crate::proxy::{Links, Proxy};
 use anyhow::{Context, Result, bail};
 use boot::Booter;
@@ -84,19 +88,6 @@ fn flag(path: &Path, on: bool) -> Result<()> {
         std::fs::remove_file(path)?;
     }
     Ok(())
-}
-
-/// The store the fleets of a run use: SQLite with one coordinator (the
-/// default), or PostgreSQL with one or several. Set around a scenario
-/// (`scenarios::run_on`) so the same flows run on both engines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreChoice {
-    pub postgres: bool,
-    pub coordinators: usize,
-}
-
-tokio::task_local! {
-    pub static STORE: StoreChoice;
 }
 
 #[derive(Clone)]
@@ -395,53 +386,6 @@ impl Fleet {
         }
     }
 
-    /// The flags a one-off `spot-coordinator` command (backtest, export,
-    /// token) needs to reach the fleet's store.
-    pub fn store_args(&self) -> Vec<String> {
-        let mut a = vec![
-            "--data-dir".to_owned(),
-            self.coord.data_dir.display().to_string(),
-        ];
-        if let Some(pg) = &self.pg {
-            a.extend(["--store-url".to_owned(), pg.direct_url()]);
-        }
-        a
-    }
-
-    /// Every coordinator, the first first.
-    pub fn coordinators(&self) -> impl Iterator<Item = &Coordinator> {
-        std::iter::once(&self.coord).chain(&self.peers)
-    }
-
-    /// Coordinator `i` (0: the first).
-    pub fn coordinator_mut(&mut self, i: usize) -> Option<&mut Coordinator> {
-        if i == 0 {
-            Some(&mut self.coord)
-        } else {
-            self.peers.get_mut(i - 1)
-        }
-    }
-
-    /// The coordinator whose /healthz says it leads (each asked for at
-    /// most a second: a frozen one answers nothing).
-    pub async fn leader(&self) -> Option<usize> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .ok()?;
-        for (i, c) in self.coordinators().enumerate() {
-            let Ok(resp) = http.get(format!("{}/healthz", c.base)).send().await else {
-                continue;
-            };
-            if let Ok(v) = resp.json::<Value>().await
-                && v["leader"] == true
-            {
-                return Some(i);
-            }
-        }
-        None
-    }
-
     /// Make instances launched from now on boot and promote so.
     pub fn launch_like(&self, launched: Launched) {
         *crate::lock(&self.launched) = launched;
@@ -470,48 +414,9 @@ impl Fleet {
         Ok(id)
     }
 
-    /// Create a group whose first instance (in us-east-1a, already
-    /// running) holds the data volume `volume` on /dev/sdf.
-    pub async fn group_with_volume(
-        &self,
-        name: &str,
-        config: Value,
-        volume: &str,
-    ) -> Result<String> {
-        let id = format!("i-{name}-first");
-        self.ec2.add_instance(&id, "m5.large", "us-east-1a", name);
-        self.ec2
-            .add_volume(volume, "us-east-1a", Some((&id, "/dev/sdf")));
-        let mut cfg = config;
-        cfg["data_volumes"] = json!([{"volume_id": volume, "device": "/dev/sdf"}]);
-        if cfg.get("pools").is_none() {
-            cfg["pools"] = default_pools();
-        }
-        let (st, v) = self
-            .api
-            .post(
-                "/v1/groups",
-                &self.coord.admin_token,
-                &json!({"name": name, "config": cfg}),
-            )
-            .await?;
-        if !st.is_success() {
-            bail!("creating group {name}: {st} {v}");
-        }
-        self.boot_existing(&id, "m5.large", "us-east-1a", name)
-            .await?;
-        Ok(id)
-    }
-
     /// An instance that exists outside RunInstances, booted now.
     pub async fn add_instance(&self, id: &str, itype: &str, az: &str, group: &str) -> Result<()> {
         self.ec2.add_instance(id, itype, az, group);
-        self.booter().boot(id, itype, az, group).await
-    }
-
-    /// Boot an instance EC2 already runs (added to the simulator first,
-    /// e.g. to attach a volume to it before its agent starts).
-    pub async fn boot_existing(&self, id: &str, itype: &str, az: &str, group: &str) -> Result<()> {
         self.booter().boot(id, itype, az, group).await
     }
 
@@ -640,64 +545,6 @@ impl Fleet {
         })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value> {
-        let (st, v) = self.api.get(path, &self.coord.admin_token).await?;
-        if !st.is_success() {
-            bail!("GET {path}: {st} {v}");
-        }
-        Ok(v)
-    }
-
-    /// The store's audit log has `action` on `entity` (`group:db`,
-    /// `instance:i-1`).
-    pub async fn audited(&self, entity: &str, action: &str) -> Result<bool> {
-        let audit = self
-            .get(&format!("/v1/audit?entity={entity}&limit=1000"))
-            .await?;
-        Ok(audit
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["action"] == action))
-    }
-
-    /// The instance the Elastic IP `allocation` is associated with.
-    pub fn address_holder(&self, allocation: &str) -> Option<String> {
-        self.ec2.address(allocation).and_then(|a| a.instance_id)
-    }
-
-    pub async fn primary(&self, group: &str) -> Result<Option<String>> {
-        Ok(self.get(&format!("/v1/groups/{group}")).await?["primary"]
-            .as_str()
-            .map(str::to_owned))
-    }
-
-    pub async fn role(&self, instance_id: &str) -> Result<String> {
-        Ok(
-            self.get(&format!("/v1/instances/{instance_id}")).await?["role"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned(),
-        )
-    }
-
-    /// The PRIMARY whose promote command finished `done` (confirmed).
-    pub async fn confirmed_primary(&self, group: &str) -> Result<Option<String>> {
-        let Some(p) = self.primary(group).await? else {
-            return Ok(None);
-        };
-        let cmds = self.get("/v1/commands").await?;
-        let done = cmds.as_array().into_iter().flatten().any(|c| {
-            c["command"]["group"] == group
-                && c["command"]["action"]["kind"] == "promote"
-                && c["command"]["request_id"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with(&format!("promote-{p}-")))
-                && c["state"] == "done"
-        });
-        Ok(done.then_some(p))
-    }
-
     /// Cut one agent's link to the coordinator.
     pub fn partition(&self, instance_id: &str) -> Result<()> {
         self.with_node(instance_id, |n| {
@@ -708,22 +555,6 @@ impl Fleet {
 
     pub fn journal_key(&self, instance_id: &str, key: &str) -> Option<String> {
         lock(&self.nodes).get(instance_id)?.agent.journal_key(key)
-    }
-
-    /// What the workloads served so far.
-    pub fn ledger(&self) -> Result<Ledger> {
-        Ledger::read(&self.ledger)
-    }
-
-    /// Fail unless no two instances of a group ever served at once.
-    pub fn check_no_overlap(&self) -> Result<()> {
-        let overlaps = self.ledger()?.overlaps();
-        anyhow::ensure!(
-            overlaps.is_empty(),
-            "two instances served at once: {}",
-            serde_json::to_string(&overlaps).unwrap_or_default()
-        );
-        Ok(())
     }
 }
 
