@@ -217,8 +217,17 @@ pub async fn heartbeat(
         // A new healthy replica may be the candidate a failover waits for.
         state.reconcile.notify_one();
     }
-    let id = agent_id.clone();
-    let mut r = state.db.read(move |s| s.agent_role(&id)).await?;
+    // The answer without the store while no role changed since it was read.
+    let generation = state.db.roles_generation();
+    let mut r = match state.roles.get(&agent_id, generation) {
+        Some(r) => r,
+        None => {
+            let id = agent_id.clone();
+            let r = state.db.read(move |s| s.agent_role(&id)).await?;
+            state.roles.put(&agent_id, generation, r.clone());
+            r
+        }
+    };
     // A PRIMARY claim at the group's epoch that the store does not answer
     // as PRIMARY: after a restore, another agent's report may have raised
     // the epoch first; the claim still wins (converge decides), if it

@@ -68,6 +68,32 @@ pub struct AppState {
     pub login_limit: limits::PerSource,
     /// Agent registrations (and enrollment token guesses) per source.
     pub register_limit: limits::PerSource,
+    /// Heartbeat answers while the roles did not change.
+    pub roles: RoleCache,
+}
+
+/// The heartbeat answers read from the store, per agent, with the roles
+/// generation they were read at (`store::Generation`): while nothing wrote
+/// the groups or instances since, a heartbeat answers from here and never
+/// waits on the store.
+#[derive(Default)]
+pub struct RoleCache {
+    answers: std::sync::Mutex<std::collections::HashMap<String, (u64, crate::store::RoleOf)>>,
+}
+
+impl RoleCache {
+    pub fn get(&self, agent_id: &str, generation: u64) -> Option<crate::store::RoleOf> {
+        let g = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(agent_id)
+            .filter(|(at, _)| *at == generation)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Keep `r`, read at `generation` (taken before the read).
+    pub fn put(&self, agent_id: &str, generation: u64, r: crate::store::RoleOf) {
+        let mut g = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        g.insert(agent_id.to_owned(), (generation, r));
+    }
 }
 
 /// Unix milliseconds: what is wall time by nature (stored timestamps,
@@ -238,6 +264,7 @@ impl Shared {
                 f64::from(config.registrations_per_source),
                 config.registrations_per_source.saturating_mul(10),
             ),
+            roles: RoleCache::default(),
             db: self.db.clone(),
             config,
         }))

@@ -26,6 +26,8 @@ pub struct Db {
     fence: Option<Arc<engine::postgres::Fence>>,
     /// Where it is, for another connection (the leader's lease).
     url: Arc<engine::StoreUrl>,
+    /// Bumped by the writer after each commit that wrote roles.
+    roles: super::Generation,
 }
 
 /// The reader pool: a read takes the first idle connection, or waits for
@@ -94,7 +96,9 @@ impl Db {
                 (writer, conns, fence)
             }
         };
+        let roles = writer.roles_generation();
         Ok(Db {
+            roles,
             write: Arc::new(Mutex::new(writer)),
             read: Arc::new(Readers {
                 conns,
@@ -103,6 +107,12 @@ impl Db {
             fence,
             url: Arc::new(url.clone()),
         })
+    }
+
+    /// The roles generation: a heartbeat's answer read at generation `g`
+    /// is still the store's while this returns `g`.
+    pub fn roles_generation(&self) -> u64 {
+        self.roles.get()
     }
 
     /// The leader term writes are checked against (PostgreSQL, `fenced`).

@@ -29,6 +29,7 @@ mod decisions;
 pub mod engine;
 mod events;
 mod fence;
+mod generation;
 mod groups;
 mod instances;
 mod pricing;
@@ -50,6 +51,7 @@ pub use db::{Db, READERS};
 pub use decisions::Logged as LoggedDecision;
 pub use engine::StoreUrl;
 pub use engine::sqlite::LATEST as SCHEMA_VERSION;
+pub use generation::Generation;
 pub use instances::BulkSelection;
 pub use pricing::{ConsolidationConfig, SeriesKey};
 pub use promotion::{Committed, PromoteResult, ReplaceRequest};
@@ -166,6 +168,8 @@ pub struct Done<T> {
 /// One connection of the store, on whichever engine.
 pub struct Store {
     engine: Box<dyn Engine>,
+    /// Bumped after a commit that wrote roles (see `generation`).
+    roles: Generation,
 }
 
 /// One write transaction. Opened by [`Store::begin`], used through its
@@ -177,6 +181,9 @@ pub struct Txn<'a> {
     leader_epoch: i64,
     /// Agents with newly queued commands.
     wake: HashSet<String>,
+    /// Set when a statement wrote a table roles depend on.
+    dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    roles: Generation,
 }
 
 impl Txn<'_> {
@@ -186,6 +193,9 @@ impl Txn<'_> {
 
     pub fn commit(self) -> Result<Vec<String>> {
         self.tx.commit()?;
+        if self.dirty.load(std::sync::atomic::Ordering::Relaxed) {
+            self.roles.bump();
+        }
         Ok(self.wake.into_iter().collect())
     }
 
@@ -201,18 +211,30 @@ impl Store {
     pub fn new(engine: impl Engine + 'static) -> Store {
         Store {
             engine: Box::new(engine),
+            roles: Generation::default(),
         }
+    }
+
+    /// The roles generation of this (writer) connection's commits.
+    pub fn roles_generation(&self) -> Generation {
+        self.roles.clone()
     }
 
     /// Open a write transaction (it holds the write lock from the start,
     /// so its reads see what it will write over).
     pub fn begin(&mut self, ctx: Ctx) -> Result<Txn<'_>> {
         let leader_epoch = self.engine.term_epoch();
+        let dirty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         Ok(Txn {
-            tx: self.engine.begin()?,
+            tx: Box::new(generation::Marking {
+                inner: self.engine.begin()?,
+                dirty: std::sync::Arc::clone(&dirty),
+            }),
             leader_epoch,
             ctx,
             wake: HashSet::new(),
+            dirty,
+            roles: self.roles.clone(),
         })
     }
 

@@ -509,6 +509,25 @@ fn heartbeat(s: &mut Store, agent: &str, now: i64) {
 }
 
 #[test]
+fn roles_generation_moves_on_role_writes_and_not_on_heartbeats() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let g = s.roles_generation();
+    let at = g.get();
+    heartbeat(&mut s, "a-r1", 20);
+    heartbeat(&mut s, "a-p", 21);
+    assert_eq!(g.get(), at, "a heartbeat changes no role: cached answers stand");
+    assert_eq!(s.agent_role("a-r1").unwrap().role, Role::Replica);
+    tx(&mut s, 22, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    assert!(g.get() > at, "a transition changes what heartbeats answer");
+    // A transaction that fails writes nothing and invalidates nothing it
+    // did not have to.
+    let at = g.get();
+    assert!(tx(&mut s, 23, |t| t.begin_replace(&replace("i-r2", 1))).is_err());
+    assert_eq!(g.get(), at);
+}
+
+#[test]
 fn declared_dead_counts_only_for_its_transition_and_until_the_instance_speaks() {
     let (_d, mut s) = store();
     live_group(&mut s);
