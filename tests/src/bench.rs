@@ -36,7 +36,7 @@ pub struct HeartbeatBench {
 
 /// Open `n` event streams against `coord`, each reading its events as they
 /// come; returns the tasks and a count of the events they received.
-async fn open_streams(
+pub async fn open_streams(
     coord: &Coordinator,
     store: &[String],
     n: usize,
@@ -123,6 +123,20 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     ];
     flags.extend(store.iter().map(String::as_str));
     let coord = Coordinator::start(dir.path(), &flags)?;
+    // On PostgreSQL the coordinator follows until it has taken the lease.
+    crate::harness::eventually(
+        "the coordinator to lead",
+        Duration::from_secs(30),
+        || async {
+            let (_, h) = coord
+                .api()
+                .call(reqwest::Method::GET, "/healthz", None, None)
+                .await
+                .ok()?;
+            (h["leader"] == true).then_some(())
+        },
+    )
+    .await?;
     // One HTTP/1.1 connection pool shared by all simulated agents, as
     // through a NAT gateway; reqwest keeps connections alive.
     let api = Api {

@@ -26,6 +26,10 @@ pub struct FailoverBench {
     /// Manual switches per group (downtime = promote done - demote start).
     #[arg(long, default_value_t = 3)]
     pub switches: usize,
+    /// Event streams (`/v1/events/stream`) held open meanwhile, as open
+    /// dashboards and `spotctl watch` sessions.
+    #[arg(long, default_value_t = 0)]
+    pub streams: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -53,6 +57,8 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
         .await?,
     );
     let checker = InvariantChecker::start(&f);
+    let (_streams, _events) =
+        crate::bench::open_streams(&f.coord, &f.store_args()[2..], args.streams).await?;
 
     // Warm: each group has a REPLICA when its PRIMARY is interrupted.
     let mut tasks = Vec::new();
@@ -178,6 +184,7 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
         "cold_boot_s": args.boot.as_secs_f64(),
         "switch_downtime": stats(switch_downtime),
         "invariant_violations": violations.len(),
+        "streams": args.streams,
     });
     if args.json {
         println!("{report}");
@@ -192,7 +199,10 @@ pub async fn failover(args: FailoverBench) -> Result<()> {
                 s["n"]
             )
         };
-        println!("failover bench: notice -> new PRIMARY confirmed (promote command done)");
+        println!(
+            "failover bench: notice -> new PRIMARY confirmed (promote command done), {} event streams open",
+            args.streams
+        );
         println!("  warm REPLICA:  {}", fmt("warm"));
         println!(
             "  no REPLICA:    {} with a {:?} boot; {} confirmed after the notice time",

@@ -24,8 +24,8 @@ enum Command {
     /// manual-replica, zombie-cleanup, terminated, coordinator-crash, partition,
     /// slow-promote, frozen-agent, frozen-coordinator, coordinator-restart,
     /// restored-store, restored-store-partitioned, lost-primary, journal-failure, shared-identity,
-    /// forger; or
-    /// all.
+    /// forger, clock-step, data-volume; with three coordinators on PostgreSQL: follower-routes,
+    /// leader-kill, leader-freeze, leader-change-interruption, store-restart; or all.
     Scenario {
         name: String,
         /// One JSON object per scenario instead of text.

@@ -127,6 +127,10 @@ scenario!(
 );
 scenario!(a_cloned_disk_registers_a_new_identity, "shared-identity");
 scenario!(a_forger_with_the_enrollment_token_moves_nothing, "forger");
+scenario!(
+    a_coordinator_clock_step_of_five_minutes_costs_a_failover_nothing,
+    "clock-step"
+);
 
 /// The checker can fail: with the fence switched off (a test-build-only
 /// coordinator flag), a partitioned PRIMARY and its replacement serve at

@@ -510,3 +510,35 @@ pub async fn forger() -> Result<Timings> {
     checker.check().await?;
     Ok(vec![("attacks_s", took)])
 }
+
+/// The coordinator's wall clock stepped by +5 min, then by -5 min, each
+/// time as an interruption of a PRIMARY with a warm REPLICA arrives
+/// (test builds only: the clock offset file). Commands carry budgets the
+/// agent measures on its own monotonic clock, so the new PRIMARY serves
+/// within seconds either way (a wall-clock deadline would be refused
+/// as past and the group would wait for a launch).
+pub async fn clock_step() -> Result<Timings> {
+    let mut out = Vec::new();
+    for (name, step_ms) in [
+        ("step_forward_notice_to_primary_s", 300_000i64),
+        ("step_back_notice_to_primary_s", -300_000),
+    ] {
+        let f = Fleet::start(FleetOptions::default()).await?;
+        let first = group(&f, json!({}), Some("i-db-r")).await?;
+        let checker = InvariantChecker::start(&f);
+        let t = Instant::now();
+        f.interrupt(&first, Duration::from_secs(120))?;
+        // The coordinator sees the step within 200 ms: mid-failover.
+        f.coordinator_clock_offset(step_ms)?;
+        wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+        wait_serving(&f, "db", "i-db-r").await?;
+        let took = t.elapsed().as_secs_f64();
+        ensure!(
+            took <= 10.0,
+            "{name}: the new PRIMARY served {took:.2} s after the notice"
+        );
+        checker.check().await?;
+        out.push((name, took));
+    }
+    Ok(out)
+}

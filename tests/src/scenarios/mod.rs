@@ -70,6 +70,7 @@ scenarios! {
     "journal-failure" => fencing::journal_failure,
     "shared-identity" => fencing::shared_identity,
     "forger" => fencing::forger,
+    "clock-step" => fencing::clock_step,
     "data-volume" => volumes::data_volume,
     "follower-routes" => leadership::follower_routes,
     "leader-kill" => leadership::leader_kill,
