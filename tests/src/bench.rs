@@ -198,11 +198,21 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     let (streams, stream_events) = open_streams(&coord, &store, args.streams).await?;
 
     let errors = Arc::new(AtomicU64::new(0));
+    // Errors by what the coordinator answered ("503", "timeout", ...).
+    let why = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
     let late = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + args.duration;
     let mut tasks = Vec::new();
     for (i, id, tok) in creds {
-        let (api, errors, late) = (api.clone(), Arc::clone(&errors), Arc::clone(&late));
+        let (api, errors, late, why) = (
+            api.clone(),
+            Arc::clone(&errors),
+            Arc::clone(&late),
+            Arc::clone(&why),
+        );
         let interval = args.interval;
         let n = args.agents;
         tasks.push(tokio::spawn(async move {
@@ -231,8 +241,17 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
                         first = Some(t.elapsed().as_secs_f64())
                     }
                     Ok((StatusCode::OK, _)) => lat.push(t.elapsed().as_secs_f64()),
-                    _ => {
+                    other => {
                         errors.fetch_add(1, Ordering::Relaxed);
+                        let key = match other {
+                            Ok((st, _)) => st.as_u16().to_string(),
+                            Err(e) if e.to_string().contains("timed out") => "timeout".into(),
+                            Err(_) => "transport".into(),
+                        };
+                        *why.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(key)
+                            .or_default() += 1;
                     }
                 }
                 // A beat that left more than half an interval late counts as
@@ -253,6 +272,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
     }
     lat.sort_by(f64::total_cmp);
     firsts.sort_by(f64::total_cmp);
+    let why = std::mem::take(&mut *why.lock().unwrap_or_else(|p| p.into_inner()));
     let rss_mib = coord
         .pid()
         .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
@@ -285,6 +305,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
         "p50_ms": ms(50.0), "p95_ms": ms(95.0), "p99_ms": ms(99.0),
         "max_ms": lat.last().map(|x| x * 1000.0),
         "errors": errors.load(Ordering::Relaxed),
+        "errors_by_answer": why,
         "late_beats": late.load(Ordering::Relaxed),
         "agents_not_online_at_end": offline,
         "streams": args.streams,
@@ -298,7 +319,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             "heartbeat bench: {} agents every {:?} for {:?} on {} (registration took {:.1}s)\n  \
              {} heartbeats, {:.0}/s; steady-state latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n  \
              first beat per agent (commits LAUNCHING -> REPLICA): p50 {:.2} ms, p99 {:.2} ms\n  \
-             errors {}, late beats {}, agents not online at end {}\n  \
+             errors {} {:?}, late beats {}, agents not online at end {}\n  \
              {} event streams open ({} events delivered to them); coordinator resident memory {:.0} MiB",
             args.agents,
             args.interval,
@@ -314,6 +335,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             percentile(&firsts, 50.0) * 1000.0,
             percentile(&firsts, 99.0) * 1000.0,
             errors.load(Ordering::Relaxed),
+            why,
             late.load(Ordering::Relaxed),
             offline,
             args.streams,

@@ -4,7 +4,7 @@
 use super::{AgentCaller, ApiError, ApiJson, ApiQuery, Enrolled};
 use crate::grants::Grant;
 use crate::state::AppState;
-use crate::store::{Ctx, HeartbeatRecord, Read, Reported, RoleOf};
+use crate::store::{Ctx, HeartbeatRecord, Read, Reported, Request, RoleOf};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -88,22 +88,26 @@ pub async fn register(
     let ctx = Ctx::new(crate::state::now_ms(), Actor::Agent(agent_id.clone()))
         .request(req.request_id.clone());
     let refused = holder.clone().map(|h| (req.instance_id.clone(), h));
-    let done = state
-        .db
-        .idempotent("register", ctx, move |tx| {
-            if let Some(holder) = holder {
-                return Err(crate::store::StoreError::Refused {
-                    code: "instance_registered",
-                    message: format!(
-                        "instance {} has a live agent ({holder}): it may register again once that \
+    // Shares its commit with the other registrations waiting.
+    let work = move |tx: &mut crate::store::Txn<'_>| {
+        if let Some(holder) = &holder {
+            return Err(crate::store::StoreError::Refused {
+                code: "instance_registered",
+                message: format!(
+                    "instance {} has a live agent ({holder}): it may register again once that \
                          agent is OFFLINE past its lease, or after `spotctl agent reset {holder}`",
-                        req.instance_id
-                    ),
-                });
-            }
-            tx.register_agent(&req, &agent_id, &token, hb, lease)
-        })
-        .await;
+                    req.instance_id
+                ),
+            });
+        }
+        tx.register_agent(&req, &agent_id, &token, hb, lease)
+    };
+    let request = Request {
+        ctx,
+        scope: Some("register"),
+        work: Box::new(work),
+    };
+    let done = state.registrations.submit(&state.db, request).await;
     let done = match (done, refused) {
         (Err(e @ crate::store::StoreError::Refused { .. }), Some((instance, holder))) => {
             // Audited in a transaction of its own: the refused one rolled back.
@@ -204,13 +208,14 @@ pub async fn heartbeat(
         state.clock.now(),
     );
     if needs_store {
+        // Shares its commit with the other first beats waiting.
         let id = agent_id.clone();
-        let ctx = Ctx::new(now, Actor::Agent(agent_id.clone()));
-        let (role, _) = state
-            .db
-            .transact(ctx, move |tx| tx.agent_healthy(&id))
-            .await?
-            .value;
+        let request = Request {
+            ctx: Ctx::new(now, Actor::Agent(agent_id.clone())),
+            scope: None,
+            work: Box::new(move |tx| tx.agent_healthy(&id)),
+        };
+        let (role, _) = state.first_beats.submit(&state.db, request).await?.value;
         if role != Role::Launching {
             state.live.mark_settled(&agent_id);
         }

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod cluster;
+mod group_commit;
 pub mod limits;
 mod sessions;
 mod streams;
@@ -70,6 +71,10 @@ pub struct AppState {
     pub register_limit: limits::PerSource,
     /// Heartbeat answers while the roles did not change.
     pub roles: RoleCache,
+    /// First healthy beats waiting to share a commit.
+    pub first_beats: group_commit::GroupCommit<(spot_common::Role, u64)>,
+    /// Registrations waiting to share a commit.
+    pub registrations: group_commit::GroupCommit<crate::store::Registered>,
 }
 
 /// The heartbeat answers read from the store, per agent, with the roles
@@ -265,6 +270,8 @@ impl Shared {
                 config.registrations_per_source.saturating_mul(10),
             ),
             roles: RoleCache::default(),
+            first_beats: Default::default(),
+            registrations: Default::default(),
             db: self.db.clone(),
             config,
         }))

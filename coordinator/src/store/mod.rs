@@ -263,11 +263,82 @@ impl Store {
     where
         T: Serialize + DeserializeOwned,
     {
-        let rid = ctx.request_id.clone();
-        let hash = ctx.request_hash.clone();
         let mut tx = self.begin(ctx)?;
+        let value = tx.idempotent(scope, f)?;
+        let wake = tx.commit()?;
+        Ok(Done { value, wake })
+    }
+
+    /// Many requests in one transaction, one commit (a group commit), each
+    /// under its own context (its actor in the audit, its request id). If
+    /// any fails the batch rolls back and each runs again alone, so one
+    /// request's refusal costs the others nothing. Answers keep the order.
+    pub fn transact_many<T>(&mut self, requests: &[Request<T>]) -> Vec<Result<Done<T>>>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        if let [first, _, ..] = requests {
+            let batch = (|| {
+                let mut tx = self.begin(first.ctx.clone())?;
+                let mut values = Vec::with_capacity(requests.len());
+                for r in requests {
+                    tx.ctx = r.ctx.clone();
+                    values.push(tx.run(r)?);
+                }
+                Ok::<_, StoreError>((values, tx.commit()?))
+            })();
+            if let Ok((values, wake)) = batch {
+                return values
+                    .into_iter()
+                    .map(|value| {
+                        Ok(Done {
+                            value,
+                            wake: wake.clone(),
+                        })
+                    })
+                    .collect();
+            }
+        }
+        requests
+            .iter()
+            .map(|r| {
+                let mut tx = self.begin(r.ctx.clone())?;
+                let value = tx.run(r)?;
+                let wake = tx.commit()?;
+                Ok(Done { value, wake })
+            })
+            .collect()
+    }
+}
+
+/// The work of one request in a group commit: `Fn`, as it runs again
+/// alone when its batch fails.
+pub type Work<T> = Box<dyn Fn(&mut Txn<'_>) -> Result<T> + Send>;
+
+/// One request of a group commit ([`Store::transact_many`]).
+pub struct Request<T> {
+    pub ctx: Ctx,
+    /// Idempotent under `ctx.request_id` in this scope (see
+    /// [`Store::idempotent`]).
+    pub scope: Option<&'static str>,
+    pub work: Work<T>,
+}
+
+impl Txn<'_> {
+    /// `f` in this transaction, answering a repeated `ctx.request_id` with
+    /// its first answer (see [`Store::idempotent`]).
+    pub fn idempotent<T>(
+        &mut self,
+        scope: &str,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T>,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let rid = self.ctx.request_id.clone();
+        let hash = self.ctx.request_hash.clone();
         if let Some(rid) = &rid {
-            let seen: Option<(String, String, Option<String>)> = tx
+            let seen: Option<(String, String, Option<String>)> = self
                 .tx
                 .query_row(
                     "SELECT scope, response, request_hash FROM idempotency WHERE request_id = ?1",
@@ -287,28 +358,34 @@ impl Store {
                 {
                     return Err(StoreError::IdempotencyKeyReused(rid.clone()));
                 }
-                return Ok(Done {
-                    value: serde_json::from_str(&response)?,
-                    wake: Vec::new(),
-                });
+                return Ok(serde_json::from_str(&response)?);
             }
         }
-        let value = f(&mut tx)?;
+        let value = f(self)?;
         if let Some(rid) = &rid {
-            tx.tx.execute(
+            self.tx.execute(
                 "INSERT INTO idempotency (request_id, scope, response, created_at_ms, request_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     rid,
                     scope,
                     serde_json::to_string(&value)?,
-                    tx.now_ms(),
+                    self.now_ms(),
                     hash
                 ],
             )?;
         }
-        let wake = tx.commit()?;
-        Ok(Done { value, wake })
+        Ok(value)
+    }
+
+    fn run<T>(&mut self, r: &Request<T>) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        match r.scope {
+            Some(scope) => self.idempotent(scope, |tx| (r.work)(tx)),
+            None => (r.work)(self),
+        }
     }
 }
 

@@ -528,6 +528,89 @@ fn roles_generation_moves_on_role_writes_and_not_on_heartbeats() {
 }
 
 #[test]
+fn first_beats_share_a_commit_and_one_bad_agent_costs_the_others_nothing() {
+    let (_d, mut s) = store();
+    op(&mut s, "create_group", None, 1, |t| {
+        t.create_group("g", &GroupConfig::default())
+    })
+    .unwrap();
+    for (i, a) in [("i-1", "a-1"), ("i-2", "a-2"), ("i-3", "a-3")] {
+        register(&mut s, i, a, 2).unwrap();
+    }
+    let beats = |v: &[&str], now: i64| {
+        v.iter()
+            .map(|id| {
+                let id = id.to_string();
+                Request {
+                    ctx: Ctx::new(now, spot_common::Actor::Agent(id.clone())),
+                    scope: None,
+                    work: Box::new(move |t: &mut Txn<'_>| t.agent_healthy(&id)),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let answers: Vec<_> = s
+        .transact_many(&beats(&["a-1", "a-2"], 3))
+        .into_iter()
+        .map(|d| d.map(|d| d.value))
+        .collect();
+    assert!(answers.iter().all(|a| matches!(a, Ok((Role::Replica, _)))), "{answers:?}");
+    // Audited each as its own agent.
+    let audit = s
+        .audit_log(&AuditQuery::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.actor == "agent:a-1" || e.actor == "agent:a-2")
+        .count();
+    assert!(audit >= 2, "each first beat audited under its agent");
+    let answers: Vec<_> = s
+        .transact_many(&beats(&["a-nobody", "a-3"], 4))
+        .into_iter()
+        .map(|d| d.map(|d| d.value))
+        .collect();
+    assert!(answers[0].is_err(), "{answers:?}");
+    assert!(matches!(answers[1], Ok((Role::Replica, _))), "{answers:?}");
+    assert_eq!(s.instance("i-3").unwrap().role, Role::Replica);
+}
+
+#[test]
+fn registrations_share_a_commit_and_keep_their_idempotency() {
+    let (_d, mut s) = store();
+    op(&mut s, "create_group", None, 1, |t| {
+        t.create_group("g", &GroupConfig::default())
+    })
+    .unwrap();
+    let registration = |instance: &str, group: &str, rid: &str| {
+        let mut req = reg(instance);
+        req.group = group.into();
+        let agent = format!("agt-{instance}");
+        Request {
+            ctx: Ctx::new(2, Actor::Agent(agent.clone())).request(Some(rid.into())),
+            scope: Some("register"),
+            work: Box::new(move |t: &mut Txn<'_>| {
+                t.register_agent(&req, &agent, &format!("tok-{agent}"), 5000, 15000)
+            }),
+        }
+    };
+    let first = s.transact_many(&[
+        registration("i-1", "g", "r-1"),
+        registration("i-2", "nowhere", "r-2"),
+        registration("i-3", "g", "r-3"),
+    ]);
+    assert!(first[1].is_err(), "an unknown group is refused alone");
+    let id = |d: &Result<Done<Registered>>| d.as_ref().unwrap().value.response.agent_id.clone();
+    assert_eq!((id(&first[0]), id(&first[2])), ("agt-i-1".into(), "agt-i-3".into()));
+    // A retry under the same request id, in a batch again: the first
+    // answer, and no second agent.
+    let again = s.transact_many(&[
+        registration("i-1", "g", "r-1"),
+        registration("i-4", "g", "r-4"),
+    ]);
+    assert_eq!(id(&again[0]), "agt-i-1");
+    assert_eq!(s.agents(Some("g")).unwrap().len(), 3);
+}
+
+#[test]
 fn declared_dead_counts_only_for_its_transition_and_until_the_instance_speaks() {
     let (_d, mut s) = store();
     live_group(&mut s);
