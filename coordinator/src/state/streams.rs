@@ -14,21 +14,31 @@ pub type Feed = tokio::sync::broadcast::Sender<Arc<FeedEntry>>;
 
 /// One audit entry as a Server-Sent Event, encoded once for every stream
 /// that follows the feed (500 open dashboards cost one JSON encoding per
-/// entry, not 500).
+/// entry, not 500); a stream writes the bytes as they are, many entries
+/// to a chunk.
 #[derive(Debug, Clone)]
 pub struct FeedEntry {
     pub id: i64,
-    pub event: axum::response::sse::Event,
+    pub frame: bytes::Bytes,
 }
 
 impl FeedEntry {
     pub fn new(r: &AuditEntry) -> FeedEntry {
-        let event = axum::response::sse::Event::default()
-            .id(r.id.to_string())
-            .event(r.action.clone())
-            .json_data(r)
-            .unwrap_or_else(|_| axum::response::sse::Event::default().comment("unencodable entry"));
-        FeedEntry { id: r.id, event }
+        // Compact JSON has no raw line breaks; an action never has any,
+        // but a line break there would end the event early.
+        let action: String = r
+            .action
+            .chars()
+            .filter(|c| !matches!(c, '\n' | '\r'))
+            .collect();
+        let frame = match serde_json::to_string(r) {
+            Ok(data) => format!("id: {}\nevent: {action}\ndata: {data}\n\n", r.id),
+            Err(_) => format!(": unencodable entry {}\n\n", r.id),
+        };
+        FeedEntry {
+            id: r.id,
+            frame: frame.into(),
+        }
     }
 }
 
@@ -88,5 +98,9 @@ impl Drop for Slot {
 }
 
 /// Entries the feed holds for a slow subscriber before it lags (and
-/// catches up from the store).
-pub const FEED_BUFFER: usize = 4096;
+/// catches up from the store, encoding what it missed on its own). Enough
+/// for a fleet's first-beat storm (one audit entry per instance) to pass
+/// without lagging every open dashboard; entries are shared, so the cost
+/// is one pointer each plus the entries themselves while any stream
+/// still needs them.
+pub const FEED_BUFFER: usize = 32_768;
