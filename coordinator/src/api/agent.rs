@@ -223,13 +223,14 @@ pub async fn heartbeat(
         state.reconcile.notify_one();
     }
     // The answer without the store while no role changed since it was read.
-    let generation = state.db.roles_generation();
-    let mut r = match state.roles.get(&agent_id, generation) {
+    // (The instance is the agent's: checked against liveness above.)
+    let stamp = state.db.roles_stamp(&req.instance_id);
+    let mut r = match state.roles.get(&agent_id, stamp) {
         Some(r) => r,
         None => {
             let id = agent_id.clone();
             let r = state.db.read(move |s| s.agent_role(&id)).await?;
-            state.roles.put(&agent_id, generation, r.clone());
+            state.roles.put(&agent_id, stamp, r.clone());
             r
         }
     };

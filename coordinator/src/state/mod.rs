@@ -77,27 +77,29 @@ pub struct AppState {
     pub registrations: group_commit::GroupCommit<crate::store::Registered>,
 }
 
-/// The heartbeat answers read from the store, per agent, with the roles
-/// generation they were read at (`store::Generation`): while nothing wrote
-/// the groups or instances since, a heartbeat answers from here and never
-/// waits on the store.
+/// The heartbeat answers read from the store, per agent, with the stamp
+/// (`store::Stamp`) taken before each was read: while nothing wrote the
+/// agent's group or its instance's role since, a heartbeat answers from
+/// here and never waits on the store.
 #[derive(Default)]
 pub struct RoleCache {
-    answers: std::sync::Mutex<std::collections::HashMap<String, (u64, crate::store::RoleOf)>>,
+    answers: std::sync::Mutex<
+        std::collections::HashMap<String, (crate::store::Stamp, crate::store::RoleOf)>,
+    >,
 }
 
 impl RoleCache {
-    pub fn get(&self, agent_id: &str, generation: u64) -> Option<crate::store::RoleOf> {
+    pub fn get(&self, agent_id: &str, stamp: crate::store::Stamp) -> Option<crate::store::RoleOf> {
         let g = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         g.get(agent_id)
-            .filter(|(at, _)| *at == generation)
+            .filter(|(at, _)| *at == stamp)
             .map(|(_, r)| r.clone())
     }
 
-    /// Keep `r`, read at `generation` (taken before the read).
-    pub fn put(&self, agent_id: &str, generation: u64, r: crate::store::RoleOf) {
+    /// Keep `r`, read after `stamp` was taken.
+    pub fn put(&self, agent_id: &str, stamp: crate::store::Stamp, r: crate::store::RoleOf) {
         let mut g = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert(agent_id.to_owned(), (generation, r));
+        g.insert(agent_id.to_owned(), (stamp, r));
     }
 }
 

@@ -26,7 +26,7 @@ pub struct Db {
     fence: Option<Arc<engine::postgres::Fence>>,
     /// Where it is, for another connection (the leader's lease).
     url: Arc<engine::StoreUrl>,
-    /// Bumped by the writer after each commit that wrote roles.
+    /// Moved by the writer after each commit that wrote roles.
     roles: super::Generation,
 }
 
@@ -109,10 +109,10 @@ impl Db {
         })
     }
 
-    /// The roles generation: a heartbeat's answer read at generation `g`
-    /// is still the store's while this returns `g`.
-    pub fn roles_generation(&self) -> u64 {
-        self.roles.get()
+    /// The stamp to take before reading a heartbeat's answer about
+    /// `instance`: the answer is still the store's while the stamp is equal.
+    pub fn roles_stamp(&self, instance: &str) -> super::Stamp {
+        self.roles.stamp(instance)
     }
 
     /// The leader term writes are checked against (PostgreSQL, `fenced`).

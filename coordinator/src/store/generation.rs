@@ -1,27 +1,43 @@
-//! The roles generation: a counter that goes up after every committed
-//! transaction that wrote the `groups` or `instances` table, the only
-//! tables a heartbeat's answer (`RoleOf`) reads besides the agent's own
-//! row. A cache of answers keyed by it (`state::RoleCache`) lets a
-//! heartbeat skip the store while nothing a role depends on changed.
+//! The roles generation: what a heartbeat's answer (`RoleOf`) reads
+//! besides the agent's own row is the group's row and the instance's role
+//! and role epoch. A cache of answers (`state::RoleCache`) keeps each with
+//! the [`Stamp`] taken before it was read, and uses it while the stamp is
+//! unchanged, so a heartbeat skips the store while nothing its answer
+//! depends on changed.
 //!
-//! Statements are recognised by their text: a write (`INSERT`, `UPDATE`,
-//! `DELETE`) that names either table marks the transaction, and so does a
-//! `DELETE` naming `agents` (a reset or pruned agent has no answer). A
-//! write that names them without changing them only costs a re-read. A
-//! new leader term starts with an empty cache, so writes of another
-//! coordinator (a previous leader) are never hidden behind it.
+//! What a transaction wrote is recognised from its statements' text (see
+//! [`touched`]): a write of an instance's role or role epoch that names
+//! the instance (`WHERE instance_id = ?N`) moves only that instance's
+//! version, so a fleet's first-beat storm (each instance LAUNCHING ->
+//! REPLICA) does not send every other agent's heartbeat to the store; any
+//! other write of `groups`, a `DELETE` from `instances` or `agents`, or a
+//! role write whose instance cannot be told moves the global generation
+//! and every cached answer is read again. A write that names them without
+//! changing them only costs a re-read. A new leader term starts with an
+//! empty cache, so writes of another coordinator (a previous leader) are
+//! never hidden behind it. The versions move after the commit.
 
 use super::Result;
-use super::engine::{Conn, EachRow, ToValue, Tx};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use super::engine::{Conn, EachRow, ToValue, Tx, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// Whether `sql` may change what a heartbeat's answer reads: a write whose
-/// target (the table after `UPDATE`, `INSERT ... INTO` or `DELETE FROM`)
-/// is `groups` or `instances`, or a `DELETE` from `agents`. Tables named
-/// only in a subquery are read, not written. A write whose target cannot
-/// be found counts, to be safe.
-pub fn touches_roles(sql: &str) -> bool {
+/// What one statement changes of the heartbeat answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Touch {
+    Nothing,
+    /// The role or role epoch of this instance.
+    Instance(String),
+    /// Anything: every answer is stale.
+    All,
+}
+
+/// What `sql` (run with `args`) may change of a heartbeat's answer. The
+/// target of a write is the table after `UPDATE`, `INSERT ... INTO` or
+/// `DELETE FROM`; tables named only in a subquery are read, not written.
+/// A write whose target cannot be found counts as `All`, to be safe.
+pub fn touched(sql: &str, args: &[&dyn ToValue]) -> Touch {
     // Words outside quoted literals.
     let mut quoted = false;
     let code: String = sql
@@ -33,45 +49,82 @@ pub fn touches_roles(sql: &str) -> bool {
             if quoted { ' ' } else { c }
         })
         .collect();
-    let mut words = code
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+    let words: Vec<String> = code
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '?'))
         .filter(|w| !w.is_empty())
-        .map(str::to_ascii_lowercase);
-    let head = words.next().unwrap_or_default();
-    let target = match head.as_str() {
-        "update" => words.find(|w| w != "or" && w != "ignore" && w != "replace"),
-        "insert" => words.find(|w| w == "into").and_then(|_| words.next()),
-        "delete" => words.find(|w| w == "from").and_then(|_| words.next()),
-        _ => return false,
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let mut it = words.iter().map(String::as_str);
+    let head = it.next().unwrap_or_default();
+    let target = match head {
+        "update" => it.find(|w| !matches!(*w, "or" | "ignore" | "replace")),
+        "insert" => it.find(|w| *w == "into").and_then(|_| it.next()),
+        "delete" => it.find(|w| *w == "from").and_then(|_| it.next()),
+        _ => return Touch::Nothing,
     };
-    match target.as_deref() {
-        Some("groups" | "instances") | None => true,
-        Some("agents") => head == "delete",
-        Some(_) => false,
+    match (head, target) {
+        (_, Some("groups") | None) | ("delete", Some("instances" | "agents")) => Touch::All,
+        // A new instance has no agent answered for it yet; an agent row
+        // changes nothing an answer reads but its existence.
+        ("insert", Some("instances")) | (_, Some("agents")) => Touch::Nothing,
+        ("update", Some("instances")) => {
+            let role = words.iter().any(|w| w == "role" || w == "role_epoch");
+            if !role {
+                return Touch::Nothing;
+            }
+            instance_named(&words, args).map_or(Touch::All, Touch::Instance)
+        }
+        _ => Touch::Nothing,
     }
 }
 
-/// A transaction that notes whether it wrote a table roles depend on.
+/// The instance an UPDATE's `WHERE instance_id = ?N` names, from `args`.
+fn instance_named(words: &[String], args: &[&dyn ToValue]) -> Option<String> {
+    let at = words.iter().position(|w| w == "where")?;
+    let rest = &words[at..];
+    let i = rest.iter().position(|w| w == "instance_id")?;
+    let n: usize = rest.get(i + 1)?.strip_prefix('?')?.parse().ok()?;
+    match args.get(n.checked_sub(1)?)?.to_value().ok()? {
+        Value::Text(s) => Some(s.to_owned()),
+        _ => None,
+    }
+}
+
+/// A transaction's record of what it touched.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub all: bool,
+    pub instances: Vec<String>,
+}
+
+/// A transaction that notes what of the heartbeat answers it wrote.
 pub struct Marking<'a> {
     pub inner: Box<dyn Tx + 'a>,
-    pub dirty: Arc<AtomicBool>,
+    pub touched: Arc<Mutex<Touched>>,
 }
 
 impl Marking<'_> {
-    fn note(&self, sql: &str) {
-        if touches_roles(sql) {
-            self.dirty.store(true, Ordering::Relaxed);
+    fn note(&self, sql: &str, args: &[&dyn ToValue]) {
+        let t = touched(sql, args);
+        if t == Touch::Nothing {
+            return;
+        }
+        let mut m = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        match t {
+            Touch::All => m.all = true,
+            Touch::Instance(id) => m.instances.push(id),
+            Touch::Nothing => {}
         }
     }
 }
 
 impl Conn for Marking<'_> {
     fn execute_values(&self, sql: &str, args: &[&dyn ToValue]) -> Result<usize> {
-        self.note(sql);
+        self.note(sql, args);
         self.inner.execute_values(sql, args)
     }
     fn query_values(&self, sql: &str, args: &[&dyn ToValue], each: &mut EachRow<'_>) -> Result<()> {
-        self.note(sql);
+        self.note(sql, args);
         self.inner.query_values(sql, args, each)
     }
     fn schema_version(&self) -> Result<i64> {
@@ -94,46 +147,113 @@ impl Tx for Marking<'_> {
     }
 }
 
-/// The counter, shared by the writer connection and its readers' users.
+/// The versions, shared by the writer connection and the heartbeat path.
 #[derive(Debug, Clone, Default)]
-pub struct Generation(Arc<AtomicU64>);
+pub struct Generation(Arc<Versions>);
+
+#[derive(Debug, Default)]
+struct Versions {
+    global: AtomicU64,
+    /// The last global count at which each instance's role changed.
+    instances: Mutex<HashMap<String, u64>>,
+    counter: AtomicU64,
+}
+
+/// What an answer about one instance was read at: equal stamps, equal
+/// answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    global: u64,
+    instance: u64,
+}
 
 impl Generation {
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+    /// Take before reading an answer about `instance`.
+    pub fn stamp(&self, instance: &str) -> Stamp {
+        let global = self.0.global.load(Ordering::Acquire);
+        let instance = self
+            .0
+            .instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(instance)
+            .copied()
+            .unwrap_or(0);
+        Stamp { global, instance }
     }
 
-    /// After a commit that wrote roles: answers read before are stale.
-    pub fn bump(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+    /// After a commit: what it touched is stale. A global move also
+    /// forgets every instance's version (every earlier stamp carries the
+    /// old global count), which keeps the map to the instances touched
+    /// since the last one (retention's prune is one).
+    pub fn moved(&self, t: &Touched) {
+        if !t.all && t.instances.is_empty() {
+            return;
+        }
+        let mut m = self.0.instances.lock().unwrap_or_else(|p| p.into_inner());
+        if t.all {
+            self.0.global.fetch_add(1, Ordering::AcqRel);
+            m.clear();
+        }
+        for id in &t.instances {
+            let v = self.0.counter.fetch_add(1, Ordering::AcqRel) + 1;
+            m.insert(id.clone(), v);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::touches_roles;
+    use super::{Generation, Touch, Touched, touched};
 
     #[test]
-    fn writes_of_groups_and_instances_are_recognised_and_nothing_else() {
-        for yes in [
+    fn what_a_statement_touches_is_told_from_its_target_and_its_instance() {
+        let all = |sql: &str| touched(sql, &[]);
+        for sql in [
             "UPDATE groups SET epoch = ?1",
-            "  INSERT INTO instances (instance_id) VALUES (?1)",
-            "delete from instances where role = 'terminated'",
-            "UPDATE instances SET role = ?1 WHERE instance_id = ?2",
-            "DELETE FROM agents WHERE agent_id = ?1",
             "INSERT OR IGNORE INTO groups (name) VALUES (?1)",
+            "delete from instances where role = 'terminated'",
+            "DELETE FROM agents WHERE agent_id = ?1",
+            // A role write whose instance is not named by a parameter.
+            "UPDATE instances SET role = 'failed' WHERE group_name = ?1",
         ] {
-            assert!(touches_roles(yes), "{yes}");
+            assert_eq!(all(sql), Touch::All, "{sql}");
         }
-        for no in [
+        for sql in [
             "SELECT * FROM groups",
-            "UPDATE agents SET last_heartbeat_ms = ?1",
-            "INSERT INTO group_volumes (group_name) VALUES (?1)",
-            "INSERT INTO audit (entity) VALUES ('instances')",
             "UPDATE agents SET highest_epoch = (SELECT g.epoch FROM groups g) WHERE agent_id = ?1",
             "INSERT OR IGNORE INTO events (instance_id) SELECT instance_id FROM instances",
+            "INSERT INTO audit (entity) VALUES ('instances')",
+            "UPDATE instances SET ec2_state = ?1 WHERE instance_id = ?2",
+            "INSERT INTO instances (instance_id, role) VALUES (?1, 'launching')",
         ] {
-            assert!(!touches_roles(no), "{no}");
+            assert_eq!(all(sql), Touch::Nothing, "{sql}");
         }
+        let (role, id, version) = ("replica", "i-7", 3i64);
+        let sql = "UPDATE instances SET role = ?1, updated_at_ms = ?2 WHERE instance_id = ?3 AND version = ?4";
+        assert_eq!(
+            touched(sql, &[&role, &5i64, &id, &version]),
+            Touch::Instance("i-7".into())
+        );
+        let sql = "UPDATE instances SET role_epoch = ?1 WHERE instance_id = ?2";
+        assert_eq!(touched(sql, &[&4i64, &id]), Touch::Instance("i-7".into()));
+    }
+
+    #[test]
+    fn an_instance_write_stales_that_instance_and_a_global_one_everything() {
+        let g = Generation::default();
+        let (a, b) = (g.stamp("i-a"), g.stamp("i-b"));
+        g.moved(&Touched {
+            all: false,
+            instances: vec!["i-a".into()],
+        });
+        assert_ne!(g.stamp("i-a"), a);
+        assert_eq!(g.stamp("i-b"), b);
+        let b = g.stamp("i-b");
+        g.moved(&Touched {
+            all: true,
+            instances: vec![],
+        });
+        assert_ne!(g.stamp("i-b"), b);
     }
 }

@@ -51,7 +51,7 @@ pub use db::{Db, READERS};
 pub use decisions::Logged as LoggedDecision;
 pub use engine::StoreUrl;
 pub use engine::sqlite::LATEST as SCHEMA_VERSION;
-pub use generation::Generation;
+pub use generation::{Generation, Stamp};
 pub use instances::BulkSelection;
 pub use pricing::{ConsolidationConfig, SeriesKey};
 pub use promotion::{Committed, PromoteResult, ReplaceRequest};
@@ -168,7 +168,7 @@ pub struct Done<T> {
 /// One connection of the store, on whichever engine.
 pub struct Store {
     engine: Box<dyn Engine>,
-    /// Bumped after a commit that wrote roles (see `generation`).
+    /// Moved after a commit that wrote roles (see `generation`).
     roles: Generation,
 }
 
@@ -181,8 +181,8 @@ pub struct Txn<'a> {
     leader_epoch: i64,
     /// Agents with newly queued commands.
     wake: HashSet<String>,
-    /// Set when a statement wrote a table roles depend on.
-    dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// What its statements wrote of the heartbeat answers.
+    touched: std::sync::Arc<std::sync::Mutex<generation::Touched>>,
     roles: Generation,
 }
 
@@ -192,10 +192,12 @@ impl Txn<'_> {
     }
 
     pub fn commit(self) -> Result<Vec<String>> {
-        self.tx.commit()?;
-        if self.dirty.load(std::sync::atomic::Ordering::Relaxed) {
-            self.roles.bump();
-        }
+        let committed = self.tx.commit();
+        // Even when the commit failed: on a lost connection it may have
+        // committed all the same, and a needless re-read costs little.
+        self.roles
+            .moved(&self.touched.lock().unwrap_or_else(|p| p.into_inner()));
+        committed?;
         Ok(self.wake.into_iter().collect())
     }
 
@@ -224,16 +226,16 @@ impl Store {
     /// so its reads see what it will write over).
     pub fn begin(&mut self, ctx: Ctx) -> Result<Txn<'_>> {
         let leader_epoch = self.engine.term_epoch();
-        let dirty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let touched = std::sync::Arc::default();
         Ok(Txn {
             tx: Box::new(generation::Marking {
                 inner: self.engine.begin()?,
-                dirty: std::sync::Arc::clone(&dirty),
+                touched: std::sync::Arc::clone(&touched),
             }),
             leader_epoch,
             ctx,
             wake: HashSet::new(),
-            dirty,
+            touched,
             roles: self.roles.clone(),
         })
     }

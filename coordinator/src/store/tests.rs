@@ -509,22 +509,28 @@ fn heartbeat(s: &mut Store, agent: &str, now: i64) {
 }
 
 #[test]
-fn roles_generation_moves_on_role_writes_and_not_on_heartbeats() {
+fn roles_stamps_move_on_role_writes_and_not_on_heartbeats() {
     let (_d, mut s) = store();
     live_group(&mut s);
     let g = s.roles_generation();
-    let at = g.get();
+    let (p, r1, r2) = (g.stamp("i-p"), g.stamp("i-r1"), g.stamp("i-r2"));
     heartbeat(&mut s, "a-r1", 20);
     heartbeat(&mut s, "a-p", 21);
-    assert_eq!(g.get(), at, "a heartbeat changes no role: cached answers stand");
-    assert_eq!(s.agent_role("a-r1").unwrap().role, Role::Replica);
-    tx(&mut s, 22, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
-    assert!(g.get() > at, "a transition changes what heartbeats answer");
-    // A transaction that fails writes nothing and invalidates nothing it
-    // did not have to.
-    let at = g.get();
-    assert!(tx(&mut s, 23, |t| t.begin_replace(&replace("i-r2", 1))).is_err());
-    assert_eq!(g.get(), at);
+    assert_eq!(g.stamp("i-r1"), r1, "a heartbeat changes no role: cached answers stand");
+    assert_eq!(g.stamp("i-p"), p);
+    // A new instance's first healthy beat moves that instance only.
+    register(&mut s, "i-r3", "a-r3", 22).unwrap();
+    let r3 = g.stamp("i-r3");
+    tx(&mut s, 23, |t| t.agent_healthy("a-r3")).unwrap();
+    assert_ne!(g.stamp("i-r3"), r3, "LAUNCHING -> REPLICA is seen");
+    assert_eq!((g.stamp("i-r1"), g.stamp("i-r2")), (r1, r2), "the others keep theirs");
+    // A transition changes the group: every answer.
+    tx(&mut s, 24, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    assert_ne!(g.stamp("i-r2"), r2, "a transition changes what heartbeats answer");
+    // A transaction that fails changes nothing it did not have to.
+    let r2 = g.stamp("i-r2");
+    assert!(tx(&mut s, 25, |t| t.begin_replace(&replace("i-r2", 1))).is_err());
+    assert_eq!(g.stamp("i-r2"), r2);
 }
 
 #[test]
