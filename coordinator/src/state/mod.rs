@@ -96,12 +96,26 @@ impl RoleCache {
             .map(|(_, r)| r.clone())
     }
 
-    /// Keep `r`, read after `stamp` was taken.
+    /// Keep `r`, read after `stamp` was taken. Agents come and go (each
+    /// replacement instance is a new one): past [`ROLE_CACHE_MAX`] answers
+    /// the cache starts over rather than keep the departed forever.
     pub fn put(&self, agent_id: &str, stamp: crate::store::Stamp, r: crate::store::RoleOf) {
         let mut g = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= ROLE_CACHE_MAX && !g.contains_key(agent_id) {
+            g.clear();
+        }
         g.insert(agent_id.to_owned(), (stamp, r));
     }
+
+    /// Answers held now.
+    pub fn held(&self) -> usize {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
+
+/// Cached heartbeat answers at most: four times the 25,000 agents one
+/// coordinator is sized for.
+pub const ROLE_CACHE_MAX: usize = 100_000;
 
 /// Unix milliseconds: what is wall time by nature (stored timestamps,
 /// command deadlines, notice times). Timers use `clock::MonoClock`.
@@ -277,5 +291,38 @@ impl Shared {
             db: self.db.clone(),
             config,
         }))
+    }
+}
+
+#[cfg(test)]
+mod role_cache_tests {
+    use super::{ROLE_CACHE_MAX, RoleCache};
+    use crate::store::{Generation, RoleOf};
+    use spot_common::Role;
+
+    fn answer(instance: &str) -> RoleOf {
+        RoleOf {
+            instance_id: instance.into(),
+            group: "g".into(),
+            role: Role::Replica,
+            role_epoch: 0,
+            epoch: 1,
+            granted: None,
+            pricing: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_kept_for_its_stamp_only_and_the_cache_stays_bounded() {
+        let (g, cache) = (Generation::default(), RoleCache::default());
+        let stamp = g.stamp("i-1");
+        cache.put("a-1", stamp, answer("i-1"));
+        assert_eq!(cache.get("a-1", stamp), Some(answer("i-1")));
+        g.moved(&crate::store::generation_touched_all());
+        assert_eq!(cache.get("a-1", g.stamp("i-1")), None, "stale after a move");
+        for i in 0..ROLE_CACHE_MAX + 10 {
+            cache.put(&format!("a-{i}"), stamp, answer("i-1"));
+        }
+        assert!(cache.held() <= ROLE_CACHE_MAX);
     }
 }
