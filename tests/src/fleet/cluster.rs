@@ -3,9 +3,9 @@
 //! flags a one-off command needs to reach the store, and groups whose
 //! first instance holds a data volume.
 
-use super::{Fleet, default_pools};
+use super::Fleet;
 use crate::harness::Coordinator;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -84,20 +84,7 @@ impl Fleet {
             .add_volume(volume, "us-east-1a", Some((&id, "/dev/sdf")));
         let mut cfg = config;
         cfg["data_volumes"] = json!([{"volume_id": volume, "device": "/dev/sdf"}]);
-        if cfg.get("pools").is_none() {
-            cfg["pools"] = default_pools();
-        }
-        let (st, v) = self
-            .api
-            .post(
-                "/v1/groups",
-                &self.coord.admin_token,
-                &json!({"name": name, "config": cfg}),
-            )
-            .await?;
-        if !st.is_success() {
-            bail!("creating group {name}: {st} {v}");
-        }
+        self.create_group(name, cfg).await?;
         self.boot_existing(&id, "m5.large", "us-east-1a", name)
             .await?;
         Ok(id)

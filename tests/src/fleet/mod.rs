@@ -393,6 +393,16 @@ impl Fleet {
 
     /// Create a group and its first instance (already running).
     pub async fn group(&self, name: &str, config: Value) -> Result<String> {
+        self.create_group(name, config).await?;
+        let id = format!("i-{name}-first");
+        self.add_instance(&id, "m5.large", "us-east-1a", name)
+            .await?;
+        Ok(id)
+    }
+
+    /// Create a group through the API (the default pools unless `config`
+    /// names some).
+    pub async fn create_group(&self, name: &str, config: Value) -> Result<()> {
         let mut cfg = config;
         if cfg.get("pools").is_none() {
             cfg["pools"] = default_pools();
@@ -408,10 +418,7 @@ impl Fleet {
         if !st.is_success() {
             bail!("creating group {name}: {st} {v}");
         }
-        let id = format!("i-{name}-first");
-        self.add_instance(&id, "m5.large", "us-east-1a", name)
-            .await?;
-        Ok(id)
+        Ok(())
     }
 
     /// An instance that exists outside RunInstances, booted now.
