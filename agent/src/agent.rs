@@ -65,6 +65,9 @@ pub struct Agent {
     pub http: reqwest::Client,
     /// Something new is in the outbox: deliver now.
     pub outbox_wake: Notify,
+    /// The coordinator asked for EC2's view of the group: the EC2 watch
+    /// reports it at once, changed or not.
+    pub ec2_view_wanted: Notify,
     /// What to capture prices for, from the last heartbeat answer.
     pub pricing_hint: Mutex<Option<PricingHint>>,
     /// The highest role epoch accepted; a running promotion is cancelled
@@ -107,6 +110,7 @@ impl Agent {
             clock: edges.clock,
             http: reqwest::Client::new(),
             outbox_wake: Notify::new(),
+            ec2_view_wanted: Notify::new(),
             pricing_hint: Mutex::new(None),
             epoch: watch::Sender::new(0),
             role: watch::Sender::new(RoleState::default()),
@@ -150,6 +154,12 @@ impl Agent {
 
     pub fn set_lease(&self, until: Option<tokio::time::Instant>) {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    /// The coordinator waits for EC2's view of the group (see
+    /// `capture::ec2_watch`).
+    pub fn want_ec2_view(&self) {
+        self.ec2_view_wanted.notify_one();
     }
 
     /// Journal an event for the coordinator and deliver it soon.

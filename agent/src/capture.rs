@@ -17,12 +17,16 @@ fn captures(agent: &Agent) -> bool {
 pub async fn ec2_watch(agent: Arc<Agent>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(agent.config.ec2_watch_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Vec<spot_common::Ec2State> = Vec::new();
+    // None until the first view is sent (an empty one too).
+    let mut last: Option<Vec<spot_common::Ec2State>> = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        // Asked by the coordinator (its start or a restored store left it
+        // without a view of the group): report even an unchanged view.
+        let asked = tokio::select! {
+            _ = tick.tick() => false,
+            _ = agent.ec2_view_wanted.notified() => true,
             _ = agent.shutdown.cancelled() => return Ok(()),
-        }
+        };
         if !captures(&agent) {
             continue;
         }
@@ -35,13 +39,13 @@ pub async fn ec2_watch(agent: Arc<Agent>) -> anyhow::Result<()> {
         };
         let mut states = list;
         states.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-        if states != last {
+        if asked || last.as_ref() != Some(&states) {
             agent
                 .push_event(EventBody::Ec2States {
                     instances: states.clone(),
                 })
                 .await?;
-            last = states;
+            last = Some(states);
         }
     }
 }
@@ -119,5 +123,41 @@ pub async fn prices(agent: Arc<Agent>) -> anyhow::Result<()> {
             tracing::info!(points = n, "spot prices captured");
             agent.outbox_wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::RoleState;
+    use crate::agent::testing::agent;
+
+    async fn sent(a: &Agent) -> u64 {
+        a.journal.call(|j| j.backlog()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_view_is_sent_again_only_when_the_coordinator_asks() {
+        let mut t = agent(RoleState {
+            role: Some(Role::Primary),
+            epoch: 1,
+        });
+        Arc::get_mut(&mut t.agent)
+            .unwrap()
+            .config
+            .ec2_watch_interval = Duration::from_millis(20);
+        t.ec2.add_instance("i-self", "running");
+        t.ec2.add_instance("i-replica", "running");
+        let watch = tokio::spawn(ec2_watch(Arc::clone(&t.agent)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sent(&t.agent).await, 1, "the first view");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sent(&t.agent).await, 1, "unchanged: not again");
+        // A coordinator that started since has no view: it asks.
+        t.agent.want_ec2_view();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sent(&t.agent).await, 2, "asked: sent although unchanged");
+        t.agent.shutdown.cancel();
+        watch.await.unwrap().unwrap();
     }
 }

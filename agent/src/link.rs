@@ -210,6 +210,9 @@ pub async fn beat(
         tracing::info!("coordinator reachable again");
     }
     *agent.pricing_hint.lock().unwrap_or_else(|p| p.into_inner()) = resp.pricing.clone();
+    if resp.report_ec2_view {
+        agent.want_ec2_view();
+    }
     if resp.status == spot_common::AgentStatus::Deleted {
         let st = agent.journal.call(|j| j.state()).await?;
         let backlog = agent.journal.call(|j| j.backlog()).await?;

@@ -108,6 +108,10 @@ scenario!(
     a_coordinator_restarted_20s_later_fails_nothing_over,
     "coordinator-restart"
 );
+scenario!(
+    an_interruption_after_a_restart_is_granted_without_waiting_for_the_reclaim,
+    "interruption-after-restart"
+);
 scenario!(a_restored_store_converges_to_the_agents, "restored-store");
 scenario!(
     a_restored_store_fences_the_cut_off_real_primary_before_granting,

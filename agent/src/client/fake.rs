@@ -32,6 +32,7 @@ pub fn answer(role: Role, role_epoch: u64, lease_ms: u64) -> HeartbeatResponse {
         lease_ms,
         heartbeat_interval_ms: 1000,
         pricing: None,
+        report_ec2_view: false,
     }
 }
 

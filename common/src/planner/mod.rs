@@ -126,6 +126,12 @@ pub struct TransitionSnap {
     /// The candidate's agent reports PRIMARY at this epoch (its result
     /// event may still be on its way).
     pub candidate_reports_primary: bool,
+    /// The transition began after this coordinator started and EC2's view
+    /// of the group since then is not in: the store grants nothing before
+    /// it is (an instance its copy never saw may hold a higher epoch), so
+    /// neither does the planner; the coordinator asks the group's agents
+    /// for it meanwhile.
+    pub ec2_view_pending: bool,
 }
 
 impl TransitionSnap {

@@ -63,6 +63,7 @@ fn demoting(age: i64) -> TransitionSnap {
         }],
         candidate_outcome: None,
         candidate_reports_primary: false,
+        ec2_view_pending: false,
     }
 }
 
@@ -141,6 +142,23 @@ fn the_clock_never_grants_silence_escalates_to_an_ec2_fence() {
             ..
         }]
     ));
+}
+
+#[test]
+fn no_grant_before_ec2s_view_since_the_start_is_in() {
+    // What the store checks before a grant, the planner sees: a demote
+    // acknowledged after a restart is not enough without EC2's view (the
+    // store would refuse the grant every pass, and nothing else moves).
+    let mut s = pr();
+    let mut t = demoting(1_000);
+    t.targets[0].demote = Some(CommandState::Done);
+    t.targets[0].fenced = true;
+    t.ec2_view_pending = true;
+    s.transition = Some(t);
+    let d = super::plan(&s, 0, &CFG);
+    assert!(d.steps.is_empty() && d.blocked.is_none(), "{d:?}");
+    s.transition.as_mut().unwrap().ec2_view_pending = false;
+    assert!(matches!(&plan(&s, 0, &CFG)[..], [Step::Grant { .. }]));
 }
 
 #[test]

@@ -116,7 +116,7 @@ pub(super) fn plan(snap: &GroupSnap, t: &TransitionSnap, _: i64, cfg: &PlanConfi
                         "replacement waiting for a candidate",
                     ));
                 }
-            } else if t.targets.iter().all(|x| x.fenced) {
+            } else if t.targets.iter().all(|x| x.fenced) && !t.ec2_view_pending {
                 out.push(Step::Grant {
                     expected_epoch: e,
                     reason: "every fence target is shown not to serve",

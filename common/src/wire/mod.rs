@@ -113,6 +113,12 @@ pub struct HeartbeatResponse {
     /// are not ingested).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<PricingHint>,
+    /// The coordinator waits for EC2's view of the group (a transition
+    /// after its start may not be granted before it: see
+    /// `store/unheard.rs`): report the group's instances now, changed or
+    /// not. Absent (false) otherwise and from coordinators before 0.3.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_ec2_view: bool,
 }
 
 /// Old agents ignore unknown fields here, so fields are only ever added.

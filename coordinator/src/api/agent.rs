@@ -317,6 +317,7 @@ pub async fn heartbeat(
         lease_ms,
         heartbeat_interval_ms: crate::state::millis(state.config.heartbeat_interval),
         pricing: r.pricing,
+        report_ec2_view: state.ec2_view_wanted.wanted(&r.group),
     }))
 }
 

@@ -75,6 +75,35 @@ pub struct AppState {
     pub first_beats: group_commit::GroupCommit<(spot_common::Role, u64)>,
     /// Registrations waiting to share a commit.
     pub registrations: group_commit::GroupCommit<crate::store::Registered>,
+    /// Groups whose transition waits for EC2's view (set by the
+    /// reconciler): their agents' heartbeat answers ask for it.
+    pub ec2_view_wanted: Ec2ViewWanted,
+}
+
+/// The groups whose agents are asked, in their heartbeat answers, to
+/// report EC2's view of the group now (`report_ec2_view`). An agent sends
+/// that view only when it changes, so after a start (or a leader change)
+/// a calm group would otherwise never send the one the grant waits for.
+#[derive(Default)]
+pub struct Ec2ViewWanted(std::sync::RwLock<std::collections::HashSet<String>>);
+
+impl Ec2ViewWanted {
+    pub fn set(&self, group: &str, wanted: bool) {
+        if self.wanted(group) == wanted {
+            return;
+        }
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if wanted {
+            g.insert(group.to_owned());
+        } else {
+            g.remove(group);
+        }
+    }
+
+    pub fn wanted(&self, group: &str) -> bool {
+        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
+        !g.is_empty() && g.contains(group)
+    }
 }
 
 /// The heartbeat answers read from the store, per agent, with the stamp
@@ -288,6 +317,7 @@ impl Shared {
             roles: RoleCache::default(),
             first_beats: Default::default(),
             registrations: Default::default(),
+            ec2_view_wanted: Ec2ViewWanted::default(),
             db: self.db.clone(),
             config,
         }))

@@ -116,7 +116,13 @@ pub fn status(conn: &dyn Conn, group: &str) -> Result<Option<TransitionStatus>> 
                     format!("{} to be fenced (demote: {demote}; {fence})", x.instance_id)
                 })
                 .collect();
-            if open.is_empty() {
+            if open.is_empty() && !super::unheard::ec2_seen_since(conn, group, t.heard_since_ms)? {
+                format!(
+                    "EC2's view of the group since the coordinator started (asked of its \
+                     agents), then the grant of {} (every fence target is fenced)",
+                    t.candidate
+                )
+            } else if open.is_empty() {
                 format!(
                     "the grant of {} (every fence target is fenced)",
                     t.candidate

@@ -9,7 +9,7 @@ use spot_common::planner::{
     GroupSnap, InstanceSnap, NoticeSnap, Reported, SwitchSnap, TransitionSnap,
 };
 use spot_common::wire::TransitionView;
-use spot_common::{PoolKey, Role, ids};
+use spot_common::{Phase, PoolKey, Role, ids};
 use std::collections::HashMap;
 
 /// What the coordinator's liveness table knows of one agent.
@@ -45,7 +45,7 @@ pub fn group(conn: &dyn Conn, group: &str, input: &SnapshotInput) -> Result<Grou
     let instances = instances(conn, group, input)?;
     let transition = match &g.transition {
         None => None,
-        Some(t) => Some(transition(conn, t, &instances, input)?),
+        Some(t) => Some(transition(conn, group, t, &instances, input)?),
     };
     let launch_timeout_ms = input.launch_timeout_ms;
     let (volume_zone, volumes_restorable) = super::volumes::placement(conn, group, &g.config)?;
@@ -304,6 +304,7 @@ fn notices(conn: &dyn Conn, group: &str, now_ms: i64) -> Result<Vec<NoticeSnap>>
 
 fn transition(
     conn: &dyn Conn,
+    group: &str,
     t: &TransitionView,
     instances: &[InstanceSnap],
     input: &SnapshotInput,
@@ -321,6 +322,8 @@ fn transition(
         .and_then(|i| i.reported)
         .is_some_and(|r| r.role == Some(Role::Primary) && r.role_epoch == t.epoch);
     Ok(TransitionSnap {
+        ec2_view_pending: t.phase == Phase::Demoting
+            && !super::unheard::ec2_seen_since(conn, group, t.heard_since_ms)?,
         phase: t.phase,
         old: t.old.clone(),
         candidate: t.candidate.clone(),

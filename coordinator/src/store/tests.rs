@@ -1013,6 +1013,66 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
 }
 
 #[test]
+fn after_a_start_the_planner_and_the_grant_wait_for_the_same_ec2_view() {
+    // Every agent heard since the start (100), the old PRIMARY demoted
+    // (acknowledged): only EC2's view since the start is missing. An
+    // agent sends it when it changes, so nothing else would bring it: the
+    // planner must see that the grant waits for it (and the coordinator
+    // ask for it), not ask for a grant the store refuses every pass.
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    for a in ["a-p", "a-r1", "a-r2"] {
+        let rec = HeartbeatRecord {
+            agent_id: a.into(),
+            at_ms: 105,
+            reported_role: Some(Role::Replica),
+            highest_epoch: 1,
+            healthy: true,
+            backlog: 0,
+        };
+        tx(&mut s, 105, |t| t.flush_heartbeats(&[rec])).unwrap();
+    }
+    let r = tx(&mut s, 120, |t| {
+        t.begin_replace(&ReplaceRequest {
+            heard_since_ms: 100,
+            ..replace("i-r1", 1)
+        })
+    })
+    .unwrap();
+    let e = r.epoch;
+    take(&mut s, "a-p", 121, 30_000);
+    report(
+        &mut s,
+        "a-p",
+        &ids::demote("i-p", e),
+        CommandOutcome::Done,
+        300,
+    );
+    let snap = snapshot(&s, &["a-p", "a-r1", "a-r2"], 130);
+    let t = snap.transition.as_ref().unwrap();
+    assert!(t.targets.iter().all(|x| x.fenced), "{t:?}");
+    assert!(t.ec2_view_pending, "the snapshot shows the grant's gate");
+    let planned = spot_common::planner::plan(&snap, 130, &spot_common::planner::PlanConfig::DEFAULT);
+    assert!(
+        !planned.steps.iter().any(|x| matches!(x, spot_common::planner::Step::Grant { .. })),
+        "no grant the store would refuse: {planned:?}"
+    );
+    assert!(tx(&mut s, 130, |t| t.grant("g", e)).is_err());
+    let st = s.transition_status("g").unwrap().unwrap();
+    assert!(st.waiting_for.contains("EC2's view"), "{}", st.waiting_for);
+    // The view (unchanged since before the start: no strangers) arrives.
+    ec2_view(&mut s, "a-r1", &[], 131);
+    let snap = snapshot(&s, &["a-p", "a-r1", "a-r2"], 132);
+    assert!(!snap.transition.as_ref().unwrap().ec2_view_pending);
+    let planned = spot_common::planner::plan(&snap, 132, &spot_common::planner::PlanConfig::DEFAULT);
+    assert!(
+        planned.steps.iter().any(|x| matches!(x, spot_common::planner::Step::Grant { .. })),
+        "{planned:?}"
+    );
+    tx(&mut s, 132, |t| t.grant("g", e)).unwrap();
+}
+
+#[test]
 fn a_reused_request_id_with_another_body_is_refused() {
     let (_d, mut s) = store();
     let ctx = |body: &str| {

@@ -7,7 +7,7 @@
 
 use super::audit::Entity;
 use super::{Result, Txn};
-use crate::store::engine::{ConnExt, params};
+use crate::store::engine::{Conn, ConnExt, params};
 use serde_json::json;
 use spot_common::wire::{FenceTarget, TransitionView};
 
@@ -29,6 +29,20 @@ pub(super) enum Ready {
     /// New fence targets were added (and written): not yet.
     Extended,
     Wait,
+}
+
+/// Whether EC2's view of `group` (an agent's report of its instances)
+/// arrived since `since_ms`, or need not have. A group created since
+/// `since_ms` is known whole to this coordinator: no copy of the store can
+/// be behind it. The grant checks it; the planner's snapshot shows it
+/// (`TransitionSnap::ec2_view_pending`), so both wait for the same thing.
+pub fn ec2_seen_since(conn: &dyn Conn, group: &str, since_ms: i64) -> Result<bool> {
+    let (created, seen): (i64, Option<i64>) = conn.query_row(
+        "SELECT created_at_ms, ec2_seen_at_ms FROM groups WHERE name = ?1",
+        [group],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(since_ms <= 0 || created >= since_ms || seen.is_some_and(|s| s >= since_ms))
 }
 
 impl Txn<'_> {
@@ -73,17 +87,8 @@ impl Txn<'_> {
         Ok(ids)
     }
 
-    /// Whether EC2's view of `group` (an agent's report of its instances)
-    /// arrived since `since_ms`, or need not have.
-    /// A group created since `since_ms` is known whole to this coordinator:
-    /// no copy of the store can be behind it.
     pub(super) fn ec2_seen_since(&self, group: &str, since_ms: i64) -> Result<bool> {
-        let (created, seen): (i64, Option<i64>) = self.tx.query_row(
-            "SELECT created_at_ms, ec2_seen_at_ms FROM groups WHERE name = ?1",
-            [group],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        Ok(since_ms <= 0 || created >= since_ms || seen.is_some_and(|s| s >= since_ms))
+        ec2_seen_since(&self.tx, group, since_ms)
     }
 
     /// Before a grant: instances that turned up unheard since the

@@ -102,6 +102,10 @@ async fn pass(state: &AppState, timers: &mut Timers, settled: bool) -> Result<()
         } else {
             timers.phases.remove(&group);
         }
+        state.ec2_view_wanted.set(
+            &group,
+            snap.transition.as_ref().is_some_and(|t| t.ec2_view_pending),
+        );
         if state.config.unsafe_silence_is_death {
             silence_is_death(state, &snap, &cfg).await;
         }

@@ -64,6 +64,7 @@ scenarios! {
     "frozen-agent" => fencing::frozen_agent,
     "frozen-coordinator" => fencing::frozen_coordinator,
     "coordinator-restart" => fencing::coordinator_restart,
+    "interruption-after-restart" => fencing::interruption_after_restart,
     "restored-store" => fencing::restored_store,
     "restored-store-partitioned" => fencing::restored_store_partitioned,
     "lost-primary" => fencing::lost_primary,
