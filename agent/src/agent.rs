@@ -241,6 +241,23 @@ pub mod testing {
         }
     }
 
+    /// A command of group `g` at the normal priority.
+    pub fn command(
+        rid: &str,
+        action: spot_common::CommandKind,
+        epoch: u64,
+        deadline_ms: i64,
+    ) -> Command {
+        Command {
+            request_id: rid.into(),
+            group: "g".into(),
+            action,
+            priority: 100,
+            epoch,
+            deadline_ms,
+        }
+    }
+
     /// An agent whose hooks live in the temp dir, at wall clock 1,000,000.
     pub fn agent(role: RoleState) -> TestAgent {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -36,6 +36,18 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Where the journal is, for the commands that read it offline.
+#[derive(clap::Args)]
+pub struct JournalDir {
+    /// Directory of the journal.
+    #[arg(
+        long,
+        env = "SPOT_AGENT_STATE_DIR",
+        default_value = "/var/lib/spot-agent"
+    )]
+    state_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the agent (as the systemd service does).
@@ -44,13 +56,8 @@ pub enum Command {
     Validate(RunArgs),
     /// Print identity, coordinator link, backlog and notices from the journal.
     Status {
-        /// Directory of the journal.
-        #[arg(
-            long,
-            env = "SPOT_AGENT_STATE_DIR",
-            default_value = "/var/lib/spot-agent"
-        )]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        journal: JournalDir,
         /// Stable JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -60,13 +67,8 @@ pub enum Command {
     /// with a new agent id. Stop the service first. Refused while the
     /// journal says this instance is PRIMARY, unless --force.
     Reset {
-        /// Directory of the journal.
-        #[arg(
-            long,
-            env = "SPOT_AGENT_STATE_DIR",
-            default_value = "/var/lib/spot-agent"
-        )]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        journal: JournalDir,
         /// Reset a PRIMARY's journal too.
         #[arg(long)]
         force: bool,
@@ -84,7 +86,10 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Status { state_dir, json } => {
+        Command::Status {
+            journal: JournalDir { state_dir },
+            json,
+        } => {
             let s = crate::status::read(&state_dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -93,7 +98,10 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Reset { state_dir, force } => {
+        Command::Reset {
+            journal: JournalDir { state_dir },
+            force,
+        } => {
             match crate::reset(&state_dir, force)? {
                 Some(kept) => println!(
                     "journal set aside as {}; the next start registers a fresh identity",

@@ -345,14 +345,7 @@ mod tests {
     }
 
     fn cmd(rid: &str, action: spot_common::CommandKind, epoch: u64) -> Command {
-        Command {
-            request_id: rid.into(),
-            group: "g".into(),
-            action,
-            priority: 100,
-            epoch,
-            deadline_ms: 2_000_000,
-        }
+        crate::agent::testing::command(rid, action, epoch, 2_000_000)
     }
 
     fn creds() -> Creds {

@@ -5,7 +5,7 @@
 //! interruption notice arrives and measures notice -> new PRIMARY serving
 //! against the notice's deadline.
 
-use crate::fleet::{Fleet, FleetOptions, default_pools};
+use crate::fleet::{Fleet, FleetOptions};
 use crate::harness::eventually;
 use crate::scenarios::leadership::wait_leader;
 use crate::scenarios::{WAIT, wait_confirmed, wait_role, wait_serving};
@@ -30,22 +30,6 @@ pub struct LeaderBench {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-async fn write_accepted(f: &Fleet, name: &str) -> Result<()> {
-    eventually("a write to be accepted", WAIT, || async {
-        let (st, _) = f
-            .api
-            .post(
-                "/v1/groups",
-                &f.coord.admin_token,
-                &json!({"name": name, "config": {"pools": default_pools()}}),
-            )
-            .await
-            .ok()?;
-        (st.is_success() || st == 409).then_some(())
-    })
-    .await
 }
 
 /// Restart coordinator `i` and wait until it follows.
@@ -78,7 +62,7 @@ pub async fn run(args: LeaderBench) -> Result<()> {
         let leader = wait_leader(&f, None).await?;
         let start = Instant::now();
         f.coordinator_mut(leader).context("leader")?.kill9();
-        write_accepted(&f, &format!("probe-{t}")).await?;
+        crate::scenarios::leadership::first_write(&f, &format!("probe-{t}")).await?;
         kill_to_write.push(start.elapsed().as_secs_f64());
         eprintln!(
             "leader bench: kill {t}: coordinator {leader}, write accepted after {:.2} s",

@@ -11,7 +11,7 @@
 use crate::ec2_sim::EbsTiming;
 use crate::fleet::{Fleet, FleetOptions};
 use crate::scenarios::volumes::{volume_violations, wait_volumes};
-use crate::scenarios::{switch_done, wait_confirmed, wait_confirmed_within, wait_serving};
+use crate::scenarios::{switch_to, wait_confirmed, wait_confirmed_within, wait_serving};
 use anyhow::{Context, Result, ensure};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -40,6 +40,20 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// A fleet with EBS delays `timing` whose group `db` keeps its data on
+/// `vol-db` (us-east-1a); its first PRIMARY serving with the volume.
+async fn serving_with_volume(opts: FleetOptions, timing: EbsTiming) -> Result<(Fleet, String)> {
+    let f = Fleet::start(opts).await?;
+    f.ec2.set_ebs(timing);
+    let first = f
+        .group_with_volume("db", json!({"snapshot_interval_s": 3600}), "vol-db")
+        .await?;
+    wait_confirmed(&f, "db", Some(&first), None).await?;
+    wait_serving(&f, "db", &first).await?;
+    wait_volumes(&f, |v| v["availability_zone"] == "us-east-1a").await?;
+    Ok((f, first))
+}
+
 pub async fn run(args: VolumeBench) -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut runs = Vec::new();
@@ -55,14 +69,7 @@ pub async fn run(args: VolumeBench) -> Result<()> {
             boot_delay: args.boot,
             ..FleetOptions::default()
         };
-        let f = Fleet::start(opts).await?;
-        f.ec2.set_ebs(timing);
-        let first = f
-            .group_with_volume("db", json!({"snapshot_interval_s": 3600}), "vol-db")
-            .await?;
-        wait_confirmed(&f, "db", Some(&first), None).await?;
-        wait_serving(&f, "db", &first).await?;
-        wait_volumes(&f, |v| v["availability_zone"] == "us-east-1a").await?;
+        let (f, first) = serving_with_volume(opts, timing).await?;
         let t = Instant::now();
         f.interrupt(&first, args.notice)?;
         let new = wait_confirmed_within(&f, "db", None, Some(&first), args.notice * 2).await?;
@@ -98,24 +105,12 @@ pub async fn run(args: VolumeBench) -> Result<()> {
         snapshot_delay: Duration::from_secs(5),
         stuck_detach: false,
     };
-    let f = Fleet::start(FleetOptions::default()).await?;
-    f.ec2.set_ebs(timing);
-    let first = f
-        .group_with_volume("db", json!({"snapshot_interval_s": 3600}), "vol-db")
-        .await?;
-    wait_confirmed(&f, "db", Some(&first), None).await?;
-    wait_serving(&f, "db", &first).await?;
-    wait_volumes(&f, |v| v["availability_zone"] == "us-east-1a").await?;
-    let (st, v) = f
-        .api
-        .post(
-            "/v1/groups/db/switch",
-            &f.coord.admin_token,
-            &json!({"pool": {"instance_type": "c5.large", "availability_zone": "us-east-1a"}}),
-        )
-        .await?;
-    ensure!(st.is_success(), "switch: {st} {v}");
-    let (done, new) = switch_done(&f).await?;
+    let (f, first) = serving_with_volume(FleetOptions::default(), timing).await?;
+    let (done, new) = switch_to(
+        &f,
+        json!({"instance_type": "c5.large", "availability_zone": "us-east-1a"}),
+    )
+    .await?;
     wait_serving(&f, "db", &new).await?;
     let ledger = f.ledger()?;
     let iv = ledger.groups.get("db").context("ledger")?;

@@ -660,17 +660,12 @@ async fn reinstall_gets_new_id_old_token_dies_history_linked() {
     assert!(v["message"].as_str().unwrap().contains(&old.id), "{v}");
     let (st, _) = heartbeat(&api, &old, "i-1").await;
     assert_eq!(st, StatusCode::OK);
-    let (_, trail) = api
-        .get("/v1/audit?entity=instance:i-1", &c.admin_token)
-        .await
-        .unwrap();
+    let trail = api
+        .audit("/v1/audit?entity=instance:i-1", &c.admin_token)
+        .await;
     assert!(
-        trail
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "registration_refused"),
-        "{trail}"
+        trail.iter().any(|e| e["action"] == "registration_refused"),
+        "{trail:?}"
     );
     // The operator says it is gone (the instance was reinstalled).
     let (st, v) = api
@@ -694,20 +689,17 @@ async fn reinstall_gets_new_id_old_token_dies_history_linked() {
         .unwrap();
     assert_eq!(v["status"], "replaced");
     assert_eq!(v["replaced_by"], json!(new.id));
-    let (_, trail) = api
-        .get(
+    let trail = api
+        .audit(
             &format!("/v1/audit?entity=agent:{}", old.id),
             &c.admin_token,
         )
-        .await
-        .unwrap();
+        .await;
     assert!(
         trail
-            .as_array()
-            .unwrap()
             .iter()
             .any(|e| e["action"] == "reset" && e["actor"] == "operator"),
-        "{trail}"
+        "{trail:?}"
     );
 }
 
@@ -923,19 +915,14 @@ async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
         assert_eq!(primary_of(&api, &c).await, "i-1", "{code}");
         let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
         assert_eq!(g["epoch"], 1, "{code}: a forged epoch moves nothing");
-        let (_, trail) = api
-            .get("/v1/audit?entity=instance:i-2", &c.admin_token)
-            .await
-            .unwrap();
+        let trail = api
+            .audit("/v1/audit?entity=instance:i-2", &c.admin_token)
+            .await;
         assert!(
-            trail
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["action"] == "claim_refused"
-                    && e["post_state"]["code"] == code
-                    && e["post_state"]["claimed_epoch"] == epoch),
-            "{code} audited: {trail}"
+            trail.iter().any(|e| e["action"] == "claim_refused"
+                && e["post_state"]["code"] == code
+                && e["post_state"]["claimed_epoch"] == epoch),
+            "{code} audited: {trail:?}"
         );
     }
     // The real PRIMARY is untouched: leased at its epoch.
@@ -959,19 +946,14 @@ async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
     let api = c.api();
     claim(&api, &forger, "i-2", 1, Some(grant)).await;
     assert_eq!(primary_of(&api, &c).await, Value::Null);
-    let (_, trail) = api
-        .get("/v1/audit?entity=instance:i-2", &c.admin_token)
-        .await
-        .unwrap();
+    let trail = api
+        .audit("/v1/audit?entity=instance:i-2", &c.admin_token)
+        .await;
     assert!(
-        trail
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "claim_refused"
-                && e["post_state"]["code"] == "grant_bad_mac"
-                && e["post_state"]["claimed_epoch"] == 1),
-        "a stolen grant is refused: {trail}"
+        trail.iter().any(|e| e["action"] == "claim_refused"
+            && e["post_state"]["code"] == "grant_bad_mac"
+            && e["post_state"]["claimed_epoch"] == 1),
+        "a stolen grant is refused: {trail:?}"
     );
     let v = claim(&api, &real, "i-1", 1, Some(grant)).await;
     assert_eq!(primary_of(&api, &c).await, "i-1", "{v}");

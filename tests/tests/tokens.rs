@@ -151,19 +151,14 @@ async fn a_group_enrollment_token_joins_its_group_only() {
     );
     let (_, agents) = api.get("/v1/agents", &c.admin_token).await.unwrap();
     assert_eq!(agents, json!([]), "nothing was registered");
-    let (_, trail) = api
-        .get("/v1/audit?entity=token:web-enroll", &c.admin_token)
-        .await
-        .unwrap();
+    let trail = api
+        .audit("/v1/audit?entity=token:web-enroll", &c.admin_token)
+        .await;
     assert!(
-        trail
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "enrollment_refused"
-                && e["post_state"]["asked_group"] == "db"
-                && e["post_state"]["instance_id"] == "i-1"),
-        "{trail}"
+        trail.iter().any(|e| e["action"] == "enrollment_refused"
+            && e["post_state"]["asked_group"] == "db"
+            && e["post_state"]["instance_id"] == "i-1"),
+        "{trail:?}"
     );
     let (st, v) = api
         .post("/v1/agents/register", &web, &reg("i-1", "web"))

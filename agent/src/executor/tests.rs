@@ -29,6 +29,18 @@ fn promote_cmd(epoch: u64, from: &[&str]) -> Command {
     }
 }
 
+/// `promote_cmd` that also hands over `vol-1` on /dev/sdf.
+fn promote_with_volume(epoch: u64, from: &[&str]) -> Command {
+    let mut cmd = promote_cmd(epoch, from);
+    if let CommandKind::Promote { data_volumes, .. } = &mut cmd.action {
+        data_volumes.push(DataVolume {
+            volume_id: "vol-1".into(),
+            device: "/dev/sdf".into(),
+        });
+    }
+    cmd
+}
+
 async fn accept(t: &TestAgent, cmd: &Command) {
     let (c, now) = (cmd.clone(), t.agent.now_ms());
     t.agent
@@ -93,13 +105,7 @@ async fn the_data_volume_is_attached_before_the_hook_mounts_it() {
         "promote",
         "echo \"$SPOT_DATA_VOLUMES\" > \"$(dirname \"$0\")/seen\"",
     );
-    let mut cmd = promote_cmd(4, &["i-old"]);
-    if let CommandKind::Promote { data_volumes, .. } = &mut cmd.action {
-        data_volumes.push(DataVolume {
-            volume_id: "vol-1".into(),
-            device: "/dev/sdf".into(),
-        });
-    }
+    let cmd = promote_with_volume(4, &["i-old"]);
     accept(&t, &cmd).await;
     execute(&t.agent, cmd.clone()).await.unwrap();
     assert_eq!(state(&t, &cmd.request_id).await.as_deref(), Some("done"));
@@ -122,13 +128,7 @@ async fn the_data_volume_is_attached_before_the_hook_mounts_it() {
     t.ec2.add_address("eip", None);
     t.ec2
         .add_volume("vol-1", "us-east-1a", Some(("i-live", "/dev/sdf")));
-    let mut cmd = promote_cmd(4, &["i-old"]);
-    if let CommandKind::Promote { data_volumes, .. } = &mut cmd.action {
-        data_volumes.push(DataVolume {
-            volume_id: "vol-1".into(),
-            device: "/dev/sdf".into(),
-        });
-    }
+    let cmd = promote_with_volume(4, &["i-old"]);
     accept(&t, &cmd).await;
     execute(&t.agent, cmd.clone()).await.unwrap();
     assert_eq!(state(&t, &cmd.request_id).await.as_deref(), Some("failed"));

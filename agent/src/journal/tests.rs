@@ -10,14 +10,7 @@ fn journal() -> (tempfile::TempDir, Journal) {
 }
 
 fn cmd(rid: &str, action: CommandKind, epoch: u64) -> Command {
-    Command {
-        request_id: rid.into(),
-        group: "g".into(),
-        action,
-        priority: 100,
-        epoch,
-        deadline_ms: 1_000,
-    }
+    crate::agent::testing::command(rid, action, epoch, 1_000)
 }
 
 #[test]

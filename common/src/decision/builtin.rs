@@ -40,17 +40,21 @@ pub struct Params {
     pub data_loss_per_hour: f64,
 }
 
+impl Params {
+    pub const DEFAULT: Params = Params {
+        failover_cost: 0.50,
+        margin: 0.15,
+        dwell_hours: 3,
+        max_switches_per_day: 2,
+        cooldown_hours: 6,
+        spike_factor: 1.5,
+        data_loss_per_hour: 1.0,
+    };
+}
+
 impl Default for Params {
     fn default() -> Self {
-        Params {
-            failover_cost: 0.50,
-            margin: 0.15,
-            dwell_hours: 3,
-            max_switches_per_day: 2,
-            cooldown_hours: 6,
-            spike_factor: 1.5,
-            data_loss_per_hour: 1.0,
-        }
+        Params::DEFAULT
     }
 }
 

@@ -60,15 +60,7 @@ fn input(b_price: f64) -> DecisionInput {
     }
 }
 
-const P: Params = Params {
-    failover_cost: 0.50,
-    margin: 0.15,
-    dwell_hours: 3,
-    max_switches_per_day: 2,
-    cooldown_hours: 6,
-    spike_factor: 1.5,
-    data_loss_per_hour: 1.0,
-};
+const P: Params = Params::DEFAULT;
 
 #[test]
 fn a_group_with_data_volumes_never_moves_out_of_their_zone_and_counts_its_rpo() {

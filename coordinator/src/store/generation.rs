@@ -33,11 +33,54 @@ pub enum Touch {
     All,
 }
 
+/// What a statement's text says it may change, whatever its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Nothing,
+    All,
+    /// A role write of the instance named by this parameter (0-based);
+    /// `None`: not named by one (counts as `All`).
+    Instance(Option<usize>),
+}
+
+/// Distinct statement texts whose shape is remembered: the store's are a
+/// few hundred; a text past this many is classified afresh each time.
+const SHAPES_MAX: usize = 4096;
+
+static SHAPES: std::sync::LazyLock<Mutex<HashMap<String, Shape>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
 /// What `sql` (run with `args`) may change of a heartbeat's answer. The
 /// target of a write is the table after `UPDATE`, `INSERT ... INTO` or
 /// `DELETE FROM`; tables named only in a subquery are read, not written.
-/// A write whose target cannot be found counts as `All`, to be safe.
+/// A write whose target cannot be found counts as `All`, to be safe. The
+/// text is read once (a write transaction runs the same statements again
+/// and again: the monitor's heartbeat flush, one per agent).
 pub fn touched(sql: &str, args: &[&dyn ToValue]) -> Touch {
+    let known = SHAPES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(sql)
+        .copied();
+    let shape = known.unwrap_or_else(|| {
+        let s = shape(sql);
+        let mut m = SHAPES.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() < SHAPES_MAX {
+            m.insert(sql.to_owned(), s);
+        }
+        s
+    });
+    match shape {
+        Shape::Nothing => Touch::Nothing,
+        Shape::All | Shape::Instance(None) => Touch::All,
+        Shape::Instance(Some(n)) => match args.get(n).and_then(|a| a.to_value().ok()) {
+            Some(Value::Text(s)) => Touch::Instance(s.to_owned()),
+            _ => Touch::All,
+        },
+    }
+}
+
+fn shape(sql: &str) -> Shape {
     // Words outside quoted literals.
     let mut quoted = false;
     let code: String = sql
@@ -60,34 +103,30 @@ pub fn touched(sql: &str, args: &[&dyn ToValue]) -> Touch {
         "update" => it.find(|w| !matches!(*w, "or" | "ignore" | "replace")),
         "insert" => it.find(|w| *w == "into").and_then(|_| it.next()),
         "delete" => it.find(|w| *w == "from").and_then(|_| it.next()),
-        _ => return Touch::Nothing,
+        _ => return Shape::Nothing,
     };
     match (head, target) {
-        (_, Some("groups") | None) | ("delete", Some("instances" | "agents")) => Touch::All,
+        (_, Some("groups") | None) | ("delete", Some("instances" | "agents")) => Shape::All,
         // A new instance has no agent answered for it yet; an agent row
         // changes nothing an answer reads but its existence.
-        ("insert", Some("instances")) | (_, Some("agents")) => Touch::Nothing,
+        ("insert", Some("instances")) | (_, Some("agents")) => Shape::Nothing,
         ("update", Some("instances")) => {
-            let role = words.iter().any(|w| w == "role" || w == "role_epoch");
-            if !role {
-                return Touch::Nothing;
+            if !words.iter().any(|w| w == "role" || w == "role_epoch") {
+                return Shape::Nothing;
             }
-            instance_named(&words, args).map_or(Touch::All, Touch::Instance)
+            Shape::Instance(instance_param(&words))
         }
-        _ => Touch::Nothing,
+        _ => Shape::Nothing,
     }
 }
 
-/// The instance an UPDATE's `WHERE instance_id = ?N` names, from `args`.
-fn instance_named(words: &[String], args: &[&dyn ToValue]) -> Option<String> {
+/// The parameter an UPDATE's `WHERE instance_id = ?N` names (0-based).
+fn instance_param(words: &[String]) -> Option<usize> {
     let at = words.iter().position(|w| w == "where")?;
     let rest = &words[at..];
     let i = rest.iter().position(|w| w == "instance_id")?;
     let n: usize = rest.get(i + 1)?.strip_prefix('?')?.parse().ok()?;
-    match args.get(n.checked_sub(1)?)?.to_value().ok()? {
-        Value::Text(s) => Some(s.to_owned()),
-        _ => None,
-    }
+    n.checked_sub(1)
 }
 
 /// A transaction's record of what it touched.

@@ -220,10 +220,10 @@ impl Store {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         // A transaction like every write: on PostgreSQL it is fenced by the
         // leader's term, and a pruned instance invalidates cached roles.
-        let tx = self.begin(super::Ctx::system(before_ms))?;
-        let n = tx.tx.execute(&sql, params![before_ms, batch])?;
-        tx.commit()?;
-        Ok(n)
+        self.transact(super::Ctx::system(before_ms), |tx| {
+            tx.tx.execute(&sql, params![before_ms, batch])
+        })
+        .map(|d| d.value)
     }
 
     /// Rows per table that retention (or the pricing pipeline) prunes.

@@ -10,20 +10,11 @@
 
 use super::engine::{Conn, ConnExt, OptionalExtension, params};
 use super::{Read, Result, Txn};
-use serde::Serialize;
 use spot_common::{Command, CommandKind, DataVolume, GroupConfig, SnapshotTaken, VolumeAt, ids};
 
-/// One device's volume, as the store knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VolumeState {
-    pub device: String,
-    pub volume_id: String,
-    /// Unknown until an agent attached it.
-    pub availability_zone: Option<String>,
-    pub holder: Option<String>,
-    pub last_snapshot_id: Option<String>,
-    pub last_snapshot_at_ms: Option<i64>,
-}
+/// One device's volume, as the store knows it (the operator's view of it:
+/// the zone is unknown until an agent attached it).
+pub type VolumeState = spot_common::wire::VolumeStatus;
 
 /// The group's data volumes now, in the order configured.
 pub fn current(conn: &dyn Conn, group: &str, config: &GroupConfig) -> Result<Vec<VolumeState>> {
@@ -79,17 +70,7 @@ pub fn view(
         rpo_s: oldest
             .filter(|_| !vols.is_empty())
             .map(|t| u64::try_from((now_ms - t).max(0) / 1000).unwrap_or(0)),
-        volumes: vols
-            .into_iter()
-            .map(|v| spot_common::wire::VolumeStatus {
-                device: v.device,
-                volume_id: v.volume_id,
-                availability_zone: v.availability_zone,
-                holder: v.holder,
-                last_snapshot_id: v.last_snapshot_id,
-                last_snapshot_at_ms: v.last_snapshot_at_ms,
-            })
-            .collect(),
+        volumes: vols,
     })
 }
 

@@ -8,7 +8,7 @@
 //! (`VolumeInUse`); termination frees it. Every attachment is recorded
 //! with its times on the machine's monotonic clock, for the checker.
 
-use super::{Inner, err, esc, list, missing, ok, tags};
+use super::{Inner, err, esc, list, missing, ok, running_zone, tag_items, tags};
 use crate::ledger::monotonic_ns;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -208,17 +208,9 @@ fn attach(g: &mut Inner, p: &HashMap<String, String>) -> Response {
     else {
         return missing("VolumeId, InstanceId and Device are required");
     };
-    let Some(zone) = g
-        .instances
-        .iter()
-        .find(|i| &i.instance_id == inst && i.state == "running")
-        .map(|i| i.availability_zone.clone())
-    else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "IncorrectInstanceState",
-            &format!("Instance '{inst}' is not 'running'."),
-        );
+    let zone = match running_zone(g, inst) {
+        Ok(z) => z,
+        Err(answer) => return *answer,
     };
     let Some(v) = g.volumes.get_mut(vol) else {
         return no_volume(vol);
@@ -399,17 +391,7 @@ fn describe_snapshots(g: &Inner, p: &HashMap<String, String>) -> Response {
         } else {
             "pending"
         };
-        let tag_xml: String = s
-            .tags
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "<item><key>{}</key><value>{}</value></item>",
-                    esc(k),
-                    esc(v)
-                )
-            })
-            .collect();
+        let tag_xml = tag_items(&s.tags);
         items.push_str(&format!(
             "<item><snapshotId>{}</snapshotId><volumeId>{}</volumeId><status>{state}</status><startTime>{}</startTime><volumeSize>8</volumeSize><tagSet>{tag_xml}</tagSet></item>",
             esc(id),

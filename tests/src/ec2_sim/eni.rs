@@ -3,7 +3,7 @@
 //! and attaches only to an instance there, only when free; a detach takes
 //! `detach_delay` (`detaching` meanwhile); termination frees it.
 
-use super::{Inner, err, esc, list, missing, ok};
+use super::{Inner, err, esc, list, missing, ok, running_zone};
 use axum::http::StatusCode;
 use axum::response::Response;
 use std::collections::HashMap;
@@ -94,17 +94,9 @@ fn attach(g: &mut Inner, p: &HashMap<String, String>) -> Response {
     let (Some(eni), Some(inst)) = (p.get("NetworkInterfaceId"), p.get("InstanceId")) else {
         return missing("NetworkInterfaceId and InstanceId are required");
     };
-    let Some(zone) = g
-        .instances
-        .iter()
-        .find(|i| &i.instance_id == inst && i.state == "running")
-        .map(|i| i.availability_zone.clone())
-    else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "IncorrectInstanceState",
-            &format!("Instance '{inst}' is not running"),
-        );
+    let zone = match running_zone(g, inst) {
+        Ok(z) => z,
+        Err(answer) => return *answer,
     };
     g.next += 1;
     let n = g.next;

@@ -2,7 +2,7 @@
 //! `ClientToken` idempotency), DescribeInstances, TerminateInstances and
 //! DescribeSpotPriceHistory (filtered and paginated).
 
-use super::{Inner, SimInstance, SimPrice, err, esc, list, ok, tags};
+use super::{Inner, SimInstance, SimPrice, err, esc, list, ok, tag_items, tags};
 use axum::http::StatusCode;
 use axum::response::Response;
 use std::collections::HashMap;
@@ -19,17 +19,7 @@ pub(super) fn state_code(state: &str) -> u8 {
 }
 
 pub(super) fn instance_xml(i: &SimInstance) -> String {
-    let tags: String = i
-        .tags
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "<item><key>{}</key><value>{}</value></item>",
-                esc(k),
-                esc(v)
-            )
-        })
-        .collect();
+    let tags = tag_items(&i.tags);
     format!(
         "<item><instanceId>{}</instanceId><instanceType>{}</instanceType><placement><availabilityZone>{}</availabilityZone></placement><instanceState><code>{}</code><name>{}</name></instanceState>{}<instanceLifecycle>spot</instanceLifecycle><tagSet>{tags}</tagSet></item>",
         i.instance_id,

@@ -148,6 +148,34 @@ fn list(p: &HashMap<String, String>, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// A `tagSet`'s items.
+fn tag_items(tags: &[(String, String)]) -> String {
+    tags.iter()
+        .map(|(k, v)| {
+            format!(
+                "<item><key>{}</key><value>{}</value></item>",
+                esc(k),
+                esc(v)
+            )
+        })
+        .collect()
+}
+
+/// The zone of `instance` while it runs; else EC2's answer to an attach.
+fn running_zone(g: &Inner, instance: &str) -> Result<String, Box<Response>> {
+    g.instances
+        .iter()
+        .find(|i| i.instance_id == instance && i.state == "running")
+        .map(|i| i.availability_zone.clone())
+        .ok_or_else(|| {
+            Box::new(err(
+                StatusCode::BAD_REQUEST,
+                "IncorrectInstanceState",
+                &format!("Instance '{instance}' is not 'running'."),
+            ))
+        })
+}
+
 /// `{prefix}.N.Key` / `{prefix}.N.Value` pairs, N from 1.
 fn tags(p: &HashMap<String, String>, prefix: &str) -> Vec<(String, String)> {
     (1..)

@@ -425,6 +425,16 @@ impl Api {
         self.call(Method::GET, path, Some(token), None).await
     }
 
+    /// The entries of an audit query (`/v1/audit?...`); empty when the
+    /// answer is not a list (the caller's assertion then says what was
+    /// missing).
+    pub async fn audit(&self, path: &str, token: &str) -> Vec<Value> {
+        match self.get(path, token).await {
+            Ok((_, Value::Array(entries))) => entries,
+            _ => Vec::new(),
+        }
+    }
+
     pub async fn delete(&self, path: &str, token: &str) -> Result<(StatusCode, Value)> {
         self.call(Method::DELETE, path, Some(token), None).await
     }

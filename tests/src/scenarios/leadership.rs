@@ -79,7 +79,7 @@ pub async fn check_terms(f: &Fleet) -> Result<i64> {
 
 /// Until a write lands: creates a group named `probe` through any
 /// coordinator; the time it took.
-async fn first_write(f: &Fleet, probe: &str) -> Result<Duration> {
+pub async fn first_write(f: &Fleet, probe: &str) -> Result<Duration> {
     let t = Instant::now();
     eventually("a write to be accepted", WAIT, || async {
         let (st, _) = f

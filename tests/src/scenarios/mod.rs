@@ -272,6 +272,21 @@ pub async fn switch_done(f: &Fleet) -> Result<(Value, String)> {
     Ok((done.clone(), new.to_owned()))
 }
 
+/// Switch group `db` to `pool` (an operator's request) and wait for it to
+/// be done; the switch and its new PRIMARY.
+pub async fn switch_to(f: &Fleet, pool: Value) -> Result<(Value, String)> {
+    let (st, sw) = f
+        .api
+        .post(
+            "/v1/groups/db/switch",
+            &f.coord.admin_token,
+            &json!({"pool": pool}),
+        )
+        .await?;
+    ensure!(st.is_success(), "switch: {st} {sw}");
+    switch_done(f).await
+}
+
 /// Wait for a REPLICA in group `db`; its instance id.
 pub async fn wait_replica(f: &Fleet, what: &str) -> Result<String> {
     eventually(what, WAIT, || async {

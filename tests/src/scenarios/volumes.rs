@@ -172,16 +172,11 @@ pub async fn data_volume() -> Result<Timings> {
     // 2. A switch to another pool of the volume's zone moves the volume.
     let (f, first) = volume_group(FleetOptions::default(), None).await?;
     let checker = InvariantChecker::start(&f);
-    let (st, sw) = f
-        .api
-        .post(
-            "/v1/groups/db/switch",
-            &f.coord.admin_token,
-            &json!({"pool": {"instance_type": "c5.large", "availability_zone": "us-east-1a"}}),
-        )
-        .await?;
-    ensure!(st.is_success(), "switch: {st} {sw}");
-    let (done, new) = super::switch_done(&f).await?;
+    let (done, new) = super::switch_to(
+        &f,
+        json!({"instance_type": "c5.large", "availability_zone": "us-east-1a"}),
+    )
+    .await?;
     wait_serving(&f, "db", &new).await?;
     ensure!(new != first && holder_is(&f, "vol-db", &new));
     out.push((
