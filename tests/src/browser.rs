@@ -93,6 +93,19 @@ impl Browser {
         Ok(self.client.execute(script, args).await?)
     }
 
+    /// Open `url`, then wait until `script` returns something truthy there
+    /// (`until`); that value.
+    pub async fn open_until(
+        &self,
+        url: &str,
+        what: &str,
+        timeout: Duration,
+        script: &str,
+    ) -> Result<Value> {
+        self.client.goto(url).await?;
+        self.until(what, timeout, script).await
+    }
+
     /// Wait until `script` returns something truthy; that value.
     pub async fn until(&self, what: &str, timeout: Duration, script: &str) -> Result<Value> {
         let start = Instant::now();

@@ -309,12 +309,10 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(savings.as_str().unwrap().ends_with(" %"), "{savings}");
 
     // The group page: the chart marks interpolated hours, as the API says.
-    b.client
-        .goto(&format!("{base}/ui#/group/db"))
-        .await
-        .unwrap();
     let shown = b
-        .until("the price chart", Duration::from_secs(10),
+        .open_until(
+            &format!("{base}/ui#/group/db"),
+            "the price chart", Duration::from_secs(10),
             "const c = document.querySelector('#chart'); return c && c.dataset.interpolated ? Number(c.dataset.interpolated) : null")
         .await
         .unwrap();
@@ -384,12 +382,9 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(row.as_str().unwrap().contains("i-db-replica"), "{row}");
 
     // The group's history shows the failover: emergency, to the REPLICA.
-    b.client
-        .goto(&format!("{base}/ui#/group/db"))
-        .await
-        .unwrap();
     let history = b
-        .until(
+        .open_until(
+            &format!("{base}/ui#/group/db"),
             "the failover in the group's history",
             Duration::from_secs(10),
             "const t = document.querySelector('#failovers'); return t && t.textContent.includes('emergency') ? t.textContent : null",
@@ -415,9 +410,9 @@ async fn the_dashboard_in_a_real_browser() {
             axum::routing::get(move || async move { axum::response::Html(form) }),
         ),
     );
-    b.client.goto(&format!("http://{evil}/")).await.unwrap();
     let answer = b
-        .until(
+        .open_until(
+            &format!("http://{evil}/"),
             "the coordinator's answer to the forged POST",
             Duration::from_secs(10),
             "return location.href.includes('/promote') ? document.body.innerText : null",
@@ -495,12 +490,10 @@ async fn the_dashboard_in_a_real_browser() {
     );
     b.client.goto(&format!("{base}/ui#/")).await.unwrap();
     b.login(&base, &viewer).await.unwrap();
-    b.client
-        .goto(&format!("{base}/ui#/group/db"))
-        .await
-        .unwrap();
     let disabled = b
-        .until("the group page as a viewer", Duration::from_secs(10),
+        .open_until(
+            &format!("{base}/ui#/group/db"),
+            "the group page as a viewer", Duration::from_secs(10),
             "const ids = ['#do-promote', '#do-switch', '#do-replica', '#do-pause']; const els = ids.map(i => document.querySelector(i)); return els.every(Boolean) ? els.map(e => e.disabled) : null")
         .await
         .unwrap();
