@@ -308,8 +308,17 @@ pub async fn offer(agent: &Agent, cmd: Command, lanes: &Lanes) -> Result<(), Jou
                 tracing::warn!("executor stopped; the command resumes at next start");
             }
         }
-        Accept::Duplicate { state } => {
-            tracing::debug!(request_id = %cmd.request_id, %state, "command already journaled");
+        Accept::Duplicate {
+            state,
+            reported_again,
+        } => {
+            if reported_again {
+                tracing::info!(request_id = %cmd.request_id, %state,
+                    "finished command delivered again: its result is reported again (the coordinator has none)");
+                agent.outbox_wake.notify_one();
+            } else {
+                tracing::debug!(request_id = %cmd.request_id, %state, "command already journaled");
+            }
         }
         Accept::Stale { highest } => {
             tracing::warn!(request_id = %cmd.request_id, epoch = cmd.epoch, highest, "stale epoch: command refused");

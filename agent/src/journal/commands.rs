@@ -29,8 +29,12 @@ pub enum Start {
 pub enum Accept {
     /// New: run it.
     Run,
-    /// Already journaled (redelivery): nothing to do.
-    Duplicate { state: String },
+    /// Already journaled (redelivery): nothing to run. A finished one's
+    /// result is queued again (`reported_again`) unless it is still in the
+    /// outbox: the coordinator asks again only when it has no result (an
+    /// answer lost after the outbox was acknowledged, or a store restored
+    /// from a copy taken before the result).
+    Duplicate { state: String, reported_again: bool },
     /// Epoch below the highest seen: refused, result queued.
     Stale { highest: u64 },
     /// Past its deadline: refused, result queued.
@@ -70,7 +74,19 @@ impl Journal {
             )
             .optional()?;
         if let Some(state) = seen {
-            return Ok(Accept::Duplicate { state });
+            let reported_again = tx.execute(
+                "INSERT INTO outbox (body, created_at_ms)
+                 SELECT result, ?2 FROM commands
+                 WHERE request_id = ?1 AND result IS NOT NULL
+                   AND state IN ('done', 'failed', 'stale', 'expired')
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.body = commands.result)",
+                params![cmd.request_id, now_ms],
+            )? == 1;
+            tx.commit()?;
+            return Ok(Accept::Duplicate {
+                state,
+                reported_again,
+            });
         }
         let highest = highest_tx(&tx, &cmd.group)?;
         let (state, outcome, verdict) = if cmd.action.is_role_change() && cmd.epoch < highest {
@@ -91,10 +107,32 @@ impl Journal {
                 params![cmd.group, to_i64(cmd.epoch)],
             )?;
         }
+        // A refusal's result, kept with the command (a redelivery reports
+        // it again) and queued.
+        let result = outcome
+            .map(|outcome| {
+                let detail = match &verdict {
+                    Accept::Stale { highest } => {
+                        format!("epoch {} is below the highest seen, {highest}", cmd.epoch)
+                    }
+                    _ => format!(
+                        "deadline {} passed before the command started",
+                        cmd.deadline_ms
+                    ),
+                };
+                serde_json::to_string(&EventBody::CommandResult {
+                    request_id: cmd.request_id.clone(),
+                    outcome,
+                    detail: Some(detail),
+                    instance_id: None,
+                    error_code: None,
+                })
+            })
+            .transpose()?;
         tx.execute(
-            "INSERT INTO commands (request_id, group_name, kind, body, epoch, state,
+            "INSERT INTO commands (request_id, group_name, kind, body, epoch, state, result,
                  received_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
             params![
                 cmd.request_id,
                 cmd.group,
@@ -102,29 +140,14 @@ impl Journal {
                 serde_json::to_string(cmd)?,
                 to_i64(cmd.epoch),
                 state,
+                result,
                 now_ms
             ],
         )?;
-        if let Some(outcome) = outcome {
-            let detail = match &verdict {
-                Accept::Stale { highest } => {
-                    format!("epoch {} is below the highest seen, {highest}", cmd.epoch)
-                }
-                _ => format!(
-                    "deadline {} passed before the command started",
-                    cmd.deadline_ms
-                ),
-            };
-            let body = EventBody::CommandResult {
-                request_id: cmd.request_id.clone(),
-                outcome,
-                detail: Some(detail),
-                instance_id: None,
-                error_code: None,
-            };
+        if let Some(body) = &result {
             tx.execute(
                 "INSERT INTO outbox (body, created_at_ms) VALUES (?1, ?2)",
-                params![serde_json::to_string(&body)?, now_ms],
+                params![body, now_ms],
             )?;
         }
         tx.commit()?;

@@ -21,10 +21,74 @@ fn a_command_is_accepted_once() {
     assert_eq!(
         j.accept(&c, 11).unwrap(),
         Accept::Duplicate {
-            state: "received".into()
+            state: "received".into(),
+            reported_again: false,
         }
     );
     assert_eq!(j.unfinished().unwrap(), vec![c]);
+}
+
+#[test]
+fn a_finished_command_delivered_again_is_reported_again_once_its_result_was_acknowledged() {
+    // The coordinator redelivers only what it has no result for: its
+    // answer was lost, or its store was restored from a copy taken
+    // before the result. Without a second report the command stays
+    // `delivered` there for ever (a fence's result lost would hold its
+    // transition).
+    let (_d, mut j) = journal();
+    let c = cmd("r1", CommandKind::Demote, 3);
+    j.accept(&c, 10).unwrap();
+    let result = EventBody::CommandResult {
+        request_id: "r1".into(),
+        outcome: CommandOutcome::Done,
+        detail: Some("demoted".into()),
+        instance_id: None,
+        error_code: None,
+    };
+    j.finish("r1", &result, None, None, 12).unwrap();
+    let again = Accept::Duplicate {
+        state: "done".into(),
+        reported_again: false,
+    };
+    assert_eq!(
+        j.accept(&c, 13).unwrap(),
+        again,
+        "still in the outbox: not twice"
+    );
+    let seqs: Vec<i64> = j.pending(10).unwrap().iter().map(|p| p.seq).collect();
+    j.ack(&seqs).unwrap();
+    assert_eq!(
+        j.accept(&c, 14).unwrap(),
+        Accept::Duplicate {
+            state: "done".into(),
+            reported_again: true,
+        }
+    );
+    let pending = j.pending(10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].body, result, "the same result, as it was");
+    // A refusal is reported again the same way.
+    let late = Command {
+        deadline_ms: 1,
+        ..cmd(
+            "r2",
+            CommandKind::Snapshot {
+                volumes: Vec::new(),
+                keep: 1,
+            },
+            3,
+        )
+    };
+    assert_eq!(j.accept(&late, 20).unwrap(), Accept::Expired);
+    let seqs: Vec<i64> = j.pending(10).unwrap().iter().map(|p| p.seq).collect();
+    j.ack(&seqs).unwrap();
+    assert!(matches!(
+        j.accept(&late, 21).unwrap(),
+        Accept::Duplicate {
+            reported_again: true,
+            ..
+        }
+    ));
 }
 
 #[test]

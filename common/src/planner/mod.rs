@@ -438,18 +438,33 @@ fn correlation(a: &InstanceSnap, zone: &str, itype: &str) -> u8 {
 }
 
 /// Pools to launch into, best first: fastest observed boot, then the
-/// configured order; never `avoid` (the interrupted pool), never a pool
-/// whose launch failed recently.
+/// configured order; not `avoid` (the interrupted pool) nor a pool whose
+/// launch failed recently for want of capacity, unless nothing else is
+/// left: a launch there may still work, and no launch at all leaves the
+/// group without a PRIMARY (a group pinned to one zone by its ENI may
+/// have only two pools). The zone constraints (ENI, data volumes) hold
+/// always.
 pub fn launch_pools(snap: &GroupSnap, avoid: Option<&PoolKey>) -> Vec<Pool> {
+    let allowed = |p: &&Pool| {
+        snap.in_pinned_zone(&p.availability_zone) && snap.volume_rank(&p.availability_zone) < 2
+    };
+    let preferred = |p: &&Pool| {
+        avoid.is_none_or(|a| !a.matches(p)) && !snap.failed_pools.iter().any(|k| k.matches(p))
+    };
     let mut pools: Vec<(usize, &Pool)> = snap
         .pools
         .iter()
         .enumerate()
-        .filter(|(_, p)| avoid.is_none_or(|a| !a.matches(p)))
-        .filter(|(_, p)| !snap.failed_pools.iter().any(|k| k.matches(p)))
-        .filter(|(_, p)| snap.in_pinned_zone(&p.availability_zone))
-        .filter(|(_, p)| snap.volume_rank(&p.availability_zone) < 2)
+        .filter(|(_, p)| allowed(p) && preferred(p))
         .collect();
+    if pools.is_empty() {
+        pools = snap
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| allowed(p))
+            .collect();
+    }
     let boot = |p: &Pool| snap.boot_secs.get(&p.key()).copied();
     let zone = |p: &Pool| snap.volume_rank(&p.availability_zone);
     // The data volumes' zone first (no restore, no data lost), then the

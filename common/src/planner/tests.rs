@@ -796,6 +796,36 @@ fn overdue_launches_fail_and_failed_pools_are_avoided() {
 }
 
 #[test]
+fn with_every_pool_avoided_a_launch_still_goes_to_the_best_allowed_one() {
+    // A group pinned to one zone (its ENI) with two pools: the PRIMARY's
+    // pool is interrupted and the other's last launch failed. Launching
+    // nowhere leaves it without a PRIMARY for the whole cooldown.
+    let mut s = snap(vec![inst("p", Role::Primary, "a")]);
+    s.pools = vec![
+        Pool::new("m5.large", "a"),
+        Pool::new("c5.large", "a"),
+        Pool::new("m5.large", "b"),
+    ];
+    s.pinned_zone = Some("a".into());
+    s.failed_pools = vec![PoolKey::new("c5.large", "a")];
+    assert_eq!(
+        launch_pools(&s, Some(&PoolKey::new("m5.large", "a"))),
+        vec![Pool::new("m5.large", "a"), Pool::new("c5.large", "a")],
+        "both allowed pools (never the other zone), rather than none"
+    );
+    interrupt(&mut s, "p");
+    s.instances[0].online = false;
+    s.coordinator_executor = true;
+    assert!(
+        plan(&s, 2, &CFG)
+            .iter()
+            .any(|x| matches!(x, Step::Launch { .. })),
+        "{:?}",
+        plan(&s, 2, &CFG)
+    );
+}
+
+#[test]
 fn a_healthy_group_needs_nothing() {
     assert!(plan(&pr(), 2, &CFG).is_empty());
 }

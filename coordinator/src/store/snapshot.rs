@@ -401,18 +401,33 @@ pub(super) fn boot_secs(conn: &dyn Conn, group: &str) -> Result<HashMap<PoolKey,
     Ok(rows)
 }
 
-/// Pools whose launch failed (no capacity...) since `since_ms`.
+/// Pools whose launch failed for want of capacity (EC2's capacity and
+/// limit errors: `spot_runtime::ec2::classify`) since `since_ms`. A launch
+/// that failed for another reason (its agent's EC2 link cut, throttling
+/// past the retries, a deadline) says nothing about the pool.
 fn failed_pools(conn: &dyn Conn, group: &str, since_ms: i64) -> Result<Vec<PoolKey>> {
     let stmt = conn.prepare_cached(
-        "SELECT DISTINCT json_extract(body, '$.action.pool.instance_type'),
-                json_extract(body, '$.action.pool.availability_zone')
+        "SELECT json_extract(body, '$.action.pool.instance_type'),
+                json_extract(body, '$.action.pool.availability_zone'),
+                json_extract(result, '$.error_code')
          FROM commands WHERE group_name = ?1 AND kind = 'launch' AND state = 'failed'
            AND finished_at_ms > ?2",
     )?;
-    let rows = stmt
+    let rows: Vec<(String, String, Option<String>)> = stmt
         .query_map(params![group, since_ms], |r| {
-            Ok(PoolKey::new(&r.get::<String>(0)?, &r.get::<String>(1)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?
         .collect::<Result<_>>()?;
-    Ok(rows)
+    let mut pools: Vec<PoolKey> = rows
+        .into_iter()
+        .filter(|(_, _, code)| {
+            code.as_deref().is_some_and(|c| {
+                spot_runtime::ec2::classify(c, None) == spot_runtime::ec2::ErrorClass::Capacity
+            })
+        })
+        .map(|(t, z, _)| PoolKey::new(&t, &z))
+        .collect();
+    pools.sort_by_key(ToString::to_string);
+    pools.dedup();
+    Ok(pools)
 }

@@ -1766,6 +1766,46 @@ fn a_launch_taken_by_an_agent_that_goes_offline_no_longer_counts_as_in_flight() 
 }
 
 #[test]
+fn only_a_launch_refused_for_capacity_marks_its_pool_failed() {
+    let (_d, mut s) = store();
+    live_group(&mut s);
+    let full = spot_common::Pool::new("m5.large", "us-east-1b");
+    let cut = spot_common::Pool::new("c5.large", "us-east-1a");
+    for (rid, pool) in [("l-full", &full), ("l-cut", &cut)] {
+        tx(&mut s, 10, |t| {
+            t.queue_launch(rid, "g", Via::Agent("a-p"), pool, true)
+        })
+        .unwrap();
+    }
+    take(&mut s, "a-p", 11, 30_000);
+    // EC2 had no capacity in one pool; the agent's link to EC2 was cut
+    // for the other (which says nothing about that pool).
+    let results = [
+        (901, "l-full", "InsufficientInstanceCapacity"),
+        (902, "l-cut", "Transport"),
+    ];
+    for (seq, rid, code) in results {
+        let ev = Event {
+            event_id: format!("a-p:{seq}"),
+            seq,
+            at_ms: 12,
+            body: EventBody::CommandResult {
+                request_id: rid.into(),
+                outcome: CommandOutcome::Failed,
+                detail: None,
+                instance_id: None,
+                error_code: Some(code.into()),
+            },
+        };
+        tx(&mut s, 12, |t| t.apply_events("a-p", &[ev])).unwrap();
+    }
+    assert_eq!(
+        snapshot(&s, &["a-p", "a-r1"], 13).failed_pools,
+        vec![spot_common::PoolKey::new("m5.large", "us-east-1b")]
+    );
+}
+
+#[test]
 fn fleet_health_counts_what_the_alerts_watch() {
     let (_d, mut s) = store();
     live_group(&mut s);
