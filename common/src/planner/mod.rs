@@ -521,6 +521,15 @@ pub fn candidates<'a>(
         .iter()
         .filter(|i| i.role == Role::Replica && i.online && i.healthy && !i.ec2_gone)
         .filter(|i| !i.promote_failed_recently)
+        // Its agent says, since the store gave it its role, that it is no
+        // REPLICA any more (a store restored from a copy older than a
+        // failed promotion): it would refuse the promote, and as a ZOMBIE
+        // it reports nothing of EC2 a restored store may be waiting for.
+        .filter(|i| {
+            !i.reported.as_ref().is_some_and(|r| {
+                r.fresh && matches!(r.role, Some(Role::Zombie | Role::Failed | Role::Terminated))
+            })
+        })
         .filter(|i| snap.in_pinned_zone(&i.availability_zone))
         .filter(|i| snap.volume_rank(&i.availability_zone) < 2)
         // A replica with its own interruption notice is no refuge.

@@ -826,6 +826,32 @@ fn with_every_pool_avoided_a_launch_still_goes_to_the_best_allowed_one() {
 }
 
 #[test]
+fn a_replica_whose_agent_reports_zombie_is_no_candidate() {
+    // A store restored from a copy taken before the REPLICA's promotion
+    // failed: its agent is a ZOMBIE since. Waiting on it stalls the group.
+    let mut s = pr();
+    s.instances[0].online = false;
+    s.instances[0].silent_ms = Some(60_000);
+    s.coordinator_executor = true;
+    s.instances[1].reported = Some(Reported {
+        role: Some(Role::Zombie),
+        role_epoch: 5,
+        fresh: true,
+    });
+    assert!(candidates(&s, None).is_empty());
+    assert!(
+        !plan(&s, 2, &CFG)
+            .iter()
+            .any(|x| matches!(x, Step::Replace { .. })),
+        "{:?}",
+        plan(&s, 2, &CFG)
+    );
+    // An older report says nothing about the role the store gave it.
+    s.instances[1].reported.as_mut().unwrap().fresh = false;
+    assert_eq!(candidates(&s, None).len(), 1);
+}
+
+#[test]
 fn a_healthy_group_needs_nothing() {
     assert!(plan(&pr(), 2, &CFG).is_empty());
 }
