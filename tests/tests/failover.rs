@@ -112,6 +112,10 @@ scenario!(
     an_interruption_after_a_restart_is_granted_without_waiting_for_the_reclaim,
     "interruption-after-restart"
 );
+scenario!(
+    with_no_agent_able_to_see_ec2_the_coordinator_takes_the_view_a_restart_waits_for,
+    "interruption-after-restart-blind"
+);
 scenario!(a_restored_store_converges_to_the_agents, "restored-store");
 scenario!(
     a_restored_store_fences_the_cut_off_real_primary_before_granting,

@@ -100,6 +100,12 @@ impl Ec2ViewWanted {
         }
     }
 
+    /// Every group whose view is wanted now.
+    pub fn groups(&self) -> Vec<String> {
+        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
+        g.iter().cloned().collect()
+    }
+
     pub fn wanted(&self, group: &str) -> bool {
         let g = self.0.read().unwrap_or_else(|p| p.into_inner());
         !g.is_empty() && g.contains(group)

@@ -108,19 +108,7 @@ impl Txn<'_> {
                         self.snapshots_taken(&agent.group, snapshots)?;
                     }
                 }
-                EventBody::Ec2States { instances } => {
-                    self.tx.execute(
-                        "UPDATE groups SET ec2_seen_at_ms = ?1 WHERE name = ?2",
-                        params![self.now_ms(), agent.group],
-                    )?;
-                    for i in instances {
-                        if !self.set_ec2_state(&agent.group, &i.instance_id, &i.state)?
-                            && !self.adopt_launched(&agent.group, i)?
-                        {
-                            self.adopt_stranger(&agent.group, i)?;
-                        }
-                    }
-                }
+                EventBody::Ec2States { instances } => self.ec2_view(&agent.group, instances)?,
             }
         }
         Ok(resp)

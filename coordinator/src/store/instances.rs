@@ -193,6 +193,26 @@ impl Txn<'_> {
         self.queue(via, &cmd, Some(instance_id))
     }
 
+    /// EC2's view of `group` (its instances by the `spot:group` tag), from
+    /// one of its agents or the coordinator's own EC2 executor: each known
+    /// instance's state is recorded, an unknown one made by a launch of the
+    /// group adopted, any other from a launch a stranger; and the group's
+    /// view is current as of now (`unheard::ec2_seen_since`).
+    pub fn ec2_view(&mut self, group: &str, instances: &[spot_common::Ec2State]) -> Result<()> {
+        self.tx.execute(
+            "UPDATE groups SET ec2_seen_at_ms = ?1 WHERE name = ?2",
+            params![self.now_ms(), group],
+        )?;
+        for i in instances {
+            if !self.set_ec2_state(group, &i.instance_id, &i.state)?
+                && !self.adopt_launched(group, i)?
+            {
+                self.adopt_stranger(group, i)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Record what an agent of the group saw EC2 say of a known instance,
     /// and when; `false`: the store does not know it.
     pub fn set_ec2_state(&mut self, group: &str, instance_id: &str, state: &str) -> Result<bool> {

@@ -10,15 +10,57 @@
 //! fence is idempotent by nature; a command taken but unfinished (a crash)
 //! is taken again after `redeliver_after`. Each runs as its own task, so a
 //! minute-long fence never delays a launch.
+//!
+//! It also takes EC2's view of a group whose transition waits for one (a
+//! start or a restored store: nothing is granted before it). Its agents
+//! are asked too, but a group may have none that can answer (every agent
+//! cut from EC2, the only live one a ZOMBIE), and without this the grant
+//! would wait for ever.
 
 use super::Schedule;
 use crate::state::AppState;
 use crate::store::Ctx;
 use spot_common::{Command, CommandKind, CommandOutcome, EventBody};
 use spot_runtime::ec2::{self, Ec2Api, ErrorClass, LaunchSpec};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often a group's EC2 view is taken while its transition waits for
+/// one.
+const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+fn lock(running: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    running.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Take EC2's view of `group` and record it as an agent's would be.
+async fn look(state: &AppState, ec2: &dyn Ec2Api, group: &str) {
+    let list = match ec2.group_instances(group).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%group, error = %e, "DescribeInstances for a group whose transition waits for EC2's view; again shortly");
+            return;
+        }
+    };
+    let g = group.to_owned();
+    match state
+        .db
+        .transact(Ctx::system(crate::state::now_ms()), move |tx| {
+            tx.ec2_view(&g, &list)
+        })
+        .await
+    {
+        Ok(done) => {
+            tracing::info!(%group, "the coordinator took EC2's view of the group (its transition waited for one)");
+            state.woke(done);
+            state.reconcile.notify_one();
+        }
+        Err(e) => {
+            tracing::warn!(%group, error = %spot_common::error_chain(&e), "recording EC2's view of a group")
+        }
+    }
+}
 
 pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
@@ -31,6 +73,7 @@ pub async fn run_with(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Res
     let mut schedule = Schedule::every(Duration::from_secs(1), &state).or_on(&state.executor_wake);
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut looked: HashMap<String, Instant> = HashMap::new();
     let redeliver = crate::state::millis(state.config.redeliver_after);
     let redeliver = i64::try_from(redeliver).unwrap_or(i64::MAX);
     loop {
@@ -44,6 +87,26 @@ pub async fn run_with(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Res
                     tracing::error!(error = %e, "an executor command task failed");
                 }
                 continue;
+            }
+        }
+        if state.view.acting() {
+            let wanted = state.ec2_view_wanted.groups();
+            looked.retain(|g, _| wanted.contains(g));
+            for group in wanted {
+                let key = format!("ec2-view:{group}");
+                let due = looked
+                    .get(&group)
+                    .is_none_or(|at: &Instant| at.elapsed() >= LOOK_EVERY);
+                if !due || !lock(&running).insert(key.clone()) {
+                    continue;
+                }
+                looked.insert(group.clone(), Instant::now());
+                let (state, ec2, running) =
+                    (Arc::clone(&state), Arc::clone(&ec2), Arc::clone(&running));
+                tasks.spawn(async move {
+                    look(&state, ec2.as_ref(), &group).await;
+                    lock(&running).remove(&key);
+                });
             }
         }
         let cmds = match state
@@ -60,11 +123,7 @@ pub async fn run_with(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Res
             }
         };
         for cmd in cmds {
-            if !running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(cmd.request_id.clone())
-            {
+            if !lock(&running).insert(cmd.request_id.clone()) {
                 continue;
             }
             let (state, ec2, running) =
@@ -76,18 +135,12 @@ pub async fn run_with(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Res
                 // again (launches carry their ClientToken, so a retry never
                 // doubles one).
                 if !state.view.acting() {
-                    running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&rid);
+                    lock(&running).remove(&rid);
                     return;
                 }
                 let result = execute(&state, ec2.as_ref(), &cmd).await;
                 record(&state, result).await;
-                running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&rid);
+                lock(&running).remove(&rid);
             });
         }
     }

@@ -223,12 +223,34 @@ pub async fn coordinator_restart() -> Result<Timings> {
 /// minutes unserved, found by the nemesis as a group stuck after a
 /// restore). The new PRIMARY serves within seconds of the notice.
 pub async fn interruption_after_restart() -> Result<Timings> {
+    after_restart(false).await
+}
+
+/// The same, with every agent of the group cut from EC2 across the
+/// restart (none can send EC2's view): the coordinator's own EC2
+/// executor takes it, or the grant waits for ever (found by the nemesis:
+/// a restored store whose only live agent was a ZOMBIE).
+pub async fn interruption_after_restart_blind() -> Result<Timings> {
+    after_restart(true).await
+}
+
+async fn after_restart(blind: bool) -> Result<Timings> {
     let mut f = Fleet::start(FleetOptions::default()).await?;
     let first = group(&f, json!({}), Some("i-db-r")).await?;
     let checker = InvariantChecker::start(&f);
-    // Calm: both agents have reported EC2's view as PRIMARY and REPLICA
-    // (an EC2 watch tick is 30 s), and nothing changes in EC2 after.
-    tokio::time::sleep(Duration::from_secs(40)).await;
+    if blind {
+        for id in [first.as_str(), "i-db-r"] {
+            f.with_node(id, |n| {
+                n.ec2_link.cut();
+                Ok(())
+            })?;
+        }
+    } else {
+        // Calm: both agents have reported EC2's view as PRIMARY and
+        // REPLICA (an EC2 watch tick is 30 s), and nothing changes in EC2
+        // after.
+        tokio::time::sleep(Duration::from_secs(40)).await;
+    }
     f.coord.kill9();
     f.coord.start_again()?;
     // Past the settling after the start: every agent heard again.

@@ -65,6 +65,7 @@ scenarios! {
     "frozen-coordinator" => fencing::frozen_coordinator,
     "coordinator-restart" => fencing::coordinator_restart,
     "interruption-after-restart" => fencing::interruption_after_restart,
+    "interruption-after-restart-blind" => fencing::interruption_after_restart_blind,
     "restored-store" => fencing::restored_store,
     "restored-store-partitioned" => fencing::restored_store_partitioned,
     "lost-primary" => fencing::lost_primary,
