@@ -180,6 +180,14 @@ pub struct GroupConfig {
         skip_serializing_if = "is_default_snapshot_keep"
     )]
     pub snapshot_keep: u32,
+    /// Fast snapshot restore for the newest snapshot of each data volume,
+    /// in the zones of the group's pools other than the volumes' own: a
+    /// replacement there gets a volume at full performance at once
+    /// instead of one that loads lazily from S3. Billed per snapshot and
+    /// zone hour (at least one hour each time it is enabled); needs the
+    /// coordinator's EC2 executor, which turns it on and off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast_snapshot_restore: bool,
 }
 
 pub const DEFAULT_PRODUCT: &str = "Linux/UNIX";
@@ -209,6 +217,7 @@ impl Default for GroupConfig {
             data_volumes: Vec::new(),
             snapshot_interval_s: DEFAULT_SNAPSHOT_INTERVAL_S,
             snapshot_keep: DEFAULT_SNAPSHOT_KEEP,
+            fast_snapshot_restore: false,
         }
     }
 }
@@ -296,6 +305,11 @@ impl GroupConfig {
                     v.volume_id, v.device
                 )));
             }
+        }
+        if self.fast_snapshot_restore && self.data_volumes.is_empty() {
+            return Err(ConfigRuleError::DataVolume(
+                "fast_snapshot_restore needs data_volumes: it speeds up their restore".into(),
+            ));
         }
         if !self.data_volumes.is_empty() {
             if self.snapshot_interval_s < 60 {
@@ -522,6 +536,10 @@ mod tests {
             GroupConfig {
                 snapshot_interval_s: 10,
                 ..with_volumes(&[("vol-1", "/dev/sdf")], &["a"])
+            },
+            GroupConfig {
+                fast_snapshot_restore: true,
+                ..with_volumes(&[], &["a"])
             },
         ] {
             assert!(

@@ -63,6 +63,7 @@ pub async fn run(args: VolumeBench) -> Result<()> {
             detach_delay: Duration::from_millis(rng.random_range(5_000..=20_000)),
             create_delay: Duration::from_secs(10),
             snapshot_delay: Duration::from_secs(5),
+            fast_restore_delay: Duration::from_secs(60),
             stuck_detach: false,
         };
         let opts = FleetOptions {
@@ -103,6 +104,7 @@ pub async fn run(args: VolumeBench) -> Result<()> {
         detach_delay: Duration::from_secs(5),
         create_delay: Duration::from_secs(10),
         snapshot_delay: Duration::from_secs(5),
+        fast_restore_delay: Duration::from_secs(60),
         stuck_detach: false,
     };
     let (f, first) = serving_with_volume(FleetOptions::default(), timing).await?;

@@ -62,6 +62,14 @@ async fn check_volumes(
     state: &AppState,
     config: &spot_common::GroupConfig,
 ) -> Result<(), ApiError> {
+    if config.fast_snapshot_restore && !state.config.ec2_executor {
+        return Err(ApiError::from(crate::store::StoreError::Rule(
+            spot_common::ConfigRuleError::DataVolume(
+                "fast_snapshot_restore needs the coordinator's EC2 executor (ec2_executor = true), which turns it on and off"
+                    .into(),
+            ),
+        )));
+    }
     if config.data_volumes.is_empty() || !state.config.ec2_executor {
         return Ok(());
     }

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod decide;
 pub mod events;
 pub mod executor;
+pub mod fast_restore;
 pub mod monitor;
 pub mod pricing;
 pub mod reconcile;
@@ -34,6 +35,10 @@ pub fn spawn_all(tasks: &mut Supervisor, state: &Arc<AppState>) {
     tasks.spawn("snapshots", snapshots::run(Arc::clone(state)));
     if state.config.ec2_executor {
         tasks.spawn("ec2 executor", executor::run(Arc::clone(state)));
+        tasks.spawn(
+            "fast snapshot restore",
+            fast_restore::run(Arc::clone(state)),
+        );
     }
 }
 

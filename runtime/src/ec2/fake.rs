@@ -4,8 +4,8 @@
 //! simulator's and moto's job (in `tests/`).
 
 use super::{
-    Attachment, Ec2Api, Ec2Error, ErrorClass, Interface, LaunchSpec, Snapshot, SpotPrice, Volume,
-    VolumeAttachment, VolumeTags,
+    Attachment, Ec2Api, Ec2Error, ErrorClass, FastRestore, Interface, LaunchSpec, Snapshot,
+    SpotPrice, Volume, VolumeAttachment, VolumeTags,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
@@ -54,6 +54,8 @@ struct FakeSnapshot {
     device: String,
     state: String,
     started_ms: i64,
+    /// zone -> fast snapshot restore state (enabled at once here).
+    fast: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -130,8 +132,25 @@ impl FakeEc2 {
                 device: device.to_owned(),
                 state: "completed".into(),
                 started_ms,
+                fast: Default::default(),
             },
         );
+    }
+
+    /// The zones where `snapshot` has fast snapshot restore on.
+    pub fn fast_zones(&self, snapshot: &str) -> Vec<String> {
+        self.lock()
+            .snapshots
+            .get(snapshot)
+            .map(|s| s.fast.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Complete a pending snapshot.
+    pub fn complete_snapshot(&self, snapshot: &str) {
+        if let Some(s) = self.lock().snapshots.get_mut(snapshot) {
+            s.state = "completed".into();
+        }
     }
 
     pub fn snapshot_ids(&self) -> Vec<String> {
@@ -484,6 +503,7 @@ impl Ec2Api for FakeEc2 {
                 device: tags.device.to_owned(),
                 state: "pending".into(),
                 started_ms,
+                fast: Default::default(),
             },
         );
         Ok(id)
@@ -509,6 +529,47 @@ impl Ec2Api for FakeEc2 {
             .remove(snapshot_id)
             .map(|_| ())
             .ok_or_else(|| not_found("DeleteSnapshot", snapshot_id))
+    }
+
+    async fn fast_restores(&self, snapshot_ids: &[String]) -> Result<Vec<FastRestore>, Ec2Error> {
+        let g = self.enter("DescribeFastSnapshotRestores", snapshot_ids.join(" "))?;
+        Ok(snapshot_ids
+            .iter()
+            .filter_map(|id| g.snapshots.get(id).map(|s| (id, s)))
+            .flat_map(|(id, s)| {
+                s.fast.iter().map(|(zone, state)| FastRestore {
+                    snapshot_id: id.clone(),
+                    zone: zone.clone(),
+                    state: state.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn set_fast_restore(
+        &self,
+        snapshot_id: &str,
+        zones: &[String],
+        on: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = if on {
+            "EnableFastSnapshotRestores"
+        } else {
+            "DisableFastSnapshotRestores"
+        };
+        let mut g = self.enter(action, format!("{snapshot_id} {}", zones.join(",")))?;
+        let s = g
+            .snapshots
+            .get_mut(snapshot_id)
+            .ok_or_else(|| not_found(action, snapshot_id))?;
+        for z in zones {
+            if on {
+                s.fast.insert(z.clone(), "enabled".into());
+            } else {
+                s.fast.remove(z);
+            }
+        }
+        Ok(())
     }
 }
 

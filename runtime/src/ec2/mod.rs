@@ -242,6 +242,17 @@ pub trait Ec2Api: Send + Sync {
     /// `spot:device` tags).
     async fn snapshots(&self, group: &str, device: &str) -> Result<Vec<Snapshot>, Ec2Error>;
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), Ec2Error>;
+    /// Fast snapshot restore of these snapshots, per zone where it is
+    /// not `disabled`.
+    async fn fast_restores(&self, snapshot_ids: &[String]) -> Result<Vec<FastRestore>, Ec2Error>;
+    /// Enable (`on`) or disable fast snapshot restore of `snapshot_id`
+    /// in `zones`; a zone EC2 refuses is an error.
+    async fn set_fast_restore(
+        &self,
+        snapshot_id: &str,
+        zones: &[String],
+        on: bool,
+    ) -> Result<(), Ec2Error>;
 }
 
 /// How long a fence command may wait for `terminated`: until its
@@ -296,7 +307,8 @@ mod volumes;
 pub use interface::{Attachment, DETACH_WAIT, Interface, move_interface};
 pub use sdk::Ec2;
 pub use volumes::{
-    Handover, Snapshot, VOLUME_WAIT, Volume, VolumeAttachment, VolumeTags, hand_over, snapshot,
+    FastRestore, Handover, Snapshot, VOLUME_WAIT, Volume, VolumeAttachment, VolumeTags, hand_over,
+    keep_fast_restore, snapshot,
 };
 
 #[cfg(test)]

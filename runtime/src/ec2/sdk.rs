@@ -3,8 +3,8 @@
 //! action).
 
 use super::{
-    Attachment, Ec2Api, Ec2Error, ErrorClass, Interface, LaunchSpec, Snapshot, SpotPrice, Volume,
-    VolumeTags, to_error,
+    Attachment, Ec2Api, Ec2Error, ErrorClass, FastRestore, Interface, LaunchSpec, Snapshot,
+    SpotPrice, Volume, VolumeTags, to_error,
 };
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
@@ -469,6 +469,19 @@ impl Ec2Api for Ec2 {
     #[tracing::instrument(skip(self), err)]
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), Ec2Error> {
         self.remove_snapshot(snapshot_id).await
+    }
+
+    async fn fast_restores(&self, snapshot_ids: &[String]) -> Result<Vec<FastRestore>, Ec2Error> {
+        self.fast_restore_states(snapshot_ids).await
+    }
+
+    async fn set_fast_restore(
+        &self,
+        snapshot_id: &str,
+        zones: &[String],
+        on: bool,
+    ) -> Result<(), Ec2Error> {
+        self.fast_restore_set(snapshot_id, zones, on).await
     }
 
     /// DescribeSpotPriceHistory for the given pools since `start_ms`, all

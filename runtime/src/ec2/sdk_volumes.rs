@@ -2,7 +2,9 @@
 //! handover's logic is in `volumes.rs`; these are its EC2 actions).
 
 use super::{Ec2, missing};
-use crate::ec2::{Ec2Error, ErrorClass, Snapshot, Volume, VolumeAttachment, VolumeTags, to_error};
+use crate::ec2::{
+    Ec2Error, ErrorClass, FastRestore, Snapshot, Volume, VolumeAttachment, VolumeTags, to_error,
+};
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
 fn tagged(kind: ResourceType, tags: &VolumeTags<'_>) -> TagSpecification {
@@ -143,6 +145,85 @@ impl Ec2 {
                 started_ms: s.start_time().and_then(|t| t.to_millis().ok()).unwrap_or(0),
             })
             .collect())
+    }
+
+    pub(super) async fn fast_restore_states(
+        &self,
+        snapshot_ids: &[String],
+    ) -> Result<Vec<FastRestore>, Ec2Error> {
+        if snapshot_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = Filter::builder()
+            .name("snapshot-id")
+            .set_values(Some(snapshot_ids.to_vec()))
+            .build();
+        let out = ec2_call!(self, "DescribeFastSnapshotRestores", |c| c
+            .describe_fast_snapshot_restores()
+            .filters(filter.clone()))
+        .await?;
+        Ok(out
+            .fast_snapshot_restores()
+            .iter()
+            .map(|f| FastRestore {
+                snapshot_id: f.snapshot_id().unwrap_or_default().to_owned(),
+                zone: f.availability_zone().unwrap_or_default().to_owned(),
+                state: f.state().map_or("", |x| x.as_str()).to_owned(),
+            })
+            .filter(|f| f.state != "disabled")
+            .collect())
+    }
+
+    /// Enable or disable; EC2 answers a zone it refuses in `unsuccessful`
+    /// (a quota, a snapshot not completed), which is an error here.
+    pub(super) async fn fast_restore_set(
+        &self,
+        snapshot_id: &str,
+        zones: &[String],
+        on: bool,
+    ) -> Result<(), Ec2Error> {
+        // The two answers have their own types, of the same shape.
+        macro_rules! refusals {
+            ($out:expr) => {
+                $out.unsuccessful()
+                    .iter()
+                    .flat_map(|u| u.fast_snapshot_restore_state_errors())
+                    .filter_map(|e| e.error())
+                    .map(|e| {
+                        let text = |x: Option<&str>| x.unwrap_or_default().to_owned();
+                        (text(e.code()), text(e.message()))
+                    })
+                    .collect()
+            };
+        }
+        let refused: Vec<(String, String)> = if on {
+            let out = ec2_call!(self, "EnableFastSnapshotRestores", |c| c
+                .enable_fast_snapshot_restores()
+                .source_snapshot_ids(snapshot_id)
+                .set_availability_zones(Some(zones.to_vec())))
+            .await?;
+            refusals!(out)
+        } else {
+            let out = ec2_call!(self, "DisableFastSnapshotRestores", |c| c
+                .disable_fast_snapshot_restores()
+                .source_snapshot_ids(snapshot_id)
+                .set_availability_zones(Some(zones.to_vec())))
+            .await?;
+            refusals!(out)
+        };
+        match refused.into_iter().next() {
+            None => Ok(()),
+            Some((code, message)) => Err(Ec2Error {
+                op: if on {
+                    "EnableFastSnapshotRestores"
+                } else {
+                    "DisableFastSnapshotRestores"
+                },
+                class: crate::ec2::classify(&code, None),
+                code,
+                message: format!("{snapshot_id}: {message}"),
+            }),
+        }
     }
 
     pub(super) async fn remove_snapshot(&self, snapshot_id: &str) -> Result<(), Ec2Error> {

@@ -52,6 +52,23 @@ pub struct Snapshot {
     pub started_ms: i64,
 }
 
+/// Fast snapshot restore of a snapshot in one zone, as
+/// DescribeFastSnapshotRestores shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastRestore {
+    pub snapshot_id: String,
+    pub zone: String,
+    /// `enabling`, `optimizing`, `enabled`, `disabling`, `disabled`.
+    pub state: String,
+}
+
+impl FastRestore {
+    /// On or on its way (and billed).
+    fn active(&self) -> bool {
+        matches!(self.state.as_str(), "enabling" | "optimizing" | "enabled")
+    }
+}
+
 /// What the tags of a snapshot or restored volume say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeTags<'a> {
@@ -260,6 +277,63 @@ async fn restore(
     Ok(id)
 }
 
+/// Keep fast snapshot restore on the newest completed snapshot of each of
+/// the group's `devices`, in `zones` (the zones of the group's pools
+/// other than the volumes' own: where a replacement would restore), and
+/// off everywhere else: on older snapshots (a restore takes the newest)
+/// and in zones no longer wanted (`zones` empty: off for every snapshot).
+/// Each call converges; what it changed is returned, one line each.
+pub async fn keep_fast_restore(
+    ec2: &dyn Ec2Api,
+    group: &str,
+    devices: &[String],
+    zones: &[String],
+) -> Result<Vec<String>, Ec2Error> {
+    let mut changed = Vec::new();
+    for device in devices {
+        let mut done: Vec<Snapshot> = ec2
+            .snapshots(group, device)
+            .await?
+            .into_iter()
+            .filter(|s| s.state == "completed")
+            .collect();
+        done.sort_by_key(|s| std::cmp::Reverse(s.started_ms));
+        if done.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = done.iter().map(|s| s.snapshot_id.clone()).collect();
+        let states = ec2.fast_restores(&ids).await?;
+        for (i, snap) in ids.iter().enumerate() {
+            let active: Vec<&str> = states
+                .iter()
+                .filter(|f| &f.snapshot_id == snap && f.active())
+                .map(|f| f.zone.as_str())
+                .collect();
+            let wanted: &[String] = if i == 0 { zones } else { &[] };
+            let on: Vec<String> = wanted
+                .iter()
+                .filter(|z| !active.contains(&z.as_str()))
+                .cloned()
+                .collect();
+            let off: Vec<String> = active
+                .iter()
+                .filter(|z| !wanted.iter().any(|w| w == *z))
+                .map(|z| (*z).to_owned())
+                .collect();
+            for (zones, enable) in [(on, true), (off, false)] {
+                if zones.is_empty() {
+                    continue;
+                }
+                ec2.set_fast_restore(snap, &zones, enable).await?;
+                let what = if enable { "enabled" } else { "disabled" };
+                tracing::info!(%group, %device, snapshot = %snap, ?zones, "fast snapshot restore {what}");
+                changed.push(format!("{device} {snap}: {what} in {}", zones.join(", ")));
+            }
+        }
+    }
+    Ok(changed)
+}
+
 /// Snapshot each volume attached here, then keep the newest `keep`
 /// completed snapshots of each device (pending ones are never deleted).
 pub async fn snapshot(
@@ -402,6 +476,53 @@ mod tests {
         );
         let again = over(&ec2, "i-new", "az-b", &[]).await.unwrap();
         assert_eq!(again, at, "the ClientToken finds the same new volume");
+    }
+
+    #[tokio::test]
+    async fn fast_restore_follows_the_newest_completed_snapshot_and_only_there() {
+        let ec2 = FakeEc2::new();
+        let devices = ["/dev/sdf".to_owned()];
+        let zones = ["az-b".to_owned(), "az-c".to_owned()];
+        let none = keep_fast_restore(&ec2, "g", &devices, &zones)
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "no snapshot yet: nothing to enable");
+        ec2.add_snapshot("snap-1", "vol-1", "g", "/dev/sdf", 1_000);
+        keep_fast_restore(&ec2, "g", &devices, &zones)
+            .await
+            .unwrap();
+        assert_eq!(ec2.fast_zones("snap-1"), zones);
+        let again = keep_fast_restore(&ec2, "g", &devices, &zones)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "converged: {again:?}");
+        // A newer snapshot, still pending: the completed one keeps it.
+        let pending = ec2
+            .create_snapshot(
+                "vol-1",
+                &VolumeTags {
+                    group: "g",
+                    device: "/dev/sdf",
+                    request_id: "r",
+                },
+            )
+            .await
+            .unwrap();
+        keep_fast_restore(&ec2, "g", &devices, &zones)
+            .await
+            .unwrap();
+        assert_eq!(ec2.fast_zones("snap-1"), zones);
+        assert!(ec2.fast_zones(&pending).is_empty());
+        // Completed: it takes over, the older one is off.
+        ec2.complete_snapshot(&pending);
+        keep_fast_restore(&ec2, "g", &devices, &zones[..1])
+            .await
+            .unwrap();
+        assert_eq!(ec2.fast_zones(&pending), ["az-b"]);
+        assert!(ec2.fast_zones("snap-1").is_empty());
+        // Turned off: off everywhere.
+        keep_fast_restore(&ec2, "g", &devices, &[]).await.unwrap();
+        assert!(ec2.fast_zones(&pending).is_empty());
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 //! volume is still mounted), a restored volume `creating` for
 //! `create_delay`, a snapshot `pending` for `snapshot_delay`. A volume
 //! attaches only to a running instance of its zone and only when free
-//! (`VolumeInUse`); termination frees it. Every attachment is recorded
+//! (`VolumeInUse`); termination frees it. Fast snapshot restore is
+//! `optimizing` for `fast_restore_delay`, then `enabled`; a volume
+//! created in a zone where it is `enabled` is marked fast. Every attachment is recorded
 //! with its times on the machine's monotonic clock, for the checker.
 
 use super::{Inner, err, esc, list, missing, ok, running_zone, tag_items, tags};
@@ -35,6 +37,9 @@ pub(super) struct SimVolume {
     busy: bool,
     client_token: Option<String>,
     pub(super) source_snapshot: Option<String>,
+    /// Created from a snapshot with fast snapshot restore `enabled` in
+    /// the volume's zone.
+    pub(super) fast: bool,
     tags: Vec<(String, String)>,
     pub(super) history: Vec<AttachmentSpan>,
 }
@@ -45,6 +50,9 @@ pub(super) struct SimSnapshot {
     started: SystemTime,
     done_at: Instant,
     tags: Vec<(String, String)>,
+    /// zone -> when fast snapshot restore is `enabled` there (`optimizing`
+    /// until then).
+    fast: HashMap<String, Instant>,
 }
 
 /// Delays and faults of the volumes.
@@ -54,8 +62,16 @@ pub struct EbsTiming {
     pub detach_delay: Duration,
     pub create_delay: Duration,
     pub snapshot_delay: Duration,
+    /// How long fast snapshot restore is `optimizing` before `enabled`.
+    pub fast_restore_delay: Duration,
     /// A detach without force never finishes (the volume is busy).
     pub stuck_detach: bool,
+}
+
+impl SimSnapshot {
+    pub(super) fn fast_zones(&self) -> Vec<String> {
+        self.fast.keys().cloned().collect()
+    }
 }
 
 impl SimVolume {
@@ -69,6 +85,7 @@ impl SimVolume {
             busy: false,
             client_token: None,
             source_snapshot: None,
+            fast: false,
             tags: Vec::new(),
             history: Vec::new(),
         }
@@ -147,6 +164,8 @@ pub(super) fn answer(g: &mut Inner, action: &str, p: &HashMap<String, String>) -
         "CreateVolume" => create(g, p),
         "CreateSnapshot" => snapshot(g, p),
         "DescribeSnapshots" => describe_snapshots(g, p),
+        "EnableFastSnapshotRestores" | "DisableFastSnapshotRestores" => fast_restore(g, action, p),
+        "DescribeFastSnapshotRestores" => describe_fast_restores(g, p),
         _ => delete_snapshot(g, p),
     }
 }
@@ -329,6 +348,11 @@ fn create(g: &mut Inner, p: &HashMap<String, String>) -> Response {
     let mut v = SimVolume::new(zone);
     v.ready_at = Some(Instant::now() + g.ebs.create_delay);
     v.client_token = token;
+    v.fast = snapshot
+        .as_ref()
+        .and_then(|s| g.snapshots.get(s))
+        .and_then(|s| s.fast.get(zone.as_str()))
+        .is_some_and(|at| Instant::now() >= *at);
     v.source_snapshot = snapshot;
     v.tags = tags(p, "TagSpecification.1.Tag");
     let xml = volume_xml(&id, &v, g.ebs.attach_delay);
@@ -350,6 +374,7 @@ fn snapshot(g: &mut Inner, p: &HashMap<String, String>) -> Response {
         started: SystemTime::now(),
         done_at: Instant::now() + g.ebs.snapshot_delay,
         tags: tags(p, "TagSpecification.1.Tag"),
+        fast: HashMap::new(),
     };
     let xml = format!(
         "<snapshotId>{}</snapshotId><volumeId>{}</volumeId><status>pending</status><startTime>{}</startTime><volumeSize>8</volumeSize>",
@@ -402,6 +427,83 @@ fn describe_snapshots(g: &Inner, p: &HashMap<String, String>) -> Response {
     ok(
         "DescribeSnapshots",
         &format!("<snapshotSet>{items}</snapshotSet>"),
+    )
+}
+
+/// Enable or disable fast snapshot restore of `SourceSnapshotId.N` in
+/// `AvailabilityZone.N`: an unknown snapshot lands in `unsuccessful`, as
+/// EC2 answers it.
+fn fast_restore(g: &mut Inner, action: &str, p: &HashMap<String, String>) -> Response {
+    let on = action == "EnableFastSnapshotRestores";
+    let zones = list(p, "AvailabilityZone");
+    let delay = g.ebs.fast_restore_delay;
+    let (mut done, mut refused) = (String::new(), String::new());
+    for id in list(p, "SourceSnapshotId") {
+        let Some(s) = g.snapshots.get_mut(&id) else {
+            let errors: String = zones
+                .iter()
+                .map(|z| format!(
+                    "<item><availabilityZone>{}</availabilityZone><error><code>InvalidSnapshot.NotFound</code><message>The snapshot '{}' does not exist.</message></error></item>",
+                    esc(z), esc(&id)
+                ))
+                .collect();
+            refused.push_str(&format!(
+                "<item><snapshotId>{}</snapshotId><fastSnapshotRestoreStateErrorSet>{errors}</fastSnapshotRestoreStateErrorSet></item>",
+                esc(&id)
+            ));
+            continue;
+        };
+        for z in &zones {
+            if on {
+                s.fast
+                    .entry(z.clone())
+                    .or_insert_with(|| Instant::now() + delay);
+            } else {
+                s.fast.remove(z);
+            }
+            let state = if on { "enabling" } else { "disabling" };
+            done.push_str(&format!(
+                "<item><snapshotId>{}</snapshotId><availabilityZone>{}</availabilityZone><state>{state}</state></item>",
+                esc(&id),
+                esc(z)
+            ));
+        }
+    }
+    ok(
+        action,
+        &format!("<successful>{done}</successful><unsuccessful>{refused}</unsuccessful>"),
+    )
+}
+
+/// `Filter.N.Name=snapshot-id` with its values: the states per zone.
+fn describe_fast_restores(g: &Inner, p: &HashMap<String, String>) -> Response {
+    let wanted: Vec<String> = (1..)
+        .map_while(|i| p.get(&format!("Filter.{i}.Name")).map(|n| (i, n)))
+        .filter(|(_, n)| n.as_str() == "snapshot-id")
+        .flat_map(|(i, _)| list(p, &format!("Filter.{i}.Value")))
+        .collect();
+    let mut items = String::new();
+    let mut ids: Vec<&String> = g.snapshots.keys().collect();
+    ids.sort();
+    for id in ids.into_iter().filter(|id| wanted.contains(id)) {
+        let mut zones: Vec<(&String, &Instant)> = g.snapshots[id].fast.iter().collect();
+        zones.sort();
+        for (z, at) in zones {
+            let state = if Instant::now() >= *at {
+                "enabled"
+            } else {
+                "optimizing"
+            };
+            items.push_str(&format!(
+                "<item><snapshotId>{}</snapshotId><availabilityZone>{}</availabilityZone><state>{state}</state></item>",
+                esc(id),
+                esc(z)
+            ));
+        }
+    }
+    ok(
+        "DescribeFastSnapshotRestores",
+        &format!("<fastSnapshotRestoreSet>{items}</fastSnapshotRestoreSet>"),
     )
 }
 

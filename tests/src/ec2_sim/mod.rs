@@ -456,6 +456,25 @@ impl Ec2Sim {
         v
     }
 
+    /// Whether `volume` was created from a snapshot with fast snapshot
+    /// restore `enabled` in its zone.
+    pub fn volume_restored_fast(&self, volume: &str) -> bool {
+        self.lock().volumes.get(volume).is_some_and(|v| v.fast)
+    }
+
+    /// The zones where `snapshot` has fast snapshot restore on (enabled or
+    /// on its way).
+    pub fn fast_restore_zones(&self, snapshot: &str) -> Vec<String> {
+        let g = self.lock();
+        let mut z: Vec<String> = g
+            .snapshots
+            .get(snapshot)
+            .map(|s| s.fast_zones())
+            .unwrap_or_default();
+        z.sort();
+        z
+    }
+
     /// How long EBS transitions take, and whether a detach gets stuck.
     pub fn set_ebs(&self, timing: EbsTiming) {
         self.lock().ebs = timing;
@@ -574,8 +593,16 @@ fn answer_other(
         "AttachNetworkInterface" | "DetachNetworkInterface" | "DescribeNetworkInterfaces" => {
             eni::answer(g, action, p)
         }
-        "DescribeVolumes" | "AttachVolume" | "DetachVolume" | "CreateVolume" | "CreateSnapshot"
-        | "DescribeSnapshots" | "DeleteSnapshot" => ebs::answer(g, action, p),
+        "DescribeVolumes"
+        | "AttachVolume"
+        | "DetachVolume"
+        | "CreateVolume"
+        | "CreateSnapshot"
+        | "DescribeSnapshots"
+        | "DeleteSnapshot"
+        | "EnableFastSnapshotRestores"
+        | "DisableFastSnapshotRestores"
+        | "DescribeFastSnapshotRestores" => ebs::answer(g, action, p),
         "DescribeSpotPriceHistory" => {
             let view = caller
                 .and_then(|k| g.price_views.get(&k))

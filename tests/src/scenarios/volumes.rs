@@ -80,6 +80,7 @@ pub const TEST_EBS: EbsTiming = EbsTiming {
     detach_delay: Duration::from_millis(800),
     create_delay: Duration::from_millis(800),
     snapshot_delay: Duration::from_millis(500),
+    fast_restore_delay: Duration::from_millis(1_000),
     stuck_detach: false,
 };
 
@@ -197,8 +198,18 @@ pub async fn data_volume() -> Result<Timings> {
         .as_str()
         .context("snapshot")?
         .to_owned();
-    // Completed (restores read completed snapshots only).
-    tokio::time::sleep(TEST_EBS.snapshot_delay * 2).await;
+    // Fast snapshot restore: the coordinator turns it on for the newest
+    // completed snapshot in the pools' other zone (us-east-1b), once it
+    // completed (restores read completed snapshots only).
+    let mut config = f.get("/v1/groups/db").await?["config"].clone();
+    config["fast_snapshot_restore"] = json!(true);
+    let (st, v) = super::put_config(&f, config).await?;
+    ensure!(st.is_success(), "fast_snapshot_restore turned on: {st} {v}");
+    eventually("fast snapshot restore enabled", WAIT, || async {
+        (f.ec2.fast_restore_zones(&snapshot_id) == ["us-east-1b"]).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(TEST_EBS.fast_restore_delay * 2).await;
     let t = Instant::now();
     f.interrupt(&first, Duration::from_secs(30))?;
     let new = wait_confirmed(&f, "db", Some("i-db-b"), None).await?;
@@ -220,6 +231,10 @@ pub async fn data_volume() -> Result<Timings> {
     ensure!(
         source.as_deref() == Some(snapshot_id.as_str()),
         "restored from the latest snapshot {snapshot_id}, not {source:?}"
+    );
+    ensure!(
+        f.ec2.volume_restored_fast(&restored),
+        "restored where fast snapshot restore was enabled"
     );
     let v = volume_violations(&f, "db", "vol-db")?;
     ensure!(v.is_empty(), "volume violations: {v:?}");

@@ -1,0 +1,166 @@
+//! Fast snapshot restore (`fast_snapshot_restore` in a group's config):
+//! with the coordinator's own EC2 access, each such group's newest
+//! completed snapshot per data volume has it on in the zones of the
+//! group's pools other than the volumes' own (where a replacement would
+//! restore), and every older snapshot has it off (a restore takes the
+//! newest; each snapshot-zone hour is billed). A group checked every
+//! quarter of its snapshot interval (10 s to 5 min); a group whose
+//! setting was turned off is turned off once. A failed check is logged
+//! and tried again at the group's next turn.
+
+use super::Schedule;
+use crate::state::AppState;
+use crate::store::Read;
+use spot_common::wire::GroupView;
+use spot_runtime::ec2::{Ec2Api, keep_fast_restore};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TICK: Duration = Duration::from_secs(5);
+
+/// How often a group is checked: a new snapshot gets fast restore within
+/// this of completing.
+fn period(g: &GroupView) -> Duration {
+    Duration::from_secs(g.config.snapshot_interval_s / 4)
+        .clamp(Duration::from_secs(10), Duration::from_secs(300))
+}
+
+/// The zones a replacement of `g` would restore in: its pools' zones but
+/// the volumes' own (unknown until an agent attached them: none yet).
+fn restore_zones(g: &GroupView, volumes_zone: Option<&str>) -> Vec<String> {
+    let Some(own) = volumes_zone else {
+        return Vec::new();
+    };
+    let mut zones: Vec<String> = g
+        .config
+        .pools
+        .iter()
+        .map(|p| p.availability_zone.clone())
+        .filter(|z| z != own)
+        .collect();
+    zones.sort();
+    zones.dedup();
+    zones
+}
+
+pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
+    let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
+    run_with(state, &ec2).await
+}
+
+pub async fn run_with(state: Arc<AppState>, ec2: &dyn Ec2Api) -> anyhow::Result<()> {
+    let mut schedule = Schedule::after(TICK, &state);
+    let mut checked: HashMap<String, Instant> = HashMap::new();
+    // Groups with it on, as last seen: one turned off is turned off in EC2.
+    let mut on: HashSet<String> = HashSet::new();
+    while schedule.next().await {
+        if !state.view.acting() {
+            continue;
+        }
+        let groups = match state.db.read(|s| s.groups()).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %spot_common::error_chain(&e), "reading groups for fast snapshot restore; next tick");
+                continue;
+            }
+        };
+        checked.retain(|name, _| groups.iter().any(|g| &g.name == name));
+        for g in &groups {
+            let wanted = g.config.fast_snapshot_restore && !g.config.data_volumes.is_empty();
+            let turned_off = !wanted && on.contains(&g.name);
+            let due = checked
+                .get(&g.name)
+                .is_none_or(|at| at.elapsed() >= period(g));
+            if !(wanted && due || turned_off) {
+                continue;
+            }
+            checked.insert(g.name.clone(), Instant::now());
+            match check(&state, ec2, g, wanted).await {
+                Ok(()) if wanted => {
+                    on.insert(g.name.clone());
+                }
+                Ok(()) => {
+                    on.remove(&g.name);
+                }
+                Err(e) => {
+                    tracing::warn!(group = %g.name, error = %e, "fast snapshot restore; again at the group's next turn");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check(
+    state: &AppState,
+    ec2: &dyn Ec2Api,
+    g: &GroupView,
+    wanted: bool,
+) -> anyhow::Result<()> {
+    let name = g.name.clone();
+    let now = crate::state::now_ms();
+    let volumes = state.db.read(move |s| s.data_volumes(&name, now)).await?;
+    let zones = if wanted {
+        restore_zones(g, volumes.availability_zone.as_deref())
+    } else {
+        Vec::new()
+    };
+    let devices: Vec<String> = g
+        .config
+        .data_volumes
+        .iter()
+        .map(|d| d.device.clone())
+        .collect();
+    let changed = keep_fast_restore(ec2, &g.name, &devices, &zones).await?;
+    if !changed.is_empty() {
+        tracing::info!(group = %g.name, ?changed, "fast snapshot restore follows the newest snapshot");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spot_common::{GroupConfig, Pool};
+
+    fn group(zones: &[&str], interval_s: u64) -> GroupView {
+        GroupView {
+            name: "g".into(),
+            config: GroupConfig {
+                pools: zones
+                    .iter()
+                    .map(|z| Pool {
+                        instance_type: "m5.large".into(),
+                        availability_zone: (*z).into(),
+                        subnet_id: None,
+                    })
+                    .collect(),
+                snapshot_interval_s: interval_s,
+                ..GroupConfig::default()
+            },
+            epoch: 0,
+            version: 1,
+            primary: None,
+            transition: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn fast_restore_goes_to_the_other_zones_of_the_pools_once_the_volumes_zone_is_known() {
+        let g = group(&["a", "b", "a", "c"], 900);
+        assert!(restore_zones(&g, None).is_empty());
+        assert_eq!(restore_zones(&g, Some("a")), ["b", "c"]);
+        assert_eq!(restore_zones(&g, Some("z")), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_group_is_checked_every_quarter_interval_within_bounds() {
+        assert_eq!(period(&group(&["a"], 60)), Duration::from_secs(15));
+        assert_eq!(period(&group(&["a"], 900)), Duration::from_secs(225));
+        assert_eq!(period(&group(&["a"], 86_400)), Duration::from_secs(300));
+        assert_eq!(period(&group(&["a"], 20)), Duration::from_secs(10));
+    }
+}
