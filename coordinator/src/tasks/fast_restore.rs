@@ -55,15 +55,8 @@ pub async fn run_with(state: Arc<AppState>, ec2: &dyn Ec2Api) -> anyhow::Result<
     // Groups with it on, as last seen: one turned off is turned off in EC2.
     let mut on: HashSet<String> = HashSet::new();
     while schedule.next().await {
-        if !state.view.acting() {
+        let Some(groups) = super::acting_groups(&state, "fast snapshot restore").await else {
             continue;
-        }
-        let groups = match state.db.read(|s| s.groups()).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!(error = %spot_common::error_chain(&e), "reading groups for fast snapshot restore; next tick");
-                continue;
-            }
         };
         checked.retain(|name, _| groups.iter().any(|g| &g.name == name));
         for g in &groups {

@@ -42,6 +42,26 @@ pub fn spawn_all(tasks: &mut Supervisor, state: &Arc<AppState>) {
     }
 }
 
+/// For a task that acts on every group while this coordinator acts (the
+/// leader): the groups now, or `None` (not acting, or the read failed:
+/// logged, for `what`; the next tick tries again).
+pub async fn acting_groups(
+    state: &AppState,
+    what: &str,
+) -> Option<Vec<spot_common::wire::GroupView>> {
+    use crate::store::Read;
+    if !state.view.acting() {
+        return None;
+    }
+    match state.db.read(|s| s.groups()).await {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %spot_common::error_chain(&e), "reading groups for {what}; next tick");
+            None
+        }
+    }
+}
+
 /// When a task runs its next pass: at each tick (a missed tick is delayed,
 /// never burst), at its wake-up if it has one, and never after shutdown.
 pub struct Schedule<'a> {

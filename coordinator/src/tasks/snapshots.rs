@@ -6,7 +6,7 @@
 
 use super::Schedule;
 use crate::state::AppState;
-use crate::store::{Ctx, Read};
+use crate::store::Ctx;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +16,8 @@ const TICK: Duration = Duration::from_secs(5);
 pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let mut schedule = Schedule::after(TICK, &state);
     while schedule.next().await {
-        if !state.view.acting() {
+        let Some(groups) = super::acting_groups(&state, "snapshots").await else {
             continue;
-        }
-        let groups = match state.db.read(|s| s.groups()).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!(error = %spot_common::error_chain(&e), "reading groups for snapshots; next tick");
-                continue;
-            }
         };
         for g in groups
             .into_iter()
