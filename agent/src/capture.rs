@@ -148,14 +148,37 @@ mod tests {
             .ec2_watch_interval = Duration::from_millis(20);
         t.ec2.add_instance("i-self", "running");
         t.ec2.add_instance("i-replica", "running");
+        let looks = || {
+            t.ec2
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("DescribeInstances"))
+                .count()
+        };
+        // Until `n` views were sent (or 10 s passed: the assertion says).
+        let until_sent = |n: u64| {
+            let a = Arc::clone(&t.agent);
+            async move {
+                for _ in 0..1000 {
+                    if sent(&a).await >= n {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
         let watch = tokio::spawn(ec2_watch(Arc::clone(&t.agent)));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until_sent(1).await;
         assert_eq!(sent(&t.agent).await, 1, "the first view");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Five more looks at EC2, each unchanged.
+        let seen = looks();
+        while looks() < seen + 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(sent(&t.agent).await, 1, "unchanged: not again");
         // A coordinator that started since has no view: it asks.
         t.agent.want_ec2_view();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until_sent(2).await;
         assert_eq!(sent(&t.agent).await, 2, "asked: sent although unchanged");
         t.agent.shutdown.cancel();
         watch.await.unwrap().unwrap();

@@ -497,11 +497,17 @@ fn an_operator_may_declare_an_instance_dead_and_it_is_audited() {
 
 /// `agent` heartbeats, persisted at `now`.
 fn heartbeat(s: &mut Store, agent: &str, now: i64) {
+    beat(s, agent, 1, now);
+}
+
+/// `agent` heartbeats as a REPLICA holding `highest_epoch`, persisted at
+/// `now`.
+fn beat(s: &mut Store, agent: &str, highest_epoch: u64, now: i64) {
     let rec = HeartbeatRecord {
         agent_id: agent.into(),
         at_ms: now,
         reported_role: Some(Role::Replica),
-        highest_epoch: 1,
+        highest_epoch,
         healthy: true,
         backlog: 0,
     };
@@ -881,15 +887,7 @@ fn a_primary_claim_without_a_valid_grant_is_refused_and_audited() {
         );
         // Nor is the forged epoch kept as the agent's: the group's next
         // epochs stay within reach.
-        let rec = HeartbeatRecord {
-            agent_id: "a-r2".into(),
-            at_ms: 10,
-            reported_role: Some(Role::Replica),
-            highest_epoch: 1_000_000_000_000_000,
-            healthy: true,
-            backlog: 0,
-        };
-        tx(&mut s, 10, |t| t.flush_heartbeats(&[rec])).unwrap();
+        beat(&mut s, "a-r2", 1_000_000_000_000_000, 10);
         assert_eq!(s.agent("a-r2").unwrap().highest_epoch, epoch);
         // The same claim with a grant that verifies is adopted.
         let proven = Reported {
@@ -931,17 +929,6 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     // (demoted at 3 in reality) and i-r1 have been heard since, i-r2 not.
     let (_d, mut s) = store();
     live_group(&mut s);
-    let beat = |s: &mut Store, agent: &str, highest_epoch: u64, now: i64| {
-        let rec = HeartbeatRecord {
-            agent_id: agent.into(),
-            at_ms: now,
-            reported_role: Some(Role::Replica),
-            highest_epoch,
-            healthy: true,
-            backlog: 0,
-        };
-        tx(s, now, |t| t.flush_heartbeats(&[rec])).unwrap();
-    };
     beat(&mut s, "a-p", 3, 105);
     beat(&mut s, "a-r1", 1, 106);
     let r = tx(&mut s, 120, |t| {
@@ -1022,15 +1009,7 @@ fn after_a_start_the_planner_and_the_grant_wait_for_the_same_ec2_view() {
     let (_d, mut s) = store();
     live_group(&mut s);
     for a in ["a-p", "a-r1", "a-r2"] {
-        let rec = HeartbeatRecord {
-            agent_id: a.into(),
-            at_ms: 105,
-            reported_role: Some(Role::Replica),
-            highest_epoch: 1,
-            healthy: true,
-            backlog: 0,
-        };
-        tx(&mut s, 105, |t| t.flush_heartbeats(&[rec])).unwrap();
+        heartbeat(&mut s, a, 105);
     }
     let r = tx(&mut s, 120, |t| {
         t.begin_replace(&ReplaceRequest {

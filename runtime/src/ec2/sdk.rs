@@ -111,20 +111,15 @@ impl Ec2 {
         &self,
         allocation_id: &str,
     ) -> Result<(Option<String>, Option<String>), Ec2Error> {
-        self.retry("DescribeAddresses", || async {
-            let out = self
-                .client
-                .describe_addresses()
-                .allocation_ids(allocation_id)
-                .send()
-                .await
-                .map_err(|e| to_error("DescribeAddresses", e))?;
-            let a = out.addresses().first().ok_or_else(|| {
-                missing("DescribeAddresses", "InvalidAllocationID", allocation_id)
-            })?;
-            Ok((present(a.association_id()), present(a.instance_id())))
-        })
-        .await
+        let out = ec2_call!(self, "DescribeAddresses", |c| c
+            .describe_addresses()
+            .allocation_ids(allocation_id))
+        .await?;
+        let a = out
+            .addresses()
+            .first()
+            .ok_or_else(|| missing("DescribeAddresses", "InvalidAllocationID", allocation_id))?;
+        Ok((present(a.association_id()), present(a.instance_id())))
     }
 }
 
@@ -242,38 +237,31 @@ impl Ec2Api for Ec2 {
     }
 
     async fn group_instances(&self, group: &str) -> Result<Vec<spot_common::Ec2State>, Ec2Error> {
-        self.retry("DescribeInstances", || async {
-            let out = self
-                .client
-                .describe_instances()
-                .filters(
-                    Filter::builder()
-                        .name("tag:spot:group")
-                        .values(group)
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| to_error("DescribeInstances", e))?;
-            Ok(out
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(|i| {
-                    Some(spot_common::Ec2State {
-                        instance_id: i.instance_id()?.to_owned(),
-                        state: i.state()?.name()?.as_str().to_owned(),
-                        request_id: i
-                            .tags()
-                            .iter()
-                            .find(|t| t.key() == Some("spot:request-id"))
-                            .and_then(|t| t.value())
-                            .map(str::to_owned),
-                    })
+        let by_group = Filter::builder()
+            .name("tag:spot:group")
+            .values(group)
+            .build();
+        let out = ec2_call!(self, "DescribeInstances", |c| c
+            .describe_instances()
+            .filters(by_group.clone()))
+        .await?;
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| {
+                Some(spot_common::Ec2State {
+                    instance_id: i.instance_id()?.to_owned(),
+                    state: i.state()?.name()?.as_str().to_owned(),
+                    request_id: i
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some("spot:request-id"))
+                        .and_then(|t| t.value())
+                        .map(str::to_owned),
                 })
-                .collect())
-        })
-        .await
+            })
+            .collect())
     }
 
     /// Move an Elastic IP to `instance_id` as a compare-and-set: AWS knows
@@ -359,34 +347,28 @@ impl Ec2Api for Ec2 {
 
     #[tracing::instrument(skip(self), err)]
     async fn interface(&self, eni: &str) -> Result<Interface, Ec2Error> {
-        self.retry("DescribeNetworkInterfaces", || async {
-            let out = self
-                .client
-                .describe_network_interfaces()
-                .network_interface_ids(eni)
-                .send()
-                .await
-                .map_err(|e| to_error("DescribeNetworkInterfaces", e))?;
-            let i = out.network_interfaces().first().ok_or_else(|| {
-                missing(
-                    "DescribeNetworkInterfaces",
-                    "InvalidNetworkInterfaceID",
-                    eni,
-                )
-            })?;
-            let attachment = i.attachment().and_then(|a| {
-                Some(Attachment {
-                    attachment_id: present(a.attachment_id())?,
-                    instance_id: present(a.instance_id())?,
-                    status: a.status().map_or("attached", |s| s.as_str()).to_owned(),
-                })
-            });
-            Ok(Interface {
-                availability_zone: i.availability_zone().unwrap_or_default().to_owned(),
-                attachment,
+        let out = ec2_call!(self, "DescribeNetworkInterfaces", |c| c
+            .describe_network_interfaces()
+            .network_interface_ids(eni))
+        .await?;
+        let i = out.network_interfaces().first().ok_or_else(|| {
+            missing(
+                "DescribeNetworkInterfaces",
+                "InvalidNetworkInterfaceID",
+                eni,
+            )
+        })?;
+        let attachment = i.attachment().and_then(|a| {
+            Some(Attachment {
+                attachment_id: present(a.attachment_id())?,
+                instance_id: present(a.instance_id())?,
+                status: a.status().map_or("attached", |s| s.as_str()).to_owned(),
             })
+        });
+        Ok(Interface {
+            availability_zone: i.availability_zone().unwrap_or_default().to_owned(),
+            attachment,
         })
-        .await
     }
 
     /// Detach without force: the holder is fenced (its demote hook ran, or
