@@ -26,26 +26,32 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` for a new P-256 key (unencrypted) in `key`, writing
+/// `out` for subject `cn`; `extra` before the rest (`-x509`, `-days`).
+fn request(dir: &Path, extra: &[&str], key: &str, out: &str, cn: &str) {
+    let subject = format!("/CN={cn}");
+    let mut args = vec!["req"];
+    args.extend(extra);
+    args.extend([
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+        "-subj",
+        &subject,
+    ]);
+    openssl(dir, &args);
+}
+
 /// A CA, and `name`.pem/.key signed by it with `ext` (extensions).
 fn issue(dir: &Path, name: &str, cn: &str, ext: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    );
+    request(dir, &[], &format!("{name}.key"), &format!("{name}.csr"), cn);
     openssl(
         dir,
         &[
@@ -68,6 +74,22 @@ fn issue(dir: &Path, name: &str, cn: &str, ext: &str) {
     );
 }
 
+/// Registering `reg` through `api` is refused with `status` and `code`.
+async fn register_refused(
+    api: &Api,
+    token: &str,
+    reg: &serde_json::Value,
+    status: u16,
+    code: &str,
+) {
+    let (st, v) = api.post("/v1/agents/register", token, reg).await.unwrap();
+    assert_eq!(
+        (st.as_u16(), v["code"].as_str()),
+        (status, Some(code)),
+        "{v}"
+    );
+}
+
 /// The coordinator's certificate: valid for 127.0.0.1, for servers only.
 const SERVER_EXT: &str =
     "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n";
@@ -79,25 +101,12 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        openssl(
+        request(
             dir.path(),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=spot test CA",
-            ],
+            &["-x509", "-days", "2"],
+            "ca.key",
+            "ca.pem",
+            "spot test CA",
         );
         issue(dir.path(), "server", "127.0.0.1", SERVER_EXT);
         issue(
@@ -192,16 +201,14 @@ async fn https_with_a_private_ca_client_certificates_and_reload() {
     // The agent API wants a client certificate on top of the token.
     let reg = json!({"instance_id": "i-x", "instance_type": "m5.large", "availability_zone": "us-east-1a",
         "region": "us-east-1", "lifecycle": "spot", "group": "nope"});
-    let (st, v) = f
-        .api
-        .post("/v1/agents/register", &f.coord.enrollment_token, &reg)
-        .await
-        .unwrap();
-    assert_eq!(
-        (st.as_u16(), v["code"].as_str()),
-        (401, Some("client_certificate_required")),
-        "{v}"
-    );
+    register_refused(
+        &f.api,
+        &f.coord.enrollment_token,
+        &reg,
+        401,
+        "client_certificate_required",
+    )
+    .await;
     let with_cert = Api {
         base: https.clone(),
         client: trusting(&pki, true),
@@ -357,15 +364,14 @@ async fn a_client_certificate_speaks_for_its_own_instance_only() {
     };
     // i-2's key, and the fleet's shared one, cannot register i-1.
     for api in [&two, &fleet] {
-        let (st, v) = api
-            .post("/v1/agents/register", &c.enrollment_token, &reg("i-1"))
-            .await
-            .unwrap();
-        assert_eq!(
-            (st.as_u16(), v["code"].as_str()),
-            (403, Some("client_certificate_mismatch")),
-            "{v}"
-        );
+        register_refused(
+            api,
+            &c.enrollment_token,
+            &reg("i-1"),
+            403,
+            "client_certificate_mismatch",
+        )
+        .await;
     }
     let (st, a) = one
         .post("/v1/agents/register", &c.enrollment_token, &reg("i-1"))

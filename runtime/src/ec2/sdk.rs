@@ -129,6 +129,14 @@ fn present(v: Option<&str>) -> Option<String> {
     v.filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
+/// A Describe filter: `name` is any of `values`.
+fn filter(name: &str, values: &[&str]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.iter().map(|v| (*v).to_owned()).collect()))
+        .build()
+}
+
 /// A Describe call that answered no item for `id`.
 fn missing(op: &'static str, kind: &str, id: &str) -> Ec2Error {
     Ec2Error {
@@ -237,13 +245,9 @@ impl Ec2Api for Ec2 {
     }
 
     async fn group_instances(&self, group: &str) -> Result<Vec<spot_common::Ec2State>, Ec2Error> {
-        let by_group = Filter::builder()
-            .name("tag:spot:group")
-            .values(group)
-            .build();
         let out = ec2_call!(self, "DescribeInstances", |c| c
             .describe_instances()
-            .filters(by_group.clone()))
+            .filters(filter("tag:spot:group", &[group])))
         .await?;
         Ok(out
             .reservations()

@@ -1,11 +1,11 @@
 //! The real client's EBS calls: data volumes and their snapshots (the
 //! handover's logic is in `volumes.rs`; these are its EC2 actions).
 
-use super::{Ec2, missing};
+use super::{Ec2, filter, missing};
 use crate::ec2::{
     Ec2Error, ErrorClass, FastRestore, Snapshot, Volume, VolumeAttachment, VolumeTags, to_error,
 };
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 
 fn tagged(kind: ResourceType, tags: &VolumeTags<'_>) -> TagSpecification {
     let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
@@ -128,12 +128,11 @@ impl Ec2 {
         group: &str,
         device: &str,
     ) -> Result<Vec<Snapshot>, Ec2Error> {
-        let filter = |k: &str, v: &str| Filter::builder().name(k).values(v).build();
         let out = ec2_call!(self, "DescribeSnapshots", |c| c
             .describe_snapshots()
             .owner_ids("self")
-            .filters(filter("tag:spot:group", group))
-            .filters(filter("tag:spot:device", device)))
+            .filters(filter("tag:spot:group", &[group]))
+            .filters(filter("tag:spot:device", &[device])))
         .await?;
         Ok(out
             .snapshots()
@@ -154,13 +153,10 @@ impl Ec2 {
         if snapshot_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let filter = Filter::builder()
-            .name("snapshot-id")
-            .set_values(Some(snapshot_ids.to_vec()))
-            .build();
+        let ids: Vec<&str> = snapshot_ids.iter().map(String::as_str).collect();
         let out = ec2_call!(self, "DescribeFastSnapshotRestores", |c| c
             .describe_fast_snapshot_restores()
-            .filters(filter.clone()))
+            .filters(filter("snapshot-id", &ids)))
         .await?;
         Ok(out
             .fast_snapshot_restores()
