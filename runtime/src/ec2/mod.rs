@@ -313,6 +313,7 @@ pub use volumes::{
 
 #[cfg(test)]
 mod tests {
+    use super::fake::FakeEc2;
     use super::*;
 
     #[test]
@@ -331,5 +332,65 @@ mod tests {
         assert_eq!(classify("Whatever", Some(400)), ErrorClass::Client);
         assert!(ErrorClass::Throttled.retryable() && !ErrorClass::Capacity.retryable());
         assert!(!ErrorClass::Idempotency.retryable() && !ErrorClass::Auth.retryable());
+    }
+
+    /// Fence within `secs`, polling every 100 ms.
+    async fn fence(ec2: &FakeEc2, instance_id: &str, secs: u64) -> Result<(), Ec2Error> {
+        super::fence(
+            ec2,
+            instance_id,
+            Duration::from_secs(secs),
+            Duration::from_millis(100),
+        )
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fence_waits_for_terminated() {
+        let ec2 = FakeEc2::new();
+        ec2.add_instance("i-old", "running");
+        ec2.slow_termination(3);
+        fence(&ec2, "i-old", 10).await.unwrap();
+        assert_eq!(ec2.state("i-old").as_deref(), Some("terminated"));
+        let polls = ec2
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("DescribeInstances"))
+            .count();
+        assert_eq!(polls, 4, "three polls shutting-down, the fourth terminated");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fence_fails_when_ec2_refuses_or_never_terminates() {
+        let ec2 = FakeEc2::new();
+        ec2.add_instance("i-old", "running");
+        ec2.fail_next(
+            "TerminateInstances",
+            ErrorClass::Auth,
+            "UnauthorizedOperation",
+        );
+        let e = fence(&ec2, "i-old", 5).await.unwrap_err();
+        assert_eq!(e.code, "UnauthorizedOperation");
+        ec2.slow_termination(1_000_000);
+        let e = fence(&ec2, "i-old", 5).await.unwrap_err();
+        assert_eq!(e.code, "FenceTimeout");
+        // An instance EC2 no longer knows is fenced.
+        fence(&ec2, "i-gone", 5).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_address_is_taken_only_from_a_fenced_holder() {
+        let ec2 = FakeEc2::new();
+        ec2.add_address("eip", Some("i-real-primary"));
+        let e = ec2
+            .move_address("eip", "i-stale", &["i-old".to_owned()])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "UnexpectedHolder");
+        assert_eq!(ec2.holder("eip").as_deref(), Some("i-real-primary"));
+        ec2.move_address("eip", "i-new", &["i-real-primary".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(ec2.holder("eip").as_deref(), Some("i-new"));
     }
 }

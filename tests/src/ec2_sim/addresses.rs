@@ -2,7 +2,7 @@
 //! DisassociateAddress as EC2 answers them (an address already associated
 //! moves only with AllowReassociation).
 
-use super::{Inner, err, list, missing, ok};
+use super::{Ec2Sim, Inner, SimAddress, err, list, missing, ok};
 use axum::http::StatusCode;
 use axum::response::Response;
 use std::collections::HashMap;
@@ -91,5 +91,22 @@ pub(super) fn answer(g: &mut Inner, action: &str, p: &HashMap<String, String>) -
             "InvalidAction",
             &format!("The action {other} is not an address action."),
         ),
+    }
+}
+
+impl Ec2Sim {
+    pub fn add_address(&self, allocation_id: &str, public_ip: &str) {
+        self.lock().addresses.insert(
+            allocation_id.to_owned(),
+            SimAddress {
+                allocation_id: allocation_id.into(),
+                public_ip: public_ip.into(),
+                ..SimAddress::default()
+            },
+        );
+    }
+
+    pub fn address(&self, allocation_id: &str) -> Option<SimAddress> {
+        self.lock().addresses.get(allocation_id).cloned()
     }
 }

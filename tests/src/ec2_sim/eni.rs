@@ -3,7 +3,7 @@
 //! and attaches only to an instance there, only when free; a detach takes
 //! `detach_delay` (`detaching` meanwhile); termination frees it.
 
-use super::{Inner, err, esc, list, missing, ok, running_zone};
+use super::{Ec2Sim, Inner, err, esc, list, missing, ok, running_zone};
 use axum::http::StatusCode;
 use axum::response::Response;
 use std::collections::HashMap;
@@ -152,4 +152,25 @@ fn detach(g: &mut Inner, p: &HashMap<String, String>) -> Response {
         e.settle();
     }
     ok("DetachNetworkInterface", "<return>true</return>")
+}
+
+impl Ec2Sim {
+    /// A secondary ENI in `zone`, attached to nobody.
+    pub fn add_eni(&self, eni: &str, zone: &str) {
+        self.lock().enis.insert(eni.to_owned(), SimEni::new(zone));
+    }
+
+    /// The instance `eni` is attached to.
+    pub fn eni_holder(&self, eni: &str) -> Option<String> {
+        self.lock().enis.get(eni).and_then(|e| e.holder.clone())
+    }
+
+    /// Every instance `eni` was ever attached to, in order.
+    pub fn eni_history(&self, eni: &str) -> Vec<String> {
+        self.lock()
+            .enis
+            .get(eni)
+            .map(|e| e.history.clone())
+            .unwrap_or_default()
+    }
 }

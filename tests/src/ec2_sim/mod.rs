@@ -359,42 +359,6 @@ impl Ec2Sim {
         });
     }
 
-    pub fn add_address(&self, allocation_id: &str, public_ip: &str) {
-        self.lock().addresses.insert(
-            allocation_id.to_owned(),
-            SimAddress {
-                allocation_id: allocation_id.into(),
-                public_ip: public_ip.into(),
-                ..SimAddress::default()
-            },
-        );
-    }
-
-    pub fn address(&self, allocation_id: &str) -> Option<SimAddress> {
-        self.lock().addresses.get(allocation_id).cloned()
-    }
-
-    /// A secondary ENI in `zone`, attached to nobody.
-    pub fn add_eni(&self, eni: &str, zone: &str) {
-        self.lock()
-            .enis
-            .insert(eni.to_owned(), eni::SimEni::new(zone));
-    }
-
-    /// The instance `eni` is attached to.
-    pub fn eni_holder(&self, eni: &str) -> Option<String> {
-        self.lock().enis.get(eni).and_then(|e| e.holder.clone())
-    }
-
-    /// Every instance `eni` was ever attached to, in order.
-    pub fn eni_history(&self, eni: &str) -> Vec<String> {
-        self.lock()
-            .enis
-            .get(eni)
-            .map(|e| e.history.clone())
-            .unwrap_or_default()
-    }
-
     /// A data volume in `zone`, attached to (instance, device) or free.
     pub fn add_volume(&self, id: &str, zone: &str, holder: Option<(&str, &str)>) {
         let mut g = self.lock();

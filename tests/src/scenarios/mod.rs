@@ -13,6 +13,7 @@ mod failover;
 mod fencing;
 mod interface;
 pub mod leadership;
+pub mod restarts;
 pub mod volumes;
 
 use crate::fleet::{Fleet, FleetOptions};
@@ -63,11 +64,11 @@ scenarios! {
     "slow-promote" => fencing::slow_promote,
     "frozen-agent" => fencing::frozen_agent,
     "frozen-coordinator" => fencing::frozen_coordinator,
-    "coordinator-restart" => fencing::coordinator_restart,
-    "interruption-after-restart" => fencing::interruption_after_restart,
-    "interruption-after-restart-blind" => fencing::interruption_after_restart_blind,
-    "restored-store" => fencing::restored_store,
-    "restored-store-partitioned" => fencing::restored_store_partitioned,
+    "coordinator-restart" => restarts::coordinator_restart,
+    "interruption-after-restart" => restarts::interruption_after_restart,
+    "interruption-after-restart-blind" => restarts::interruption_after_restart_blind,
+    "restored-store" => restarts::restored_store,
+    "restored-store-partitioned" => restarts::restored_store_partitioned,
     "lost-primary" => fencing::lost_primary,
     "journal-failure" => fencing::journal_failure,
     "shared-identity" => fencing::shared_identity,
