@@ -5,15 +5,16 @@
 //! restore), and every older snapshot has it off (a restore takes the
 //! newest; each snapshot-zone hour is billed). A group checked every
 //! quarter of its snapshot interval (10 s to 5 min); a group whose
-//! setting was turned off is turned off once. A failed check is logged
-//! and tried again at the group's next turn.
+//! setting was turned off while this coordinator ran (or that was
+//! deleted, or lost a volume) is turned off at the next tick. A failed
+//! check is logged and tried again at the group's next turn.
 
 use super::Schedule;
 use crate::state::AppState;
 use crate::store::Read;
 use spot_common::wire::GroupView;
 use spot_runtime::ec2::{Ec2Api, keep_fast_restore};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,32 +53,67 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
 pub async fn run_with(state: Arc<AppState>, ec2: &dyn Ec2Api) -> anyhow::Result<()> {
     let mut schedule = Schedule::after(TICK, &state);
     let mut checked: HashMap<String, Instant> = HashMap::new();
-    // Groups with it on, as last seen: one turned off is turned off in EC2.
-    let mut on: HashSet<String> = HashSet::new();
+    // Groups with it on, as last seen, and their devices: one turned off
+    // (or deleted, or its volumes removed) is turned off in EC2.
+    let mut on: HashMap<String, Vec<String>> = HashMap::new();
     while schedule.next().await {
         let Some(groups) = super::acting_groups(&state, "fast snapshot restore").await else {
             continue;
         };
         checked.retain(|name, _| groups.iter().any(|g| &g.name == name));
-        for g in &groups {
-            let wanted = g.config.fast_snapshot_restore && !g.config.data_volumes.is_empty();
-            let turned_off = !wanted && on.contains(&g.name);
+        let mut off: Vec<(String, Vec<String>)> = on
+            .iter()
+            .filter(|(name, _)| {
+                !groups
+                    .iter()
+                    .any(|g| &g.name == *name && g.config.fast_snapshot_restore)
+            })
+            .map(|(name, devices)| (name.clone(), devices.clone()))
+            .collect();
+        for g in groups.iter().filter(|g| g.config.fast_snapshot_restore) {
             let due = checked
                 .get(&g.name)
                 .is_none_or(|at| at.elapsed() >= period(g));
-            if !(wanted && due || turned_off) {
+            if !due {
                 continue;
             }
             checked.insert(g.name.clone(), Instant::now());
-            match check(&state, ec2, g, wanted).await {
-                Ok(()) if wanted => {
-                    on.insert(g.name.clone());
-                }
-                Ok(()) => {
-                    on.remove(&g.name);
-                }
+            let devices: Vec<String> = g
+                .config
+                .data_volumes
+                .iter()
+                .map(|d| d.device.clone())
+                .collect();
+            let (name, now) = (g.name.clone(), crate::state::now_ms());
+            let zones = match state.db.read(move |s| s.data_volumes(&name, now)).await {
+                Ok(v) => restore_zones(g, v.availability_zone.as_deref()),
                 Err(e) => {
-                    tracing::warn!(group = %g.name, error = %e, "fast snapshot restore; again at the group's next turn");
+                    tracing::warn!(group = %g.name, error = %spot_common::error_chain(&e), "reading the data volumes for fast snapshot restore; again at the group's next turn");
+                    continue;
+                }
+            };
+            // A device no longer configured is turned off.
+            if let Some(before) = on.get(&g.name) {
+                let gone: Vec<String> = before
+                    .iter()
+                    .filter(|d| !devices.contains(d))
+                    .cloned()
+                    .collect();
+                if !gone.is_empty() {
+                    off.push((g.name.clone(), gone));
+                }
+            }
+            if apply(ec2, &g.name, &devices, &zones).await {
+                on.insert(g.name.clone(), devices);
+            }
+        }
+        for (name, devices) in off {
+            if apply(ec2, &name, &devices, &[]).await {
+                let still = groups
+                    .iter()
+                    .any(|g| g.name == name && g.config.fast_snapshot_restore);
+                if !still {
+                    on.remove(&name);
                 }
             }
         }
@@ -85,31 +121,21 @@ pub async fn run_with(state: Arc<AppState>, ec2: &dyn Ec2Api) -> anyhow::Result<
     Ok(())
 }
 
-async fn check(
-    state: &AppState,
-    ec2: &dyn Ec2Api,
-    g: &GroupView,
-    wanted: bool,
-) -> anyhow::Result<()> {
-    let name = g.name.clone();
-    let now = crate::state::now_ms();
-    let volumes = state.db.read(move |s| s.data_volumes(&name, now)).await?;
-    let zones = if wanted {
-        restore_zones(g, volumes.availability_zone.as_deref())
-    } else {
-        Vec::new()
-    };
-    let devices: Vec<String> = g
-        .config
-        .data_volumes
-        .iter()
-        .map(|d| d.device.clone())
-        .collect();
-    let changed = keep_fast_restore(ec2, &g.name, &devices, &zones).await?;
-    if !changed.is_empty() {
-        tracing::info!(group = %g.name, ?changed, "fast snapshot restore follows the newest snapshot");
+/// Fast snapshot restore of `group`'s `devices` in `zones` (none: off
+/// everywhere); `false` when EC2 refused or failed (logged; tried again).
+async fn apply(ec2: &dyn Ec2Api, group: &str, devices: &[String], zones: &[String]) -> bool {
+    match keep_fast_restore(ec2, group, devices, zones).await {
+        Ok(changed) => {
+            if !changed.is_empty() {
+                tracing::info!(%group, ?changed, "fast snapshot restore follows the newest snapshot");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(%group, error = %e, "fast snapshot restore; again at the group's next turn");
+            false
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -236,6 +236,15 @@ pub async fn data_volume() -> Result<Timings> {
         f.ec2.volume_restored_fast(&restored),
         "restored where fast snapshot restore was enabled"
     );
+    // Turned off: off for every snapshot, at the next tick.
+    let mut config = f.get("/v1/groups/db").await?["config"].clone();
+    config["fast_snapshot_restore"] = json!(false);
+    let (st, v) = super::put_config(&f, config).await?;
+    ensure!(st.is_success(), "fast_snapshot_restore turned off: {st} {v}");
+    eventually("fast snapshot restore disabled", WAIT, || async {
+        f.ec2.fast_restore_zones(&snapshot_id).is_empty().then_some(())
+    })
+    .await?;
     let v = volume_violations(&f, "db", "vol-db")?;
     ensure!(v.is_empty(), "volume violations: {v:?}");
     checker.check().await?;
