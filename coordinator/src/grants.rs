@@ -159,7 +159,8 @@ impl GrantKeys {
             text.push_str(&format!("{id} {}\n", hex::encode(key)));
         }
         let p = path(data_dir);
-        crate::state::write_private(&p, &text).with_context(|| format!("writing {}", p.display()))
+        spot_runtime::fs::write_private(&p, &text)
+            .with_context(|| format!("writing {}", p.display()))
     }
 
     /// The ids of the keys, the signing one first.

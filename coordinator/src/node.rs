@@ -109,7 +109,7 @@ pub async fn run(
     let drain = config.shutdown_timeout;
     let peer_ca = config.peer_ca_bundle.clone();
     let shared = tokio::task::spawn_blocking(move || crate::state::open(config, addr)).await??;
-    crate::state::write_private(
+    spot_runtime::fs::write_private(
         &shared.config.data_dir.join("listen.addr"),
         &addr.to_string(),
     )

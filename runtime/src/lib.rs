@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod ec2;
+pub mod fs;
 #[cfg(feature = "test-util")]
 pub mod pgtest;
 pub mod retry;

@@ -160,7 +160,7 @@ pub async fn heartbeat(args: HeartbeatBench) -> Result<()> {
             .map(|i| {
                 let meta =
                     InstanceMeta::spot(&format!("i-{i:06}"), "m5.large", "us-east-1a", "bench");
-                crate::identity_sign::proof(&meta)
+                meta.proof()
             })
             .collect::<Result<Vec<_>>>()
     })

@@ -54,6 +54,33 @@ impl InstanceMeta {
             signed: true,
         }
     }
+
+    /// The identity document IMDS serves for this instance, in AWS's
+    /// layout.
+    pub fn document(&self) -> anyhow::Result<String> {
+        Ok(serde_json::to_string_pretty(&serde_json::json!({
+            "accountId": self.account_id,
+            "architecture": "x86_64",
+            "availabilityZone": self.availability_zone,
+            "billingProducts": null,
+            "devpayProductCodes": null,
+            "marketplaceProductCodes": null,
+            "imageId": "ami-0sim0000000000000",
+            "instanceId": self.instance_id,
+            "instanceType": self.instance_type,
+            "kernelId": null,
+            "pendingTime": "2026-12-04T09:00:00Z",
+            "privateIp": "10.0.0.10",
+            "ramdiskId": null,
+            "region": self.region,
+            "version": "2017-09-30",
+        }))?)
+    }
+
+    /// `document` with its `rsa2048` signature under the test key.
+    pub fn proof(&self) -> anyhow::Result<spot_common::wire::IdentityProof> {
+        crate::identity_sign::proof_of(self.document()?)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -313,8 +340,8 @@ async fn identity_get(
         return StatusCode::NOT_FOUND.into_response();
     }
     let body = match kind.as_str() {
-        "document" => crate::identity_sign::document(&meta),
-        "rsa2048" => crate::identity_sign::proof(&meta).map(|p| p.rsa2048),
+        "document" => meta.document(),
+        "rsa2048" => meta.proof().map(|p| p.rsa2048),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     match body {
@@ -375,4 +402,39 @@ async fn ctl_expire(State(sim): State<ImdsSim>) -> StatusCode {
 async fn ctl_stats(State(sim): State<ImdsSim>) -> Json<serde_json::Value> {
     let (puts, gets, unauth) = sim.stats();
     Json(serde_json::json!({"token_puts": puts, "gets": gets, "unauthorized": unauth}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity_sign::{ACCOUNT_ID, signer};
+    use spot_common::identity;
+
+    /// What the simulator signs, the coordinator's parser accepts with the
+    /// fields of the instance (the RSA check itself is the coordinator's).
+    #[test]
+    fn a_signed_document_parses_to_its_instance() {
+        let meta = InstanceMeta::spot("i-0abc", "c5.xlarge", "us-east-1b", "db");
+        let p = meta.proof().unwrap();
+        let pkcs7 = identity::base64_decode(&p.rsa2048).unwrap();
+        let doc = identity::verify(
+            &pkcs7,
+            Some(&p.document),
+            &[signer().unwrap()],
+            |_, _, _| true,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                doc.instance_id.as_str(),
+                doc.instance_type.as_str(),
+                doc.availability_zone.as_str()
+            ),
+            ("i-0abc", "c5.xlarge", "us-east-1b")
+        );
+        assert_eq!(
+            (doc.account_id.as_str(), doc.region.as_str()),
+            (ACCOUNT_ID, "us-east-1")
+        );
+    }
 }

@@ -69,7 +69,7 @@ async fn only_a_signed_document_registers_its_own_instance() {
 
     // The genuine article: placed as its document says, not as the body.
     let one = InstanceMeta::spot("i-0one", "c5.xlarge", "us-east-1c", "db");
-    let (st, _, v) = register(reg("i-0one", Some(identity_sign::proof(&one).unwrap()))).await;
+    let (st, _, v) = register(reg("i-0one", Some(one.proof().unwrap()))).await;
     assert_eq!(st, 201, "{v}");
     let (_, inst) = api
         .get("/v1/instances/i-0one", &c.admin_token)
@@ -81,13 +81,9 @@ async fn only_a_signed_document_registers_its_own_instance() {
         "the document, not the body, places the instance: {inst}"
     );
 
-    let mut edited = identity_sign::proof(&InstanceMeta::spot(
-        "i-0two",
-        "m5.large",
-        "us-east-1a",
-        "db",
-    ))
-    .unwrap();
+    let mut edited = InstanceMeta::spot("i-0two", "m5.large", "us-east-1a", "db")
+        .proof()
+        .unwrap();
     edited.document = edited.document.replace("m5.large", "x2iedn.32xlarge");
     let stranger = IdentityProof {
         document: std::fs::read_to_string(fixture("document.json")).unwrap(),
@@ -108,20 +104,20 @@ async fn only_a_signed_document_registers_its_own_instance() {
         ),
         (
             "i-0two",
-            Some(identity_sign::proof(&one).unwrap()),
+            Some(one.proof().unwrap()),
             403,
             "identity_mismatch",
         ),
         (
             "i-0three",
-            Some(identity_sign::proof(&elsewhere).unwrap()),
+            Some(elsewhere.proof().unwrap()),
             403,
             "account_not_allowed",
         ),
         // A replay of i-0one's genuine document while its agent is live.
         (
             "i-0one",
-            Some(identity_sign::proof(&one).unwrap()),
+            Some(one.proof().unwrap()),
             409,
             "instance_registered",
         ),

@@ -203,28 +203,14 @@ fn resolve_token(data_dir: &Path, name: &str, configured: Option<&str>) -> anyho
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let token = random_token();
-    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    spot_runtime::fs::write_private(&path, &token)
+        .with_context(|| format!("writing {}", path.display()))?;
     // Printed on stdout once, on purpose: this is how the operator learns it.
     println!(
         "generated {name} token (kept in {}): {token}",
         path.display()
     );
     Ok(token)
-}
-
-pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// What every leader term of this process shares, opened once at start:

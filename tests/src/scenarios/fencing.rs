@@ -295,9 +295,7 @@ pub async fn forger() -> Result<Timings> {
     let checker = InvariantChecker::start(&f);
     let t = Instant::now();
     let enroll = f.coord.enrollment_token.clone();
-    let signed = |i: &str| {
-        crate::identity_sign::proof(&InstanceMeta::spot(i, "m5.large", "us-east-1b", "db"))
-    };
+    let signed = |i: &str| InstanceMeta::spot(i, "m5.large", "us-east-1b", "db").proof();
     let reg = |i: &str, proof: Option<spot_common::wire::IdentityProof>| {
         json!({"instance_id": i, "instance_type": "m5.large", "availability_zone": "us-east-1b",
                "region": "us-east-1", "lifecycle": "spot", "group": "db", "identity": proof})

@@ -240,9 +240,15 @@ pub async fn data_volume() -> Result<Timings> {
     let mut config = f.get("/v1/groups/db").await?["config"].clone();
     config["fast_snapshot_restore"] = json!(false);
     let (st, v) = super::put_config(&f, config).await?;
-    ensure!(st.is_success(), "fast_snapshot_restore turned off: {st} {v}");
+    ensure!(
+        st.is_success(),
+        "fast_snapshot_restore turned off: {st} {v}"
+    );
     eventually("fast snapshot restore disabled", WAIT, || async {
-        f.ec2.fast_restore_zones(&snapshot_id).is_empty().then_some(())
+        f.ec2
+            .fast_restore_zones(&snapshot_id)
+            .is_empty()
+            .then_some(())
     })
     .await?;
     let v = volume_violations(&f, "db", "vol-db")?;
