@@ -4,10 +4,13 @@
 //! group's pools other than the volumes' own (where a replacement would
 //! restore), and every older snapshot has it off (a restore takes the
 //! newest; each snapshot-zone hour is billed). A group checked every
-//! quarter of its snapshot interval (10 s to 5 min); a group whose
-//! setting was turned off while this coordinator ran (or that was
-//! deleted, or lost a volume) is turned off at the next tick. A failed
-//! check is logged and tried again at the group's next turn.
+//! quarter of its snapshot interval (10 s to 5 min). A group whose
+//! setting was turned off (or that was deleted, or lost a volume) is
+//! turned off at the next tick; at the start of each term of this
+//! coordinator every group with data volumes and the setting off is
+//! turned off once (it may have been turned off while no coordinator
+//! ran, or under another leader). A failed check is logged and tried
+//! again at the group's next turn (a failed turn-off a minute later).
 
 use super::Schedule;
 use crate::state::AppState;
@@ -19,6 +22,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TICK: Duration = Duration::from_secs(5);
+/// How soon turning a group off is tried again after EC2 refused.
+const OFF_RETRY: Duration = Duration::from_secs(60);
+
+fn devices(g: &GroupView) -> Vec<String> {
+    g.config
+        .data_volumes
+        .iter()
+        .map(|d| d.device.clone())
+        .collect()
+}
 
 /// How often a group is checked: a new snapshot gets fast restore within
 /// this of completing.
@@ -56,11 +69,28 @@ pub async fn run_with(state: Arc<AppState>, ec2: &dyn Ec2Api) -> anyhow::Result<
     // Groups with it on, as last seen, and their devices: one turned off
     // (or deleted, or its volumes removed) is turned off in EC2.
     let mut on: HashMap<String, Vec<String>> = HashMap::new();
+    // When turning a group off last failed.
+    let mut refused: HashMap<String, Instant> = HashMap::new();
+    // Whether this term's first pass has run.
+    let mut swept = false;
     while schedule.next().await {
         let Some(groups) = super::acting_groups(&state, "fast snapshot restore").await else {
+            swept = false;
             continue;
         };
+        if !swept {
+            // A group whose option was turned off while no coordinator ran
+            // (or while another one led) may still have it on in EC2.
+            for g in groups
+                .iter()
+                .filter(|g| !g.config.fast_snapshot_restore && !g.config.data_volumes.is_empty())
+            {
+                on.entry(g.name.clone()).or_insert_with(|| devices(g));
+            }
+            swept = true;
+        }
         checked.retain(|name, _| groups.iter().any(|g| &g.name == name));
+        refused.retain(|name, _| on.contains_key(name));
         let mut off: Vec<(String, Vec<String>)> = on
             .iter()
             .filter(|(name, _)| {
@@ -78,12 +108,7 @@ pub async fn run_with(state: Arc<AppState>, ec2: &dyn Ec2Api) -> anyhow::Result<
                 continue;
             }
             checked.insert(g.name.clone(), Instant::now());
-            let devices: Vec<String> = g
-                .config
-                .data_volumes
-                .iter()
-                .map(|d| d.device.clone())
-                .collect();
+            let devices = devices(g);
             let (name, now) = (g.name.clone(), crate::state::now_ms());
             let zones = match state.db.read(move |s| s.data_volumes(&name, now)).await {
                 Ok(v) => restore_zones(g, v.availability_zone.as_deref()),
@@ -108,13 +133,23 @@ pub async fn run_with(state: Arc<AppState>, ec2: &dyn Ec2Api) -> anyhow::Result<
             }
         }
         for (name, devices) in off {
-            if apply(ec2, &name, &devices, &[]).await {
-                let still = groups
-                    .iter()
-                    .any(|g| g.name == name && g.config.fast_snapshot_restore);
-                if !still {
-                    on.remove(&name);
-                }
+            // Turned off at once; after a failure, a minute later.
+            if refused
+                .get(&name)
+                .is_some_and(|at| at.elapsed() < OFF_RETRY)
+            {
+                continue;
+            }
+            if !apply(ec2, &name, &devices, &[]).await {
+                refused.insert(name, Instant::now());
+                continue;
+            }
+            refused.remove(&name);
+            let still = groups
+                .iter()
+                .any(|g| g.name == name && g.config.fast_snapshot_restore);
+            if !still {
+                on.remove(&name);
             }
         }
     }

@@ -439,6 +439,14 @@ impl Ec2Sim {
         z
     }
 
+    /// Fast snapshot restore of `snapshot` on in `zone` (as an earlier
+    /// coordinator left it).
+    pub fn enable_fast_restore(&self, snapshot: &str, zone: &str) {
+        if let Some(s) = self.lock().snapshots.get_mut(snapshot) {
+            s.enable_fast(zone);
+        }
+    }
+
     /// How long EBS transitions take, and whether a detach gets stuck.
     pub fn set_ebs(&self, timing: EbsTiming) {
         self.lock().ebs = timing;

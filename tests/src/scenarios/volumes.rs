@@ -191,7 +191,8 @@ pub async fn data_volume() -> Result<Timings> {
 
     // 3. The only REPLICA is in another zone: once a snapshot exists, an
     // interruption promotes it with a volume restored from that snapshot.
-    let (f, first) = volume_group(FleetOptions::default(), Some(("i-db-b", "us-east-1b"))).await?;
+    let (mut f, first) =
+        volume_group(FleetOptions::default(), Some(("i-db-b", "us-east-1b"))).await?;
     let checker = InvariantChecker::start(&f);
     let snap = wait_volumes(&f, |v| v["volumes"][0]["last_snapshot_id"].is_string()).await?;
     let snapshot_id = snap["volumes"][0]["last_snapshot_id"]
@@ -244,12 +245,23 @@ pub async fn data_volume() -> Result<Timings> {
         st.is_success(),
         "fast_snapshot_restore turned off: {st} {v}"
     );
-    eventually("fast snapshot restore disabled", WAIT, || async {
+    let all_off = || async {
         f.ec2
             .fast_restore_zones(&snapshot_id)
             .is_empty()
             .then_some(())
-    })
+    };
+    eventually("fast snapshot restore disabled", WAIT, all_off).await?;
+    // Left on by an earlier coordinator (turned off while none ran): the
+    // next one to lead turns it off.
+    f.ec2.enable_fast_restore(&snapshot_id, "us-east-1a");
+    f.coord.kill9();
+    f.coord.start_again()?;
+    eventually(
+        "fast snapshot restore disabled by the next coordinator",
+        WAIT,
+        all_off,
+    )
     .await?;
     let v = volume_violations(&f, "db", "vol-db")?;
     ensure!(v.is_empty(), "volume violations: {v:?}");
