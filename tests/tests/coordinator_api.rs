@@ -5,7 +5,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use spot_tests::harness::{Api, Coordinator};
+use spot_tests::harness::{Api, Coordinator, eventually};
 use std::time::{Duration, Instant};
 
 struct Agent {
@@ -13,19 +13,141 @@ struct Agent {
     token: String,
 }
 
-async fn create_group(api: &Api, c: &Coordinator, name: &str) {
-    let (st, _) = api
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(&c.admin_token),
-            // Paused: these tests promote by hand, the reconciler stays out.
-            Some(&json!({"name": name, "config": {"paused": true, "pools": [
-                {"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, StatusCode::CREATED);
+/// A coordinator of the test's own on a fresh data directory.
+struct Fx {
+    c: Coordinator,
+    api: Api,
+    dir: tempfile::TempDir,
+}
+
+type Answer = (StatusCode, Value);
+
+impl Fx {
+    /// With no group.
+    fn bare(extra: &[&str]) -> Fx {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Coordinator::start(dir.path(), extra).unwrap();
+        Fx {
+            api: c.api(),
+            c,
+            dir,
+        }
+    }
+
+    /// With the paused group `db` (these tests promote by hand, the
+    /// reconciler stays out).
+    async fn with_group(extra: &[&str]) -> Fx {
+        let f = Fx::bare(extra);
+        let (st, v) = f
+            .admin_post(
+                "/v1/groups",
+                &json!({"name": "db", "config": {"paused": true, "pools": [
+                    {"instance_type": "m5.large", "availability_zone": "us-east-1a"}]}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        f
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
+        let token = Some(self.c.admin_token.as_str());
+        self.api.call(method, path, token, body).await.unwrap()
+    }
+
+    async fn admin_get(&self, path: &str) -> Answer {
+        self.admin(Method::GET, path, None).await
+    }
+
+    async fn admin_post(&self, path: &str, body: &Value) -> Answer {
+        self.admin(Method::POST, path, Some(body)).await
+    }
+
+    async fn admin_audit(&self, query: &str) -> Vec<Value> {
+        let path = format!("/v1/audit?{query}");
+        self.api.audit(&path, &self.c.admin_token).await
+    }
+
+    async fn group(&self) -> Value {
+        self.admin_get("/v1/groups/db").await.1
+    }
+
+    async fn enroll(&self, body: &Value) -> Answer {
+        let path = "/v1/agents/register";
+        self.api
+            .post(path, &self.c.enrollment_token, body)
+            .await
+            .unwrap()
+    }
+
+    async fn register(&self, instance: &str) -> Agent {
+        let (st, v) = self.enroll(&reg_body(instance, "db")).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        Agent {
+            id: v["agent_id"].as_str().unwrap().to_owned(),
+            token: v["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// An agent's call on its own route (`/v1/agents/{id}/{rest}`).
+    async fn agent(&self, a: &Agent, method: Method, rest: &str, body: Option<&Value>) -> Answer {
+        let path = format!("/v1/agents/{}/{rest}", a.id);
+        let token = Some(a.token.as_str());
+        self.api.call(method, &path, token, body).await.unwrap()
+    }
+
+    async fn heartbeat(&self, a: &Agent, instance: &str) -> Answer {
+        let body =
+            json!({"instance_id": instance, "highest_epoch": 0, "healthy": true, "backlog": 0});
+        self.agent(a, Method::POST, "heartbeat", Some(&body)).await
+    }
+
+    async fn poll(&self, a: &Agent, query: &str) -> Answer {
+        self.agent(a, Method::GET, &format!("commands?{query}"), None)
+            .await
+    }
+
+    async fn events(&self, a: &Agent, body: &Value) -> Answer {
+        self.agent(a, Method::POST, "events", Some(body)).await
+    }
+
+    /// Claims PRIMARY at `epoch`, showing `grant` when given.
+    async fn claim(&self, a: &Agent, instance: &str, epoch: u64, grant: Option<&str>) -> Value {
+        let mut body = json!({"instance_id": instance, "role": "primary", "role_epoch": epoch,
+                              "highest_epoch": epoch, "healthy": true, "backlog": 0});
+        if let Some(g) = grant {
+            body["grant"] = json!(g);
+        }
+        let (st, v) = self.agent(a, Method::POST, "heartbeat", Some(&body)).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v
+    }
+
+    async fn promote(&self, instance: &str, expected_epoch: u64) -> Answer {
+        let body = json!({"instance_id": instance, "expected_epoch": expected_epoch});
+        self.admin_post("/v1/groups/db/promote", &body).await
+    }
+
+    /// Everything an operator can read, to show that a refused call
+    /// changed nothing.
+    async fn snapshot(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for p in ["/v1/groups", "/v1/agents", "/v1/instances", "/v1/commands"] {
+            out.insert(p.to_owned(), self.admin_get(p).await.1);
+        }
+        let audit = self.admin_audit("limit=1000").await;
+        out.insert("audit_len".into(), json!(audit.len()));
+        Value::Object(out)
+    }
+
+    async fn metrics(&self) -> String {
+        let (st, m) = self
+            .api
+            .call(Method::GET, "/metrics", None, None)
+            .await
+            .unwrap();
+        assert_eq!(st, StatusCode::OK);
+        m.as_str().unwrap().to_owned()
+    }
 }
 
 fn reg_body(instance: &str, group: &str) -> Value {
@@ -34,55 +156,23 @@ fn reg_body(instance: &str, group: &str) -> Value {
            "lifecycle": "spot", "group": group})
 }
 
-async fn register(api: &Api, c: &Coordinator, instance: &str, group: &str) -> Agent {
-    let (st, v) = api
-        .post(
-            "/v1/agents/register",
-            &c.enrollment_token,
-            &reg_body(instance, group),
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, StatusCode::CREATED, "{v}");
-    Agent {
-        id: v["agent_id"].as_str().unwrap().to_owned(),
-        token: v["token"].as_str().unwrap().to_owned(),
-    }
+/// A command's result, as the agent reports it.
+fn command_done(a: &Agent, seq: u64, request_id: &Value) -> Value {
+    json!({"event_id": format!("{}:{seq}", a.id), "seq": seq, "at_ms": seq,
+           "body": {"type": "command_result", "request_id": request_id, "outcome": "done"}})
 }
 
-async fn heartbeat(api: &Api, a: &Agent, instance: &str) -> (StatusCode, Value) {
-    api.post(
-        &format!("/v1/agents/{}/heartbeat", a.id),
-        &a.token,
-        &json!({"instance_id": instance, "highest_epoch": 0, "healthy": true, "backlog": 0}),
-    )
-    .await
-    .unwrap()
-}
-
-async fn snapshot(api: &Api, c: &Coordinator) -> Value {
-    let mut out = serde_json::Map::new();
-    for p in ["/v1/groups", "/v1/agents", "/v1/instances", "/v1/commands"] {
-        let (_, v) = api.get(p, &c.admin_token).await.unwrap();
-        out.insert(p.to_owned(), v);
-    }
-    let (_, audit) = api
-        .get("/v1/audit?limit=1000", &c.admin_token)
-        .await
-        .unwrap();
-    out.insert("audit_len".into(), json!(audit.as_array().map(Vec::len)));
-    Value::Object(out)
+/// The status and the stable error code of an answer.
+fn code(answer: &Answer) -> (StatusCode, Option<&str>) {
+    (answer.0, answer.1["code"].as_str())
 }
 
 #[tokio::test]
 async fn register_heartbeat_poll_events_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let a = register(&api, &c, "i-1", "db").await;
+    let f = Fx::with_group(&[]).await;
+    let a = f.register("i-1").await;
 
-    let (st, hb) = heartbeat(&api, &a, "i-1").await;
+    let (st, hb) = f.heartbeat(&a, "i-1").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(hb["status"], "online");
     assert_eq!(
@@ -92,13 +182,7 @@ async fn register_heartbeat_poll_events_round_trip() {
 
     // Long-poll with nothing queued waits, then answers empty.
     let t = Instant::now();
-    let (st, v) = api
-        .get(
-            &format!("/v1/agents/{}/commands?wait_ms=500", a.id),
-            &a.token,
-        )
-        .await
-        .unwrap();
+    let (st, v) = f.poll(&a, "wait_ms=500").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["commands"], json!([]));
     assert!(
@@ -109,7 +193,7 @@ async fn register_heartbeat_poll_events_round_trip() {
 
     // A command queued during the wait is returned at once.
     let poll = {
-        let (api, id, tok) = (api.clone(), a.id.clone(), a.token.clone());
+        let (api, id, tok) = (f.api.clone(), a.id.clone(), a.token.clone());
         tokio::spawn(async move {
             let t = Instant::now();
             let r = api
@@ -120,14 +204,7 @@ async fn register_heartbeat_poll_events_round_trip() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (st, p) = api
-        .post(
-            "/v1/groups/db/promote",
-            &c.admin_token,
-            &json!({"instance_id": "i-1", "expected_epoch": 0}),
-        )
-        .await
-        .unwrap();
+    let (st, p) = f.promote("i-1", 0).await;
     assert_eq!(st, StatusCode::OK, "{p}");
     let ((st, v), waited) = poll.await.unwrap();
     assert_eq!(st, StatusCode::OK);
@@ -138,48 +215,36 @@ async fn register_heartbeat_poll_events_round_trip() {
     let cmd = &v["commands"][0];
     assert_eq!(cmd["action"]["kind"], "promote");
     assert_eq!(cmd["epoch"], 1);
-    let rid = cmd["request_id"].as_str().unwrap();
 
     // Report the result twice: applied once, acknowledged twice.
     let batch = json!({"events": [
-        {"event_id": format!("{}:1", a.id), "seq": 1, "at_ms": 1,
-         "body": {"type": "command_result", "request_id": rid, "outcome": "done"}},
+        command_done(&a, 1, &cmd["request_id"]),
         {"event_id": format!("{}:2", a.id), "seq": 2, "at_ms": 2,
          "body": {"type": "notice", "notice": "rebalance", "raw": "{}"}}]});
-    let path = format!("/v1/agents/{}/events", a.id);
-    let (st, r1) = api.post(&path, &a.token, &batch).await.unwrap();
+    let (st, r1) = f.events(&a, &batch).await;
     assert_eq!(st, StatusCode::OK, "{r1}");
     assert_eq!(r1["applied"], 2);
     // The confirmation commits the promotion (T3), asynchronously.
-    let start = Instant::now();
-    loop {
-        let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
-        if g["primary"] == "i-1" {
-            assert_eq!(g["epoch"], 1);
-            assert_eq!(g["transition"], Value::Null);
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never committed: {g}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let before = snapshot(&api, &c).await;
-    let (_, r2) = api.post(&path, &a.token, &batch).await.unwrap();
+    let g = eventually("the promotion commits", Duration::from_secs(10), || async {
+        let g = f.group().await;
+        (g["primary"] == "i-1").then_some(g)
+    })
+    .await
+    .unwrap();
+    assert_eq!(g["epoch"], 1);
+    assert_eq!(g["transition"], Value::Null);
+    let before = f.snapshot().await;
+    let (_, r2) = f.events(&a, &batch).await;
     assert_eq!(r2["applied"], 0);
     assert_eq!(r2["duplicates"], 2);
     assert_eq!(r2["acked"].as_array().unwrap().len(), 2);
-    assert_eq!(snapshot(&api, &c).await, before);
+    assert_eq!(f.snapshot().await, before);
 
-    let (_, cmds) = api
-        .get(&format!("/v1/commands?agent_id={}", a.id), &c.admin_token)
-        .await
-        .unwrap();
+    let (_, cmds) = f
+        .admin_get(&format!("/v1/commands?agent_id={}", a.id))
+        .await;
     assert_eq!(cmds[0]["state"], "done");
-    let (st, m) = api.call(Method::GET, "/metrics", None, None).await.unwrap();
-    assert_eq!(st, StatusCode::OK);
-    let m = m.as_str().unwrap();
+    let m = f.metrics().await;
     assert!(m.contains("spot_coordinator_heartbeats_total 1"), "{m}");
     assert!(m.contains("spot_coordinator_agents{status=\"online\"} 1"));
     assert!(m.contains("spot_coordinator_http_request_duration_seconds_bucket"));
@@ -187,63 +252,64 @@ async fn register_heartbeat_poll_events_round_trip() {
 
 #[tokio::test]
 async fn tokens_are_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let a = register(&api, &c, "i-1", "db").await;
-    let b = register(&api, &c, "i-2", "db").await;
+    let f = Fx::with_group(&[]).await;
+    let a = f.register("i-1").await;
+    let b = f.register("i-2").await;
     let hb = json!({"instance_id": "i-1", "highest_epoch": 0, "healthy": true, "backlog": 0});
     let path = format!("/v1/agents/{}/heartbeat", a.id);
-    for (token, want, code) in [
-        (None, StatusCode::UNAUTHORIZED, "unauthorized"),
-        (Some("wrong"), StatusCode::UNAUTHORIZED, "unauthorized"),
-        (Some(b.token.as_str()), StatusCode::FORBIDDEN, "forbidden"),
+    let admin = f.c.admin_token.as_str();
+    for (token, want) in [
+        (None, (StatusCode::UNAUTHORIZED, Some("unauthorized"))),
         (
-            Some(c.admin_token.as_str()),
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            Some("wrong"),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+        ),
+        (
+            Some(b.token.as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+        ),
+        (
+            Some(admin),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized")),
         ),
     ] {
-        let (st, v) = api
+        let answer = f
+            .api
             .call(Method::POST, &path, token, Some(&hb))
             .await
             .unwrap();
-        assert_eq!(st, want, "{token:?}");
-        assert_eq!(v["code"], code);
+        assert_eq!(code(&answer), want, "{token:?}");
     }
     // Enrollment needs the enrollment token, the operator API the admin token.
-    let (st, _) = api
-        .post(
+    for (path, token, body) in [
+        (
             "/v1/agents/register",
-            &c.admin_token,
-            &reg_body("i-9", "db"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, _) = api.get("/v1/groups", &a.token).await.unwrap();
-    assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, _) = api
-        .call(Method::GET, "/v1/groups", None, None)
-        .await
-        .unwrap();
-    assert_eq!(st, StatusCode::UNAUTHORIZED);
+            Some(admin),
+            Some(&reg_body("i-9", "db")),
+        ),
+        ("/v1/groups", Some(a.token.as_str()), None),
+        ("/v1/groups", None, None),
+    ] {
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let (st, _) = f.api.call(method, path, token, body).await.unwrap();
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{path} {token:?}");
+    }
 }
 
 #[tokio::test]
 async fn every_route_authenticates_before_it_reads_the_body() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let a = register(&api, &c, "i-1", "db").await;
+    let f = Fx::with_group(&[]).await;
+    let a = f.register("i-1").await;
     let garbage = json!({});
     for (path, token) in [
         ("/v1/agents/register".to_owned(), None),
         (
             "/v1/agents/register".to_owned(),
-            Some(c.admin_token.as_str()),
+            Some(f.c.admin_token.as_str()),
         ),
         (format!("/v1/agents/{}/heartbeat", a.id), None),
         (format!("/v1/agents/{}/events", a.id), Some("wrong")),
@@ -251,260 +317,215 @@ async fn every_route_authenticates_before_it_reads_the_body() {
         ("/v1/groups".to_owned(), Some(a.token.as_str())),
         ("/v1/groups/db/promote".to_owned(), None),
     ] {
-        let (st, v) = api
+        let answer = f
+            .api
             .call(Method::POST, &path, token, Some(&garbage))
             .await
             .unwrap();
         assert_eq!(
-            (st, v["code"].as_str()),
+            code(&answer),
             (StatusCode::UNAUTHORIZED, Some("unauthorized")),
-            "{path}: {v}"
+            "{path}: {}",
+            answer.1
         );
     }
 }
 
 #[tokio::test]
 async fn an_identity_used_from_another_instance_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let a = register(&api, &c, "i-1", "db").await;
+    let f = Fx::with_group(&[]).await;
+    let a = f.register("i-1").await;
     // A disk cloned from i-1 running on i-2 with i-1's identity.
-    let (st, v) = heartbeat(&api, &a, "i-2").await;
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::CONFLICT, Some("instance_mismatch")),
-        "{v}"
-    );
-    let (st, v) = api
-        .get(
-            &format!("/v1/agents/{}/commands?wait_ms=0&instance_id=i-2", a.id),
-            &a.token,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::CONFLICT, Some("instance_mismatch")),
-        "{v}"
-    );
+    let mismatch = (StatusCode::CONFLICT, Some("instance_mismatch"));
+    let answer = f.heartbeat(&a, "i-2").await;
+    assert_eq!(code(&answer), mismatch, "{}", answer.1);
+    let answer = f.poll(&a, "wait_ms=0&instance_id=i-2").await;
+    assert_eq!(code(&answer), mismatch, "{}", answer.1);
     // The rightful instance is served.
-    assert_eq!(heartbeat(&api, &a, "i-1").await.0, StatusCode::OK);
+    assert_eq!(f.heartbeat(&a, "i-1").await.0, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_reused_request_id_with_another_body_is_a_conflict() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
+    let f = Fx::bare(&[]);
     let create = |name: &str| json!({"name": name, "request_id": "op-1"});
-    let (st, first) = api
-        .post("/v1/groups", &c.admin_token, &create("a"))
-        .await
-        .unwrap();
+    let (st, first) = f.admin_post("/v1/groups", &create("a")).await;
     assert_eq!(st, StatusCode::CREATED);
     // The same request again: the same answer, nothing new.
-    let (st, again) = api
-        .post("/v1/groups", &c.admin_token, &create("a"))
-        .await
-        .unwrap();
+    let (st, again) = f.admin_post("/v1/groups", &create("a")).await;
     assert_eq!((st, &again), (StatusCode::CREATED, &first));
     // The same id for another request: refused, nothing written.
-    let (st, v) = api
-        .post("/v1/groups", &c.admin_token, &create("b"))
-        .await
-        .unwrap();
+    let answer = f.admin_post("/v1/groups", &create("b")).await;
     assert_eq!(
-        (st, v["code"].as_str()),
+        code(&answer),
         (StatusCode::CONFLICT, Some("idempotency_key_reused")),
-        "{v}"
+        "{}",
+        answer.1
     );
-    let (st, _) = api.get("/v1/groups/b", &c.admin_token).await.unwrap();
-    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(f.admin_get("/v1/groups/b").await.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn bad_input_gets_a_stable_error_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let a = register(&api, &c, "i-1", "db").await;
-    heartbeat(&api, &a, "i-1").await;
-    let before = snapshot(&api, &c).await;
-    let adm = Some(c.admin_token.as_str());
+    let f = Fx::with_group(&[]).await;
+    let a = f.register("i-1").await;
+    f.heartbeat(&a, "i-1").await;
+    let before = f.snapshot().await;
     let ev = format!("/v1/agents/{}/events", a.id);
-
-    let (st, v) = api
-        .raw(
-            Method::POST,
-            &ev,
-            Some(&a.token),
-            "application/json",
-            b"{not json".to_vec(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("malformed_json"))
-    );
 
     let big = format!(
         "{{\"events\": [], \"pad\": \"{}\"}}",
         "x".repeat(2 * 1024 * 1024)
     );
-    let (st, v) = api
-        .raw(
+    for (body, want) in [
+        (
+            b"{not json".to_vec(),
+            (StatusCode::BAD_REQUEST, Some("malformed_json")),
+        ),
+        (
+            big.into_bytes(),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large")),
+        ),
+    ] {
+        let answer = f
+            .api
+            .raw(Method::POST, &ev, Some(&a.token), "application/json", body)
+            .await
+            .unwrap();
+        assert_eq!(code(&answer), want, "{}", answer.1);
+    }
+
+    let (agent, admin) = (Some(a.token.as_str()), Some(f.c.admin_token.as_str()));
+    let enrollment = Some(f.c.enrollment_token.as_str());
+    let commands = format!("/v1/agents/{}/commands?wait_ms=abc", a.id);
+    // (call, body, status, code, rule): each refused with its code and,
+    // for a broken rule, the rule's name.
+    let cases: [(
+        Method,
+        &str,
+        Option<&str>,
+        Option<Value>,
+        StatusCode,
+        Option<&str>,
+        Option<&str>,
+    ); 9] = [
+        (
             Method::POST,
             &ev,
-            Some(&a.token),
-            "application/json",
-            big.into_bytes(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
-    );
-
-    let (st, v) = api
-        .post(&ev, &a.token, &json!({"events": [], "surprise": 1}))
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_body")),
-        "{v}"
-    );
-
-    let (st, v) = api
-        .post(
+            agent,
+            Some(json!({"events": [], "surprise": 1})),
+            StatusCode::BAD_REQUEST,
+            Some("invalid_body"),
+            None,
+        ),
+        (
+            Method::POST,
             "/v1/agents/register",
-            &c.enrollment_token,
-            &reg_body("i-2", "nope"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
-    );
-
-    let (st, v) = api
-        .call(
+            enrollment,
+            Some(reg_body("i-2", "nope")),
+            StatusCode::NOT_FOUND,
+            Some("not_found"),
+            None,
+        ),
+        (
             Method::PUT,
             "/v1/groups/db",
-            adm,
-            Some(&json!({"config": {}, "version": 99})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::CONFLICT, Some("version_conflict"))
-    );
-
-    let (st, v) = api
-        .call(
+            admin,
+            Some(json!({"config": {}, "version": 99})),
+            StatusCode::CONFLICT,
+            Some("version_conflict"),
+            None,
+        ),
+        (
             Method::PUT,
             "/v1/groups/db",
-            adm,
-            Some(&json!({"config": {"auto_switch": true, "manual_replica": true}, "version": 1})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::CONFLICT, Some("rule_violation"))
-    );
-    assert_eq!(v["rule"], "auto_switch_excludes_manual_replica");
-
-    let (st, v) = api
-        .call(
+            admin,
+            Some(json!({"config": {"auto_switch": true, "manual_replica": true}, "version": 1})),
+            StatusCode::CONFLICT,
+            Some("rule_violation"),
+            Some("auto_switch_excludes_manual_replica"),
+        ),
+        (
             Method::PUT,
             "/v1/groups/db",
-            adm,
-            Some(&json!({"config": {"pools": "x"}, "version": 1})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-
-    let (st, v) = api
-        .call(
+            admin,
+            Some(json!({"config": {"pools": "x"}, "version": 1})),
+            StatusCode::BAD_REQUEST,
+            None,
+            None,
+        ),
+        (
             Method::POST,
             "/v1/groups/db/promote",
-            adm,
-            Some(&json!({"instance_id": "i-1", "expected_epoch": 5})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::CONFLICT, Some("stale_epoch"))
-    );
-    assert_eq!(v["rule"], "epoch_must_match");
+            admin,
+            Some(json!({"instance_id": "i-1", "expected_epoch": 5})),
+            StatusCode::CONFLICT,
+            Some("stale_epoch"),
+            Some("epoch_must_match"),
+        ),
+        (
+            Method::GET,
+            "/v1/groups/ghost",
+            admin,
+            None,
+            StatusCode::NOT_FOUND,
+            Some("not_found"),
+            None,
+        ),
+        (
+            Method::GET,
+            &commands,
+            agent,
+            None,
+            StatusCode::BAD_REQUEST,
+            Some("invalid_query"),
+            None,
+        ),
+        // An event id that is not the agent's own: the whole batch is refused.
+        (
+            Method::POST,
+            &ev,
+            agent,
+            Some(json!({"events": [
+            {"event_id": "someone-else:1", "seq": 1, "at_ms": 1, "body": {"type": "health", "healthy": true}}]})),
+            StatusCode::BAD_REQUEST,
+            Some("invalid"),
+            None,
+        ),
+    ];
+    for (method, path, token, body, status, want, rule) in cases {
+        let answer = f
+            .api
+            .call(method, path, token, body.as_ref())
+            .await
+            .unwrap();
+        let v = &answer.1;
+        assert_eq!(answer.0, status, "{path}: {v}");
+        if want.is_some() {
+            assert_eq!(code(&answer).1, want, "{path}: {v}");
+        }
+        if let Some(rule) = rule {
+            assert_eq!(v["rule"], rule, "{path}: {v}");
+        }
+    }
 
-    let (st, v) = api
-        .call(Method::GET, "/v1/groups/ghost", adm, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
-    );
-
-    let (st, v) = api
-        .get(
-            &format!("/v1/agents/{}/commands?wait_ms=abc", a.id),
-            &a.token,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_query"))
-    );
-
-    // An event id that is not the agent's own: the whole batch is refused.
-    let (st, v) = api
-        .post(&ev, &a.token, &json!({"events": [
-            {"event_id": "someone-else:1", "seq": 1, "at_ms": 1, "body": {"type": "health", "healthy": true}}]}))
-        .await
-        .unwrap();
-    assert_eq!(
-        (st, v["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid"))
-    );
-
-    assert_eq!(snapshot(&api, &c).await, before);
+    assert_eq!(f.snapshot().await, before);
 }
 
 #[tokio::test]
 async fn concurrent_promotions_exactly_one_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
+    let f = Fx::with_group(&[]).await;
     for i in 0..6 {
         let inst = format!("i-{i}");
-        let a = register(&api, &c, &inst, "db").await;
-        heartbeat(&api, &a, &inst).await;
+        let a = f.register(&inst).await;
+        f.heartbeat(&a, &inst).await;
     }
+    let f = std::sync::Arc::new(f);
     let mut tasks = Vec::new();
     for i in 0..6 {
-        let (api, adm) = (api.clone(), c.admin_token.clone());
+        let f = f.clone();
         tasks.push(tokio::spawn(async move {
-            api.post(
-                "/v1/groups/db/promote",
-                &adm,
-                &json!({"instance_id": format!("i-{i}"), "expected_epoch": 0}),
-            )
-            .await
-            .unwrap()
+            f.promote(&format!("i-{i}"), 0).await
         }));
     }
     let mut ok = 0;
@@ -521,7 +542,7 @@ async fn concurrent_promotions_exactly_one_wins() {
         }
     }
     assert_eq!(ok, 1);
-    let (_, cmds) = api.get("/v1/commands", &c.admin_token).await.unwrap();
+    let (_, cmds) = f.admin_get("/v1/commands").await;
     let promotes = cmds
         .as_array()
         .unwrap()
@@ -529,172 +550,108 @@ async fn concurrent_promotions_exactly_one_wins() {
         .filter(|c| c["command"]["action"]["kind"] == "promote")
         .count();
     assert_eq!(promotes, 1, "exactly one candidate was told to promote");
-    let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
-    assert_eq!(g["epoch"], 1);
+    assert_eq!(f.group().await["epoch"], 1);
 }
 
 #[tokio::test]
 async fn repeated_request_id_is_a_no_op() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
+    let f = Fx::bare(&[]);
     let body = json!({"name": "db", "config": {"paused": true}, "request_id": "create-db-1"});
-    let (st1, v1) = api.post("/v1/groups", &c.admin_token, &body).await.unwrap();
-    let before = snapshot(&api, &c).await;
-    let (st2, v2) = api.post("/v1/groups", &c.admin_token, &body).await.unwrap();
-    assert_eq!((st1, st2), (StatusCode::CREATED, StatusCode::CREATED));
-    assert_eq!(v1, v2);
-    assert_eq!(snapshot(&api, &c).await, before);
+    let first = f.admin_post("/v1/groups", &body).await;
+    let before = f.snapshot().await;
+    let again = f.admin_post("/v1/groups", &body).await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    assert_eq!(first, again);
+    assert_eq!(f.snapshot().await, before);
     // Without a request_id the same body is a genuine second create: refused.
-    let (st, v) = api
-        .post("/v1/groups", &c.admin_token, &json!({"name": "db"}))
-        .await
-        .unwrap();
+    let answer = f.admin_post("/v1/groups", &json!({"name": "db"})).await;
     assert_eq!(
-        (st, v["code"].as_str()),
+        code(&answer),
         (StatusCode::CONFLICT, Some("already_exists"))
     );
 
     // A registration retried with its request_id gets the same identity.
     let mut reg = reg_body("i-1", "db");
     reg["request_id"] = json!("reg-i-1-boot-1");
-    let (_, r1) = api
-        .post("/v1/agents/register", &c.enrollment_token, &reg)
-        .await
-        .unwrap();
-    let (_, r2) = api
-        .post("/v1/agents/register", &c.enrollment_token, &reg)
-        .await
-        .unwrap();
+    let (_, r1) = f.enroll(&reg).await;
+    let (_, r2) = f.enroll(&reg).await;
     assert_eq!(r1["agent_id"], r2["agent_id"]);
-    let (_, agents) = api.get("/v1/agents", &c.admin_token).await.unwrap();
+    let (_, agents) = f.admin_get("/v1/agents").await;
     assert_eq!(agents.as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn missed_heartbeats_mark_offline_and_a_heartbeat_brings_it_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(
-        dir.path(),
-        &["--heartbeat-interval", "200ms", "--lease", "1s"],
-    )
-    .unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let a = register(&api, &c, "i-1", "db").await;
-    heartbeat(&api, &a, "i-1").await;
-    let status = |api: Api, adm: String, id: String| async move {
-        let (_, v) = api.get(&format!("/v1/agents/{id}"), &adm).await.unwrap();
-        v
-    };
+    let f = Fx::with_group(&["--heartbeat-interval", "200ms", "--lease", "1s"]).await;
+    let a = f.register("i-1").await;
+    f.heartbeat(&a, "i-1").await;
+    let path = format!("/v1/agents/{}", a.id);
+    let status = || async { f.admin_get(&path).await.1["status"].clone() };
     // 3 x 200 ms of silence, plus the monitor's tick.
     let start = Instant::now();
-    loop {
-        let v = status(api.clone(), c.admin_token.clone(), a.id.clone()).await;
-        if v["status"] == "offline" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never went offline: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the agent offline", Duration::from_secs(10), || async {
+        (status().await == "offline").then_some(())
+    })
+    .await
+    .unwrap();
     assert!(start.elapsed() >= Duration::from_millis(500));
-    let (_, inst) = api.get("/v1/instances/i-1", &c.admin_token).await.unwrap();
+    let (_, inst) = f.admin_get("/v1/instances/i-1").await;
     assert_eq!(inst["role"], "replica", "offline is not terminated");
 
-    let (st, hb) = heartbeat(&api, &a, "i-1").await;
+    let (st, hb) = f.heartbeat(&a, "i-1").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(hb["status"], "online");
-    let start = Instant::now();
-    loop {
-        let v = status(api.clone(), c.admin_token.clone(), a.id.clone()).await;
-        if v["status"] == "online" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "store never saw it back: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (_, audit) = api
-        .get(&format!("/v1/audit?entity=agent:{}", a.id), &c.admin_token)
-        .await
-        .unwrap();
+    eventually(
+        "the store to see it back",
+        Duration::from_secs(5),
+        || async { (status().await == "online").then_some(()) },
+    )
+    .await
+    .unwrap();
+    let audit = f.admin_audit(&format!("entity=agent:{}", a.id)).await;
     let actions: Vec<_> = audit
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| e["post_state"]["status"].clone())
         .collect();
     assert!(
         actions.contains(&json!("offline")) && actions.contains(&json!("online")),
-        "{audit}"
+        "{audit:?}"
     );
 }
 
 #[tokio::test]
 async fn reinstall_gets_new_id_old_token_dies_history_linked() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let old = register(&api, &c, "i-1", "db").await;
+    let f = Fx::with_group(&[]).await;
+    let old = f.register("i-1").await;
     // While the old agent is live, whoever holds the enrollment token
     // cannot take its place: refused and audited, the old token works on.
-    let (st, v) = api
-        .post(
-            "/v1/agents/register",
-            &c.enrollment_token,
-            &reg_body("i-1", "db"),
-        )
-        .await
-        .unwrap();
+    let answer = f.enroll(&reg_body("i-1", "db")).await;
+    let v = &answer.1;
     assert_eq!(
-        (st, v["code"].as_str()),
+        code(&answer),
         (StatusCode::CONFLICT, Some("instance_registered")),
         "{v}"
     );
     assert!(v["message"].as_str().unwrap().contains(&old.id), "{v}");
-    let (st, _) = heartbeat(&api, &old, "i-1").await;
-    assert_eq!(st, StatusCode::OK);
-    let trail = api
-        .audit("/v1/audit?entity=instance:i-1", &c.admin_token)
-        .await;
+    assert_eq!(f.heartbeat(&old, "i-1").await.0, StatusCode::OK);
+    let trail = f.admin_audit("entity=instance:i-1").await;
     assert!(
         trail.iter().any(|e| e["action"] == "registration_refused"),
         "{trail:?}"
     );
     // The operator says it is gone (the instance was reinstalled).
-    let (st, v) = api
-        .post(
-            &format!("/v1/agents/{}/reset", old.id),
-            &c.admin_token,
-            &json!({}),
-        )
-        .await
-        .unwrap();
+    let (st, v) = f
+        .admin_post(&format!("/v1/agents/{}/reset", old.id), &json!({}))
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let new = register(&api, &c, "i-1", "db").await;
+    let new = f.register("i-1").await;
     assert_ne!(old.id, new.id);
-    let (st, _) = heartbeat(&api, &old, "i-1").await;
-    assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, _) = heartbeat(&api, &new, "i-1").await;
-    assert_eq!(st, StatusCode::OK);
-    let (_, v) = api
-        .get(&format!("/v1/agents/{}", old.id), &c.admin_token)
-        .await
-        .unwrap();
+    assert_eq!(f.heartbeat(&old, "i-1").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.heartbeat(&new, "i-1").await.0, StatusCode::OK);
+    let (_, v) = f.admin_get(&format!("/v1/agents/{}", old.id)).await;
     assert_eq!(v["status"], "replaced");
     assert_eq!(v["replaced_by"], json!(new.id));
-    let trail = api
-        .audit(
-            &format!("/v1/audit?entity=agent:{}", old.id),
-            &c.admin_token,
-        )
-        .await;
+    let trail = f.admin_audit(&format!("entity=agent:{}", old.id)).await;
     assert!(
         trail
             .iter()
@@ -705,80 +662,53 @@ async fn reinstall_gets_new_id_old_token_dies_history_linked() {
 
 #[tokio::test]
 async fn deleted_agent_fetches_cleanup_then_loses_its_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let a = register(&api, &c, "i-1", "db").await;
-    let (st, v) = api
-        .delete(
-            &format!("/v1/agents/{}?request_id=del-1", a.id),
-            &c.admin_token,
-        )
-        .await
-        .unwrap();
+    let f = Fx::with_group(&[]).await;
+    let a = f.register("i-1").await;
+    let path = format!("/v1/agents/{}?request_id=del-1", a.id);
+    let (st, v) = f.admin(Method::DELETE, &path, None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "deleted");
-    let (_, hb) = heartbeat(&api, &a, "i-1").await;
+    let (_, hb) = f.heartbeat(&a, "i-1").await;
     assert_eq!(hb["status"], "deleted");
-    let (_, p) = api
-        .get(&format!("/v1/agents/{}/commands?wait_ms=0", a.id), &a.token)
-        .await
-        .unwrap();
+    let (_, p) = f.poll(&a, "wait_ms=0").await;
     assert_eq!(p["commands"][0]["action"]["kind"], "cleanup");
-    let rid = p["commands"][0]["request_id"].clone();
-    let (st, _) = api
-        .post(
-            &format!("/v1/agents/{}/events", a.id),
-            &a.token,
-            &json!({"events": [
-            {"event_id": format!("{}:1", a.id), "seq": 1, "at_ms": 1,
-             "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]}),
-        )
-        .await
-        .unwrap();
+    let rid = &p["commands"][0]["request_id"];
+    let (st, _) = f
+        .events(&a, &json!({"events": [command_done(&a, 1, rid)]}))
+        .await;
     assert_eq!(st, StatusCode::OK);
-    let (st, _) = heartbeat(&api, &a, "i-1").await;
-    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.heartbeat(&a, "i-1").await.0, StatusCode::UNAUTHORIZED);
     // History stays: the agent and its audit trail are still there.
-    let (st, v) = api
-        .get(&format!("/v1/agents/{}", a.id), &c.admin_token)
-        .await
-        .unwrap();
+    let answer = f.admin_get(&format!("/v1/agents/{}", a.id)).await;
     assert_eq!(
-        (st, v["status"].as_str()),
+        (answer.0, answer.1["status"].as_str()),
         (StatusCode::OK, Some("deleted"))
     );
 }
 
 #[tokio::test]
 async fn state_survives_kill_9_and_sigterm_is_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let a = register(&api, &c, "i-1", "db").await;
-    heartbeat(&api, &a, "i-1").await;
-    c.restart().unwrap();
-    let api = c.api();
+    let mut f = Fx::with_group(&[]).await;
+    let a = f.register("i-1").await;
+    f.heartbeat(&a, "i-1").await;
+    f.c.restart().unwrap();
+    f.api = f.c.api();
     // The agent's token is still valid after a crash; its role persisted.
-    let (st, hb) = heartbeat(&api, &a, "i-1").await;
+    let (st, hb) = f.heartbeat(&a, "i-1").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(hb["role"], "replica");
-    let status = c.terminate().unwrap();
+    let status = f.c.terminate().unwrap();
     assert!(status.success(), "{status:?}");
-    let log = std::fs::read_to_string(&c.log).unwrap();
+    let log = std::fs::read_to_string(&f.c.log).unwrap();
     assert!(log.contains("coordinator stopped"), "{log}");
 }
 
 #[tokio::test]
 async fn bulk_terminate_refuses_what_it_cannot_do_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    register(&api, &c, "i-1", "db").await;
-    let before = snapshot(&api, &c).await;
+    let f = Fx::with_group(&[]).await;
+    f.register("i-1").await;
+    let before = f.snapshot().await;
+    let terminate = "/v1/instances/terminate";
     for (body, status, needle) in [
         (json!({}), 400, "instance_ids"),
         (json!({"role": "primary"}), 400, "only zombie and failed"),
@@ -795,53 +725,23 @@ async fn bulk_terminate_refuses_what_it_cannot_do_and_changes_nothing() {
         (json!({"instance_ids": ["i-1", "i-nope"]}), 404, "i-nope"),
         (json!({"role": "zombie", "colour": "red"}), 400, "colour"),
     ] {
-        let (st, v) = api
-            .post("/v1/instances/terminate", &c.admin_token, &body)
-            .await
-            .unwrap();
+        let (st, v) = f.admin_post(terminate, &body).await;
         assert_eq!(st.as_u16(), status, "{body}: {v}");
         assert!(v.to_string().contains(needle), "{body}: {v}");
     }
-    let (st, _) = api
-        .post(
-            "/v1/instances/terminate",
-            &c.enrollment_token,
-            &json!({"role": "zombie"}),
-        )
+    let (st, _) = f
+        .api
+        .post(terminate, &f.c.enrollment_token, &json!({"role": "zombie"}))
         .await
         .unwrap();
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     // A LAUNCHING instance named by id is skipped with its reason.
-    let (st, v) = api
-        .post(
-            "/v1/instances/terminate",
-            &c.admin_token,
-            &json!({"instance_ids": ["i-1"]}),
-        )
-        .await
-        .unwrap();
+    let (st, v) = f
+        .admin_post(terminate, &json!({"instance_ids": ["i-1"]}))
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["instances"][0]["action"], "skip", "{v}");
-    assert_eq!(snapshot(&api, &c).await, before, "nothing changed");
-}
-
-async fn claim(api: &Api, a: &Agent, instance: &str, epoch: u64, grant: Option<&str>) -> Value {
-    let mut body = json!({"instance_id": instance, "role": "primary", "role_epoch": epoch,
-                          "highest_epoch": epoch, "healthy": true, "backlog": 0});
-    if let Some(g) = grant {
-        body["grant"] = json!(g);
-    }
-    let (st, v) = api
-        .post(&format!("/v1/agents/{}/heartbeat", a.id), &a.token, &body)
-        .await
-        .unwrap();
-    assert_eq!(st, StatusCode::OK, "{v}");
-    v
-}
-
-async fn primary_of(api: &Api, c: &Coordinator) -> Value {
-    let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
-    g["primary"].clone()
+    assert_eq!(f.snapshot().await, before, "nothing changed");
 }
 
 /// A forger holding the enrollment token (every instance's user data has
@@ -852,49 +752,27 @@ async fn primary_of(api: &Api, c: &Coordinator) -> Value {
 /// real PRIMARY's promotion still adopts it by its grant.
 #[tokio::test]
 async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Coordinator::start(dir.path(), &[]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
-    let real = register(&api, &c, "i-1", "db").await;
-    let forger = register(&api, &c, "i-2", "db").await;
-    heartbeat(&api, &real, "i-1").await;
-    heartbeat(&api, &forger, "i-2").await;
-    let backup = dir.path().join("before-promotion.db");
-    c.back_up_store(&backup).unwrap();
+    let mut f = Fx::with_group(&[]).await;
+    let real = f.register("i-1").await;
+    let forger = f.register("i-2").await;
+    f.heartbeat(&real, "i-1").await;
+    f.heartbeat(&forger, "i-2").await;
+    let backup = f.dir.path().join("before-promotion.db");
+    f.c.back_up_store(&backup).unwrap();
 
-    let (st, v) = api
-        .post(
-            "/v1/groups/db/promote",
-            &c.admin_token,
-            &json!({"instance_id": "i-1", "expected_epoch": 0}),
-        )
-        .await
-        .unwrap();
+    let (st, v) = f.promote("i-1", 0).await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let (_, polled) = api
-        .get(
-            &format!("/v1/agents/{}/commands?wait_ms=5000", real.id),
-            &real.token,
-        )
-        .await
-        .unwrap();
-    let rid = polled["commands"][0]["request_id"].as_str().unwrap();
-    let grant = polled["grants"][rid]
+    let (_, polled) = f.poll(&real, "wait_ms=5000").await;
+    let rid = &polled["commands"][0]["request_id"];
+    let grant = polled["grants"][rid.as_str().unwrap()]
         .as_str()
         .expect("a promote comes with its grant");
     assert!(grant.starts_with("g1."), "{grant}");
-    let done = json!({"events": [{"event_id": format!("{}:1", real.id), "seq": 1, "at_ms": 1,
-        "body": {"type": "command_result", "request_id": rid, "outcome": "done"}}]});
-    api.post(
-        &format!("/v1/agents/{}/events", real.id),
-        &real.token,
-        &done,
-    )
-    .await
-    .unwrap();
-    spot_tests::harness::eventually("the promotion commits", Duration::from_secs(10), || async {
-        (primary_of(&api, &c).await == "i-1").then_some(())
+    f.events(&real, &json!({"events": [command_done(&real, 1, rid)]}))
+        .await;
+    let primary = || async { f.group().await["primary"].clone() };
+    eventually("the promotion commits", Duration::from_secs(10), || async {
+        (primary().await == "i-1").then_some(())
     })
     .await
     .unwrap();
@@ -906,18 +784,16 @@ async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
         (4, Some(made_up.as_str()), "grant_unknown_key"),
         (5, Some("not-a-grant"), "grant_malformed"),
     ] {
-        let v = claim(&api, &forger, "i-2", epoch, shown).await;
+        let v = f.claim(&forger, "i-2", epoch, shown).await;
         assert_eq!(
             (v["role"].as_str(), v["lease_ms"].as_u64()),
             (Some("replica"), Some(0)),
             "{code}: {v}"
         );
-        assert_eq!(primary_of(&api, &c).await, "i-1", "{code}");
-        let (_, g) = api.get("/v1/groups/db", &c.admin_token).await.unwrap();
+        let g = f.group().await;
+        assert_eq!(g["primary"], "i-1", "{code}");
         assert_eq!(g["epoch"], 1, "{code}: a forged epoch moves nothing");
-        let trail = api
-            .audit("/v1/audit?entity=instance:i-2", &c.admin_token)
-            .await;
+        let trail = f.admin_audit("entity=instance:i-2").await;
         assert!(
             trail.iter().any(|e| e["action"] == "claim_refused"
                 && e["post_state"]["code"] == code
@@ -926,13 +802,11 @@ async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
         );
     }
     // The real PRIMARY is untouched: leased at its epoch.
-    let v = claim(&api, &real, "i-1", 1, Some(grant)).await;
+    let v = f.claim(&real, "i-1", 1, Some(grant)).await;
     assert!(v["lease_ms"].as_u64().unwrap() > 0, "{v}");
-    let (_, m) = api.call(Method::GET, "/metrics", None, None).await.unwrap();
+    let m = f.metrics().await;
     assert!(
-        m.as_str()
-            .unwrap()
-            .contains("spot_coordinator_primary_claims_refused_total 4"),
+        m.contains("spot_coordinator_primary_claims_refused_total 4"),
         "{m}"
     );
 
@@ -941,23 +815,21 @@ async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
     // epoch, and is refused (a grant names its instance); the real
     // PRIMARY's grant (the key lives in the data directory, not in the
     // store) is adopted.
-    c.restore_store(&backup).unwrap();
-    c.start_again().unwrap();
-    let api = c.api();
-    claim(&api, &forger, "i-2", 1, Some(grant)).await;
-    assert_eq!(primary_of(&api, &c).await, Value::Null);
-    let trail = api
-        .audit("/v1/audit?entity=instance:i-2", &c.admin_token)
-        .await;
+    f.c.restore_store(&backup).unwrap();
+    f.c.start_again().unwrap();
+    f.api = f.c.api();
+    f.claim(&forger, "i-2", 1, Some(grant)).await;
+    assert_eq!(f.group().await["primary"], Value::Null);
+    let trail = f.admin_audit("entity=instance:i-2").await;
     assert!(
         trail.iter().any(|e| e["action"] == "claim_refused"
             && e["post_state"]["code"] == "grant_bad_mac"
             && e["post_state"]["claimed_epoch"] == 1),
         "a stolen grant is refused: {trail:?}"
     );
-    let v = claim(&api, &real, "i-1", 1, Some(grant)).await;
-    assert_eq!(primary_of(&api, &c).await, "i-1", "{v}");
-    let v = claim(&api, &real, "i-1", 1, Some(grant)).await;
+    let v = f.claim(&real, "i-1", 1, Some(grant)).await;
+    assert_eq!(f.group().await["primary"], "i-1", "{v}");
+    let v = f.claim(&real, "i-1", 1, Some(grant)).await;
     assert!(v["lease_ms"].as_u64().unwrap() > 0, "{v}");
 }
 
@@ -966,16 +838,13 @@ async fn a_primary_claim_counts_only_with_the_coordinators_grant() {
 /// source are rate limited with 429 `rate_limited` and a Retry-After.
 #[tokio::test]
 async fn registrations_and_logins_per_source_are_limited() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(dir.path(), &["--registrations-per-source", "1"]).unwrap();
-    let api = c.api();
-    create_group(&api, &c, "db").await;
+    let f = Fx::with_group(&["--registrations-per-source", "1"]).await;
     // A burst of ten, then one a second: the eleventh at once is refused.
     for i in 0..10 {
-        register(&api, &c, &format!("i-{i}"), "db").await;
+        f.register(&format!("i-{i}")).await;
     }
     let resp = reqwest::Client::new()
-        .post(format!("{}/v1/agents/register", c.base))
+        .post(format!("{}/v1/agents/register", f.c.base))
         .bearer_auth("a-guessed-enrollment-token")
         .json(&reg_body("i-10", "db"))
         .send()
@@ -990,47 +859,36 @@ async fn registrations_and_logins_per_source_are_limited() {
     assert!((1..=2).contains(&wait), "{wait}");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["code"], "rate_limited", "{v}");
-    let (_, agents) = api.get("/v1/agents", &c.admin_token).await.unwrap();
+    let (_, agents) = f.admin_get("/v1/agents").await;
     assert_eq!(agents.as_array().unwrap().len(), 10);
     // A second later there is room for one more.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    register(&api, &c, "i-10", "db").await;
+    f.register("i-10").await;
 
     // Ten wrong logins are told 401, the next one 429, and so is the
     // right token until the bucket refills.
+    let login = |token: &str| {
+        let body = json!({"token": token});
+        let api = f.api.clone();
+        async move {
+            api.call(Method::POST, "/ui/login", None, Some(&body))
+                .await
+                .unwrap()
+        }
+    };
     for _ in 0..10 {
-        let (st, v) = api
-            .call(
-                Method::POST,
-                "/ui/login",
-                None,
-                Some(&json!({"token": "wrong"})),
-            )
-            .await
-            .unwrap();
+        let (st, v) = login("wrong").await;
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
     }
-    let (st, v) = api
-        .call(
-            Method::POST,
-            "/ui/login",
-            None,
-            Some(&json!({"token": c.admin_token})),
-        )
-        .await
-        .unwrap();
+    let answer = login(&f.c.admin_token).await;
     assert_eq!(
-        (st, v["code"].as_str()),
+        code(&answer),
         (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
-        "{v}"
+        "{}",
+        answer.1
     );
     // The agent API of registered agents is untouched.
-    let a = register_later(&api, &c).await;
-    let (st, _) = heartbeat(&api, &a, "i-11").await;
-    assert_eq!(st, StatusCode::OK);
-}
-
-async fn register_later(api: &Api, c: &Coordinator) -> Agent {
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    register(api, c, "i-11", "db").await
+    let a = f.register("i-11").await;
+    assert_eq!(f.heartbeat(&a, "i-11").await.0, StatusCode::OK);
 }
