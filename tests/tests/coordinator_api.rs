@@ -22,6 +22,12 @@ struct Fx {
 
 type Answer = (StatusCode, Value);
 
+/// A call: method, path, token and body.
+type Call<'a> = (Method, &'a str, Option<&'a str>, Option<Value>);
+
+/// A status and the stable error code that comes with it.
+type Code<'a> = (StatusCode, Option<&'a str>);
+
 impl Fx {
     /// With no group.
     fn bare(extra: &[&str]) -> Fx {
@@ -163,7 +169,7 @@ fn command_done(a: &Agent, seq: u64, request_id: &Value) -> Value {
 }
 
 /// The status and the stable error code of an answer.
-fn code(answer: &Answer) -> (StatusCode, Option<&str>) {
+fn code(answer: &Answer) -> Code<'_> {
     (answer.0, answer.1["code"].as_str())
 }
 
@@ -398,112 +404,102 @@ async fn bad_input_gets_a_stable_error_and_changes_nothing() {
     let (agent, admin) = (Some(a.token.as_str()), Some(f.c.admin_token.as_str()));
     let enrollment = Some(f.c.enrollment_token.as_str());
     let commands = format!("/v1/agents/{}/commands?wait_ms=abc", a.id);
-    // (call, body, status, code, rule): each refused with its code and,
-    // for a broken rule, the rule's name.
-    let cases: [(
-        Method,
-        &str,
-        Option<&str>,
-        Option<Value>,
-        StatusCode,
-        Option<&str>,
-        Option<&str>,
-    ); 9] = [
+    // Each refused with its status and code and, for a broken rule, the
+    // rule's name.
+    let cases: [(Call, Code, Option<&str>); 9] = [
         (
-            Method::POST,
-            &ev,
-            agent,
-            Some(json!({"events": [], "surprise": 1})),
-            StatusCode::BAD_REQUEST,
-            Some("invalid_body"),
+            (
+                Method::POST,
+                &ev,
+                agent,
+                Some(json!({"events": [], "surprise": 1})),
+            ),
+            (StatusCode::BAD_REQUEST, Some("invalid_body")),
             None,
         ),
         (
-            Method::POST,
-            "/v1/agents/register",
-            enrollment,
-            Some(reg_body("i-2", "nope")),
-            StatusCode::NOT_FOUND,
-            Some("not_found"),
+            (
+                Method::POST,
+                "/v1/agents/register",
+                enrollment,
+                Some(reg_body("i-2", "nope")),
+            ),
+            (StatusCode::NOT_FOUND, Some("not_found")),
             None,
         ),
         (
-            Method::PUT,
-            "/v1/groups/db",
-            admin,
-            Some(json!({"config": {}, "version": 99})),
-            StatusCode::CONFLICT,
-            Some("version_conflict"),
+            (
+                Method::PUT,
+                "/v1/groups/db",
+                admin,
+                Some(json!({"config": {}, "version": 99})),
+            ),
+            (StatusCode::CONFLICT, Some("version_conflict")),
             None,
         ),
         (
-            Method::PUT,
-            "/v1/groups/db",
-            admin,
-            Some(json!({"config": {"auto_switch": true, "manual_replica": true}, "version": 1})),
-            StatusCode::CONFLICT,
-            Some("rule_violation"),
+            (
+                Method::PUT,
+                "/v1/groups/db",
+                admin,
+                Some(
+                    json!({"config": {"auto_switch": true, "manual_replica": true}, "version": 1}),
+                ),
+            ),
+            (StatusCode::CONFLICT, Some("rule_violation")),
             Some("auto_switch_excludes_manual_replica"),
         ),
         (
-            Method::PUT,
-            "/v1/groups/db",
-            admin,
-            Some(json!({"config": {"pools": "x"}, "version": 1})),
-            StatusCode::BAD_REQUEST,
-            None,
+            (
+                Method::PUT,
+                "/v1/groups/db",
+                admin,
+                Some(json!({"config": {"pools": "x"}, "version": 1})),
+            ),
+            (StatusCode::BAD_REQUEST, Some("invalid_body")),
             None,
         ),
         (
-            Method::POST,
-            "/v1/groups/db/promote",
-            admin,
-            Some(json!({"instance_id": "i-1", "expected_epoch": 5})),
-            StatusCode::CONFLICT,
-            Some("stale_epoch"),
+            (
+                Method::POST,
+                "/v1/groups/db/promote",
+                admin,
+                Some(json!({"instance_id": "i-1", "expected_epoch": 5})),
+            ),
+            (StatusCode::CONFLICT, Some("stale_epoch")),
             Some("epoch_must_match"),
         ),
         (
-            Method::GET,
-            "/v1/groups/ghost",
-            admin,
-            None,
-            StatusCode::NOT_FOUND,
-            Some("not_found"),
+            (Method::GET, "/v1/groups/ghost", admin, None),
+            (StatusCode::NOT_FOUND, Some("not_found")),
             None,
         ),
         (
-            Method::GET,
-            &commands,
-            agent,
-            None,
-            StatusCode::BAD_REQUEST,
-            Some("invalid_query"),
+            (Method::GET, &commands, agent, None),
+            (StatusCode::BAD_REQUEST, Some("invalid_query")),
             None,
         ),
         // An event id that is not the agent's own: the whole batch is refused.
         (
-            Method::POST,
-            &ev,
-            agent,
-            Some(json!({"events": [
+            (
+                Method::POST,
+                &ev,
+                agent,
+                Some(json!({"events": [
             {"event_id": "someone-else:1", "seq": 1, "at_ms": 1, "body": {"type": "health", "healthy": true}}]})),
-            StatusCode::BAD_REQUEST,
-            Some("invalid"),
+            ),
+            (StatusCode::BAD_REQUEST, Some("invalid")),
             None,
         ),
     ];
-    for (method, path, token, body, status, want, rule) in cases {
+    for ((method, path, token, body), (status, want), rule) in cases {
         let answer = f
             .api
             .call(method, path, token, body.as_ref())
             .await
             .unwrap();
         let v = &answer.1;
-        assert_eq!(answer.0, status, "{path}: {v}");
-        if want.is_some() {
-            assert_eq!(code(&answer).1, want, "{path}: {v}");
-        }
+        assert_eq!(code(&answer), (status, want), "{path}: {v}");
         if let Some(rule) = rule {
             assert_eq!(v["rule"], rule, "{path}: {v}");
         }

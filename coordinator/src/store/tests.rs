@@ -4,7 +4,7 @@ use spot_common::ids;
 use spot_common::wire::RegisterRequest;
 use spot_common::{
     AgentStatus, Command, CommandKind, CommandOutcome, CommandState, Event, EventBody, GroupConfig,
-    Phase, PoolKey, Role, SwitchState,
+    Phase, Pool, PoolKey, Role, SwitchState,
 };
 
 fn reg(instance: &str) -> RegisterRequest {
@@ -84,6 +84,29 @@ fn report(s: &mut Store, agent: &str, request_id: &str, outcome: CommandOutcome,
     tx(s, 5, |t| t.apply_events(agent, &[ev])).unwrap();
 }
 
+/// The agent of `instance` reports its demote command at `epoch` `done`.
+fn demoted(s: &mut Store, agent: &str, instance: &str, epoch: u64, seq: i64) {
+    let rid = ids::demote(instance, epoch);
+    report(s, agent, &rid, CommandOutcome::Done, seq);
+}
+
+/// A launch in `pool` queued at `now` for the agent `agent` to run.
+fn launch(s: &mut Store, now: i64, request_id: &str, agent: &str, pool: &Pool, emergency: bool) {
+    tx(s, now, |t| {
+        t.queue_launch(request_id, "g", Via::Agent(agent), pool, emergency)
+    })
+    .unwrap();
+}
+
+/// An emergency replacement by `candidate` whose notice ends at `deadline_ms`.
+fn emergency(candidate: &str, epoch: u64, deadline_ms: i64) -> ReplaceRequest {
+    ReplaceRequest {
+        emergency: true,
+        deadline_ms: Some(deadline_ms),
+        ..replace(candidate, epoch)
+    }
+}
+
 /// EC2 fences `instance`: a fence command (through the coordinator's
 /// executor) finished `done`, the only EC2 report that counts as a fence.
 fn fence_done(s: &mut Store, instance: &str, now: i64) {
@@ -159,6 +182,14 @@ fn live_group(s: &mut Store) {
     take(s, "a-p", 6, 30_000);
 }
 
+/// A store with the group `g` live: PRIMARY `i-p` at epoch 1 (agent
+/// `a-p`), REPLICAS `i-r1` and `i-r2` (`a-r1`, `a-r2`).
+fn live_store() -> (impl Sized, Store) {
+    let (dir, mut s) = store();
+    live_group(&mut s);
+    (dir, s)
+}
+
 fn table_counts(s: &Store) -> Vec<i64> {
     [
         "groups",
@@ -196,18 +227,10 @@ fn migrating_twice_changes_nothing() {
 
 #[test]
 fn replacement_fences_the_old_primary_before_promoting() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     assert_eq!(s.group("g").unwrap().primary.as_deref(), Some("i-p"));
     // T1: epoch 2, demote queued to the old PRIMARY, nobody promoted yet.
-    let r = tx(&mut s, 10, |t| {
-        t.begin_replace(&ReplaceRequest {
-            emergency: true,
-            deadline_ms: Some(9_000),
-            ..replace("i-r1", 1)
-        })
-    })
-    .unwrap();
+    let r = tx(&mut s, 10, |t| t.begin_replace(&emergency("i-r1", 1, 9_000))).unwrap();
     assert_eq!((r.phase, r.epoch), (Phase::Demoting, 2));
     assert_eq!(s.instance("i-p").unwrap().role, Role::Primary);
     assert_eq!(s.instance("i-r1").unwrap().role, Role::Replica);
@@ -310,8 +333,7 @@ fn promote_deadline(s: &mut Store, agent: &str, now: i64) -> i64 {
 fn every_grant_gets_its_promote_budget_however_late_it_lands() {
     // No notice; the old PRIMARY is fenced 80 s after T1 (past the
     // default 60 s target): the candidate still gets its whole budget.
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 10_000, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
     fence_done(&mut s, "i-p", 90_000);
     tx(&mut s, 90_000, |t| t.grant("g", 2)).unwrap();
@@ -319,16 +341,8 @@ fn every_grant_gets_its_promote_budget_however_late_it_lands() {
 
     // An interruption already past (the replacement registered after the
     // reclaim): the notice caps nothing any more.
-    let (_d, mut s) = store();
-    live_group(&mut s);
-    tx(&mut s, 10_000, |t| {
-        t.begin_replace(&ReplaceRequest {
-            emergency: true,
-            deadline_ms: Some(20_000),
-            ..replace("i-r1", 1)
-        })
-    })
-    .unwrap();
+    let (_d, mut s) = live_store();
+    tx(&mut s, 10_000, |t| t.begin_replace(&emergency("i-r1", 1, 20_000))).unwrap();
     fence_done(&mut s, "i-p", 40_000);
     tx(&mut s, 40_000, |t| t.grant("g", 2)).unwrap();
     assert_eq!(promote_deadline(&mut s, "a-r1", 40_001), 40_000 + 25_000);
@@ -336,27 +350,13 @@ fn every_grant_gets_its_promote_budget_however_late_it_lands() {
     // A roll-over and a second grant later still: a full budget again.
     tx(&mut s, 70_000, |t| t.roll_over("g", 2, "test")).unwrap();
     tx(&mut s, 70_000, |t| t.retarget("g", 3, "i-r2")).unwrap();
-    report(
-        &mut s,
-        "a-r1",
-        &ids::demote("i-r1", 3),
-        CommandOutcome::Done,
-        201,
-    );
+    demoted(&mut s, "a-r1", "i-r1", 3, 201);
     tx(&mut s, 95_000, |t| t.grant("g", 3)).unwrap();
     assert_eq!(promote_deadline(&mut s, "a-r2", 95_001), 95_000 + 25_000);
 
     // A notice still ahead caps the window (never below 1 s).
-    let (_d, mut s) = store();
-    live_group(&mut s);
-    tx(&mut s, 10_000, |t| {
-        t.begin_replace(&ReplaceRequest {
-            emergency: true,
-            deadline_ms: Some(30_000),
-            ..replace("i-r1", 1)
-        })
-    })
-    .unwrap();
+    let (_d, mut s) = live_store();
+    tx(&mut s, 10_000, |t| t.begin_replace(&emergency("i-r1", 1, 30_000))).unwrap();
     fence_done(&mut s, "i-p", 12_000);
     tx(&mut s, 12_000, |t| t.grant("g", 2)).unwrap();
     assert_eq!(promote_deadline(&mut s, "a-r1", 12_001), 30_000);
@@ -364,16 +364,9 @@ fn every_grant_gets_its_promote_budget_however_late_it_lands() {
 
 #[test]
 fn a_failed_candidate_is_fenced_before_the_next_is_granted() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
-    report(
-        &mut s,
-        "a-p",
-        &ids::demote("i-p", 2),
-        CommandOutcome::Done,
-        102,
-    );
+    demoted(&mut s, "a-p", "i-p", 2, 102);
     tx(&mut s, 11, |t| t.grant("g", 2)).unwrap();
     take(&mut s, "a-r1", 11, 30_000);
     tx(&mut s, 12, |t| t.roll_over("g", 2, "test")).unwrap();
@@ -407,13 +400,7 @@ fn a_failed_candidate_is_fenced_before_the_next_is_granted() {
         .unwrap();
     assert!(r1.promote_failed_recently, "not tried again at once");
     // Its demotion acknowledged (the late promote hook was killed): granted.
-    report(
-        &mut s,
-        "a-r1",
-        &ids::demote("i-r1", 3),
-        CommandOutcome::Done,
-        103,
-    );
+    demoted(&mut s, "a-r1", "i-r1", 3, 103);
     tx(&mut s, 15, |t| t.grant("g", 3)).unwrap();
     let promote = take(&mut s, "a-r2", 16, 30_000);
     assert!(
@@ -423,8 +410,7 @@ fn a_failed_candidate_is_fenced_before_the_next_is_granted() {
 
 #[test]
 fn a_fence_is_queued_once_and_its_success_is_evidence() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
     let rid = tx(&mut s, 11, |t| {
         t.queue_fence("g", 2, "i-p", 2, 1, Some("a-r1"), 60_000)
@@ -473,8 +459,7 @@ fn a_fence_is_queued_once_and_its_success_is_evidence() {
 
 #[test]
 fn an_operator_may_declare_an_instance_dead_and_it_is_audited() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
     assert!(tx(&mut s, 11, |t| t.grant("g", 2)).is_err());
     op(&mut s, "declare_dead", None, 11, |t| {
@@ -516,8 +501,7 @@ fn beat(s: &mut Store, agent: &str, highest_epoch: u64, now: i64) {
 
 #[test]
 fn roles_stamps_move_on_role_writes_and_not_on_heartbeats() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let g = s.roles_generation();
     let (p, r1, r2) = (g.stamp("i-p"), g.stamp("i-r1"), g.stamp("i-r2"));
     heartbeat(&mut s, "a-r1", 20);
@@ -624,8 +608,7 @@ fn registrations_share_a_commit_and_keep_their_idempotency() {
 
 #[test]
 fn declared_dead_counts_only_for_its_transition_and_until_the_instance_speaks() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let declare = |s: &mut Store, now, who: &str, heard, force| {
         op(s, "declare_dead", None, now, |t| {
             t.declare_dead("g", who, heard, 15_000, force)
@@ -673,8 +656,7 @@ fn declared_dead_counts_only_for_its_transition_and_until_the_instance_speaks() 
 
 #[test]
 fn a_waiting_transition_says_why_and_may_be_aborted_before_any_grant() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
     let st = s.transition_status("g").unwrap().expect("a transition");
     assert!(st.abortable);
@@ -717,8 +699,7 @@ fn a_waiting_transition_says_why_and_may_be_aborted_before_any_grant() {
     assert!(trail.iter().any(|e| e.action == "abort_transition"));
 
     // Once a candidate is granted, abort is refused and changes nothing.
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
     fence_done(&mut s, "i-p", 11);
     tx(&mut s, 11, |t| t.grant("g", 2)).unwrap();
@@ -749,8 +730,7 @@ fn a_waiting_transition_says_why_and_may_be_aborted_before_any_grant() {
 
 #[test]
 fn a_store_behind_an_agent_converges_to_it() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     // Reality moved on while this store (a restored copy) did not: i-r1 is
     // PRIMARY at epoch 5.
     let changed = tx(&mut s, 10, |t| {
@@ -805,8 +785,7 @@ fn a_restored_store_adopts_the_real_primary_whichever_agent_speaks_first() {
         proof: Ok(()),
     };
     for order in [["i-p", "i-r1"], ["i-r1", "i-p"]] {
-        let (_d, mut s) = store();
-        live_group(&mut s);
+        let (_d, mut s) = live_store();
         for (n, who) in order.iter().enumerate() {
             let r = if *who == "i-p" { demoted } else { primary };
             tx(&mut s, 10 + n as i64, |t| t.converge_epoch(who, r)).unwrap();
@@ -845,8 +824,7 @@ fn a_primary_claim_without_a_valid_grant_is_refused_and_audited() {
         GrantError::BadMac,
         GrantError::UnknownKey,
     ] {
-        let (_d, mut s) = store();
-        live_group(&mut s);
+        let (_d, mut s) = live_store();
         let forged = Reported {
             role: Some(Role::Primary),
             role_epoch: 2,
@@ -927,8 +905,7 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     // The store is a copy from before i-r2 was promoted at epoch 4; i-r2
     // still serves but is cut off. The coordinator started at 100; i-p
     // (demoted at 3 in reality) and i-r1 have been heard since, i-r2 not.
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     beat(&mut s, "a-p", 3, 105);
     beat(&mut s, "a-r1", 1, 106);
     let r = tx(&mut s, 120, |t| {
@@ -982,8 +959,7 @@ fn a_restored_store_grants_nothing_until_every_unheard_instance_is_fenced() {
     );
 
     // Heard since the start: nothing more than the PRIMARY is fenced.
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     for a in ["a-p", "a-r1", "a-r2"] {
         beat(&mut s, a, 1, 105);
     }
@@ -1006,8 +982,7 @@ fn after_a_start_the_planner_and_the_grant_wait_for_the_same_ec2_view() {
     // agent sends it when it changes, so nothing else would bring it: the
     // planner must see that the grant waits for it (and the coordinator
     // ask for it), not ask for a grant the store refuses every pass.
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     for a in ["a-p", "a-r1", "a-r2"] {
         heartbeat(&mut s, a, 105);
     }
@@ -1082,8 +1057,7 @@ fn a_reused_request_id_with_another_body_is_refused() {
 
 #[test]
 fn second_replacement_is_refused_and_changes_nothing() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 5, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
     let before = table_counts(&s);
     let err = tx(&mut s, 6, |t| t.begin_replace(&replace("i-r2", 2))).unwrap_err();
@@ -1098,8 +1072,7 @@ fn second_replacement_is_refused_and_changes_nothing() {
 
 #[test]
 fn database_refuses_a_second_primary_even_behind_the_model() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, s) = live_store();
     let err = s
         .conn()
         .execute(
@@ -1117,8 +1090,7 @@ fn database_refuses_a_second_primary_even_behind_the_model() {
 
 #[test]
 fn illegal_transition_names_the_rule_and_changes_nothing() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     register(&mut s, "i-new", "a-new", 7).unwrap();
     let before = table_counts(&s);
     let err = tx(&mut s, 8, |t| t.begin_replace(&replace("i-new", 1))).unwrap_err();
@@ -1131,8 +1103,7 @@ fn illegal_transition_names_the_rule_and_changes_nothing() {
 
 #[test]
 fn repeated_request_id_returns_the_first_answer_and_changes_nothing() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let first = op(&mut s, "promote", Some("op-1"), 5, |t| {
         t.begin_replace(&replace("i-r1", 1))
     })
@@ -1195,8 +1166,7 @@ fn rule_violating_config_is_refused() {
 
 #[test]
 fn reinstall_gets_a_new_id_and_keeps_history_linked() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let r = register(&mut s, "i-r1", "a-r1-v2", 10).unwrap();
     assert_eq!(r.replaced, vec!["a-r1".to_owned()]);
     let old = s.agent("a-r1").unwrap();
@@ -1233,13 +1203,9 @@ fn register_into_unknown_group_writes_nothing() {
 
 #[test]
 fn events_apply_once_and_close_their_command() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
-    let pool = spot_common::Pool::new("m5.large", "us-east-1b");
-    tx(&mut s, 5, |t| {
-        t.queue_launch("launch-1", "g", Via::Agent("a-p"), &pool, false)
-    })
-    .unwrap();
+    let (_d, mut s) = live_store();
+    let pool = Pool::new("m5.large", "us-east-1b");
+    launch(&mut s, 5, "launch-1", "a-p", &pool, false);
     let cmd = take(&mut s, "a-p", 5, 30_000).remove(0);
     let ev = |seq: i64, body: EventBody| Event {
         event_id: format!("a-p:{seq}"),
@@ -1298,8 +1264,7 @@ fn events_apply_once_and_close_their_command() {
 
 #[test]
 fn commands_come_highest_priority_first_and_are_redelivered_after_silence() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     take(&mut s, "a-p", 5, 30_000);
     for (rid, prio) in [("low", 10), ("high", 100)] {
         let c = Command {
@@ -1346,8 +1311,7 @@ fn commands_come_highest_priority_first_and_are_redelivered_after_silence() {
 
 #[test]
 fn offline_is_a_status_not_a_termination() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     assert!(
         tx(&mut s, 5, |t| t.set_agent_status(
             "a-r1",
@@ -1371,8 +1335,7 @@ fn offline_is_a_status_not_a_termination() {
 
 #[test]
 fn deleted_agent_keeps_history_and_gets_a_cleanup_command() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let v = op(&mut s, "delete_agent", None, 5, |t| t.delete_agent("a-r2")).unwrap();
     assert_eq!(v.status, AgentStatus::Deleted);
     assert!(
@@ -1391,8 +1354,7 @@ fn deleted_agent_keeps_history_and_gets_a_cleanup_command() {
 
 #[test]
 fn gone_and_retired_instances_keep_their_history() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 10, |t| t.mark_gone("i-r2", "test")).unwrap();
     assert_eq!(s.instance("i-r2").unwrap().role, Role::Terminated);
     let rid = tx(&mut s, 11, |t| t.retire("g", "i-r1", Some("a-p"))).unwrap();
@@ -1412,9 +1374,8 @@ fn gone_and_retired_instances_keep_their_history() {
 
 #[test]
 fn switch_is_recorded_with_its_downtime() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
-    let pool = spot_common::Pool::new("c5.large", "us-east-1a");
+    let (_d, mut s) = live_store();
+    let pool = Pool::new("c5.large", "us-east-1a");
     let outside = op(&mut s, "switch", None, 9, |t| t.request_switch("g", &pool));
     assert!(
         matches!(outside, Err(StoreError::Invalid(_))),
@@ -1454,13 +1415,7 @@ fn switch_is_recorded_with_its_downtime() {
         "a switch already replacing the PRIMARY is not cancelled"
     );
     take(&mut s, "a-p", 13, 30_000); // demote delivered at 13
-    report(
-        &mut s,
-        "a-p",
-        &ids::demote("i-p", 2),
-        CommandOutcome::Done,
-        105,
-    );
+    demoted(&mut s, "a-p", "i-p", 2, 105);
     tx(&mut s, 14, |t| t.grant("g", 2)).unwrap();
     confirm(&mut s, "a-r1", "i-r1", 2, 1); // finished at 5 in this test's clock
     tx(&mut s, 15, |t| t.commit_promotion("g", 2)).unwrap();
@@ -1492,8 +1447,7 @@ const CONS: crate::store::ConsolidationConfig = crate::store::ConsolidationConfi
 
 #[test]
 fn zombie_reports_are_refused_and_bad_points_write_nothing() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let h = 3_600_000;
     assert_eq!(
         tx(&mut s, 100 * h, |t| t
@@ -1519,13 +1473,7 @@ fn zombie_reports_are_refused_and_bad_points_write_nothing() {
         "the good point of a bad batch is not half-written"
     );
     tx(&mut s, 5, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
-    report(
-        &mut s,
-        "a-p",
-        &ids::demote("i-p", 2),
-        CommandOutcome::Done,
-        102,
-    );
+    demoted(&mut s, "a-p", "i-p", 2, 102);
     tx(&mut s, 6, |t| t.grant("g", 2)).unwrap();
     assert_eq!(s.instance("i-p").unwrap().role, Role::Zombie);
     assert!(matches!(
@@ -1537,8 +1485,7 @@ fn zombie_reports_are_refused_and_bad_points_write_nothing() {
 
 #[test]
 fn late_data_reconsolidates_only_the_hours_it_touches() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let h = 3_600_000;
     let now = 200 * h;
     let pts = [
@@ -1580,13 +1527,9 @@ fn late_data_reconsolidates_only_the_hours_it_touches() {
 
 #[test]
 fn a_launched_instance_is_launching_until_it_registers_or_fails() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
-    let pool = spot_common::Pool::new("c5.large", "us-east-1b");
-    tx(&mut s, 10, |t| {
-        t.queue_launch("l-1", "g", Via::Agent("a-p"), &pool, true)
-    })
-    .unwrap();
+    let (_d, mut s) = live_store();
+    let pool = Pool::new("c5.large", "us-east-1b");
+    launch(&mut s, 10, "l-1", "a-p", &pool, true);
     let ev = Event {
         event_id: "a-p:50".into(),
         seq: 50,
@@ -1617,8 +1560,7 @@ fn a_launched_instance_is_launching_until_it_registers_or_fails() {
 
 #[test]
 fn zombies_expire_after_their_retention_and_bulk_terminate_takes_only_zombies_and_failed() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let reported = Reported {
         role: Some(Role::Primary),
         role_epoch: 5,
@@ -1691,8 +1633,7 @@ fn zombies_expire_after_their_retention_and_bulk_terminate_takes_only_zombies_an
 
 #[test]
 fn a_termination_that_ended_without_effect_is_tried_again() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 10, |t| t.retire("g", "i-r2", Some("a-r1"))).unwrap();
     // Its agent goes away before running it: the command expires.
     tx(&mut s, 11, |t| {
@@ -1722,13 +1663,9 @@ fn a_termination_that_ended_without_effect_is_tried_again() {
 
 #[test]
 fn a_launch_taken_by_an_agent_that_goes_offline_no_longer_counts_as_in_flight() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
-    let pool = spot_common::Pool::new("m5.large", "us-east-1b");
-    tx(&mut s, 10, |t| {
-        t.queue_launch("l-1", "g", Via::Agent("a-p"), &pool, true)
-    })
-    .unwrap();
+    let (_d, mut s) = live_store();
+    let pool = Pool::new("m5.large", "us-east-1b");
+    launch(&mut s, 10, "l-1", "a-p", &pool, true);
     take(&mut s, "a-p", 11, 30_000);
     assert_eq!(snapshot(&s, &["a-r1"], 12).launches_in_flight, 1);
     // Its instance dies with the launch in hand: it would block the
@@ -1746,15 +1683,11 @@ fn a_launch_taken_by_an_agent_that_goes_offline_no_longer_counts_as_in_flight() 
 
 #[test]
 fn only_a_launch_refused_for_capacity_marks_its_pool_failed() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
-    let full = spot_common::Pool::new("m5.large", "us-east-1b");
-    let cut = spot_common::Pool::new("c5.large", "us-east-1a");
+    let (_d, mut s) = live_store();
+    let full = Pool::new("m5.large", "us-east-1b");
+    let cut = Pool::new("c5.large", "us-east-1a");
     for (rid, pool) in [("l-full", &full), ("l-cut", &cut)] {
-        tx(&mut s, 10, |t| {
-            t.queue_launch(rid, "g", Via::Agent("a-p"), pool, true)
-        })
-        .unwrap();
+        launch(&mut s, 10, rid, "a-p", pool, true);
     }
     take(&mut s, "a-p", 11, 30_000);
     // EC2 had no capacity in one pool; the agent's link to EC2 was cut
@@ -1786,8 +1719,7 @@ fn only_a_launch_refused_for_capacity_marks_its_pool_failed() {
 
 #[test]
 fn fleet_health_counts_what_the_alerts_watch() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let h = s.fleet_health(10).unwrap();
     assert_eq!(
         (
@@ -1868,8 +1800,7 @@ fn prune_all(s: &mut Store, now: i64) {
 
 #[test]
 fn retention_prunes_old_rows_and_keeps_what_fencing_and_retries_read() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     let day = 86_400_000;
     op(&mut s, "create_group", Some("req-1"), 7, |t| {
         t.create_group("g2", &GroupConfig::default())
@@ -1968,8 +1899,8 @@ fn training_rows_follow_the_primary_and_label_what_came_next() {
     let h = 3_600_000;
     let config = GroupConfig {
         pools: vec![
-            spot_common::Pool::new("m5.large", "us-east-1a"),
-            spot_common::Pool::new("m5.large", "us-east-1b"),
+            Pool::new("m5.large", "us-east-1a"),
+            Pool::new("m5.large", "us-east-1b"),
         ],
         ..GroupConfig::default()
     };
@@ -2027,13 +1958,9 @@ fn training_rows_follow_the_primary_and_label_what_came_next() {
 
 #[test]
 fn an_instance_whose_launch_result_was_lost_is_adopted_and_then_failed() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
-    let pool = spot_common::Pool::new("m5.large", "us-east-1b");
-    tx(&mut s, 20, |t| {
-        t.queue_launch("launch-lost", "g", Via::Agent("a-r1"), &pool, false)
-    })
-    .unwrap();
+    let (_d, mut s) = live_store();
+    let pool = Pool::new("m5.large", "us-east-1b");
+    launch(&mut s, 20, "launch-lost", "a-r1", &pool, false);
     // The agent ran RunInstances and died before reporting: its launch
     // expires, and another agent's DescribeInstances shows the instance.
     tx(&mut s, 30, |t| {
@@ -2099,8 +2026,7 @@ fn an_ec2_report_its_own_agent_contradicts_writes_nothing_off() {
     // that instance's agent is ONLINE, or heard after the report, the
     // planner sees it as there (no replacement, no write-off); once its
     // agent is OFFLINE and silent since the report, gone.
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     tx(&mut s, 1_000, |t| {
         t.set_ec2_state("g", "i-r1", "terminated")
     })
@@ -2143,8 +2069,8 @@ fn with_volume(s: &mut Store, now: i64) {
     }];
     config.snapshot_interval_s = 60;
     config.pools = vec![
-        spot_common::Pool::new("m5.large", "us-east-1a"),
-        spot_common::Pool::new("m5.large", "us-east-1b"),
+        Pool::new("m5.large", "us-east-1a"),
+        Pool::new("m5.large", "us-east-1b"),
     ];
     op(s, "update_group", None, now, |t| {
         t.update_group("g", &config, g.version)
@@ -2176,8 +2102,7 @@ fn volumes_event(
 
 #[test]
 fn data_volumes_follow_the_primary_and_are_snapshotted_on_their_schedule() {
-    let (_d, mut s) = store();
-    live_group(&mut s);
+    let (_d, mut s) = live_store();
     with_volume(&mut s, 10);
     // Not attached to the PRIMARY as far as the store knows: no snapshot.
     assert_eq!(tx(&mut s, 11, |t| t.queue_snapshot("g")).unwrap(), None);
@@ -2191,7 +2116,7 @@ fn data_volumes_follow_the_primary_and_are_snapshotted_on_their_schedule() {
     assert_eq!(snap.volume_zone.as_deref(), Some("us-east-1a"));
     assert_eq!(snap.handover_ms, 90_000, "a promote may take the handover longer");
     // A planned switch never takes the volumes out of their zone.
-    let b = spot_common::Pool::new("m5.large", "us-east-1b");
+    let b = Pool::new("m5.large", "us-east-1b");
     assert!(matches!(
         op(&mut s, "switch", None, 14, |t| t.request_switch("g", &b)),
         Err(StoreError::Refused { code: "data_volumes_zone", .. })
@@ -2237,7 +2162,7 @@ fn data_volumes_follow_the_primary_and_are_snapshotted_on_their_schedule() {
     })
     .unwrap();
     assert_eq!(r.phase, Phase::Demoting);
-    report(&mut s, "a-p", &ids::demote("i-p", 2), CommandOutcome::Done, 103);
+    demoted(&mut s, "a-p", "i-p", 2, 103);
     tx(&mut s, 70_001, |t| t.grant("g", 2)).unwrap();
     let promote = take(&mut s, "a-r1", 70_002, 30_000)
         .into_iter()
