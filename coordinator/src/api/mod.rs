@@ -8,6 +8,7 @@
 
 mod agent;
 mod error;
+mod extract;
 pub mod follower;
 mod operator;
 mod prices;
@@ -16,66 +17,19 @@ mod transitions;
 mod ui;
 
 pub use error::ApiError;
+pub use extract::{ApiJson, ApiPath, ApiQuery};
 
 use crate::state::AppState;
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-
-/// `Json` whose rejection is an `ApiError`.
-pub struct ApiJson<T>(pub T);
-
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(v) = Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(v))
-    }
-}
-
-/// `Query` whose rejection is an `ApiError`.
-pub struct ApiQuery<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for ApiQuery<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Query(v) =
-            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
-        Ok(ApiQuery(v))
-    }
-}
-
-/// `Path` whose rejection is an `ApiError`.
-pub struct ApiPath<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for ApiPath<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(v) =
-            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
-        Ok(ApiPath(v))
-    }
-}
 
 /// An authenticated agent: the `{agent_id}` of the path and its bearer
 /// token checked before the body is read, so an unauthenticated request
@@ -448,6 +402,16 @@ async fn track_latency(State(state): State<Arc<AppState>>, req: Request, next: N
         .get_or_create(&crate::metrics::HttpLabels { route, method })
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// A read on a reader connection, answered as JSON: the whole body of
+/// most `GET` handlers.
+pub async fn read_json<R, F>(state: &AppState, f: F) -> Result<Json<R>, ApiError>
+where
+    R: Send + 'static,
+    F: FnOnce(&crate::store::Store) -> crate::store::Result<R> + Send + 'static,
+{
+    Ok(Json(state.db.read(f).await?))
 }
 
 /// An operator's change: one idempotent transaction (a repeated

@@ -2,7 +2,7 @@
 //! anything is parsed). Handlers translate HTTP to store transactions;
 //! the rules live in the store and the planner.
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, Caller, operator_change};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, Caller, operator_change, read_json};
 use crate::state::AppState;
 use crate::store::{AuditQuery, BulkSelection, Ctx, PromoteResult, Read, ReplaceRequest, Via};
 use axum::Json;
@@ -51,7 +51,7 @@ pub(super) fn operator<T: serde::Serialize>(
 pub async fn list_groups(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<GroupView>>, ApiError> {
-    Ok(Json(state.db.read(|s| s.groups()).await?))
+    read_json(&state, |s| s.groups()).await
 }
 
 /// With the coordinator's own EC2 access (the executor), a config's data
@@ -117,7 +117,7 @@ pub async fn get_group(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<GroupView>, ApiError> {
-    Ok(Json(state.db.read(move |s| s.group(&name)).await?))
+    read_json(&state, move |s| s.group(&name)).await
 }
 
 pub async fn update_group(
@@ -210,24 +210,18 @@ pub async fn data_volumes(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<spot_common::wire::DataVolumesView>, ApiError> {
     let now = crate::state::now_ms();
-    Ok(Json(
-        state.db.read(move |s| s.data_volumes(&name, now)).await?,
-    ))
+    read_json(&state, move |s| s.data_volumes(&name, now)).await
 }
 
 pub async fn list_switches(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<SwitchView>>, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .read(move |s| {
-                s.group(&name)?;
-                s.switches(&name)
-            })
-            .await?,
-    ))
+    read_json(&state, move |s| {
+        s.group(&name)?;
+        s.switches(&name)
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,7 +243,7 @@ pub async fn compare_models(
         })?,
     };
     let since = crate::state::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-    Ok(Json(state.db.read(move |s| s.compare_models(since)).await?))
+    read_json(&state, move |s| s.compare_models(since)).await
 }
 
 /// The decision log of a group, newest first.
@@ -259,15 +253,11 @@ pub async fn list_decisions(
     ApiQuery(f): ApiQuery<DecisionFilter>,
 ) -> Result<Json<Vec<DecisionView>>, ApiError> {
     let limit = f.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(
-        state
-            .db
-            .read(move |s| {
-                s.group(&name)?;
-                s.decisions(&name, limit)
-            })
-            .await?,
-    ))
+    read_json(&state, move |s| {
+        s.group(&name)?;
+        s.decisions(&name, limit)
+    })
+    .await
 }
 
 pub async fn launch(
@@ -361,47 +351,35 @@ pub async fn list_notices(
     State(state): State<Arc<AppState>>,
     ApiQuery(f): ApiQuery<GroupFilter>,
 ) -> Result<Json<Vec<NoticeView>>, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .read(move |s| s.notices(f.group.as_deref()))
-            .await?,
-    ))
+    read_json(&state, move |s| s.notices(f.group.as_deref())).await
 }
 
 pub async fn list_instances(
     State(state): State<Arc<AppState>>,
     ApiQuery(f): ApiQuery<GroupFilter>,
 ) -> Result<Json<Vec<InstanceView>>, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .read(move |s| s.instances(f.group.as_deref()))
-            .await?,
-    ))
+    read_json(&state, move |s| s.instances(f.group.as_deref())).await
 }
 
 pub async fn get_instance(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<InstanceView>, ApiError> {
-    Ok(Json(state.db.read(move |s| s.instance(&id)).await?))
+    read_json(&state, move |s| s.instance(&id)).await
 }
 
 pub async fn list_agents(
     State(state): State<Arc<AppState>>,
     ApiQuery(f): ApiQuery<GroupFilter>,
 ) -> Result<Json<Vec<AgentView>>, ApiError> {
-    Ok(Json(
-        state.db.read(move |s| s.agents(f.group.as_deref())).await?,
-    ))
+    read_json(&state, move |s| s.agents(f.group.as_deref())).await
 }
 
 pub async fn get_agent(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    Ok(Json(state.db.read(move |s| s.agent(&id)).await?))
+    read_json(&state, move |s| s.agent(&id)).await
 }
 
 pub async fn delete_agent(
@@ -449,17 +427,12 @@ pub async fn list_commands(
     State(state): State<Arc<AppState>>,
     ApiQuery(f): ApiQuery<AgentFilter>,
 ) -> Result<Json<Vec<CommandView>>, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .read(move |s| s.commands(f.agent_id.as_deref()))
-            .await?,
-    ))
+    read_json(&state, move |s| s.commands(f.agent_id.as_deref())).await
 }
 
 pub async fn audit(
     State(state): State<Arc<AppState>>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
-    Ok(Json(state.db.read(move |s| s.audit_log(&q)).await?))
+    read_json(&state, move |s| s.audit_log(&q)).await
 }

@@ -1,7 +1,7 @@
 //! Operator API v1: canonical prices, a group's pools and cost, and the
 //! consolidation job's records.
 
-use super::{ApiError, ApiPath, ApiQuery};
+use super::{ApiError, ApiPath, ApiQuery, read_json};
 use crate::state::AppState;
 use crate::store::{Read, SeriesKey};
 use axum::Json;
@@ -170,7 +170,7 @@ pub async fn group_prices(
 pub async fn runs(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<ConsolidationRun>>, ApiError> {
-    Ok(Json(state.db.read(|s| s.consolidation_runs(100)).await?))
+    read_json(&state, |s| s.consolidation_runs(100)).await
 }
 
 /// Consolidate now (as the 12-hourly job does).
