@@ -108,7 +108,9 @@ pub async fn run(
     };
     let drain = config.shutdown_timeout;
     let peer_ca = config.peer_ca_bundle.clone();
-    let shared = tokio::task::spawn_blocking(move || crate::state::open(config, addr)).await??;
+    let mut shared =
+        tokio::task::spawn_blocking(move || crate::state::open(config, addr)).await??;
+    shared.connect_ec2().await;
     spot_runtime::fs::write_private(
         &shared.config.data_dir.join("listen.addr"),
         &addr.to_string(),

@@ -70,14 +70,12 @@ async fn check_volumes(
             ),
         )));
     }
-    if config.data_volumes.is_empty() || !state.config.ec2_executor {
+    let Some(ec2) = state.ec2.as_ref().filter(|_| !config.data_volumes.is_empty()) else {
         return Ok(());
-    }
+    };
     config
         .validate()
         .map_err(|e| ApiError::from(crate::store::StoreError::Rule(e)))?;
-    use spot_runtime::ec2::Ec2Api;
-    let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
     let mut zones = std::collections::HashMap::new();
     for v in &config.data_volumes {
         let found = ec2.volume(&v.volume_id).await.map_err(|e| {

@@ -78,6 +78,8 @@ pub struct AppState {
     /// Groups whose transition waits for EC2's view (set by the
     /// reconciler): their agents' heartbeat answers ask for it.
     pub ec2_view_wanted: Ec2ViewWanted,
+    /// The coordinator's own EC2 client: `Some` with `ec2_executor`.
+    pub ec2: Option<Arc<dyn spot_runtime::ec2::Ec2Api>>,
 }
 
 /// The groups whose agents are asked, in their heartbeat answers, to
@@ -225,6 +227,9 @@ pub struct Shared {
     admin_token_hash: String,
     grant_keys: crate::grants::GrantKeys,
     identity: Arc<crate::identity::IdentityCheck>,
+    /// The coordinator's own EC2 client, with `ec2_executor` (`connect_ec2`):
+    /// one for the executor, fast snapshot restore and the API's checks.
+    pub ec2: Option<Arc<dyn spot_runtime::ec2::Ec2Api>>,
 }
 
 /// Open the data dir and the store; everything `serve` needs before it
@@ -267,11 +272,21 @@ pub fn open(config: Config, bound: std::net::SocketAddr) -> anyhow::Result<Share
         admin_token_hash: spot_common::token_hash(&admin),
         grant_keys,
         identity: Arc::new(identity),
+        ec2: None,
         config,
     })
 }
 
 impl Shared {
+    /// With `ec2_executor`, the EC2 client every user of the coordinator's
+    /// own EC2 access shares (its configuration is loaded once, here).
+    pub async fn connect_ec2(&mut self) {
+        if self.config.ec2_executor {
+            let ec2 = spot_runtime::ec2::Ec2::new(&self.config.ec2_region).await;
+            self.ec2 = Some(Arc::new(ec2));
+        }
+    }
+
     /// The state of one leader term: the live view of agents read afresh
     /// from the store, new timers, new wake-ups; `shutdown` ends it. A
     /// new term starts as a restarted coordinator does (settling first),
@@ -310,6 +325,7 @@ impl Shared {
             first_beats: Default::default(),
             registrations: Default::default(),
             ec2_view_wanted: Ec2ViewWanted::default(),
+            ec2: self.ec2.clone(),
             db: self.db.clone(),
             config,
         }))

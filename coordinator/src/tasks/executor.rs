@@ -62,13 +62,8 @@ async fn look(state: &AppState, ec2: &dyn Ec2Api, group: &str) {
     }
 }
 
-pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
-    let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
-    run_with(state, Arc::new(ec2)).await
-}
-
-/// The executor over any EC2 implementation (tests pass a simulator).
-pub async fn run_with(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<()> {
+/// The executor, over the coordinator's EC2 client.
+pub async fn run(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<()> {
     tracing::info!(region = %state.config.ec2_region, "coordinator EC2 executor on");
     let mut schedule = Schedule::every(Duration::from_secs(1), &state).or_on(&state.executor_wake);
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();

@@ -58,12 +58,8 @@ fn restore_zones(g: &GroupView, volumes_zone: Option<&str>) -> Vec<String> {
     zones
 }
 
-pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
-    let ec2 = spot_runtime::ec2::Ec2::new(&state.config.ec2_region).await;
-    run_with(state, &ec2).await
-}
-
-pub async fn run_with(state: Arc<AppState>, ec2: &dyn Ec2Api) -> anyhow::Result<()> {
+pub async fn run(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<()> {
+    let ec2 = ec2.as_ref();
     let mut schedule = Schedule::after(TICK, &state);
     let mut checked: HashMap<String, Instant> = HashMap::new();
     // Groups with it on, as last seen, and their devices: one turned off

@@ -33,12 +33,11 @@ pub fn spawn_all(tasks: &mut Supervisor, state: &Arc<AppState>) {
     tasks.spawn("decision engine", decide::run(Arc::clone(state)));
     tasks.spawn("event feed", events::run(Arc::clone(state)));
     tasks.spawn("snapshots", snapshots::run(Arc::clone(state)));
-    if state.config.ec2_executor {
-        tasks.spawn("ec2 executor", executor::run(Arc::clone(state)));
-        tasks.spawn(
-            "fast snapshot restore",
-            fast_restore::run(Arc::clone(state)),
-        );
+    if let Some(ec2) = &state.ec2 {
+        let executor = executor::run(Arc::clone(state), Arc::clone(ec2));
+        tasks.spawn("ec2 executor", executor);
+        let fast_restore = fast_restore::run(Arc::clone(state), Arc::clone(ec2));
+        tasks.spawn("fast snapshot restore", fast_restore);
     }
 }
 
