@@ -367,6 +367,21 @@ pub struct DataVolumesView {
     /// yet, so no replacement outside the volumes' zone).
     pub rpo_s: Option<u64>,
     pub volumes: Vec<VolumeStatus>,
+    /// With `fast_snapshot_restore`: where each device's newest snapshot
+    /// has it, as the coordinator last saw it in EC2 (none until its
+    /// first check after a start, or without its EC2 access).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fast_restore: Vec<FastRestoreStatus>,
+}
+
+/// Fast snapshot restore of one snapshot in one zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastRestoreStatus {
+    pub device: String,
+    pub snapshot_id: String,
+    pub availability_zone: String,
+    /// EC2's state: `enabling`, `optimizing` (partly fast), `enabled`.
+    pub state: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,7 +70,11 @@ async fn check_volumes(
             ),
         )));
     }
-    let Some(ec2) = state.ec2.as_ref().filter(|_| !config.data_volumes.is_empty()) else {
+    let Some(ec2) = state
+        .ec2
+        .as_ref()
+        .filter(|_| !config.data_volumes.is_empty())
+    else {
         return Ok(());
     };
     config
@@ -208,7 +212,10 @@ pub async fn data_volumes(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<spot_common::wire::DataVolumesView>, ApiError> {
     let now = crate::state::now_ms();
-    read_json(&state, move |s| s.data_volumes(&name, now)).await
+    let group = name.clone();
+    let mut view = state.db.read(move |s| s.data_volumes(&group, now)).await?;
+    view.fast_restore = state.fast_restores.get(&name);
+    Ok(Json(view))
 }
 
 pub async fn list_switches(

@@ -134,8 +134,22 @@ pub fn status(v: &Value) -> String {
             ),
             None => "no snapshot yet: the PRIMARY stays in the volumes' zone".into(),
         };
+        let fast: Vec<String> = d["fast_restore"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                let (device, snapshot) = (s(&x["device"]), s(&x["snapshot_id"]));
+                let (zone, state) = (s(&x["availability_zone"]), s(&x["state"]));
+                format!("{device} {snapshot} {state} in {zone}")
+            })
+            .collect();
+        let fast = match fast.is_empty() {
+            true => String::new(),
+            false => format!("; fast snapshot restore: {}", fast.join(", ")),
+        };
         out.push_str(&format!(
-            "\ndata volumes of {g}: {} in {}; {rpo}",
+            "\ndata volumes of {g}: {} in {}; {rpo}{fast}",
             vols.join(", "),
             d["availability_zone"].as_str().unwrap_or("an unknown zone")
         ));
@@ -408,5 +422,12 @@ mod tests {
         assert!(s.contains("1 offline: i-4 (db)"), "{s}");
         assert!(s.contains("backlogged agents: i-1 (500 events)"), "{s}");
         assert!(s.contains("zombie or failed instances: 1"), "{s}");
+        v["volumes"]["db"]["fast_restore"] = json!([{"device": "/dev/sdf",
+            "snapshot_id": "snap-1", "availability_zone": "us-east-1b", "state": "optimizing"}]);
+        let s = status(&v);
+        assert!(
+            s.contains("(snapshot every 900 s); fast snapshot restore: /dev/sdf snap-1 optimizing in us-east-1b"),
+            "{s}"
+        );
     }
 }

@@ -21,8 +21,9 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::store::{COORDINATOR_EXECUTOR, Db, Done, Read};
 use anyhow::Context;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +81,30 @@ pub struct AppState {
     pub ec2_view_wanted: Ec2ViewWanted,
     /// The coordinator's own EC2 client: `Some` with `ec2_executor`.
     pub ec2: Option<Arc<dyn spot_runtime::ec2::Ec2Api>>,
+    /// Fast snapshot restore per group, as this term's task last saw it in
+    /// EC2 (`GET /v1/groups/{name}/volumes` shows it).
+    pub fast_restores: FastRestores,
+}
+
+/// Where each group's newest snapshots have fast snapshot restore.
+#[derive(Default)]
+pub struct FastRestores(Mutex<HashMap<String, Vec<spot_common::wire::FastRestoreStatus>>>);
+
+impl FastRestores {
+    /// What `group` has now (empty: off, or not seen yet).
+    pub fn get(&self, group: &str) -> Vec<spot_common::wire::FastRestoreStatus> {
+        let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(group).cloned().unwrap_or_default()
+    }
+
+    pub fn set(&self, group: &str, now: Vec<spot_common::wire::FastRestoreStatus>) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if now.is_empty() {
+            seen.remove(group);
+        } else {
+            seen.insert(group.to_owned(), now);
+        }
+    }
 }
 
 /// The groups whose agents are asked, in their heartbeat answers, to
@@ -326,6 +351,7 @@ impl Shared {
             registrations: Default::default(),
             ec2_view_wanted: Ec2ViewWanted::default(),
             ec2: self.ec2.clone(),
+            fast_restores: FastRestores::default(),
             db: self.db.clone(),
             config,
         }))

@@ -71,6 +71,7 @@ pub fn view(
             .filter(|_| !vols.is_empty())
             .map(|t| u64::try_from((now_ms - t).max(0) / 1000).unwrap_or(0)),
         volumes: vols,
+        fast_restore: Vec::new(),
     })
 }
 

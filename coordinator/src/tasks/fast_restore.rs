@@ -15,7 +15,7 @@
 use super::Schedule;
 use crate::state::AppState;
 use crate::store::Read;
-use spot_common::wire::GroupView;
+use spot_common::wire::{FastRestoreStatus, GroupView};
 use spot_runtime::ec2::{Ec2Api, keep_fast_restore};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,7 +124,8 @@ pub async fn run(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<(
                     off.push((g.name.clone(), gone));
                 }
             }
-            if apply(ec2, &g.name, &devices, &zones).await {
+            if let Some(newest) = apply(ec2, &g.name, &devices, &zones).await {
+                state.fast_restores.set(&g.name, newest);
                 on.insert(g.name.clone(), devices);
             }
         }
@@ -136,11 +137,12 @@ pub async fn run(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<(
             {
                 continue;
             }
-            if !apply(ec2, &name, &devices, &[]).await {
+            if apply(ec2, &name, &devices, &[]).await.is_none() {
                 refused.insert(name, Instant::now());
                 continue;
             }
             refused.remove(&name);
+            state.fast_restores.set(&name, Vec::new());
             let still = groups
                 .iter()
                 .any(|g| g.name == name && g.config.fast_snapshot_restore);
@@ -153,18 +155,38 @@ pub async fn run(state: Arc<AppState>, ec2: Arc<dyn Ec2Api>) -> anyhow::Result<(
 }
 
 /// Fast snapshot restore of `group`'s `devices` in `zones` (none: off
-/// everywhere); `false` when EC2 refused or failed (logged; tried again).
-async fn apply(ec2: &dyn Ec2Api, group: &str, devices: &[String], zones: &[String]) -> bool {
+/// everywhere): where the newest snapshots have it now; `None` when EC2
+/// refused or failed (logged; tried again).
+async fn apply(
+    ec2: &dyn Ec2Api,
+    group: &str,
+    devices: &[String],
+    zones: &[String],
+) -> Option<Vec<FastRestoreStatus>> {
     match keep_fast_restore(ec2, group, devices, zones).await {
-        Ok(changed) => {
-            if !changed.is_empty() {
+        Ok(kept) => {
+            if !kept.changed.is_empty() {
+                let changed = &kept.changed;
                 tracing::info!(%group, ?changed, "fast snapshot restore follows the newest snapshot");
             }
-            true
+            let mut now: Vec<FastRestoreStatus> = kept
+                .newest
+                .into_iter()
+                .map(|(device, f)| FastRestoreStatus {
+                    device,
+                    snapshot_id: f.snapshot_id,
+                    availability_zone: f.zone,
+                    state: f.state,
+                })
+                .collect();
+            now.sort_by(|a, b| {
+                (&a.device, &a.availability_zone).cmp(&(&b.device, &b.availability_zone))
+            });
+            Some(now)
         }
         Err(e) => {
             tracing::warn!(%group, error = %e, "fast snapshot restore; again at the group's next turn");
-            false
+            None
         }
     }
 }

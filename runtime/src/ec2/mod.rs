@@ -307,8 +307,8 @@ mod volumes;
 pub use interface::{Attachment, DETACH_WAIT, Interface, move_interface};
 pub use sdk::Ec2;
 pub use volumes::{
-    FastRestore, Handover, Snapshot, VOLUME_WAIT, Volume, VolumeAttachment, VolumeTags, hand_over,
-    keep_fast_restore, snapshot,
+    FastRestore, FastRestoreKept, Handover, Snapshot, VOLUME_WAIT, Volume, VolumeAttachment,
+    VolumeTags, hand_over, keep_fast_restore, snapshot,
 };
 
 #[cfg(test)]

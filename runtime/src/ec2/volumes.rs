@@ -277,19 +277,30 @@ async fn restore(
     Ok(id)
 }
 
+/// What `keep_fast_restore` changed, and what it leaves.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FastRestoreKept {
+    /// One line a change.
+    pub changed: Vec<String>,
+    /// Each device's newest completed snapshot (device, state) in the
+    /// zones it is on or on its way in (`enabling` where it was just
+    /// turned on).
+    pub newest: Vec<(String, FastRestore)>,
+}
+
 /// Keep fast snapshot restore on the newest completed snapshot of each of
 /// the group's `devices`, in `zones` (the zones of the group's pools
 /// other than the volumes' own: where a replacement would restore), and
 /// off everywhere else: on older snapshots (a restore takes the newest)
 /// and in zones no longer wanted (`zones` empty: off for every snapshot).
-/// Each call converges; what it changed is returned, one line each.
+/// Each call converges.
 pub async fn keep_fast_restore(
     ec2: &dyn Ec2Api,
     group: &str,
     devices: &[String],
     zones: &[String],
-) -> Result<Vec<String>, Ec2Error> {
-    let mut changed = Vec::new();
+) -> Result<FastRestoreKept, Ec2Error> {
+    let mut kept = FastRestoreKept::default();
     for device in devices {
         let mut done: Vec<Snapshot> = ec2
             .snapshots(group, device)
@@ -310,6 +321,13 @@ pub async fn keep_fast_restore(
                 .map(|f| f.zone.as_str())
                 .collect();
             let wanted: &[String] = if i == 0 { zones } else { &[] };
+            kept.newest.extend(
+                states
+                    .iter()
+                    .filter(|f| &f.snapshot_id == snap && f.active())
+                    .filter(|f| wanted.contains(&f.zone))
+                    .map(|f| (device.clone(), f.clone())),
+            );
             let on: Vec<String> = wanted
                 .iter()
                 .filter(|z| !active.contains(&z.as_str()))
@@ -327,11 +345,26 @@ pub async fn keep_fast_restore(
                 ec2.set_fast_restore(snap, &zones, enable).await?;
                 let what = if enable { "enabled" } else { "disabled" };
                 tracing::info!(%group, %device, snapshot = %snap, ?zones, "fast snapshot restore {what}");
-                changed.push(format!("{device} {snap}: {what} in {}", zones.join(", ")));
+                kept.changed
+                    .push(format!("{device} {snap}: {what} in {}", zones.join(", ")));
+                if enable {
+                    kept.newest.extend(zones.iter().map(|zone| {
+                        let state = "enabling".to_owned();
+                        let (snapshot_id, zone) = (snap.clone(), zone.clone());
+                        (
+                            device.clone(),
+                            FastRestore {
+                                snapshot_id,
+                                zone,
+                                state,
+                            },
+                        )
+                    }));
+                }
             }
         }
     }
-    Ok(changed)
+    Ok(kept)
 }
 
 /// Snapshot each volume attached here, then keep the newest `keep`
@@ -486,16 +519,37 @@ mod tests {
         let none = keep_fast_restore(&ec2, "g", &devices, &zones)
             .await
             .unwrap();
-        assert!(none.is_empty(), "no snapshot yet: nothing to enable");
+        assert_eq!(
+            none,
+            FastRestoreKept::default(),
+            "no snapshot yet: nothing to enable"
+        );
         ec2.add_snapshot("snap-1", "vol-1", "g", "/dev/sdf", 1_000);
-        keep_fast_restore(&ec2, "g", &devices, &zones)
+        let first = keep_fast_restore(&ec2, "g", &devices, &zones)
             .await
             .unwrap();
         assert_eq!(ec2.fast_zones("snap-1"), zones);
+        let shown = |kept: &FastRestoreKept| -> Vec<(String, String, String)> {
+            let mut v: Vec<_> = kept
+                .newest
+                .iter()
+                .map(|(d, f)| (d.clone(), f.zone.clone(), f.state.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        let enabling = |zones: &[String], state: &str| -> Vec<(String, String, String)> {
+            zones
+                .iter()
+                .map(|z| ("/dev/sdf".to_owned(), z.clone(), state.to_owned()))
+                .collect()
+        };
+        assert_eq!(shown(&first), enabling(&zones, "enabling"));
         let again = keep_fast_restore(&ec2, "g", &devices, &zones)
             .await
             .unwrap();
-        assert!(again.is_empty(), "converged: {again:?}");
+        assert!(again.changed.is_empty(), "converged: {again:?}");
+        assert_eq!(shown(&again).len(), 2, "still shown once on: {again:?}");
         // A newer snapshot, still pending: the completed one keeps it.
         let pending = ec2
             .create_snapshot(
@@ -515,14 +569,17 @@ mod tests {
         assert!(ec2.fast_zones(&pending).is_empty());
         // Completed: it takes over, the older one is off.
         ec2.complete_snapshot(&pending);
-        keep_fast_restore(&ec2, "g", &devices, &zones[..1])
+        let newest = keep_fast_restore(&ec2, "g", &devices, &zones[..1])
             .await
             .unwrap();
         assert_eq!(ec2.fast_zones(&pending), ["az-b"]);
         assert!(ec2.fast_zones("snap-1").is_empty());
-        // Turned off: off everywhere.
-        keep_fast_restore(&ec2, "g", &devices, &[]).await.unwrap();
+        assert_eq!(shown(&newest), enabling(&zones[..1], "enabling"));
+        assert!(newest.newest.iter().all(|(_, f)| f.snapshot_id == pending));
+        // Turned off: off everywhere, and shown nowhere.
+        let off = keep_fast_restore(&ec2, "g", &devices, &[]).await.unwrap();
         assert!(ec2.fast_zones(&pending).is_empty());
+        assert!(off.newest.is_empty(), "{off:?}");
     }
 
     #[tokio::test]

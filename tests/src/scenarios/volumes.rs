@@ -210,6 +210,16 @@ pub async fn data_volume() -> Result<Timings> {
         (f.ec2.fast_restore_zones(&snapshot_id) == ["us-east-1b"]).then_some(())
     })
     .await?;
+    // The operator sees it where the volumes are shown.
+    let shown = wait_volumes(&f, |v| v["fast_restore"].is_array()).await?;
+    let fast = &shown["fast_restore"];
+    ensure!(
+        fast.as_array().map(Vec::len) == Some(1)
+            && fast[0]["availability_zone"] == "us-east-1b"
+            && fast[0]["snapshot_id"] == snapshot_id.as_str()
+            && fast[0]["device"] == "/dev/sdf",
+        "fast snapshot restore shown: {shown}"
+    );
     tokio::time::sleep(TEST_EBS.fast_restore_delay * 2).await;
     let t = Instant::now();
     f.interrupt(&first, Duration::from_secs(30))?;
@@ -252,6 +262,7 @@ pub async fn data_volume() -> Result<Timings> {
             .then_some(())
     };
     eventually("fast snapshot restore disabled", WAIT, all_off).await?;
+    wait_volumes(&f, |v| v.get("fast_restore").is_none()).await?;
     // Left on by an earlier coordinator (turned off while none ran): the
     // next one to lead turns it off.
     f.ec2.enable_fast_restore(&snapshot_id, "us-east-1a");
