@@ -109,6 +109,10 @@ scenario!(
     "coordinator-restart"
 );
 scenario!(
+    a_promote_fetched_only_after_its_window_still_promotes_the_warm_replica,
+    "promote-after-its-window"
+);
+scenario!(
     an_interruption_after_a_restart_is_granted_without_waiting_for_the_reclaim,
     "interruption-after-restart"
 );

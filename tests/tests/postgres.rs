@@ -43,6 +43,7 @@ on_postgres! {
     failed_promotion_rolls_over_on_postgres => "failed-promotion",
     switch_on_postgres => "switch",
     a_coordinator_killed_mid_promotion_on_postgres => "coordinator-crash",
+    a_promote_fetched_after_its_window_on_postgres => "promote-after-its-window",
     partition_is_fenced_on_postgres => "partition",
     slow_promote_never_overlaps_on_postgres => "slow-promote",
     frozen_agent_is_fenced_on_postgres => "frozen-agent",

@@ -39,6 +39,7 @@ mod retention;
 mod rows;
 mod snapshot;
 mod switches;
+mod term;
 mod tokens;
 mod training;
 mod unheard;

@@ -363,6 +363,42 @@ fn every_grant_gets_its_promote_budget_however_late_it_lands() {
 }
 
 #[test]
+fn a_promote_no_candidate_fetched_gets_a_whole_window_again_at_a_new_term() {
+    let (_d, mut s) = live_store();
+    tx(&mut s, 10_000, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();
+    fence_done(&mut s, "i-p", 10_000);
+    tx(&mut s, 10_000, |t| t.grant("g", 2)).unwrap();
+    let promote = ids::promote("i-r1", 2);
+    // The leader died at once; the next one leads after the window (35 s):
+    // the candidate's first fetch finds the promote expired.
+    let fetched = take(&mut s, "a-r1", 40_000, 30_000);
+    assert!(fetched.iter().all(|c| c.request_id != promote), "{fetched:?}");
+    assert_eq!(
+        commands::state(s.conn(), &promote).unwrap(),
+        Some(CommandState::Expired)
+    );
+    // The term's renewal: never delivered, so a whole window from now.
+    let renewed = tx(&mut s, 41_000, |t| t.renew_undelivered_promotes()).unwrap();
+    assert_eq!(renewed, ["g"]);
+    assert_eq!(snapshot(&s, &["a-r1"], 41_000).transition.unwrap().candidate_outcome, None);
+    assert_eq!(promote_deadline(&mut s, "a-r1", 41_001), 41_000 + 25_000);
+    let trail = s
+        .audit_log(&AuditQuery {
+            entity: Some("group:g".into()),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(trail.iter().any(|e| e.action == "promote_renewed"), "{trail:?}");
+    // Delivered now: its agent holds the deadline, a later term keeps it.
+    let again = tx(&mut s, 90_000, |t| t.renew_undelivered_promotes()).unwrap();
+    assert!(again.is_empty());
+    assert_eq!(
+        commands::state(s.conn(), &promote).unwrap(),
+        Some(CommandState::Delivered)
+    );
+}
+
+#[test]
 fn a_failed_candidate_is_fenced_before_the_next_is_granted() {
     let (_d, mut s) = live_store();
     tx(&mut s, 10, |t| t.begin_replace(&replace("i-r1", 1))).unwrap();

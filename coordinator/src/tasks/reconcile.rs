@@ -59,6 +59,7 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
     let started = state.clock.now();
     let settle = state.config.heartbeat_interval * 2 + Duration::from_secs(1);
     let mut timers = Timers::default();
+    renew_promotes(&state).await;
     while schedule.next().await {
         let settled = state.clock.now().saturating_duration_since(started) >= settle;
         if let Err(e) = pass(&state, &mut timers, settled).await {
@@ -66,6 +67,27 @@ pub async fn run(state: Arc<AppState>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The timers start again with the term: so does the window of every
+/// promote no candidate has fetched yet (`Txn::renew_undelivered_promotes`).
+async fn renew_promotes(state: &AppState) {
+    let ctx = Ctx::system(crate::state::now_ms());
+    match state
+        .db
+        .transact(ctx, |tx| tx.renew_undelivered_promotes())
+        .await
+    {
+        Ok(done) => {
+            let renewed = state.woke(done);
+            if !renewed.is_empty() {
+                tracing::warn!(groups = ?renewed, "a promote granted before this term was never fetched: its window starts again now");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %spot_common::error_chain(&e), "renewing the promotes granted before this term; their deadlines stand")
+        }
+    }
 }
 
 fn plan_config(state: &AppState) -> PlanConfig {

@@ -65,6 +65,7 @@ scenarios! {
     "frozen-agent" => fencing::frozen_agent,
     "frozen-coordinator" => fencing::frozen_coordinator,
     "coordinator-restart" => restarts::coordinator_restart,
+    "promote-after-its-window" => restarts::promote_fetched_after_its_window,
     "interruption-after-restart" => restarts::interruption_after_restart,
     "interruption-after-restart-blind" => restarts::interruption_after_restart_blind,
     "restored-store" => restarts::restored_store,

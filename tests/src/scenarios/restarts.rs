@@ -41,6 +41,47 @@ pub async fn coordinator_restart() -> Result<Timings> {
     Ok(vec![("down_s", 20.0)])
 }
 
+/// The coordinator dies just after granting a promotion, before the
+/// candidate fetched its promote, and leads again only after the promote's
+/// window (the fleet's promotion timeout less 5 s: 10 s) has passed: a
+/// slow restart, or a leader change slower than the window. The new term
+/// gives the promote a whole window again, so the warm REPLICA is
+/// promoted; before, the promote was found expired, the REPLICA fenced and
+/// a cold instance launched in its place (the flake of
+/// `coordinator-crash` on PostgreSQL under load, made certain here).
+pub async fn promote_fetched_after_its_window() -> Result<Timings> {
+    let mut f = Fleet::start(FleetOptions::default()).await?;
+    let first = group(&f, json!({}), Some("i-db-r")).await?;
+    let checker = InvariantChecker::start(&f);
+    // The candidate's agent is down across the grant (its instance and
+    // workload are up, a warm REPLICA): nothing fetches the promote.
+    f.with_node("i-db-r", |n| {
+        n.agent.kill9();
+        Ok(())
+    })?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    f.interrupt(&first, Duration::from_secs(120))?;
+    eventually("the promotion granted", WAIT, || async {
+        (f.get("/v1/groups/db").await.ok()?["transition"]["phase"] == "promoting").then_some(())
+    })
+    .await?;
+    f.coord.kill9();
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    f.coord.start_again()?;
+    f.with_node("i-db-r", |n| n.agent.start(None))?;
+    wait_confirmed(&f, "db", Some("i-db-r"), None).await?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(f.role(&first).await? == "zombie");
+    ensure!(
+        f.audited("group:db", "promote_renewed").await?,
+        "the renewal is audited"
+    );
+    wait_serving(&f, "db", "i-db-r").await?;
+    checker.check().await?;
+    Ok(vec![("notice_to_warm_primary_s", took)])
+}
+
 /// A coordinator restarted (an upgrade, a crash), then, in a calm group
 /// whose EC2 view has not changed since, an interruption of the PRIMARY
 /// with a warm REPLICA. After a start nothing is granted before EC2's view
