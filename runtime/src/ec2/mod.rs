@@ -301,14 +301,15 @@ pub async fn fence(
         .unwrap_or_else(|_| Err(timed_out()))
 }
 
+mod fast_restore;
 mod interface;
 mod sdk;
 mod volumes;
+pub use fast_restore::{FastRestore, FastRestoreKept, keep_fast_restore};
 pub use interface::{Attachment, DETACH_WAIT, Interface, move_interface};
 pub use sdk::Ec2;
 pub use volumes::{
-    FastRestore, FastRestoreKept, Handover, Snapshot, VOLUME_WAIT, Volume, VolumeAttachment,
-    VolumeTags, hand_over, keep_fast_restore, snapshot,
+    Handover, Snapshot, VOLUME_WAIT, Volume, VolumeAttachment, VolumeTags, hand_over, snapshot,
 };
 
 #[cfg(test)]
